@@ -55,6 +55,13 @@ class Variant:
         raise NotImplementedError
 
     @classmethod
+    def rank_problem(cls, m: int, n: int, r: int) -> str | None:
+        """Why rank ``r`` cannot adapt an ``(m, n)`` layer, or None; checked before any job runs."""
+        if cls.uses_rank and not 1 <= r <= min(m, n):
+            return f"rank {r} must be between 1 and min(m, n) = {min(m, n)}"
+        return None
+
+    @classmethod
     def trainable_parameters(cls, m: int, n: int, r: int) -> int:
         """Trainable parameters this variant adds to one ``(m, n)`` layer at rank ``r``."""
         raise NotImplementedError
