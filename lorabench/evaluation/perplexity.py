@@ -1,0 +1,51 @@
+"""A cheap forgetting measure needing no benchmark download: cross-entropy on held-out source text.
+
+Measure it on the base model (inside :func:`lorabench.evaluation.adapter_disabled`, or before
+``Variant.apply``) and on the fine-tuned model; the rise is how much general language modelling was lost.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mean_token_cross_entropy(
+    model: nn.Module, tokenizer, texts: list[str], batch_size: int, max_length: int, device: str
+) -> float:
+    """Mean next-token cross-entropy (nats) over every predicted token of ``texts``.
+
+    Each text is truncated to ``max_length`` tokens; the mean weighs tokens, not texts or batches, and
+    padding never counts, so the value does not depend on ``batch_size``. Runs in eval mode under
+    ``torch.no_grad`` and restores the model's mode, so it is deterministic and safe mid-training.
+    """
+    if not texts:
+        raise ValueError("mean_token_cross_entropy needs at least one text")
+    encoded = [tokenizer(text, truncation=True, max_length=max_length).input_ids for text in texts]
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                loss_sum, tokens = _batch_loss(model, encoded[start : start + batch_size], device)
+                total += loss_sum
+                count += tokens
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no text has two or more tokens, so there is nothing to predict")
+    return total / count
+
+
+def _batch_loss(model: nn.Module, sequences: list[list[int]], device: str) -> tuple[float, int]:
+    """Summed cross-entropy and number of predicted tokens for one right-padded batch."""
+    width = max(len(s) for s in sequences)
+    # The pad id is irrelevant (masked out), so any tokenizer works, with or without a pad token.
+    input_ids = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=device)
+    attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
+    return float(loss), int((targets != -100).sum())
