@@ -1,0 +1,178 @@
+"""Turn run records (one JSON file per grid point) into the two tidy tables the report reads.
+
+``results`` has one row per run, failed and diverged runs included (their metrics are NaN), so
+the report can show what did not work. ``loss_curves`` is long: one row per logged step.
+Every record is validated against ``record.schema.json`` first, because a silently missing
+field would otherwise surface as a blank cell in a figure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+
+SCHEMA_PATH = Path(__file__).with_name("record.schema.json")
+GRID_COLUMNS = ["model", "task", "variant", "rank", "lr", "seed"]
+SELECTION_GROUP = ["model", "task", "variant", "rank"]
+VALIDATION_COLUMN = "extra__validation_accuracy"
+RESULT_COLUMNS = [
+    "run_id", *GRID_COLUMNS, "status", "error",
+    "trainable_params", "total_params",
+    "train_seconds", "step_ms", "step_ms_mean", "steps_done", "timing_method",
+    "peak_mem_mb", "baseline_mem_mb", "peak_mem_added_mb", "memory_method",
+    "target_acc_before", "target_acc_after", "forgetting",
+    "device", "device_name",
+]  # fmt: skip
+CURVE_COLUMNS = ["run_id", *GRID_COLUMNS, "status", "step", "loss"]
+
+
+class RecordError(ValueError):
+    """A record file that is not valid JSON or does not match the schema."""
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The parsed record at ``path``; a :class:`RecordError` names the file and the bad field."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise RecordError(f"{path}: not valid JSON: {error}") from error
+    problem = jsonschema.exceptions.best_match(_validator().iter_errors(record))
+    if problem is not None:
+        field = "/".join(str(part) for part in problem.absolute_path) or "<record>"
+        raise RecordError(f"{path}: field '{field}': {problem.message}")
+    return record
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _numeric_leaves(tree: dict[str, Any], prefix: str) -> Iterator[tuple[str, float]]:
+    """Numbers of a nested dict as ``prefix__key__subkey``; booleans and text are not metrics."""
+    for key, value in tree.items():
+        name = f"{prefix}__{key}"
+        if isinstance(value, dict):
+            yield from _numeric_leaves(value, name)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield name, value
+
+
+def result_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One flat row of ``results`` for one validated record."""
+    timing, memory, target = record["timing"], record["memory"], record["target"]
+    row = {
+        "run_id": record["run_id"],
+        **record["grid"],
+        "status": record["status"],
+        "error": record["error"],
+        "trainable_params": record["parameters"]["trainable"],
+        "total_params": record["parameters"]["total"],
+        "train_seconds": timing["train_seconds"],
+        "step_ms": timing["step_ms_median"],
+        "step_ms_mean": timing["step_ms_mean"],
+        "steps_done": timing["steps_done"],
+        "timing_method": timing["method"],
+        "peak_mem_mb": memory["peak_mb"],
+        "baseline_mem_mb": memory["baseline_mb"],
+        "peak_mem_added_mb": _difference(memory["peak_mb"], memory["baseline_mb"]),
+        "memory_method": memory["method"],
+        "target_acc_before": target["accuracy_before"],
+        "target_acc_after": target["accuracy_after"],
+        "forgetting": record["forgetting"]["mean"],
+        "device": record["environment"]["device"],
+        "device_name": record["environment"].get("device_name"),
+    }
+    for task, scores in record["source"].items():
+        row[f"source_acc_before__{task}"] = scores["accuracy_before"]
+        row[f"source_acc_after__{task}"] = scores["accuracy_after"]
+    for task, value in record["forgetting"]["per_task"].items():
+        row[f"forgetting__{task}"] = value
+    row.update(_numeric_leaves(record.get("extra", {}), "extra"))
+    return row
+
+
+def curve_rows(record: dict[str, Any]) -> pd.DataFrame:
+    """The record's loss curve in long form, tagged with its grid point and status."""
+    curve = record["loss_curve"]
+    if len(curve["step"]) != len(curve["loss"]):
+        raise RecordError(
+            f"{record['run_id']}: field 'loss_curve': {len(curve['step'])} steps "
+            f"but {len(curve['loss'])} losses"
+        )
+    frame = pd.DataFrame({"step": curve["step"], "loss": pd.array(curve["loss"], dtype="Float64")})
+    for column, value in {"run_id": record["run_id"], **record["grid"], "status": record["status"]}.items():
+        frame[column] = value
+    return frame[CURVE_COLUMNS]
+
+
+def aggregate(record_paths: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, loss_curves) of the records at ``record_paths``; duplicate run ids are an error."""
+    rows, curves, seen = [], [], {}
+    for path in record_paths:
+        record = read_record(path)
+        run_id = record["run_id"]
+        if run_id in seen:
+            raise RecordError(f"{path}: run_id {run_id!r} also in {seen[run_id]}")
+        seen[run_id] = path
+        rows.append(result_row(record))
+        curves.append(curve_rows(record))
+    results = pd.DataFrame(rows)
+    per_task_and_extra = [column for column in results.columns if column not in RESULT_COLUMNS]
+    results = results.reindex(columns=RESULT_COLUMNS + per_task_and_extra)
+    loss_curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
+    return results, loss_curves.astype({"loss": "float64"})
+
+
+def write_tables(results: pd.DataFrame, loss_curves: pd.DataFrame, out_dir: Path) -> None:
+    """Write ``results.csv`` and ``loss_curves.csv`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out_dir / "results.csv", index=False)
+    loss_curves.to_csv(out_dir / "loss_curves.csv", index=False)
+
+
+def _chosen_lr(key: tuple, group: pd.DataFrame) -> float:
+    """The lr with the best mean validation accuracy over ok seeds (ties: the smaller lr).
+
+    With one lr there is nothing to choose. Test accuracy is never looked at: choosing on it
+    would report an optimistically biased number.
+    """
+    lrs = sorted(group["lr"].unique())
+    if len(lrs) == 1:
+        return lrs[0]
+    if VALIDATION_COLUMN not in group:
+        raise ValueError(f"{dict(zip(SELECTION_GROUP, key))}: {len(lrs)} learning rates but no extra.validation_accuracy to choose by")
+    ok = group[group["status"] == "ok"]
+    validation = ok.groupby("lr")[VALIDATION_COLUMN].mean().reindex(lrs)
+    return lrs[0] if validation.isna().all() else validation.idxmax()
+
+
+def best_lr(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``results`` at the lr chosen per (model, task, variant, rank) on validation accuracy."""
+    if results.empty:
+        return results
+    chosen = pd.DataFrame(
+        [(*key, _chosen_lr(key, group)) for key, group in results.groupby(SELECTION_GROUP)],
+        columns=[*SELECTION_GROUP, "chosen_lr"],
+    )
+    merged = results.merge(chosen, on=SELECTION_GROUP)
+    return merged[merged["lr"] == merged["chosen_lr"]].drop(columns="chosen_lr").reset_index(drop=True)
+
+
+def run_aggregate(records_dir: Path, out_dir: Path) -> None:
+    """CLI entry: every ``*.json`` under ``records_dir`` -> ``out_dir``/results.csv, loss_curves.csv."""
+    paths = sorted(Path(records_dir).rglob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no run records (*.json) under {records_dir}")
+    write_tables(*aggregate(paths), out_dir)
