@@ -1,0 +1,47 @@
+"""The report: figures (``plots``), ``summary.md`` (``summary``) and their Snakemake report entries.
+
+This module stays free of pandas and matplotlib at import time, so the Snakefile can read
+:data:`REPORT_ITEMS` without paying for them; :func:`run_report` imports them when it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPORT_ITEMS = {
+    "accuracy_vs_rank.png": ("Accuracy and forgetting", "accuracy_vs_rank.rst"),
+    "forgetting_vs_accuracy.png": ("Accuracy and forgetting", "forgetting_vs_accuracy.rst"),
+    "params_vs_accuracy.png": ("Accuracy and forgetting", "params_vs_accuracy.rst"),
+    "cost.png": ("Cost", "cost.rst"),
+    "loss_curves.png": ("Training", "loss_curves.rst"),
+    "status.png": ("Training", "status.rst"),
+    "theory.png": ("Theory", "theory.rst"),
+    "theory.csv": ("Theory", "theory_table.rst"),
+    "results.csv": ("Tables", "results.rst"),
+    "summary.md": ("Tables", "summary.rst"),
+}
+"""Every file :func:`run_report` leaves in the report directory (results.csv from aggregation)
+-> (Snakemake report category, caption file in ``workflow/report/``)."""
+
+
+def run_report(out_dir: Path) -> None:
+    """CLI entry: ``out_dir``/results.csv and loss_curves.csv -> every figure, theory.csv and summary.md."""
+    import pandas as pd
+
+    from lorabench.report import plots
+    from lorabench.report.summary import write_summary
+
+    out_dir = Path(out_dir)
+    results = pd.read_csv(out_dir / "results.csv")
+    loss_curves = pd.read_csv(out_dir / "loss_curves.csv")
+    for name, draw in {
+        "accuracy_vs_rank.png": plots.plot_accuracy_vs_rank,
+        "forgetting_vs_accuracy.png": plots.plot_forgetting_vs_accuracy,
+        "cost.png": plots.plot_cost,
+        "params_vs_accuracy.png": plots.plot_params_vs_accuracy,
+        "status.png": plots.plot_status,
+    }.items():
+        draw(results, out_dir / name)
+    plots.plot_loss_curves(plots.curves_of(loss_curves, results), out_dir / "loss_curves.png")
+    plots.plot_theory(plots.theory_table(out_dir / "theory.csv"), out_dir / "theory.png")
+    write_summary(results, out_dir / "summary.md")

@@ -1,0 +1,371 @@
+"""The report's figures: one function per PNG, each ``(table, out_path) -> None``.
+
+Every figure that compares variants uses only ``status == "ok"`` runs at the lr chosen on
+validation (:func:`lorabench.aggregate.best_lr`), one colour per variant that never changes
+between figures, and a 95% bootstrap CI over seeds (:func:`ci95_bounds`). Where tasks are pooled, each seed's
+runs are averaged first, so the CI stays a CI over seeds and not over tasks.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
+
+from lorabench.aggregate import best_lr  # noqa: E402
+
+DPI = 120
+N_BOOT = 1000
+BOOT_SEED = 0
+"""Fixed so the CIs in the figures and in summary.md are the same numbers on every rebuild."""
+VARIANT_COLOURS = {
+    "full": "tab:gray",
+    "lora": "tab:blue",
+    "rslora": "tab:cyan",
+    "dora": "tab:purple",
+    "pissa": "tab:pink",
+    "vera": "tab:olive",
+    "frozen_a": "tab:green",
+    "frozen_b": "tab:brown",
+    "additive": "tab:orange",
+    "resampled": "tab:red",
+}
+"""Known variants in their reading order: the practitioners' baselines first, MATH.md's last."""
+SPARE_COLOURS = ("gold", "navy", "teal", "magenta", "lime", "maroon", "indigo", "coral")
+STATUS_COLOURS = {"ok": "tab:green", "diverged": "tab:orange", "failed": "tab:red"}
+RANK_FREE = "full"
+
+
+def variant_order(variants: Iterable[str]) -> list[str]:
+    """Known variants in :data:`VARIANT_COLOURS` order, then unknown ones alphabetically."""
+    present = set(variants)
+    known = [name for name in VARIANT_COLOURS if name in present]
+    return known + sorted(present - set(VARIANT_COLOURS))
+
+
+def variant_colour(variant: str) -> str:
+    """A colour that depends on the name alone, so a variant looks the same in every figure."""
+    if variant in VARIANT_COLOURS:
+        return VARIANT_COLOURS[variant]
+    return SPARE_COLOURS[zlib.crc32(variant.encode()) % len(SPARE_COLOURS)]
+
+
+def variant_palette(variants: Iterable[str]) -> dict[str, str]:
+    return {name: variant_colour(name) for name in variant_order(variants)}
+
+
+def _finite(values: Iterable[float]) -> np.ndarray:
+    array = np.asarray(list(values), dtype=float)
+    return array[~np.isnan(array)]
+
+
+def ci95_bounds(values: Iterable[float]) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of the mean: what seaborn's ``errorbar=("ci", 95)`` computes.
+
+    Vectorised because seaborn's own bootstrap loops in Python (~50 ms a group), which made
+    loss curves with hundreds of steps take minutes. Fewer than two values: NaN, as in seaborn.
+    """
+    array = _finite(values)
+    if array.size < 2:
+        return np.nan, np.nan
+    draws = np.random.default_rng(BOOT_SEED).integers(0, array.size, size=(N_BOOT, array.size))
+    low, high = np.percentile(array[draws].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+ERRORBAR = ci95_bounds
+"""Passed to seaborn as ``errorbar``, so figures and summary.md show the same intervals."""
+
+
+def ci95(values: Iterable[float]) -> tuple[float, float, float]:
+    """(mean, low, high); NaN mean when there are no values."""
+    array = _finite(values)
+    return (float(array.mean()) if array.size else np.nan, *ci95_bounds(array))
+
+
+def selected_ok(results: pd.DataFrame) -> pd.DataFrame:
+    """The ok runs at the validation-chosen lr: what every comparison figure is drawn from."""
+    selected = best_lr(results)
+    return selected[selected["status"] == "ok"]
+
+
+def reference_rank(results: pd.DataFrame) -> int:
+    """The largest rank in the grid: the rank single-rank views show, where costs differ most."""
+    ranks = results.loc[results["variant"] != RANK_FREE, "rank"]
+    return int(ranks.max()) if len(ranks) else 0
+
+
+def at_reference_rank(runs: pd.DataFrame, rank: int) -> pd.DataFrame:
+    """Runs at ``rank``, plus full fine-tuning, which has no rank and belongs in every view."""
+    return runs[(runs["rank"] == rank) | (runs["variant"] == RANK_FREE)]
+
+
+def seed_means(runs: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
+    """Per (``by``, seed), the mean of ``values`` over everything else (tasks): one point per seed."""
+    return runs.groupby([*by, "seed"], as_index=False)[values].mean()
+
+
+def curves_of(loss_curves: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """The loss curves of the runs at the validation-chosen lr."""
+    return loss_curves[loss_curves["run_id"].isin(best_lr(results)["run_id"])]
+
+
+def _grid(n_rows: int, n_cols: int, title: str, panel: tuple[float, float] = (4.2, 3.2), sharey=False):
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(panel[0] * n_cols, panel[1] * n_rows),
+        squeeze=False, sharey=sharey, layout="constrained",
+    )  # fmt: skip
+    fig.suptitle(title, fontsize=12)
+    return fig, axes
+
+
+def _variant_legend(fig, variants: Iterable[str], extra: list[tuple[Line2D, str]] = ()) -> None:
+    """One legend right of all panels, same entries and order in every figure."""
+    handles = [Line2D([], [], color=c, marker="o", linewidth=2) for c in variant_palette(variants).values()]
+    labels = list(variant_palette(variants))
+    handles += [handle for handle, _ in extra]
+    labels += [label for _, label in extra]
+    fig.legend(handles, labels, title="variant", loc="outside center right")
+
+
+def _save(fig, out_path: Path) -> None:
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _no_data(out_path: Path, title: str) -> None:
+    """A figure that says why it is empty, so the report still builds and shows the gap."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{title}\n\nno successful (status ok) runs to plot", ha="center", va="center")
+    _save(fig, out_path)
+
+
+def _log2_rank_axis(ax, ranks: Iterable[int]) -> None:
+    ranks = sorted(set(ranks))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.minorticks_off()
+
+
+def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
+    """Target accuracy vs rank per (task, model) panel; full FT is a horizontal band."""
+    title = "Target accuracy after fine-tuning vs rank (one panel per task × model)"
+    runs = selected_ok(results)
+    if runs.empty:
+        return _no_data(out_path, title)
+    tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
+    fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, bars: 95% CI; lr chosen on validation")
+    ranked = runs[runs["variant"] != RANK_FREE]
+    palette = variant_palette(runs["variant"])
+    for (i, task), (j, model) in ((t, m) for t in enumerate(tasks) for m in enumerate(models)):
+        ax = axes[i, j]
+        panel = ranked[(ranked["task"] == task) & (ranked["model"] == model)]
+        if not panel.empty:
+            sns.lineplot(
+                panel, x="rank", y="target_acc_after", hue="variant", palette=palette,
+                errorbar=ERRORBAR, err_style="bars", marker="o", ax=ax, legend=False,
+            )  # fmt: skip
+            _log2_rank_axis(ax, panel["rank"])
+        full = runs[(runs["variant"] == RANK_FREE) & (runs["task"] == task) & (runs["model"] == model)]
+        mean, low, high = ci95(full["target_acc_after"])
+        if not np.isnan(mean):
+            ax.axhline(mean, color=variant_colour(RANK_FREE), linestyle="--")
+            if not np.isnan(low):
+                ax.axhspan(low, high, color=variant_colour(RANK_FREE), alpha=0.15)
+        ax.set(title=f"{model} · {task}", xlabel="rank r (log₂ scale)", ylabel="target accuracy (exact match)")
+    full_handle = Line2D([], [], color=variant_colour(RANK_FREE), linestyle="--")
+    _variant_legend(fig, ranked["variant"], [(full_handle, "full FT (no rank;\nband: 95% CI)")])
+    _save(fig, out_path)
+
+
+def _errorbar_point(ax, x: pd.Series, y: pd.Series, colour: str) -> None:
+    """A mean point with asymmetric 95% CI bars in both directions (none where n < 2)."""
+    (mx, lx, hx), (my, ly, hy) = ci95(x), ci95(y)
+    xerr = None if np.isnan(lx) else [[mx - lx], [hx - mx]]
+    yerr = None if np.isnan(ly) else [[my - ly], [hy - my]]
+    ax.errorbar(mx, my, xerr=xerr, yerr=yerr, fmt="o", color=colour, markersize=7, capsize=3)
+
+
+def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
+    """The learning-forgetting trade-off: one point per variant, CI over seeds on both axes."""
+    rank = reference_rank(results)
+    title = f"Learning vs forgetting at rank {rank} (full FT: no rank), tasks averaged per seed"
+    runs = at_reference_rank(selected_ok(results), rank)
+    if runs.empty:
+        return _no_data(out_path, title)
+    points = seed_means(runs, ["model", "variant"], ["target_acc_after", "forgetting"])
+    models = sorted(points["model"].unique())
+    fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds, bars: 95% CI", panel=(4.8, 4.0))
+    for ax, model in zip(axes[0], models):
+        for variant, seeds in points[points["model"] == model].groupby("variant"):
+            _errorbar_point(ax, seeds["target_acc_after"], seeds["forgetting"], variant_colour(variant))
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set(
+            title=model, xlabel="target accuracy after (higher is better →)",
+            ylabel="forgetting: mean source-accuracy drop\n(↓ lower is better)",
+        )  # fmt: skip
+    _variant_legend(fig, points["variant"])
+    _save(fig, out_path)
+
+
+def plot_cost(results: pd.DataFrame, out_path: Path) -> None:
+    """Time per optimizer step and peak memory added by training, per variant and model."""
+    rank = reference_rank(results)
+    title = f"Cost per variant at rank {rank} (full FT: no rank), tasks averaged per seed"
+    runs = at_reference_rank(selected_ok(results), rank)
+    if runs.empty:
+        return _no_data(out_path, title)
+    metrics = {"step_ms": "time per optimizer step (ms)", "peak_mem_added_mb": "peak memory added by training (MiB)"}
+    points = seed_means(runs, ["model", "variant"], list(metrics))
+    models, order = sorted(points["model"].unique()), variant_order(points["variant"])
+    fig, axes = _grid(2, len(models), title + "\nbar: mean over seeds, black line: 95% CI", panel=(0.55 * len(order) + 2, 3.2))
+    for j, model in enumerate(models):
+        for i, (metric, label) in enumerate(metrics.items()):
+            sns.barplot(
+                points[points["model"] == model], x="variant", y=metric, hue="variant", order=order,
+                palette=variant_palette(order), errorbar=ERRORBAR, ax=axes[i, j], legend=False,
+                err_kws={"color": "black", "linewidth": 1.2},
+            )  # fmt: skip
+            axes[i, j].set(title=f"{model}", xlabel="", ylabel=label)
+            plt.setp(axes[i, j].get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
+    _save(fig, out_path)
+
+
+def plot_params_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
+    """Trainable parameters (log) vs target accuracy: one point per rank, joined per variant."""
+    title = "Trainable parameters vs target accuracy (tasks averaged per seed; one point per rank)"
+    runs = selected_ok(results)
+    if runs.empty:
+        return _no_data(out_path, title)
+    points = seed_means(runs, ["model", "variant", "rank", "trainable_params"], ["target_acc_after"])
+    models = sorted(points["model"].unique())
+    fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds, bars: 95% CI", panel=(4.8, 3.8))
+    for ax, model in zip(axes[0], models):
+        sns.lineplot(
+            points[points["model"] == model], x="trainable_params", y="target_acc_after", hue="variant",
+            palette=variant_palette(points["variant"]), errorbar=ERRORBAR, err_style="bars", marker="o",
+            ax=ax, legend=False,
+        )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set(title=model, xlabel="trainable parameters (log scale)", ylabel="target accuracy (exact match)")
+    _variant_legend(fig, points["variant"])
+    _save(fig, out_path)
+
+
+def plot_loss_curves(loss_curves: pd.DataFrame, out_path: Path) -> None:
+    """Mean training loss vs step per variant, CI band over seeds, at the reference rank."""
+    rank = reference_rank(loss_curves)
+    title = f"Training loss at rank {rank} (full FT: no rank; one panel per task × model)"
+    curves = at_reference_rank(loss_curves[loss_curves["status"] == "ok"], rank)
+    if curves.empty:
+        return _no_data(out_path, title)
+    tasks, models = sorted(curves["task"].unique()), sorted(curves["model"].unique())
+    fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, band: 95% CI")
+    palette = variant_palette(curves["variant"])
+    for (i, task), (j, model) in ((t, m) for t in enumerate(tasks) for m in enumerate(models)):
+        panel = curves[(curves["task"] == task) & (curves["model"] == model)]
+        sns.lineplot(
+            panel, x="step", y="loss", hue="variant", palette=palette, errorbar=ERRORBAR,
+            ax=axes[i, j], legend=False,
+        )  # fmt: skip
+        axes[i, j].set(title=f"{model} · {task}", xlabel="optimizer step", ylabel="training loss (cross-entropy, nats)")
+    _variant_legend(fig, curves["variant"])
+    _save(fig, out_path)
+
+
+def plot_status(results: pd.DataFrame, out_path: Path) -> None:
+    """Runs per variant by status, every grid point counted, so failures cannot hide."""
+    title = "Runs per variant by status (every lr, rank, task and seed of the grid)"
+    models = sorted(results["model"].unique())
+    if not models:
+        return _no_data(out_path, title)
+    order = variant_order(results["variant"])
+    fig, axes = _grid(1, len(models), title, panel=(4.2, 0.35 * len(order) + 1.2), sharey=True)
+    for ax, model in zip(axes[0], models):
+        counts = pd.crosstab(results.loc[results["model"] == model, "variant"], results["status"])
+        counts = counts.reindex(index=order[::-1], columns=list(STATUS_COLOURS), fill_value=0)
+        left = np.zeros(len(counts))
+        for status, colour in STATUS_COLOURS.items():
+            ax.barh(counts.index, counts[status], left=left, color=colour)
+            left += counts[status].to_numpy()
+        for y, total in enumerate(left):
+            ax.text(total, y, f" {int(total)}", va="center", fontsize=8)
+        ax.margins(x=0.12)
+        ax.set(title=model, xlabel="runs (count)", ylabel="variant")
+    fig.legend([Patch(color=c) for c in STATUS_COLOURS.values()], list(STATUS_COLOURS), title="status", loc="outside center right")
+    _save(fig, out_path)
+
+
+def theory_table(out_csv: Path, seed: int = 0) -> pd.DataFrame:
+    """The Monte Carlo checks of MATH.md from :mod:`lorabench.theory`, long form with a ``panel`` column.
+
+    Sizes are ``lorabench.theory``'s defaults, which its author keeps small enough for a CPU.
+    """
+    from lorabench import theory
+
+    panels = {
+        "resampled": theory.resampled_update_error(seed=seed),
+        "frozen_a": theory.frozen_a_residual(seed=seed),
+        "additive": theory.additive_rank(seed=seed),
+    }
+    table = pd.concat([frame.assign(panel=name) for name, frame in panels.items()], ignore_index=True)
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_csv, index=False)
+    return table
+
+
+def _identity_line(ax, values: pd.Series) -> None:
+    low, high = values.min(), values.max()
+    ax.plot([low, high], [low, high], color="black", linestyle=":", label="measured = expected")
+
+
+def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
+    """Three panels: 1/√N convergence of resampling, frozen-A residual, additive rank."""
+    fig, axes = _grid(1, 3, "MATH.md claims checked numerically (Monte Carlo, small random matrices)", panel=(4.4, 3.8))
+    resampled, frozen, additive = (table[table["panel"] == name] for name in ("resampled", "frozen_a", "additive"))
+
+    ax = axes[0, 0]
+    ax.loglog(resampled["samples"], resampled["relative_error"], "o-", color=variant_colour("resampled"), label="measured")
+    first = resampled.iloc[0]
+    ax.loglog(resampled["samples"], first["relative_error"] * np.sqrt(first["samples"] / resampled["samples"]),
+              ":", color="black", label="∝ 1/√N reference")  # fmt: skip
+    ax.set(title="§2 resampled: mean update → −2ηG", xlabel="samples N (log)", ylabel="relative error of the mean (log)")
+    ax.legend(loc="upper right")
+
+    ax = axes[0, 1]
+    frozen = frozen.astype({"m": int, "r": int})
+    sns.scatterplot(frozen, x="expected", y="residual", hue="m", style="r", palette="viridis", ax=ax, s=50)
+    _identity_line(ax, frozen["expected"])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    ax.set(title="§4 frozen A: E‖(I−P)A*‖² = r(m−r)", xlabel="expected r(m − r) (log)",
+           ylabel="measured mean residual (log)")  # fmt: skip
+    ax.legend(fontsize=7, ncols=2, loc="upper left")
+
+    ax = axes[0, 2]
+    ax.scatter(additive["expected"], additive["rank"], color=variant_colour("additive"), s=50, label="measured", zorder=3)
+    for (expected, rank), shapes in additive.groupby(["expected", "rank"]):
+        label = "\n".join(f"({r.m:.0f},{r.n:.0f},r={r.r:.0f})" for r in shapes.itertuples())
+        ax.annotate(label, (expected, rank), textcoords="offset points", xytext=(-6, 6), ha="right", fontsize=7)
+    _identity_line(ax, additive["expected"])
+    ax.set(title="§3 additive: rank(ΔW) = 2r", xlabel="expected min(2r, m, n)", ylabel="numerical rank of ΔW")
+    ax.legend(loc="upper left")
+    _save(fig, out_path)

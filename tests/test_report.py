@@ -1,0 +1,172 @@
+"""Figures, theory table and summary.md from synthetic records (see test_aggregate.write_grid)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from test_aggregate import BAD_LR, GOOD_LR, write_grid
+
+import lorabench
+from lorabench.aggregate import aggregate, run_aggregate
+from lorabench.report import REPORT_ITEMS, plots, run_report
+from lorabench.report.summary import QUESTIONS, Estimate, _verdict, write_summary
+
+CAPTIONS = Path(__file__).parents[1] / "workflow" / "report"
+
+
+def _stub_theory() -> types.ModuleType:
+    """Exact answers in the shape of lorabench.theory's API, so report tests do not depend on it."""
+    stub = types.ModuleType("lorabench.theory")
+    stub.resampled_update_error = lambda seed, samples=(10, 100, 1000): pd.DataFrame(
+        {"samples": samples, "relative_error": [2 / np.sqrt(s) for s in samples]}
+    )
+    stub.frozen_a_residual = lambda seed, ms=(16, 32), rs=(1, 4): pd.DataFrame(
+        [{"m": m, "r": r, "residual": r * (m - r), "expected": r * (m - r)} for m in ms for r in rs]
+    )
+    stub.additive_rank = lambda seed, shapes=((8, 12, 1), (16, 24, 4)): pd.DataFrame(
+        [{"m": m, "n": n, "r": r, "rank": 2 * r, "expected": 2 * r} for m, n, r in shapes]
+    )
+    return stub
+
+
+@pytest.fixture
+def stub_theory(monkeypatch: pytest.MonkeyPatch) -> None:
+    stub = _stub_theory()
+    monkeypatch.setitem(sys.modules, "lorabench.theory", stub)
+    monkeypatch.setattr(lorabench, "theory", stub, raising=False)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full report for the module: drawing is the slow part, so it is done once."""
+    root = tmp_path_factory.mktemp("report")
+    (root / "runs").mkdir()
+    write_grid(root / "runs", models=("gpt2-tiny", "pythia-14m"))
+    run_aggregate(root / "runs", root / "reports")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "lorabench.theory", _stub_theory())
+        patch.setattr(lorabench, "theory", sys.modules["lorabench.theory"], raising=False)
+        run_report(root / "reports")
+    return root / "reports"
+
+
+@pytest.fixture(scope="module")
+def results(report_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(report_dir / "results.csv")
+
+
+def test_every_report_item_is_written_and_non_empty(report_dir: Path) -> None:
+    for name in REPORT_ITEMS:
+        assert (report_dir / name).stat().st_size > 200, name
+
+
+def test_figures_are_readable_pngs(report_dir: Path) -> None:
+    for name in (n for n in REPORT_ITEMS if n.endswith(".png")):
+        height, width, _ = matplotlib.image.imread(report_dir / name).shape
+        assert 300 < width < 2500 and 200 < height < 2000, (name, width, height)
+
+
+def test_every_report_item_has_a_caption() -> None:
+    for name, (category, caption) in REPORT_ITEMS.items():
+        assert category and (CAPTIONS / caption).read_text().strip(), name
+
+
+def test_summary_mentions_every_variant_and_question(report_dir: Path, results: pd.DataFrame) -> None:
+    summary = (report_dir / "summary.md").read_text()
+    for variant in results["variant"].unique():
+        assert f"| {variant} |" in summary, variant
+    for question in QUESTIONS:
+        assert question in summary
+    for link in ("forgetting_vs_accuracy.png", "cost.png", "accuracy_vs_rank.png", "params_vs_accuracy.png"):
+        assert f"]({link})" in summary and (report_dir / link).exists()
+
+
+def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
+    summary = (report_dir / "summary.md").read_text()
+    # forgetting = base + 0.01 * seed over seeds 0..2 -> means 0.09 (resampled) and 0.21 (lora)
+    assert "resampled forgets 0.090 ± 0.0" in summary
+    assert "vs lora 0.210 ± 0.0" in summary and "(less)" in summary
+    assert "frozen_b falls behind" in summary
+    assert "0.50× lora's trainable parameters" in summary
+    assert "Rank 8 (full FT: no rank)" in summary
+
+
+def test_summary_lists_failed_and_diverged_runs_by_first_line(report_dir: Path) -> None:
+    summary = (report_dir / "summary.md").read_text()
+    assert "`gpt2-tiny/add/lora/r4/lr0.001/seed99` — failed: RuntimeError: loss became nan at step 3" in summary
+    assert "— diverged: RuntimeError" in summary
+    assert "Traceback follows" not in summary
+    assert "ok 132, diverged 1, failed 1" in summary
+
+
+def test_summary_says_what_is_not_answered(tmp_path: Path) -> None:
+    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "full"), lrs=(GOOD_LR,), seeds=(0,)))
+    write_summary(results, tmp_path / "summary.md")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "not answered on tiny-a: no ok runs of resampled." in summary
+    assert "not answered on tiny-a: no ok runs of additive." in summary
+    assert "(1 seed, no CI)" in summary
+
+
+def test_verdict_hedges_when_intervals_overlap() -> None:
+    low, high = Estimate(0.10, 0.05, 0.15), Estimate(0.20, 0.17, 0.23)
+    assert _verdict(low, high, "less", "more") == "less"
+    assert _verdict(high, low, "less", "more") == "more"
+    assert _verdict(low, Estimate(0.13, 0.11, 0.16), "less", "more") == "not separated: the 95% CIs overlap"
+    assert _verdict(low, Estimate(0.3, np.nan, np.nan), "less", "more") == "not separated: one seed gives no CI"
+
+
+def test_ci95_matches_seaborn_bootstrap_interval() -> None:
+    from seaborn.algorithms import bootstrap
+
+    values = np.random.default_rng(1).normal(0.5, 0.1, size=12)
+    mean, low, high = plots.ci95(values)
+    seaborn_low, seaborn_high = np.percentile(bootstrap(values, func="mean", n_boot=4000, seed=0), [2.5, 97.5])
+    assert mean == pytest.approx(values.mean())
+    assert low == pytest.approx(seaborn_low, abs=0.01) and high == pytest.approx(seaborn_high, abs=0.01)
+    assert np.isnan(plots.ci95([0.3])[1])
+
+
+def test_variant_colours_do_not_depend_on_which_variants_are_present() -> None:
+    assert plots.variant_palette(["resampled", "lora"]) == {"lora": "tab:blue", "resampled": "tab:red"}
+    assert plots.variant_order(["zeta", "lora", "alpha", "full"]) == ["full", "lora", "alpha", "zeta"]
+    assert plots.variant_colour("my_new_variant") == plots.variant_palette(["my_new_variant", "x"])["my_new_variant"]
+
+
+def test_figures_use_only_ok_runs_at_the_validation_lr(results: pd.DataFrame) -> None:
+    used = plots.selected_ok(results)
+    assert set(used["status"]) == {"ok"} and set(used["lr"]) == {GOOD_LR}
+    assert BAD_LR in set(results["lr"])
+    assert plots.reference_rank(results) == 8
+
+
+def test_figures_without_ok_runs_still_render(tmp_path: Path) -> None:
+    results, curves = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), lrs=(GOOD_LR,), seeds=(0,)))
+    failed = results.assign(status="failed")
+    plots.plot_forgetting_vs_accuracy(failed, tmp_path / "empty.png")
+    plots.plot_loss_curves(curves.assign(status="failed"), tmp_path / "empty_curves.png")
+    assert (tmp_path / "empty.png").stat().st_size > 500 and (tmp_path / "empty_curves.png").stat().st_size > 500
+
+
+def test_theory_table_has_three_panels(tmp_path: Path, stub_theory: None) -> None:
+    table = plots.theory_table(tmp_path / "theory.csv")
+    assert set(table["panel"]) == {"resampled", "frozen_a", "additive"}
+    additive = table[table["panel"] == "additive"]
+    assert (additive["rank"] == 2 * additive["r"]).all()
+    assert len(pd.read_csv(tmp_path / "theory.csv")) == len(table)
+
+
+def test_real_theory_module_takes_the_calls_theory_table_makes() -> None:
+    """Only the signatures: running the Monte Carlo is lorabench.theory's own tests' job."""
+    theory = pytest.importorskip("lorabench.theory")
+    for function in (theory.resampled_update_error, theory.frozen_a_residual, theory.additive_rank):
+        parameters = inspect.signature(function).parameters
+        assert "seed" in parameters, function.__name__
+        assert all(p.default is not p.empty for name, p in parameters.items() if name != "seed"), function.__name__
