@@ -33,6 +33,8 @@ class Variant:
     name: ClassVar[str]
     source: ClassVar[str]
     """Where the method comes from, shown by ``lorabench variants``: a paper, MATH.md §, or PEFT."""
+    in_default_grid: ClassVar[bool] = True
+    """False for generic entries that need settings from the config (``peft``): ``all`` skips them."""
     uses_rank: ClassVar[bool] = True
     """False for methods without a rank (full fine-tuning): the grid runs them once per rank set."""
 
@@ -65,3 +67,8 @@ class Variant:
     def trainable_parameters(cls, m: int, n: int, r: int) -> int:
         """Trainable parameters this variant adds to one ``(m, n)`` layer at rank ``r``."""
         raise NotImplementedError
+
+    def layer_parameters(self, m: int, n: int, r: int) -> int:
+        """:meth:`trainable_parameters` for this spec; only variants whose count depends on
+        ``spec.options`` (the generic ``peft`` path) override it."""
+        return self.trainable_parameters(m, n, r)
