@@ -1,0 +1,30 @@
+# lorabench: every LoRA variant over a grid of models x ranks x tasks x learning rates x seeds,
+# then one table and one report. Run `snakemake -c all` (embedded CPU default), or pass
+# `--configfile workflow/config/<suite>.yaml`; the config is validated before any job runs.
+import json
+from pathlib import Path
+
+from lorabench.config import ConfigError, load_grid
+
+
+if not config:  # a --configfile replaces the embedded default instead of being merged into it
+    configfile: "workflow/config/default.yaml"
+
+
+try:
+    GRID = load_grid(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+container: config["container"]
+
+
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.figures.output,
+    default_target: True

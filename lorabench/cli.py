@@ -1,0 +1,105 @@
+"""The ``lorabench`` command line: what the Snakemake rules call, plus ``variants`` and ``check``.
+
+Heavy libraries are imported inside each command, so ``lorabench --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+LISTING_SHAPE = (64, 64, 4)
+
+
+def _variants(_: argparse.Namespace) -> None:
+    from lorabench.variants import registry
+
+    m, n, r = LISTING_SHAPE
+    print(f"{'variant':<12} {'trainable @ (m,n,r)=' + str(LISTING_SHAPE):>28}  source")
+    for name, cls in registry().items():
+        count = cls.trainable_parameters(m, n, r if cls.uses_rank else 0)
+        print(f"{name:<12} {count:>28,}  {cls.source}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    import yaml
+
+    from lorabench.config import ConfigError, load_grid
+
+    config = yaml.safe_load(args.config.read_text())
+    try:
+        grid = load_grid(config, args.schema)
+    except ConfigError as error:
+        sys.exit(f"{args.config}: {error}")
+    print(f"{args.config}: ok, {len(grid.points())} grid points")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from lorabench.pretrain import pretrain
+
+    scores = pretrain(json.loads(args.settings), args.out)
+    print(json.dumps({"source_test_accuracy": scores}))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from lorabench.runner import run_job
+
+    run_job(json.loads(args.job))
+
+
+def _aggregate(args: argparse.Namespace) -> None:
+    from lorabench.aggregate import aggregate, write_tables
+
+    results, curves = aggregate(args.records)
+    write_tables(results, curves, args.out)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from lorabench.report import run_report
+
+    run_report(args.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="lorabench", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("variants", help="list registered variants")
+    listing.set_defaults(run=_variants)
+
+    check = commands.add_parser("check", help="validate a grid config without running anything")
+    check.add_argument("config", type=Path)
+    check.add_argument("--schema", type=Path, default=Path("workflow/schemas/config.schema.yaml"))
+    check.set_defaults(run=_check)
+
+    pre = commands.add_parser("pretrain", help="build and pretrain an embedded model (pipeline rule)")
+    pre.add_argument("--settings", required=True, help="JSON written by the Snakefile")
+    pre.add_argument("--out", required=True, type=Path)
+    pre.set_defaults(run=_pretrain)
+
+    train = commands.add_parser("train", help="run one job of grid points (pipeline rule)")
+    train.add_argument("--job", required=True, help="JSON written by the Snakefile")
+    train.set_defaults(run=_train)
+
+    agg = commands.add_parser("aggregate", help="records -> results.csv and loss_curves.csv")
+    agg.add_argument("records", nargs="+", type=Path)
+    agg.add_argument("--out", required=True, type=Path)
+    agg.set_defaults(run=_aggregate)
+
+    report = commands.add_parser("report", help="figures and summary.md from the tables")
+    report.add_argument("--out", required=True, type=Path)
+    report.set_defaults(run=_report)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The grid: validate a configuration and expand it into jobs, grid points and record paths.
+
+The Snakefile calls :func:`load_grid` at parse time, so a bad config is refused with a message that
+names the field before any job runs; the rules then read every path and job setting from the
+:class:`Grid`, which keeps the workflow thin.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RUNS = "results/runs"
+RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
+BATCHABLE = ("task", "seed")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the field at fault and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    task: str
+    variant: str
+    rank: int
+    lr: float
+    seed: int
+
+    @property
+    def record(self) -> str:
+        return RECORD.format(**{**self.__dict__, "lr": format_lr(self.lr)})
+
+
+def format_lr(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def check_schema(config: dict[str, Any], schema: Path) -> None:
+    """JSON-schema validation that fills defaults; the error names the field path."""
+    from snakemake.utils import validate
+    from snakemake.exceptions import WorkflowError
+
+    try:
+        validate(config, str(schema), set_default=True)
+    except WorkflowError as error:
+        raise ConfigError(_schema_message(error)) from None
+
+
+def _schema_message(error: Exception) -> str:
+    cause = error.__cause__ or error
+    path = "/".join(str(part) for part in getattr(cause, "absolute_path", [])) or "(top level)"
+    return f"config error at `{path}`: {getattr(cause, 'message', cause)}"
+
+
+@dataclass
+class Grid:
+    config: dict[str, Any]
+
+    def variants(self) -> dict[str, str]:
+        """Grid name -> registered variant it runs (a config entry may alias one with `uses`)."""
+        from lorabench.variants import registry
+
+        registered = registry()
+        defined = self.config.get("variants", {})
+        chosen = self.config["grid"].get("variants", "all")
+        in_all = [name for name, cls in registered.items() if cls.in_default_grid]
+        names = [*in_all, *(n for n in defined if n not in registered)] if chosen == "all" else chosen
+        resolved = {}
+        for name in names:
+            uses = defined.get(name, {}).get("uses", name)
+            if uses not in registered:
+                raise ConfigError(
+                    f"config error at `grid/variants`: unknown variant {name!r}. Registered variants: "
+                    f"{', '.join(registered)}; or define it under `variants: {{{name}: {{uses: <registered>}}}}`."
+                )
+            resolved[name] = uses
+        return resolved
+
+    def _variant_class(self, name: str):
+        from lorabench.variants import get
+
+        return get(self.variants()[name])
+
+    def ranks(self, variant: str) -> list[int]:
+        return self.config["grid"]["ranks"] if self._variant_class(variant).uses_rank else [0]
+
+    def lrs(self, variant: str) -> list[float]:
+        return self.config.get("variants", {}).get(variant, {}).get("lrs", self.config["grid"]["lrs"])
+
+    def points(self) -> list[Point]:
+        return [
+            Point(model, task, variant, rank, lr, seed)
+            for model in self.config["models"]
+            for variant in self.variants()
+            for rank in self.ranks(variant)
+            for lr in self.lrs(variant)
+            for task in self.config["tasks"]["target"]
+            for seed in self.config["grid"]["seeds"]
+        ]
+
+    def batched(self) -> list[str]:
+        return self.config.get("jobs", {}).get("batch", list(BATCHABLE))
+
+    def job_outputs(self) -> list[str]:
+        """The train rule's outputs: record paths with a wildcard per unbatched axis."""
+        values = {"task": self.config["tasks"]["target"], "seed": self.config["grid"]["seeds"]}
+        combos = itertools.product(*(values[axis] if axis in self.batched() else [None] for axis in BATCHABLE))
+        fixed = {"model": "{model}", "variant": "{variant}", "rank": "{rank}", "lr": "{lr}"}
+        return [
+            RECORD.format(**fixed, **{axis: v if v is not None else "{%s}" % axis for axis, v in zip(BATCHABLE, c)})
+            for c in combos
+        ]
+
+    def train_job(self, wildcards: dict[str, str], device: str, threads: int) -> dict[str, Any]:
+        """Everything one train job needs, passed as JSON so a changed setting re-runs exactly its jobs."""
+        model, variant, rank = wildcards["model"], wildcards["variant"], int(wildcards["rank"])
+        points = [
+            p for p in self.points()
+            if (p.model, p.variant, p.rank, format_lr(p.lr)) == (model, variant, rank, wildcards["lr"])
+            and all(str(getattr(p, axis)) == wildcards[axis] for axis in BATCHABLE if axis in wildcards)
+        ]
+        train = self.config["train"]
+        variant_options = {k: v for k, v in self.config.get("variants", {}).get(variant, {}).items()
+                           if k not in ("uses", "lrs")}
+        return {
+            "model": model,
+            "checkpoint": self.checkpoint(model),
+            "dtype": self.config.get("dtype", "float32"),
+            "device": device,
+            "threads": threads,
+            "variant": variant,
+            "uses": self.variants()[variant],
+            "variant_options": variant_options,
+            "rank": rank,
+            "alpha": train.get("alpha", 8),
+            "dropout": train.get("dropout", 0.0),
+            "target_modules": self.config["models"][model]["target_modules"],
+            "source_tasks": self.config["tasks"]["source"],
+            "target_tasks": self.config["tasks"]["target"],
+            "data": self.config["data"],
+            "eval_batch_size": train.get("eval_batch_size", 128),
+            "train": {k: train[k] for k in ("steps", "batch_size", "weight_decay", "log_every") if k in train},
+            "points": [{"task": p.task, "lr": p.lr, "seed": p.seed, "record": p.record} for p in points],
+        }
+
+    def checkpoint(self, model: str) -> str:
+        return f"results/models/{model}"
+
+    def pretrain_settings(self, model: str, threads: int) -> dict[str, Any]:
+        return {
+            "architecture": self.config["models"][model]["architecture"],
+            "source_tasks": self.config["tasks"]["source"],
+            "data": self.config["data"],
+            "seed": self.config["pretrain"]["seed"],
+            "train": {k: self.config["pretrain"][k] for k in ("steps", "batch_size", "lr")},
+            "eval_batch_size": self.config["train"].get("eval_batch_size", 128),
+            "threads": threads,
+        }
+
+    def check_ranks(self) -> None:
+        """Refuse a rank that some variant cannot apply to some targeted layer, naming both."""
+        from lorabench.models import target_layer_shapes
+
+        for model, spec in self.config["models"].items():
+            shapes = target_layer_shapes(spec["architecture"], spec["target_modules"])
+            if not shapes:
+                raise ConfigError(
+                    f"config error at `models/{model}/target_modules`: {spec['target_modules']} match no layer "
+                    "of this model; use the last part of a module name, e.g. q_proj (Llama) or c_attn (GPT-2)"
+                )
+            for variant in self.variants():
+                for rank in self.ranks(variant):
+                    for layer, (m, n) in shapes.items():
+                        problem = self._variant_class(variant).rank_problem(m, n, rank)
+                        if problem:
+                            raise ConfigError(
+                                f"config error at `grid/ranks`: rank {rank} does not fit model {model!r} for "
+                                f"variant {variant!r}: layer {layer} of shape (m, n) = ({m}, {n}): {problem}. "
+                                "Choose ranks that fit every targeted layer, or leave the variant out of grid/variants."
+                            )
+
+
+def load_grid(config: dict[str, Any], schema: Path) -> Grid:
+    """Validate ``config`` (schema, then variants and ranks against the models) and return its grid."""
+    check_schema(config, schema)
+    grid = Grid(config)
+    grid.variants()
+    grid.check_ranks()
+    return grid

@@ -1,0 +1,88 @@
+"""Models and tokenizers: the embedded tiny ones are built here; every model is loaded like a hub model.
+
+The embedded suite saves its models with ``save_pretrained`` and loads them back with
+``from_pretrained``, so the code path that trains on them is the one that trains on a hub name or a
+local checkpoint on a GPU cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from lorabench.tasks.algorithmic import ALPHABET
+
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
+_CONFIGS = {"llama": LlamaConfig, "gpt2": GPT2Config}
+
+
+def character_tokenizer() -> PreTrainedTokenizerFast:
+    """A one-token-per-character tokenizer over the embedded tasks' alphabet."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {token: index for index, token in enumerate((*SPECIAL_TOKENS, *ALPHABET))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def build_embedded(architecture: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A randomly initialised model from a transformers config (``family`` picks Llama or GPT-2)."""
+    settings = dict(architecture)
+    family = settings.pop("family")
+    config = _CONFIGS[family](
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        **settings,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from a hub name or a local checkpoint folder, ready for batched generation."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def target_layer_shapes(architecture: dict[str, Any], target_modules: list[str]) -> dict[str, tuple[int, int]]:
+    """``(out, in)`` of every targeted layer, read from a weightless (meta-device) instance.
+
+    Used to check ranks against the model before any job runs, without allocating weights.
+    """
+    with torch.device("meta"):
+        model = build_embedded(architecture, character_tokenizer(), seed=0)
+    return {
+        name: _out_in(module)
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] in target_modules and hasattr(module, "weight")
+    }
+
+
+def _out_in(module: torch.nn.Module) -> tuple[int, int]:
+    """GPT-2's ``Conv1D`` stores its weight as ``(in, out)``; ``nn.Linear`` as ``(out, in)``."""
+    if isinstance(module, torch.nn.Linear):
+        return tuple(module.weight.shape)
+    rows, cols = module.weight.shape
+    return cols, rows

@@ -1,0 +1,63 @@
+"""Run records: one JSON file per grid point, written atomically, valid against record.schema.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+from functools import cache
+from importlib import metadata
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@cache
+def record_schema() -> dict[str, Any]:
+    return json.loads(files("lorabench").joinpath("record.schema.json").read_text())
+
+
+def validate(record: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` naming the offending field when ``record`` is malformed."""
+    import jsonschema
+
+    jsonschema.validate(record, record_schema())
+
+
+def write(record: dict[str, Any], path: Path) -> None:
+    """Validate, then write via a temporary file and rename, so a killed job never leaves half a record."""
+    validate(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, indent=1, allow_nan=False))
+    os.replace(partial, path)
+
+
+@cache
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("LORABENCH_COMMIT")
+    return out.stdout.strip()
+
+
+def environment(device_info: dict[str, Any]) -> dict[str, Any]:
+    """Versions, device and commit, so a reader can tell exactly what produced a number."""
+    return {
+        **device_info,
+        "torch": metadata.version("torch"),
+        "transformers": metadata.version("transformers"),
+        "peft": metadata.version("peft"),
+        "python": platform.python_version(),
+        "lorabench": metadata.version("lorabench"),
+        "commit": _commit(),
+        "hostname": socket.gethostname(),
+    }

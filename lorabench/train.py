@@ -1,0 +1,111 @@
+"""The training loop shared by pretraining and every fine-tuning run, with its measurements."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from lorabench.measure import PeakMemory, StepClock
+from lorabench.tasks.base import Example
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    log_every: int = 10
+    max_length: int | None = None
+    """Truncate longer examples (hub datasets); None keeps every token."""
+
+
+@dataclass
+class TrainOutcome:
+    status: str = "ok"
+    """``ok``, or ``diverged`` when a loss became NaN or infinite (training stops there)."""
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    clock: StepClock | None = None
+    memory: PeakMemory | None = None
+    peak_mb: float | None = None
+    train_seconds: float = 0.0
+
+
+def encode_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    device: torch.device,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``prompt + answer + eos`` with the loss on the answer and eos only."""
+    rows, targets = [], []
+    for example in examples:
+        prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = (prompt + answer)[:max_length]
+        rows.append(ids)
+        targets.append(([IGNORE_INDEX] * len(prompt) + answer)[:max_length])
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+    labels = torch.tensor([row + [IGNORE_INDEX] * (width - len(row)) for row in targets])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    settings: TrainSettings,
+    seed: int,
+    device: torch.device,
+    after_step: Callable[[torch.nn.Module, torch.optim.Optimizer], None] = lambda model, optimizer: None,
+    description: str = "train",
+) -> TrainOutcome:
+    """AdamW on the parameters that require grad; measures every step and the phase's peak memory."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    sampler = random.Random(seed)
+    outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
+    model.train()
+    outcome.memory.start()
+    loop_clock = StepClock(device)
+    loop_clock.start()
+    progress = tqdm(range(settings.steps), desc=description, file=sys.stderr, mininterval=2.0, ascii=True)
+    for step in progress:
+        batch = encode_batch(tokenizer, sampler.choices(examples, k=settings.batch_size), device, settings.max_length)
+        outcome.clock.start()
+        loss = model(**batch).loss
+        if not math.isfinite(loss.item()):
+            outcome.status = "diverged"
+            _log_loss(outcome, step, float("nan"))
+            break
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        after_step(model, optimizer)
+        outcome.clock.stop()
+        if step % settings.log_every == 0 or step == settings.steps - 1:
+            _log_loss(outcome, step, loss.item())
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    progress.close()
+    loop_clock.stop()
+    outcome.train_seconds = loop_clock.step_seconds[0]
+    outcome.peak_mb = outcome.memory.peak_mb()
+    return outcome
+
+
+def _log_loss(outcome: TrainOutcome, step: int, loss: float) -> None:
+    outcome.steps.append(step)
+    outcome.losses.append(loss)

@@ -1,0 +1,24 @@
+wildcard_constraints:
+    model=r"[^/]+",
+    variant=r"[^/]+",
+    task=r"[^/]+",
+    rank=r"\d+",
+    lr=r"[0-9.e+-]+",
+    seed=r"-?\d+",
+
+
+rule train:
+    """One job: the grid points of one model, variant, rank and learning rate (config jobs.batch)."""
+    input:
+        checkpoint=lambda wildcards: GRID.checkpoint(wildcards.model),
+    output:
+        GRID.job_outputs(),
+    params:
+        job=lambda wildcards, threads: json.dumps(GRID.train_job(dict(wildcards), config["device"], threads)),
+    log:
+        "results/logs/train/" + GRID.job_outputs()[0].removeprefix("results/runs/").removesuffix(".json") + ".log",
+    threads: 1
+    resources:
+        gpu=config["resources"]["gpus_per_train_job"],
+    shell:
+        "lorabench train --job {params.job:q} > {log} 2>&1"
