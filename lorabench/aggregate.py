@@ -145,15 +145,16 @@ def write_tables(results: pd.DataFrame, loss_curves: pd.DataFrame, out_dir: Path
 def _chosen_lr(key: tuple, group: pd.DataFrame) -> float:
     """The lr with the best mean validation accuracy over ok seeds (ties: the smaller lr).
 
-    With one lr there is nothing to choose. Test accuracy is never looked at: choosing on it
+    With one lr, or no ok run to compare, there is nothing to choose. Test accuracy is never looked at: choosing on it
     would report an optimistically biased number.
     """
     lrs = sorted(group["lr"].unique())
-    if len(lrs) == 1:
+    ok = group[group["status"] == "ok"]
+    if len(lrs) == 1 or ok.empty:
         return lrs[0]
     if VALIDATION_COLUMN not in group:
-        raise ValueError(f"{dict(zip(SELECTION_GROUP, key))}: {len(lrs)} learning rates but no extra.validation_accuracy to choose by")
-    ok = group[group["status"] == "ok"]
+        where = dict(zip(SELECTION_GROUP, key))
+        raise ValueError(f"{where}: {len(lrs)} learning rates but no extra.validation_accuracy to choose by")
     validation = ok.groupby("lr")[VALIDATION_COLUMN].mean().reindex(lrs)
     return lrs[0] if validation.isna().all() else validation.idxmax()
 

@@ -127,7 +127,8 @@ def test_failed_and_diverged_runs_are_kept_with_null_metrics(tables) -> None:
 
 def test_loss_curves_are_long_with_grid_columns(tables) -> None:
     results, curves = tables
-    assert list(curves.columns) == ["run_id", "model", "task", "variant", "rank", "lr", "seed", "status", "step", "loss"]
+    grid = ["model", "task", "variant", "rank", "lr", "seed"]
+    assert list(curves.columns) == ["run_id", *grid, "status", "step", "loss"]
     assert len(curves) == 5 * len(results)
     one = curves[curves["run_id"] == "tiny-a/add/full/r0/lr0.001/seed0"]
     assert one["step"].tolist() == [0, 10, 20, 30, 40]
@@ -183,6 +184,12 @@ def test_best_lr_refuses_several_lrs_without_validation(tables) -> None:
     results = tables[0].drop(columns="extra__validation_accuracy")
     with pytest.raises(ValueError, match="no extra.validation_accuracy"):
         best_lr(results)
+
+
+def test_best_lr_without_ok_runs_has_nothing_to_choose(tables) -> None:
+    results = tables[0].assign(status="failed").drop(columns="extra__validation_accuracy")
+    chosen = best_lr(results)
+    assert set(chosen["lr"]) == {GOOD_LR} and len(chosen) == len(results) // 2 + 1
 
 
 def test_run_aggregate_reads_nested_directories(tmp_path: Path) -> None:

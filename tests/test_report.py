@@ -16,7 +16,7 @@ from test_aggregate import BAD_LR, GOOD_LR, write_grid
 import lorabench
 from lorabench.aggregate import aggregate, run_aggregate
 from lorabench.report import REPORT_ITEMS, plots, run_report
-from lorabench.report.summary import QUESTIONS, Estimate, _verdict, write_summary
+from lorabench.report.summary import QUESTIONS, Estimate, _verdict, error_headline, write_summary
 
 CAPTIONS = Path(__file__).parents[1] / "workflow" / "report"
 
@@ -106,6 +106,13 @@ def test_summary_lists_failed_and_diverged_runs_by_first_line(report_dir: Path) 
     assert "ok 132, diverged 1, failed 1" in summary
 
 
+def test_error_headline_of_a_traceback_is_the_exception() -> None:
+    traceback = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\n    g()\nValueError: rank 3\n'
+    assert error_headline(traceback) == "ValueError: rank 3"
+    assert error_headline("loss became nan at step 7\ndetails") == "loss became nan at step 7"
+    assert error_headline(float("nan")) == "(no error message)"
+
+
 def test_summary_says_what_is_not_answered(tmp_path: Path) -> None:
     results, _ = aggregate(write_grid(tmp_path, variants=("lora", "full"), lrs=(GOOD_LR,), seeds=(0,)))
     write_summary(results, tmp_path / "summary.md")
@@ -113,6 +120,14 @@ def test_summary_says_what_is_not_answered(tmp_path: Path) -> None:
     assert "not answered on tiny-a: no ok runs of resampled." in summary
     assert "not answered on tiny-a: no ok runs of additive." in summary
     assert "(1 seed, no CI)" in summary
+
+
+def test_summary_of_a_grid_where_everything_failed(tmp_path: Path) -> None:
+    results, _ = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), seeds=(0,)))
+    failed = results.assign(status="failed").drop(columns="extra__validation_accuracy")
+    write_summary(failed, tmp_path / "summary.md")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "ok 0, diverged 0, failed 4" in summary and "- no ok runs to answer from." in summary
 
 
 def test_verdict_hedges_when_intervals_overlap() -> None:

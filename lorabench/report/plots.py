@@ -9,7 +9,8 @@ runs are averaged first, so the CI stays a CI over seeds and not over tasks.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import product
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from lorabench.aggregate import best_lr  # noqa: E402
 
@@ -33,6 +34,7 @@ BOOT_SEED = 0
 VARIANT_COLOURS = {
     "full": "tab:gray",
     "lora": "tab:blue",
+    "peft_lora": "midnightblue",
     "rslora": "tab:cyan",
     "dora": "tab:purple",
     "pissa": "tab:pink",
@@ -41,11 +43,13 @@ VARIANT_COLOURS = {
     "frozen_b": "tab:brown",
     "additive": "tab:orange",
     "resampled": "tab:red",
+    "peft": "goldenrod",
 }
 """Known variants in their reading order: the practitioners' baselines first, MATH.md's last."""
-SPARE_COLOURS = ("gold", "navy", "teal", "magenta", "lime", "maroon", "indigo", "coral")
+SPARE_COLOURS = ("teal", "magenta", "lime", "maroon", "indigo", "coral", "black", "darkkhaki")
 STATUS_COLOURS = {"ok": "tab:green", "diverged": "tab:orange", "failed": "tab:red"}
 RANK_FREE = "full"
+MIN_ACCURACY_SPAN = 0.1
 
 
 def variant_order(variants: Iterable[str]) -> list[str]:
@@ -161,6 +165,21 @@ def _log2_rank_axis(ax, ranks: Iterable[int]) -> None:
     ax.minorticks_off()
 
 
+def _accuracy_axis(ax, axis: str = "y") -> None:
+    """Show at least 0.1 of accuracy, so near-identical values do not look like big differences."""
+    get, set_ = (ax.get_ylim, ax.set_ylim) if axis == "y" else (ax.get_xlim, ax.set_xlim)
+    low, high = get()
+    low = max(low, -0.02)
+    high = min(max(high, low + MIN_ACCURACY_SPAN), 1.02)
+    set_(min(low, high - MIN_ACCURACY_SPAN), high)
+
+
+def _task_model_panels(axes, tasks: list[str], models: list[str]) -> Iterator[tuple[object, str, str]]:
+    """(axis, task, model) for a grid with one row per task and one column per model."""
+    for (i, task), (j, model) in product(enumerate(tasks), enumerate(models)):
+        yield axes[i, j], task, model
+
+
 def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
     """Target accuracy vs rank per (task, model) panel; full FT is a horizontal band."""
     title = "Target accuracy after fine-tuning vs rank (one panel per task × model)"
@@ -171,8 +190,7 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
     fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, bars: 95% CI; lr chosen on validation")
     ranked = runs[runs["variant"] != RANK_FREE]
     palette = variant_palette(runs["variant"])
-    for (i, task), (j, model) in ((t, m) for t in enumerate(tasks) for m in enumerate(models)):
-        ax = axes[i, j]
+    for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = ranked[(ranked["task"] == task) & (ranked["model"] == model)]
         if not panel.empty:
             sns.lineplot(
@@ -187,6 +205,7 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
             if not np.isnan(low):
                 ax.axhspan(low, high, color=variant_colour(RANK_FREE), alpha=0.15)
         ax.set(title=f"{model} · {task}", xlabel="rank r (log₂ scale)", ylabel="target accuracy (exact match)")
+        _accuracy_axis(ax)
     full_handle = Line2D([], [], color=variant_colour(RANK_FREE), linestyle="--")
     _variant_legend(fig, ranked["variant"], [(full_handle, "full FT (no rank;\nband: 95% CI)")])
     _save(fig, out_path)
@@ -218,6 +237,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
             title=model, xlabel="target accuracy after (higher is better →)",
             ylabel="forgetting: mean source-accuracy drop\n(↓ lower is better)",
         )  # fmt: skip
+        _accuracy_axis(ax, "x")
     _variant_legend(fig, points["variant"])
     _save(fig, out_path)
 
@@ -232,7 +252,8 @@ def plot_cost(results: pd.DataFrame, out_path: Path) -> None:
     metrics = {"step_ms": "time per optimizer step (ms)", "peak_mem_added_mb": "peak memory added by training (MiB)"}
     points = seed_means(runs, ["model", "variant"], list(metrics))
     models, order = sorted(points["model"].unique()), variant_order(points["variant"])
-    fig, axes = _grid(2, len(models), title + "\nbar: mean over seeds, black line: 95% CI", panel=(0.55 * len(order) + 2, 3.2))
+    panel = (0.55 * len(order) + 2, 3.2)
+    fig, axes = _grid(2, len(models), title + "\nbar: mean over seeds, black line: 95% CI", panel=panel)
     for j, model in enumerate(models):
         for i, (metric, label) in enumerate(metrics.items()):
             sns.barplot(
@@ -262,6 +283,7 @@ def plot_params_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
         )  # fmt: skip
         ax.set_xscale("log")
         ax.set(title=model, xlabel="trainable parameters (log scale)", ylabel="target accuracy (exact match)")
+        _accuracy_axis(ax)
     _variant_legend(fig, points["variant"])
     _save(fig, out_path)
 
@@ -276,13 +298,11 @@ def plot_loss_curves(loss_curves: pd.DataFrame, out_path: Path) -> None:
     tasks, models = sorted(curves["task"].unique()), sorted(curves["model"].unique())
     fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, band: 95% CI")
     palette = variant_palette(curves["variant"])
-    for (i, task), (j, model) in ((t, m) for t in enumerate(tasks) for m in enumerate(models)):
+    for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = curves[(curves["task"] == task) & (curves["model"] == model)]
-        sns.lineplot(
-            panel, x="step", y="loss", hue="variant", palette=palette, errorbar=ERRORBAR,
-            ax=axes[i, j], legend=False,
-        )  # fmt: skip
-        axes[i, j].set(title=f"{model} · {task}", xlabel="optimizer step", ylabel="training loss (cross-entropy, nats)")
+        sns.lineplot(panel, x="step", y="loss", hue="variant", palette=palette, errorbar=ERRORBAR, ax=ax, legend=False)
+        ax.set(title=f"{model} · {task}", xlabel="optimizer step", ylabel="training loss (cross-entropy, nats)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _variant_legend(fig, curves["variant"])
     _save(fig, out_path)
 
@@ -306,7 +326,8 @@ def plot_status(results: pd.DataFrame, out_path: Path) -> None:
             ax.text(total, y, f" {int(total)}", va="center", fontsize=8)
         ax.margins(x=0.12)
         ax.set(title=model, xlabel="runs (count)", ylabel="variant")
-    fig.legend([Patch(color=c) for c in STATUS_COLOURS.values()], list(STATUS_COLOURS), title="status", loc="outside center right")
+    handles = [Patch(color=colour) for colour in STATUS_COLOURS.values()]
+    fig.legend(handles, list(STATUS_COLOURS), title="status", loc="outside center right")
     _save(fig, out_path)
 
 
@@ -339,11 +360,12 @@ def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
     resampled, frozen, additive = (table[table["panel"] == name] for name in ("resampled", "frozen_a", "additive"))
 
     ax = axes[0, 0]
-    ax.loglog(resampled["samples"], resampled["relative_error"], "o-", color=variant_colour("resampled"), label="measured")
+    colour = variant_colour("resampled")
+    ax.loglog(resampled["samples"], resampled["relative_error"], "o-", color=colour, label="measured")
     first = resampled.iloc[0]
-    ax.loglog(resampled["samples"], first["relative_error"] * np.sqrt(first["samples"] / resampled["samples"]),
-              ":", color="black", label="∝ 1/√N reference")  # fmt: skip
-    ax.set(title="§2 resampled: mean update → −2ηG", xlabel="samples N (log)", ylabel="relative error of the mean (log)")
+    reference = first["relative_error"] * np.sqrt(first["samples"] / resampled["samples"])
+    ax.loglog(resampled["samples"], reference, ":", color="black", label="∝ 1/√N reference")
+    ax.set(title="§2 resampled: mean update → −2ηG", xlabel="samples N (log)", ylabel="rel. error of the mean (log)")
     ax.legend(loc="upper right")
 
     ax = axes[0, 1]
@@ -361,7 +383,8 @@ def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
     ax.legend(fontsize=7, ncols=2, loc="upper left")
 
     ax = axes[0, 2]
-    ax.scatter(additive["expected"], additive["rank"], color=variant_colour("additive"), s=50, label="measured", zorder=3)
+    colour = variant_colour("additive")
+    ax.scatter(additive["expected"], additive["rank"], color=colour, s=50, label="measured", zorder=3)
     for (expected, rank), shapes in additive.groupby(["expected", "rank"]):
         label = "\n".join(f"({r.m:.0f},{r.n:.0f},r={r.r:.0f})" for r in shapes.itertuples())
         ax.annotate(label, (expected, rank), textcoords="offset points", xytext=(-6, 6), ha="right", fontsize=7)

@@ -79,14 +79,19 @@ def variant_table(runs: pd.DataFrame) -> dict[str, dict[str, Estimate | float]]:
     """Per variant of one model: trainable params and an :class:`Estimate` per metric (tasks averaged per seed)."""
     points = seed_means(runs, ["variant"], METRICS)
     params = runs.groupby("variant")["trainable_params"].median()
+    by_variant = dict(tuple(points.groupby("variant")))
     return {
-        variant: {"params": params[variant], **{m: Estimate.of(points.loc[points["variant"] == variant, m]) for m in METRICS}}
+        variant: {"params": params[variant], **{m: Estimate.of(by_variant[variant][m]) for m in METRICS}}
         for variant in variant_order(points["variant"])
     }
 
 
-def _first_line(error: object) -> str:
-    return str(error).strip().splitlines()[0] if isinstance(error, str) and error.strip() else "(no error message)"
+def error_headline(error: object) -> str:
+    """The line that says what went wrong: a traceback's last line (the exception), else the first."""
+    if not isinstance(error, str) or not error.strip():
+        return "(no error message)"
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines[0].startswith("Traceback") else lines[0].strip()
 
 
 def _values(results: pd.DataFrame, column: str) -> str:
@@ -115,7 +120,8 @@ def section_what_was_run(results: pd.DataFrame) -> list[str]:
     bad = results[results["status"] != "ok"].sort_values("run_id")
     if not bad.empty:
         lines += ["", "Runs that did not finish:", ""]
-        lines += [f"- `{r.run_id}` — {r.status}: {_first_line(r.error)}" for r in bad.head(MAX_LISTED_FAILURES).itertuples()]
+        listed = bad.head(MAX_LISTED_FAILURES).itertuples()
+        lines += [f"- `{run.run_id}` — {run.status}: {error_headline(run.error)}" for run in listed]
         if len(bad) > MAX_LISTED_FAILURES:
             lines.append(f"- … and {len(bad) - MAX_LISTED_FAILURES} more (see results.csv)")
     return lines
@@ -198,7 +204,8 @@ QUESTIONS = {
     "memory?": answer_resampling,
     "2. At equal parameter count, does the additive form fit the target task as well as LoRA, and is it cheaper "
     "per step?": answer_additive,
-    "3. Does frozen-A match LoRA's accuracy with half the trainable parameters, and does frozen-B fall behind?": answer_frozen,
+    "3. Does frozen-A match LoRA's accuracy with half the trainable parameters, and does frozen-B fall "
+    "behind?": answer_frozen,
 }
 """MATH.md's research questions, each with the function that answers it from one model's table."""
 
