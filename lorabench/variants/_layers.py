@@ -1,0 +1,110 @@
+"""Finding, wrapping and unwrapping the layers our own adapters target.
+
+PEFT-based variants never come here; our implementations (``lora``, ``additive``, ``resampled``)
+share this so that target selection, GPT-2's transposed ``Conv1D`` and merging are written once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from lorabench.variants.base import AdapterSpec
+
+
+def matches_target(module_name: str, targets: Iterable[str]) -> bool:
+    """PEFT's rule for a list of target names: the full name or its last dotted components."""
+    return any(module_name == t or module_name.endswith("." + t) for t in targets)
+
+
+def find_targets(model: nn.Module, targets: Iterable[str]) -> list[tuple[str, nn.Module]]:
+    """The ``(name, layer)`` pairs to adapt; an error, not a silent no-op, when nothing matches."""
+    targets = tuple(targets)
+    found = [(name, module) for name, module in model.named_modules() if matches_target(name, targets)]
+    if not found:
+        raise ValueError(f"no module of {type(model).__name__} matches target_modules {targets}")
+    for name, module in found:
+        if not isinstance(module, nn.Linear | Conv1D):
+            raise TypeError(f"target {name!r} is a {type(module).__name__}; only nn.Linear and Conv1D are supported")
+    return found
+
+
+def layer_shape(layer: nn.Module) -> tuple[int, int]:
+    """``(m, n)`` = (outputs, inputs), whichever way round the layer stores its weight."""
+    rows, cols = layer.weight.shape
+    return (cols, rows) if isinstance(layer, Conv1D) else (rows, cols)
+
+
+def dense_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight as an ``(m, n)`` view, so in-place updates reach Conv1D's transposed storage too."""
+    return layer.weight.T if isinstance(layer, Conv1D) else layer.weight
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+
+
+class AdapterLayer(nn.Module):
+    """A frozen base layer plus an update that can be folded into its weight for evaluation."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+
+    def delta_weight(self) -> torch.Tensor:
+        """The learnt update as a dense ``(m, n)`` matrix (only built when merging)."""
+        raise NotImplementedError
+
+
+def wrap_targets(
+    model: nn.Module, spec: AdapterSpec, make_layer: Callable[[str, nn.Module], AdapterLayer]
+) -> nn.Module:
+    """Freeze ``model`` and replace every target layer by ``make_layer(name, layer)``."""
+    model.requires_grad_(False)
+    for name, layer in find_targets(model, spec.target_modules):
+        replace_module(model, name, make_layer(name, layer))
+    return model
+
+
+def adapter_layers(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, AdapterLayer)]
+
+
+@torch.no_grad()
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold every wrapper's update into its base weight and put the plain base layer back."""
+    for name, wrapper in adapter_layers(model):
+        dense_weight(wrapper.base_layer).add_(wrapper.delta_weight())
+        replace_module(model, name, wrapper.base_layer)
+    return model
+
+
+def save_adapter_tensors(
+    directory: Path, tensors: dict[str, torch.Tensor], variant: str, spec: AdapterSpec, **extra: Any
+) -> None:
+    """Write methods PEFT has no format for: ``adapter.safetensors`` plus ``adapter.json`` saying what they are."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({key: t.detach().contiguous().cpu() for key, t in tensors.items()}, directory / "adapter.safetensors")
+    config = {"variant": variant, "rank": spec.rank, "alpha": spec.alpha, "target_modules": list(spec.target_modules),
+              "seed": spec.seed, "options": spec.options, **extra}
+    (directory / "adapter.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+
+
+class OneLayer(nn.Module):
+    """The smallest adaptable model: one linear layer named ``layer`` (parameter probes, layer benchmarks)."""
+
+    def __init__(self, m: int, n: int, bias: bool = False) -> None:
+        super().__init__()
+        self.layer = nn.Linear(n, m, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
