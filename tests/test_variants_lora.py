@@ -1,0 +1,103 @@
+"""Our ``lora`` against PEFT's LoRA: same outputs and gradients, and a save PEFT can load."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from peft import PeftModel, get_peft_model
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+from variants_fixtures import FAMILIES, make_spec, make_variant, one_torch_thread, tiny_model, token_batch, train  # noqa: F401
+
+from lorabench.variants import AdapterSpec, get
+from lorabench.variants._peft import lora_config
+
+TOLERANCE = dict(atol=1e-5, rtol=1e-5)
+"""float32; ours scales the r-wide intermediate where PEFT scales the output, so only rounding differs."""
+
+
+class OneConv1D(nn.Module):
+    def __init__(self, m: int, n: int) -> None:
+        super().__init__()
+        self.layer = Conv1D(nf=m, nx=n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class OneLinear(nn.Module):
+    def __init__(self, m: int, n: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(n, m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def ours_and_peft(module: nn.Module, rank: int, seed: int) -> tuple[nn.Module, nn.Module]:
+    """Both adapters on copies of ``module``, PEFT's given our factors, with a random (non-zero) B."""
+    spec = AdapterSpec(rank=rank, alpha=2.0 * rank, target_modules=("layer",), seed=seed)
+    theirs = get_peft_model(copy.deepcopy(module), lora_config(spec))
+    ours = get("lora")(spec).apply(module)
+    with torch.no_grad():
+        ours.layer.lora_B.normal_(generator=torch.Generator().manual_seed(seed))
+        theirs.base_model.model.layer.lora_A["default"].weight.copy_(ours.layer.lora_A)
+        theirs.base_model.model.layer.lora_B["default"].weight.copy_(ours.layer.lora_B)
+    return ours, theirs
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 24), n=st.integers(1, 24), rank=st.integers(1, 6), tokens=st.integers(1, 5),
+       conv1d=st.booleans(), seed=st.integers(0, 2**16))
+def test_lora_matches_peft_outputs_and_gradients(m: int, n: int, rank: int, tokens: int, conv1d: bool,
+                                                 seed: int) -> None:
+    torch.manual_seed(seed)
+    ours, theirs = ours_and_peft((OneConv1D if conv1d else OneLinear)(m, n), rank, seed)
+    x = torch.randn(2, tokens, n, requires_grad=True)
+    x_theirs = x.detach().clone().requires_grad_()
+    y, y_theirs = ours(x), theirs(x_theirs)
+    torch.testing.assert_close(y, y_theirs, **TOLERANCE)
+    weights = torch.randn_like(y)
+    (y * weights).sum().backward()
+    (y_theirs * weights).sum().backward()
+    peft_layer = theirs.base_model.model.layer
+    torch.testing.assert_close(x.grad, x_theirs.grad, **TOLERANCE)
+    torch.testing.assert_close(ours.layer.lora_A.grad, peft_layer.lora_A["default"].weight.grad, **TOLERANCE)
+    torch.testing.assert_close(ours.layer.lora_B.grad, peft_layer.lora_B["default"].weight.grad, **TOLERANCE)
+
+
+def test_lora_init_follows_peft_and_the_seed() -> None:
+    """A ~ kaiming-uniform, bound 1/sqrt(n) (PEFT's nn.Linear default); B zero; same seed, same A."""
+    first = make_variant("llama", "lora").apply(tiny_model("llama"))
+    second = make_variant("llama", "lora").apply(tiny_model("llama"))
+    layer = first.model.layers[0].mlp.down_proj  # n = 128
+    bound = 1 / math.sqrt(128)
+    assert layer.lora_A.abs().max() <= bound and layer.lora_A.abs().max() > 0.9 * bound
+    assert not layer.lora_B.any()
+    assert torch.equal(layer.lora_A, second.model.layers[0].mlp.down_proj.lora_A)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_save_loads_in_peft_with_the_same_outputs(family: str, tmp_path) -> None:
+    variant = make_variant(family, "lora")
+    model = variant.apply(tiny_model(family))
+    train(variant, model, steps=5)
+    variant.save(model, tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny_model(family), str(tmp_path))
+    batch = token_batch()
+    model.eval()  # GPT-2 has dropout
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, **TOLERANCE)
+
+
+def test_lora_saved_config_matches_the_spec(tmp_path) -> None:
+    variant = get("lora")(make_spec("gpt2", "lora", rank=2))
+    variant.save(variant.apply(tiny_model("gpt2")), tmp_path)
+    config = PeftModel.from_pretrained(tiny_model("gpt2"), str(tmp_path)).peft_config["default"]
+    assert (config.r, config.lora_alpha, config.fan_in_fan_out) == (2, 4.0, True)
