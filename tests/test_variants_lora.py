@@ -11,32 +11,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peft import PeftModel, get_peft_model
 from torch import nn
-from transformers.pytorch_utils import Conv1D
-from variants_fixtures import FAMILIES, make_spec, make_variant, one_torch_thread, tiny_model, token_batch, train  # noqa: F401
+from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+    FAMILIES,
+    OneConv1D,
+    make_spec,
+    make_variant,
+    one_torch_thread,
+    tiny_model,
+    token_batch,
+    train,
+)
 
 from lorabench.variants import AdapterSpec, get
+from lorabench.variants._layers import OneLayer
 from lorabench.variants._peft import lora_config
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
 """float32; ours scales the r-wide intermediate where PEFT scales the output, so only rounding differs."""
-
-
-class OneConv1D(nn.Module):
-    def __init__(self, m: int, n: int) -> None:
-        super().__init__()
-        self.layer = Conv1D(nf=m, nx=n)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
-class OneLinear(nn.Module):
-    def __init__(self, m: int, n: int) -> None:
-        super().__init__()
-        self.layer = nn.Linear(n, m)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
 
 
 def ours_and_peft(module: nn.Module, rank: int, seed: int) -> tuple[nn.Module, nn.Module]:
@@ -57,7 +48,8 @@ def ours_and_peft(module: nn.Module, rank: int, seed: int) -> tuple[nn.Module, n
 def test_lora_matches_peft_outputs_and_gradients(m: int, n: int, rank: int, tokens: int, conv1d: bool,
                                                  seed: int) -> None:
     torch.manual_seed(seed)
-    ours, theirs = ours_and_peft((OneConv1D if conv1d else OneLinear)(m, n), rank, seed)
+    module = OneConv1D(m, n) if conv1d else OneLayer(m, n, bias=True)
+    ours, theirs = ours_and_peft(module, rank, seed)
     x = torch.randn(2, tokens, n, requires_grad=True)
     x_theirs = x.detach().clone().requires_grad_()
     y, y_theirs = ours(x), theirs(x_theirs)

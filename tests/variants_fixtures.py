@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from lorabench.variants import AdapterSpec, Variant, get
 from lorabench.variants._layers import find_targets, layer_shape
@@ -45,6 +47,17 @@ def tiny_model(family: str, seed: int = 0) -> PreTrainedModel:
     config = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return GPT2LMHeadModel(config)
+
+
+class OneConv1D(nn.Module):
+    """``OneLayer``'s GPT-2 twin: the weight is stored transposed, (n, m)."""
+
+    def __init__(self, m: int, n: int) -> None:
+        super().__init__()
+        self.layer = Conv1D(nf=m, nx=n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
 
 
 def make_spec(family: str, variant: str = "lora", rank: int = 4, **changes: Any) -> AdapterSpec:
