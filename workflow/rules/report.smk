@@ -1,12 +1,10 @@
-FIGURES = {
-    "accuracy_vs_rank": "Accuracy",
-    "forgetting_vs_accuracy": "Forgetting",
-    "params_vs_accuracy": "Accuracy",
-    "loss_curves": "Training",
-    "cost": "Cost",
-    "status": "Runs",
-    "theory": "Theory",
-}
+from lorabench.report import REPORT_ITEMS
+
+
+def reported(name):
+    """A report output, with the category and caption the report package declares for it."""
+    category, caption = REPORT_ITEMS[name]
+    return report(f"reports/{name}", caption=f"../report/{caption}", category=category)
 
 
 rule aggregate:
@@ -14,7 +12,7 @@ rule aggregate:
     input:
         sorted({point.record for point in GRID.points()}),
     output:
-        results=report("reports/results.csv", caption="../report/results.rst", category="Tables"),
+        results=reported("results.csv"),
         curves="reports/loss_curves.csv",
     log:
         "results/logs/aggregate.log",
@@ -27,11 +25,7 @@ rule figures:
     input:
         rules.aggregate.output,
     output:
-        [
-            report(f"reports/{name}.png", caption=f"../report/{name}.rst", category=category)
-            for name, category in FIGURES.items()
-        ],
-        summary=report("reports/summary.md", caption="../report/summary.rst", category="Tables"),
+        [reported(name) for name in REPORT_ITEMS if name != "results.csv"],
     log:
         "results/logs/figures.log",
     shell:

@@ -1,0 +1,72 @@
+"""A bad config is refused before any job runs, with a message naming the field and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorabench.config import ConfigError, load_grid
+from tests.pipeline import REPO, SMOKE, snakemake
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture
+def smoke() -> dict:
+    return yaml.safe_load(SMOKE.read_text())
+
+
+def _refused(config: dict) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_grid(copy.deepcopy(config), SCHEMA)
+    return str(caught.value)
+
+
+def test_shipped_configs_are_valid() -> None:
+    for path in (REPO / "workflow" / "config").glob("*.yaml"):
+        grid = load_grid(yaml.safe_load(path.read_text()), SCHEMA)
+        assert grid.points(), path
+
+
+def test_unknown_variant_names_the_field_and_the_known_ones(smoke: dict) -> None:
+    smoke["grid"]["variants"] = ["lora", "lorra"]
+    message = _refused(smoke)
+    assert "grid/variants" in message and "'lorra'" in message and "frozen_a" in message
+
+
+def test_rank_that_does_not_fit_names_model_layer_and_shape(smoke: dict) -> None:
+    smoke["grid"]["variants"] = ["lora"]
+    smoke["grid"]["ranks"] = [64]
+    message = _refused(smoke)
+    assert "grid/ranks" in message and "rank 64" in message and "(32, 32)" in message
+
+
+def test_additive_rank_must_divide_every_layer(smoke: dict) -> None:
+    smoke["grid"]["variants"] = ["additive"]
+    smoke["grid"]["ranks"] = [3]
+    message = _refused(smoke)
+    assert "additive" in message and "rank 3" in message
+
+
+def test_misspelt_key_is_named(smoke: dict) -> None:
+    smoke["grid"]["rnaks"] = smoke["grid"].pop("ranks")
+    message = _refused(smoke)
+    assert "grid" in message and "rnaks" in message
+
+
+def test_target_modules_matching_nothing_are_refused(smoke: dict) -> None:
+    smoke["models"]["gpt2-tiny"]["target_modules"] = ["q_proj"]
+    assert "models/gpt2-tiny/target_modules" in _refused(smoke)
+
+
+def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path: Path, smoke: dict) -> None:
+    smoke["grid"]["variants"] = ["lorra"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(smoke))
+    result = snakemake(tmp_path, "--dry-run", config=bad, check=False)
+    assert result.returncode != 0
+    assert "unknown variant 'lorra'" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

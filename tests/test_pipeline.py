@@ -1,0 +1,78 @@
+"""End to end: the smoke grid through Snakemake, then what a user does next (re-run, delete, inspect)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lorabench import records
+from lorabench.config import load_grid
+from lorabench.report import REPORT_ITEMS
+from tests.pipeline import REPO, SMOKE, snakemake
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake(workdir)
+    return workdir
+
+
+def _grid_points() -> list:
+    import yaml
+
+    return load_grid(yaml.safe_load(SMOKE.read_text()), REPO / "workflow/schemas/config.schema.yaml").points()
+
+
+def test_every_grid_point_has_a_valid_sane_record(smoke_run: Path) -> None:
+    points = _grid_points()
+    assert {p.variant for p in points} >= {"lora", "full"}
+    for point in points:
+        record = json.loads((smoke_run / point.record).read_text())
+        records.validate(record)
+        assert record["status"] == "ok", record["error"]
+        assert 0 < record["parameters"]["trainable"] <= record["parameters"]["total"]
+        assert record["timing"]["steps_done"] == record["hyperparameters"]["train"]["steps"]
+        assert record["timing"]["step_ms_median"] > 0
+        assert record["memory"]["peak_mb"] >= record["memory"]["baseline_mb"] > 0
+        assert 0 <= record["target"]["accuracy_after"] <= 1
+        assert set(record["forgetting"]["per_task"]) == {"copy", "reverse"}
+
+
+def test_adapters_train_fewer_parameters_than_full_fine_tuning(smoke_run: Path) -> None:
+    results = pd.read_csv(smoke_run / "reports" / "results.csv")
+    trainable = results.groupby(["model", "variant"])["trainable_params"].first()
+    for model in results["model"].unique():
+        assert trainable[model].idxmax() == "full"
+
+
+def test_report_has_every_figure_and_one_row_per_run(smoke_run: Path) -> None:
+    for name in REPORT_ITEMS:
+        assert (smoke_run / "reports" / name).stat().st_size > 0, name
+    results = pd.read_csv(smoke_run / "reports" / "results.csv")
+    assert len(results) == len(_grid_points())
+    summary = (smoke_run / "reports" / "summary.md").read_text()
+    assert all(variant in summary for variant in results["variant"].unique())
+
+
+def test_rerun_does_nothing(smoke_run: Path) -> None:
+    result = snakemake(smoke_run, "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_deleting_one_record_reruns_one_train_job(smoke_run: Path) -> None:
+    point = _grid_points()[0]
+    (smoke_run / point.record).unlink()
+    out = snakemake(smoke_run, "--dry-run", "--quiet", "rules").stdout
+    counts = dict(line.split()[:2] for line in out.splitlines() if line.split()[:1] in (["train"], ["pretrain"]))
+    assert counts.get("train") == "1" and "pretrain" not in counts
+
+
+def test_snakemake_report_is_written(smoke_run: Path) -> None:
+    snakemake(smoke_run, "--report", "report.html")
+    assert (smoke_run / "report.html").stat().st_size > 10_000
