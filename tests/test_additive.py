@@ -11,7 +11,7 @@ from variants_fixtures import make_variant, one_torch_thread, tiny_model  # noqa
 from lorabench.theory import additive_rank
 from lorabench.variants import AdapterSpec, get
 from lorabench.variants._layers import OneLayer
-from lorabench.variants.additive import additive_delta, additive_forward
+from lorabench.variants.additive import additive_delta, additive_forward, fold_and_tile
 
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 8), st.integers(1, 8))  # r, m/r, n/r
 
@@ -35,7 +35,8 @@ def test_efficient_forward_equals_the_dense_product(shape: tuple[int, int, int],
     r, m, n = shape[0], shape[0] * shape[1], shape[0] * shape[2]
     U, V = random_factors(m, n, r, seed)
     x = torch.randn(2, tokens, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
-    torch.testing.assert_close(additive_forward(x, U, V, scale), scale * x @ additive_delta(U, V).T)
+    efficient = additive_forward(x, U, V, *fold_and_tile(m, n, r, x), scale=scale)
+    torch.testing.assert_close(efficient, scale * x @ additive_delta(U, V).T)
 
 
 @settings(max_examples=25, deadline=None)

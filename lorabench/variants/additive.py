@@ -2,8 +2,11 @@
 
 Same parameter count as LoRA, ``r (m + n)``, but ``rank(dW) <= 2r``. The forward never builds
 ``dW``: with ``s`` = the input folded into ``n/r`` chunks of ``r`` and summed,
-``dW x = U s + tile(V x, m/r)``. Scaling follows LoRA: the update is ``(alpha/r) dW``, so the
-same ``alpha`` means the same output scale per unit of factor entries in both variants.
+``dW x = U s + tile(V x, m/r)``. Folding and tiling are 0/1 matrices (``F`` (r, n), ``T`` (m, r)),
+so this is ``[U, T] [F x; V x]``: two skinny matmuls of width 2r. On one CPU thread that measured
+as fast as LoRA's two width-r matmuls and faster than a reshape-and-sum fold followed by a
+broadcast add (the matmuls are memory-bound; each extra pass over the activations costs more).
+Scaling follows LoRA: the update is ``(alpha/r) dW``.
 """
 
 from __future__ import annotations
@@ -32,15 +35,20 @@ def additive_delta(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     return U.repeat(1, n // r) + V.repeat(m // r, 1)
 
 
-def additive_forward(x: torch.Tensor, U: torch.Tensor, V: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``scale * dW x`` in ``O(n + r (m + n))`` per token, without ``dW``.
+def fold_and_tile(m: int, n: int, r: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F`` (r, n) with ``F x = s`` (the sum of x's n/r chunks) and ``T`` (m, r) with ``T v = tile(v, m/r)``."""
+    eye = torch.eye(r, dtype=like.dtype, device=like.device)
+    return eye.repeat(1, n // r), eye.repeat(m // r, 1)
 
-    ``scale`` multiplies the r-wide intermediates, not the m-wide output: one pass over less data.
+
+def additive_forward(x: torch.Tensor, U: torch.Tensor, V: torch.Tensor, fold: torch.Tensor, tile: torch.Tensor,
+                     scale: float = 1.0) -> torch.Tensor:
+    """``scale * dW x = scale * (U s + tile(V x))`` without ``dW``; ``fold``, ``tile`` from :func:`fold_and_tile`.
+
+    ``scale`` multiplies the 2r-wide intermediate, not the m-wide output: one pass over less data.
     """
-    (m, r), n = U.shape, V.shape[-1]
-    folded = x.unflatten(-1, (n // r, r)).sum(-2) * scale
-    shared = F.linear(x, V) * scale
-    return (F.linear(folded, U).unflatten(-1, (m // r, r)) + shared.unsqueeze(-2)).flatten(-2)
+    inner = F.linear(x, torch.cat([fold, V])) * scale
+    return F.linear(inner, torch.cat([U, tile], dim=1))
 
 
 class AdditiveLayer(AdapterLayer):
@@ -54,11 +62,14 @@ class AdditiveLayer(AdapterLayer):
         like = dict(dtype=base_layer.weight.dtype, device=base_layer.weight.device)
         self.U = nn.Parameter(torch.zeros(m, rank, **like))
         self.V = nn.Parameter(torch.zeros(rank, n, **like))
+        fold, tile = fold_and_tile(m, n, rank, base_layer.weight)
+        self.register_buffer("fold", fold, persistent=False)
+        self.register_buffer("tile", tile, persistent=False)
         self.scale = scale
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + additive_forward(self.dropout(x), self.U, self.V, self.scale)
+        return self.base_layer(x) + additive_forward(self.dropout(x), self.U, self.V, self.fold, self.tile, self.scale)
 
     def delta_weight(self) -> torch.Tensor:
         return self.scale * additive_delta(self.U, self.V)
