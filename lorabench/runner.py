@@ -20,7 +20,7 @@ from lorabench.evaluation.exact_match import accuracy
 from lorabench.models import load
 from lorabench.pretrain import embedded_tasks
 from lorabench.tasks.base import Task
-from lorabench.train import TrainOutcome, TrainSettings, train
+from lorabench.train import TrainOutcome, TrainSettings, encode_batch, train
 from lorabench.variants import AdapterSpec, get
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,15 @@ def run_job(job: dict[str, Any]) -> None:
 
 
 def _base_accuracies(job: dict[str, Any], tasks: dict[str, Task], device: torch.device) -> dict[str, float]:
-    """Test accuracy of the base model on every task, measured once per job (it is the same for all points)."""
+    """Test accuracy of the base model on every task, measured once per job (it is the same for all points).
+
+    Also runs one forward and backward pass, so one-time start-up allocations (autograd engine,
+    kernels' workspaces) land before the first grid point's measured training, not inside it.
+    """
     model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]))
     model.to(device)
+    examples = tasks[job["target_tasks"][0]].split("train")[: job["train"]["batch_size"]]
+    model(**encode_batch(tokenizer, examples, device)).loss.backward()
     return {
         name: accuracy(model, tokenizer, task, task.split("test"), job["eval_batch_size"], device)
         for name, task in tasks.items()
