@@ -22,8 +22,8 @@ from torch import Tensor
 
 def intruder_dimensions(base: Tensor, tuned: Tensor, k: int = 10, threshold: float = 0.5) -> int:
     """Number of the top-``k`` singular directions of ``tuned`` that ``base`` has no close match for."""
-    base_u = torch.linalg.svd(base.float(), full_matrices=False).U
-    tuned_u = torch.linalg.svd(tuned.float(), full_matrices=False).U[:, :k]
+    base_u = _left_singular_vectors(base.float())
+    tuned_u = _left_singular_vectors(tuned.float())[:, :k]
     # Singular vectors are defined up to sign, hence the absolute cosine (columns are unit norm).
     best_cosine = (tuned_u.T @ base_u).abs().amax(dim=1)
     return int((best_cosine < threshold).sum())
@@ -31,13 +31,25 @@ def intruder_dimensions(base: Tensor, tuned: Tensor, k: int = 10, threshold: flo
 
 def effective_rank(matrix: Tensor) -> float:
     """Roy & Vetterli's effective rank ``exp(entropy(s / sum(s)))``; 0 for a zero matrix."""
-    singular_values = torch.linalg.svdvals(matrix.float())
+    singular_values = torch.linalg.svdvals(_tall(matrix.float()))
     total = singular_values.sum()
     if total <= 0:
         return 0.0
     p = singular_values / total
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def _left_singular_vectors(matrix: Tensor) -> Tensor:
+    """``U`` of the thin SVD, columns by descending singular value; wide matrices go through ``matrix.T``."""
+    if matrix.shape[0] < matrix.shape[1]:
+        return torch.linalg.svd(matrix.T, full_matrices=False).Vh.T
+    return torch.linalg.svd(matrix, full_matrices=False).U
+
+
+def _tall(matrix: Tensor) -> Tensor:
+    """The same singular values, in the orientation LAPACK factors fastest (3-4x for 896 x 4864 on CPU)."""
+    return matrix.T if matrix.shape[0] < matrix.shape[1] else matrix
 
 
 def weight_forgetting(
