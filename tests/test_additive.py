@@ -35,7 +35,7 @@ def test_efficient_forward_equals_the_dense_product(shape: tuple[int, int, int],
     r, m, n = shape[0], shape[0] * shape[1], shape[0] * shape[2]
     U, V = random_factors(m, n, r, seed)
     x = torch.randn(2, tokens, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
-    efficient = additive_forward(x, U, V, *fold_and_tile(m, n, r, x), scale=scale)
+    efficient = additive_forward(x, U, V, *fold_and_tile(m, n, r, x, scale))
     torch.testing.assert_close(efficient, scale * x @ additive_delta(U, V).T)
 
 

@@ -35,20 +35,21 @@ def additive_delta(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     return U.repeat(1, n // r) + V.repeat(m // r, 1)
 
 
-def fold_and_tile(m: int, n: int, r: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``F`` (r, n) with ``F x = s`` (the sum of x's n/r chunks) and ``T`` (m, r) with ``T v = tile(v, m/r)``."""
-    eye = torch.eye(r, dtype=like.dtype, device=like.device)
+def fold_and_tile(
+    m: int, n: int, r: int, like: torch.Tensor, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``c F`` (r, n) and ``c T`` (m, r) for ``c = scale``: ``F x`` sums x's n/r chunks, ``T v = tile(v, m/r)``.
+
+    Both carry ``c`` so that ``[U, cT] [cF x; V x] = c (U F x + T V x)`` needs no extra multiply.
+    """
+    eye = scale * torch.eye(r, dtype=like.dtype, device=like.device)
     return eye.repeat(1, n // r), eye.repeat(m // r, 1)
 
 
-def additive_forward(x: torch.Tensor, U: torch.Tensor, V: torch.Tensor, fold: torch.Tensor, tile: torch.Tensor,
-                     scale: float = 1.0) -> torch.Tensor:
-    """``scale * dW x = scale * (U s + tile(V x))`` without ``dW``; ``fold``, ``tile`` from :func:`fold_and_tile`.
-
-    ``scale`` multiplies the 2r-wide intermediate, not the m-wide output: one pass over less data.
-    """
-    inner = F.linear(x, torch.cat([fold, V])) * scale
-    return F.linear(inner, torch.cat([U, tile], dim=1))
+def additive_forward(x: torch.Tensor, U: torch.Tensor, V: torch.Tensor, fold: torch.Tensor,
+                     tile: torch.Tensor) -> torch.Tensor:
+    """``scale * dW x`` without ``dW``, for ``fold, tile = fold_and_tile(m, n, r, x, scale)``."""
+    return F.linear(F.linear(x, torch.cat([fold, V])), torch.cat([U, tile], dim=1))
 
 
 class AdditiveLayer(AdapterLayer):
@@ -62,14 +63,14 @@ class AdditiveLayer(AdapterLayer):
         like = dict(dtype=base_layer.weight.dtype, device=base_layer.weight.device)
         self.U = nn.Parameter(torch.zeros(m, rank, **like))
         self.V = nn.Parameter(torch.zeros(rank, n, **like))
-        fold, tile = fold_and_tile(m, n, rank, base_layer.weight)
+        fold, tile = fold_and_tile(m, n, rank, base_layer.weight, scale)
         self.register_buffer("fold", fold, persistent=False)
         self.register_buffer("tile", tile, persistent=False)
         self.scale = scale
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + additive_forward(self.dropout(x), self.U, self.V, self.fold, self.tile, self.scale)
+        return self.base_layer(x) + additive_forward(self.dropout(x), self.U, self.V, self.fold, self.tile)
 
     def delta_weight(self) -> torch.Tensor:
         return self.scale * additive_delta(self.U, self.V)
@@ -89,7 +90,8 @@ class Additive(Variant):
         return merge_adapters(model)
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        tensors = {f"{name}.{factor}": getattr(layer, factor) for name, layer in adapter_layers(model) for factor in "UV"}
+        layers = adapter_layers(model)
+        tensors = {f"{name}.{factor}": getattr(layer, factor) for name, layer in layers for factor in "UV"}
         save_adapter_tensors(directory, tensors, self.name, self.spec, scale=self.spec.alpha / self.spec.rank)
 
     @classmethod

@@ -55,7 +55,8 @@ class LoRA(Variant):
         return merge_adapters(model)
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        """``adapter_model.safetensors`` with PEFT's key names + ``adapter_config.json``: ``PeftModel.from_pretrained`` loads it."""
+        """PEFT's files and key names (``adapter_model.safetensors``, ``adapter_config.json``), so that
+        ``PeftModel.from_pretrained`` loads it."""
         layers = adapter_layers(model)
         tensors = {f"base_model.model.{name}.{factor}.weight": getattr(layer, factor).detach().contiguous().cpu()
                    for name, layer in layers for factor in ("lora_A", "lora_B")}
