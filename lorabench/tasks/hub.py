@@ -28,11 +28,15 @@ from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorabench.tasks.base import Example
 
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
 SPLITS = ("train", "validation", "test")
+DEFAULT_SPLITS = {"train": "train", "validation": None, "test": "test"}
 DEFAULT_ANSWER_PATTERNS = (r"####\s*(\S+)", r"[Tt]he answer is:?\s*(\S+)")
 FALLBACKS = ("last_number", "first_line", "none")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -50,9 +54,7 @@ class HubTask:
     """Source split name -> local file, e.g. ``{"train": "data/train.jsonl", "test": "data/test.jsonl"}``."""
     config: str | None = None
     """The hub dataset's configuration name (GSM8K: ``main``)."""
-    splits: dict[str, str | None] = field(
-        default_factory=lambda: {"train": "train", "validation": None, "test": "test"}
-    )
+    splits: dict[str, str | None] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     validation_size: int = 100
     prompt: str = "Question: {question}\nAnswer:"
     target: str = " {answer}"
@@ -89,7 +91,7 @@ class HubTask:
     def from_dict(cls, entry: dict[str, Any]) -> HubTask:
         """Build from a config task entry; unknown or mistyped fields raise ``ValueError`` naming them."""
         name = entry.get("name", "<unnamed>")
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name for f in fields(cls)}
         if unknown := sorted(set(entry) - set(known)):
             raise ValueError(f"task {name!r}: unknown field(s) {unknown}; known: {sorted(known)}")
         if "name" not in entry:
@@ -100,7 +102,7 @@ class HubTask:
         if "answer_patterns" in values:
             values["answer_patterns"] = tuple(values["answer_patterns"])
         if "splits" in values:
-            values["splits"] = {"train": "train", "validation": None, "test": "test"} | values["splits"]
+            values["splits"] = DEFAULT_SPLITS | values["splits"]
         return cls(**values)
 
     def split(self, name: str) -> list[Example]:
@@ -127,9 +129,8 @@ class HubTask:
     @cached_property
     def _examples(self) -> dict[str, list[Example]]:
         source = self._load()
-        rows = {split: list(source[self.splits[split]]) for split in ("train", "test")}
-        validation = self.splits["validation"]
-        if validation is None:
+        rows = {split: source[self.splits[split]] for split in ("train", "test")}
+        if self.splits["validation"] is None:
             if self.validation_size >= len(rows["train"]):
                 raise ValueError(
                     f"task {self.name!r}: field 'validation_size' {self.validation_size} leaves no training "
@@ -137,10 +138,10 @@ class HubTask:
                 )
             rows["train"], rows["validation"] = _hold_out(rows["train"], self.validation_size, self.seed)
         else:
-            rows["validation"] = list(source[validation])
+            rows["validation"] = source[self.splits["validation"]]
         return {split: self._to_examples(split, rows[split]) for split in SPLITS}
 
-    def _load(self):
+    def _load(self) -> DatasetDict:
         import datasets  # deferred: importing datasets costs seconds the embedded suite never needs
 
         builder = self.dataset or _builder_for(self.name, self.data_files)
@@ -152,7 +153,7 @@ class HubTask:
             )
         return source
 
-    def _to_examples(self, split: str, rows: list[dict]) -> list[Example]:
+    def _to_examples(self, split: str, rows: Dataset) -> list[Example]:
         rows = _subsample(rows, self.max_examples.get(split), f"{self.seed}:{split}")
         examples = [
             Example(_fill(self.name, "prompt", self.prompt, row), _fill(self.name, "target", self.target, row))
@@ -227,15 +228,20 @@ def _fill(task: str, field_name: str, template: str, row: dict) -> str:
         ) from None
 
 
-def _subsample(rows: list[dict], limit: int | None, seed: str) -> list[dict]:
-    """At most ``limit`` rows, a seeded sample kept in source order so splits read like the source."""
+def _subsample(rows: Dataset, limit: int | None, seed: str) -> Dataset:
+    """At most ``limit`` rows of a ``datasets.Dataset``: a seeded sample kept in source order.
+
+    Sampling indices before reading rows keeps a 400k-row source (MetaMathQA) cheap when few are used.
+    """
     if limit is None or limit >= len(rows):
         return rows
-    keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
-    return [rows[i] for i in keep]
+    return rows.select(sorted(random.Random(seed).sample(range(len(rows)), limit)))
 
 
-def _hold_out(rows: list[dict], size: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Split a seeded ``size`` rows off ``rows`` as validation; the rest stays train."""
+def _hold_out(rows: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset]:
+    """Split a seeded ``size`` rows off a ``datasets.Dataset`` as validation; the rest stays train."""
     held = set(random.Random(f"{seed}:validation").sample(range(len(rows)), size))
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+    return (
+        rows.select([i for i in range(len(rows)) if i not in held]),
+        rows.select(sorted(held)),
+    )
