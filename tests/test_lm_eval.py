@@ -59,10 +59,14 @@ def _reference_acc_norm(model, tokenizer) -> float:
     return float(np.mean(hits))
 
 
-def test_base_model_score_matches_a_hand_computed_acc_norm_and_leaves_the_tokenizer_alone(assets, tokenizer):
+def test_base_model_score_matches_a_hand_computed_acc_norm_and_leaves_caller_state_alone(assets, tokenizer):
     model = _base(assets)
     tokenizer.pad_token = None  # lm-eval would set one on the object it gets
+    torch.manual_seed(11)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(11)
     scores = _scores(model, tokenizer, assets)
+    assert torch.rand(1) == expected_draw, "lm-eval's reseeding must not leak into the training stream"
     assert tokenizer.pad_token is None
     assert scores == {MULTIPLE_CHOICE_TASK: pytest.approx(_reference_acc_norm(model, tokenizer))}
 

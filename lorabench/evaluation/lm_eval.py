@@ -16,7 +16,12 @@ reports, i.e. ``acc_norm`` (length-normalised accuracy: HellaSwag, ARC) where th
 from __future__ import annotations
 
 import copy
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import numpy as np
+import torch
 from torch import nn
 
 MAIN_METRICS = ("acc_norm", "acc", "exact_match")
@@ -34,7 +39,9 @@ def lm_eval_scores(
     """Main metric of each lm-eval task in ``tasks`` for ``model`` as it is now (task -> score in [0, 1]).
 
     ``limit`` caps the examples per task (``None``: all). ``model`` is moved to ``device`` and left in the
-    train/eval mode it came in. Seeds are lm-eval's fixed defaults, so repeated calls agree.
+    train/eval mode it came in. Seeds are lm-eval's fixed defaults, so repeated calls agree; lm-eval
+    reseeds the global generators, so their states are restored afterwards and training resumes the
+    random stream it would have had without the evaluation.
     """
     from lm_eval import simple_evaluate  # deferred: lm_eval imports take seconds
     from lm_eval.models.huggingface import HFLM
@@ -42,16 +49,17 @@ def lm_eval_scores(
     was_training = model.training
     model.to(device)
     try:
-        # HFLM may set or add a pad token; a copy keeps the caller's tokenizer as training uses it.
-        harness_model = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
-        output = simple_evaluate(
-            model=harness_model,
-            tasks=list(tasks),
-            task_manager=_task_manager(tasks, include_path),
-            limit=limit,
-            log_samples=False,
-            bootstrap_iters=0,
-        )
+        with _global_rng_preserved():
+            # HFLM may set or add a pad token; a copy keeps the caller's tokenizer as training uses it.
+            harness_model = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
+            output = simple_evaluate(
+                model=harness_model,
+                tasks=list(tasks),
+                task_manager=_task_manager(tasks, include_path),
+                limit=limit,
+                log_samples=False,
+                bootstrap_iters=0,
+            )
     finally:
         model.train(was_training)
     return {task: main_metric(task, output["results"][task]) for task in tasks}
@@ -64,6 +72,18 @@ def main_metric(task: str, result: dict[str, object]) -> float:
             if key.split(",")[0] == metric:
                 return float(value)
     raise ValueError(f"lm-eval task {task!r} reports none of {MAIN_METRICS}: {sorted(result)}")
+
+
+@contextmanager
+def _global_rng_preserved() -> Iterator[None]:
+    """Restore Python's, numpy's and torch's (CPU and CUDA) global generators after the block."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def _task_manager(tasks: list[str], include_path: str | None):
