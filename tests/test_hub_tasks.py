@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fixtures_hub import MATH_ROWS, write_math_json, write_math_parquet
 
@@ -136,3 +138,36 @@ def test_unparseable_reference_is_named_at_load(math_files):
 def test_missing_source_is_named():
     with pytest.raises(ValueError, match="give 'dataset'"):
         HubTask.from_dict({"name": "t"})
+
+
+def test_train_source_trains_on_one_dataset_and_tests_on_another(math_files, tmp_path):
+    metamath = tmp_path / "metamath.jsonl"
+    metamath.write_text(
+        "".join(
+            json.dumps({"query": f"What is {a} times 2?", "response": f"{a} * 2 = {2 * a}. The answer is: {2 * a}"})
+            + "\n"
+            for a in range(6)
+        )
+    )
+    task = HubTask.from_dict(
+        {
+            "name": "metamath_to_gsm8k",
+            "data_files": {"test": math_files["json"]["test"]},
+            "train_source": {
+                "data_files": {"train": str(metamath)},
+                "prompt": "Question: {query}\nAnswer:",
+                "target": " {response}",
+                "validation_size": 2,
+            },
+        }
+    )
+    train, validation, test = (task.split(s) for s in ("train", "validation", "test"))
+    assert (len(train), len(validation)) == (4, 2)
+    assert all(e.prompt.endswith("times 2?\nAnswer:") for e in train + validation)
+    assert test == _task(math_files).split("test")
+    assert task.score("The answer is: 3", test[0]) and task.score("... #### 3", test[0])
+
+
+def test_bad_train_source_field_is_named_at_construction(math_files):
+    with pytest.raises(ValueError, match=r"task 'gsm8k_local.train_source': unknown field\(s\) \['promt'\]"):
+        _task(math_files, train_source={"data_files": math_files["json"], "promt": "x"})

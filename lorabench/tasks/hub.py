@@ -18,6 +18,11 @@ Default math format (GSM8K, MetaMathQA and similar):
 Splits: ``splits`` maps ``train``/``validation``/``test`` to the source's split names. Many sources (GSM8K)
 have no validation split: leave it ``null`` and ``validation_size`` examples are held out from train
 (seeded). ``max_examples`` caps each split by a seeded subsample.
+
+Training on one source and testing on another (MetaMathQA -> GSM8K): ``train_source`` holds the fields
+that differ for train and validation (``dataset``/``data_files``/``config``/``splits`` start afresh, the
+rest is inherited unless given, e.g. MetaMathQA's ``prompt`` and ``target``); test and scoring stay
+this task's.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLITS = {"train": "train", "validation": None, "test": "test"}
+SOURCE_FIELDS = ("dataset", "data_files", "config", "splits")
+"""Fields naming where rows come from: a ``train_source`` never inherits them."""
 DEFAULT_ANSWER_PATTERNS = (r"####\s*(\S+)", r"[Tt]he answer is:?\s*(\S+)")
 FALLBACKS = ("last_number", "first_line", "none")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -63,6 +70,8 @@ class HubTask:
     max_examples: dict[str, int] = field(default_factory=dict)
     max_new_tokens: int = 256
     seed: int = 0
+    train_source: dict[str, Any] | None = None
+    """Fields of another source for train and validation only (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.dataset is None and not self.data_files:
@@ -86,6 +95,8 @@ class HubTask:
                 raise ValueError(
                     f"task {self.name!r}: field 'answer_patterns[{index}]' {pattern!r}: {error}"
                 ) from None
+        if self.train_source is not None:
+            self._train_task  # noqa: B018 -- built now so a bad train_source fails at config time
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> HubTask:
@@ -127,27 +138,44 @@ class HubTask:
         return None
 
     @cached_property
-    def _examples(self) -> dict[str, list[Example]]:
-        source = self._load()
-        rows = {split: source[self.splits[split]] for split in ("train", "test")}
-        if self.splits["validation"] is None:
-            if self.validation_size >= len(rows["train"]):
-                raise ValueError(
-                    f"task {self.name!r}: field 'validation_size' {self.validation_size} leaves no training "
-                    f"rows out of {len(rows['train'])}"
-                )
-            rows["train"], rows["validation"] = _hold_out(rows["train"], self.validation_size, self.seed)
-        else:
-            rows["validation"] = source[self.splits["validation"]]
-        return {split: self._to_examples(split, rows[split]) for split in SPLITS}
+    def _train_task(self) -> HubTask:
+        """The task whose train and validation splits this one uses, per ``train_source``."""
+        if "train_source" in self.train_source:
+            raise ValueError(f"task {self.name!r}: field 'train_source' cannot nest another 'train_source'")
+        skip = (*SOURCE_FIELDS, "name", "train_source")
+        inherited = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        return HubTask.from_dict(inherited | {"name": f"{self.name}.train_source"} | self.train_source)
 
-    def _load(self) -> DatasetDict:
+    @cached_property
+    def _examples(self) -> dict[str, list[Example]]:
+        if self.train_source is None:
+            return self._own_examples(SPLITS)
+        return self._train_task._own_examples(("train", "validation")) | self._own_examples(("test",))
+
+    def _own_examples(self, wanted: tuple[str, ...]) -> dict[str, list[Example]]:
+        """Examples of the ``wanted`` splits from this task's own source (train brings validation along)."""
+        held_out = self.splits["validation"] is None
+        source = self._load([self.splits[s] for s in wanted if not (s == "validation" and held_out)])
+        rows = {"test": source[self.splits["test"]]} if "test" in wanted else {}
+        if "train" in wanted:
+            rows["train"] = source[self.splits["train"]]
+            if held_out:
+                if self.validation_size >= len(rows["train"]):
+                    raise ValueError(
+                        f"task {self.name!r}: field 'validation_size' {self.validation_size} leaves no "
+                        f"training rows out of {len(rows['train'])}"
+                    )
+                rows["train"], rows["validation"] = _hold_out(rows["train"], self.validation_size, self.seed)
+            else:
+                rows["validation"] = source[self.splits["validation"]]
+        return {split: self._to_examples(split, rows[split]) for split in wanted}
+
+    def _load(self, source_splits: list[str]) -> DatasetDict:
         import datasets  # deferred: importing datasets costs seconds the embedded suite never needs
 
         builder = self.dataset or _builder_for(self.name, self.data_files)
-        wanted = {s for s in self.splits.values() if s is not None}
         source = datasets.load_dataset(builder, self.config, data_files=self.data_files)
-        if missing := wanted - set(source):
+        if missing := set(source_splits) - set(source):
             raise ValueError(
                 f"task {self.name!r}: field 'splits' names {sorted(missing)}, the source has {sorted(source)}"
             )
@@ -195,12 +223,13 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "max_examples": dict,
     "max_new_tokens": int,
     "seed": int,
+    "train_source": dict,
 }
 
 
 def _check_type(task: str, key: str, value: Any) -> None:
     expected = _FIELD_TYPES[key]
-    if value is None and key in {"dataset", "data_files", "config"}:
+    if value is None and key in {"dataset", "data_files", "config", "train_source"}:
         return
     if not isinstance(value, expected) or isinstance(value, bool):
         names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
@@ -213,8 +242,8 @@ def _builder_for(task: str, data_files: dict[str, str]) -> str:
     builders = {_FILE_BUILDERS.get(suffix) for suffix in suffixes}
     if len(builders) != 1 or None in builders:
         raise ValueError(
-            f"task {task!r}: field 'data_files' must be all .json/.jsonl or all .parquet, got {sorted(suffixes)}; "
-            "or set 'dataset' to the datasets builder"
+            f"task {task!r}: field 'data_files' must be all .json/.jsonl or all .parquet, "
+            f"got {sorted(suffixes)}; or set 'dataset' to the datasets builder"
         )
     return builders.pop()
 
