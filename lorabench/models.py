@@ -7,6 +7,7 @@ local checkpoint on a GPU cluster.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,23 +67,28 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrain
     return model, tokenizer
 
 
+def targeted_layers(model: torch.nn.Module, target_modules: list[str]) -> Iterator[tuple[str, torch.nn.Module]]:
+    """The layers a variant adapts: names whose last part is in ``target_modules`` (PEFT's rule)."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in target_modules and hasattr(module, "weight"):
+            yield name, module
+
+
 def target_layer_shapes(architecture: dict[str, Any], target_modules: list[str]) -> dict[str, tuple[int, int]]:
-    """``(out, in)`` of every targeted layer, read from a weightless (meta-device) instance.
+    """``(m, n)`` of every targeted layer, read from a weightless (meta-device) instance.
 
     Used to check ranks against the model before any job runs, without allocating weights.
     """
     with torch.device("meta"):
         model = build_embedded(architecture, character_tokenizer(), seed=0)
-    return {
-        name: _out_in(module)
-        for name, module in model.named_modules()
-        if name.rsplit(".", 1)[-1] in target_modules and hasattr(module, "weight")
-    }
+    return {name: tuple(layer_weight(module).shape) for name, module in targeted_layers(model, target_modules)}
 
 
-def _out_in(module: torch.nn.Module) -> tuple[int, int]:
-    """GPT-2's ``Conv1D`` stores its weight as ``(in, out)``; ``nn.Linear`` as ``(out, in)``."""
-    if isinstance(module, torch.nn.Linear):
-        return tuple(module.weight.shape)
-    rows, cols = module.weight.shape
-    return cols, rows
+def target_weights(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.Tensor]:
+    """A detached copy of every targeted layer's weight, as ``(m, n)``."""
+    return {name: layer_weight(module).detach().clone() for name, module in targeted_layers(model, target_modules)}
+
+
+def layer_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The weight as ``(m, n)`` = (out, in): GPT-2's ``Conv1D`` stores its transpose."""
+    return module.weight if isinstance(module, torch.nn.Linear) else module.weight.T

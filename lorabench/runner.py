@@ -17,7 +17,8 @@ import torch
 from lorabench import records
 from lorabench.devices import device_info, select_device
 from lorabench.evaluation.exact_match import accuracy
-from lorabench.models import load
+from lorabench.evaluation.weights import weight_forgetting
+from lorabench.models import load, target_weights
 from lorabench.pretrain import embedded_tasks
 from lorabench.tasks.base import Task
 from lorabench.train import TrainOutcome, TrainSettings, encode_batch, train
@@ -102,6 +103,15 @@ def _train_and_measure(
         record["forgetting"]["per_task"][name] = record["source"][name]["accuracy_before"] - after
     per_task = record["forgetting"]["per_task"].values()
     record["forgetting"]["mean"] = sum(per_task) / len(per_task) if per_task else None
+    record["extra"] |= _weight_forgetting(job, variant.merge(model))
+
+
+def _weight_forgetting(job: dict[str, Any], merged: torch.nn.Module) -> dict[str, float]:
+    """Intruder dimensions and effective rank of dW, averaged over the adapted layers (see evaluation.weights)."""
+    base, _ = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]))
+    tuned = target_weights(merged, job["target_modules"])
+    measured = weight_forgetting(target_weights(base, job["target_modules"]), {k: v.cpu() for k, v in tuned.items()})
+    return {key: measured[key] for key in ("intruder_dimensions_mean", "delta_effective_rank_mean")}
 
 
 def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
