@@ -8,7 +8,7 @@ from lorabench.config import ConfigError, load_grid
 
 
 if not config:  # a --configfile replaces the embedded default instead of being merged into it
-    configfile: "workflow/config/default.yaml"
+    configfile: Path(workflow.basedir) / "workflow/config/default.yaml"
 
 
 try:
