@@ -98,7 +98,7 @@ class Grid:
             for variant in self.variants()
             for rank in self.ranks(variant)
             for lr in self.lrs(variant)
-            for task in self.config["tasks"]["target"]
+            for task in self.target_tasks()
             for seed in self.config["grid"]["seeds"]
         ]
 
@@ -107,7 +107,7 @@ class Grid:
 
     def job_outputs(self) -> list[str]:
         """The train rule's outputs: record paths with a wildcard per unbatched axis."""
-        values = {"task": self.config["tasks"]["target"], "seed": self.config["grid"]["seeds"]}
+        values = {"task": self.target_tasks(), "seed": self.config["grid"]["seeds"]}
         combos = itertools.product(*(values[axis] if axis in self.batched() else [None] for axis in BATCHABLE))
         fixed = {"model": "{model}", "variant": "{variant}", "rank": "{rank}", "lr": "{lr}"}
         return [
@@ -129,7 +129,7 @@ class Grid:
         return {
             "model": model,
             "checkpoint": self.checkpoint(model),
-            "dtype": self.config.get("dtype", "float32"),
+            "dtype": self.config["models"][model].get("dtype", self.config.get("dtype", "float32")),
             "device": device,
             "threads": threads,
             "variant": variant,
@@ -140,15 +140,63 @@ class Grid:
             "dropout": train.get("dropout", 0.0),
             "target_modules": self.config["models"][model]["target_modules"],
             "source_tasks": self.config["tasks"]["source"],
-            "target_tasks": self.config["tasks"]["target"],
+            "target_tasks": self.target_tasks(),
+            "hub_tasks": {name: entry for name, entry in self.hub_tasks().items()
+                          if any(p.task == name for p in points)},
+            "forgetting": self.config.get("forgetting", {}),
             "data": self.config["data"],
             "eval_batch_size": train.get("eval_batch_size", 128),
             "train": {k: train[k] for k in ("steps", "batch_size", "weight_decay", "log_every") if k in train},
             "points": [{"task": p.task, "lr": p.lr, "seed": p.seed, "record": p.record} for p in points],
         }
 
+    def target_tasks(self) -> list[str]:
+        """Names of the target tasks: embedded names as given, hub tasks by their mapping key."""
+        return [entry if isinstance(entry, str) else next(iter(entry)) for entry in self.config["tasks"]["target"]]
+
+    def hub_tasks(self) -> dict[str, dict[str, Any]]:
+        """Target task name -> HubTask fields (``name`` included), for the target entries that are mappings."""
+        return {
+            name: {**fields, "name": name}
+            for entry in self.config["tasks"]["target"] if isinstance(entry, dict)
+            for name, fields in entry.items()
+        }
+
+    def check_tasks(self) -> None:
+        """Refuse a hub task entry HubTask rejects, and target names given twice, naming the entry."""
+        from lorabench.tasks.hub import HubTask
+
+        names = self.target_tasks()
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ConfigError(f"config error at `tasks/target`: task name(s) {duplicates} given more than once")
+        for index, entry in enumerate(self.config["tasks"]["target"]):
+            if isinstance(entry, dict):
+                name, fields = next(iter(entry.items()))
+                try:
+                    HubTask.from_dict({**fields, "name": name})
+                except ValueError as error:
+                    raise ConfigError(f"config error at `tasks/target/{index}/{name}`: {error}") from None
+
+    def is_embedded(self, model: str) -> bool:
+        return "architecture" in self.config["models"][model]
+
     def checkpoint(self, model: str) -> str:
-        return f"results/models/{model}"
+        """Where the train job loads ``model`` from: the pretrain rule's output, or the config's ``path``."""
+        spec = self.config["models"][model]
+        return f"results/models/{model}" if self.is_embedded(model) else spec["path"]
+
+    def checkpoint_input(self, model: str) -> list[str]:
+        """The train rule's input: the pretrained checkpoint for embedded models, nothing for ``path`` models."""
+        return [self.checkpoint(model)] if self.is_embedded(model) else []
+
+    def check_models(self) -> None:
+        """Each model gives exactly one of ``architecture`` and ``path``."""
+        for model, spec in self.config["models"].items():
+            if ("architecture" in spec) == ("path" in spec):
+                raise ConfigError(
+                    f"config error at `models/{model}`: give exactly one of `architecture` (an embedded model "
+                    "the pipeline builds and pretrains) or `path` (a hub name or local checkpoint folder)"
+                )
 
     def pretrain_settings(self, model: str, threads: int) -> dict[str, Any]:
         return {
@@ -163,10 +211,18 @@ class Grid:
 
     def check_ranks(self) -> None:
         """Refuse a rank that some variant cannot apply to some targeted layer, naming both."""
-        from lorabench.models import target_layer_shapes
+        from lorabench.models import checkpoint_layer_shapes, target_layer_shapes
 
         for model, spec in self.config["models"].items():
-            shapes = target_layer_shapes(spec["architecture"], spec["target_modules"])
+            if "architecture" in spec:
+                shapes = target_layer_shapes(spec["architecture"], spec["target_modules"])
+            else:
+                try:
+                    shapes = checkpoint_layer_shapes(spec["path"], spec["target_modules"])
+                except Exception as error:  # a local folder whose config.json transformers cannot read
+                    raise ConfigError(f"config error at `models/{model}/path`: {error}") from None
+                if shapes is None:  # a hub name not resolvable here (offline): the train job reports it
+                    continue
             if not shapes:
                 raise ConfigError(
                     f"config error at `models/{model}/target_modules`: {spec['target_modules']} match no layer "
@@ -188,6 +244,8 @@ def load_grid(config: dict[str, Any], schema: Path) -> Grid:
     """Validate ``config`` (schema, then variants and ranks against the models) and return its grid."""
     check_schema(config, schema)
     grid = Grid(config)
+    grid.check_models()
+    grid.check_tasks()
     grid.variants()
     grid.check_ranks()
     return grid

@@ -84,6 +84,25 @@ def target_layer_shapes(architecture: dict[str, Any], target_modules: list[str])
     return {name: tuple(layer_weight(module).shape) for name, module in targeted_layers(model, target_modules)}
 
 
+def checkpoint_layer_shapes(path: str, target_modules: list[str]) -> dict[str, tuple[int, int]] | None:
+    """Like :func:`target_layer_shapes` for a hub name or local folder, from its ``config.json`` alone.
+
+    ``None`` when the config cannot be resolved here (a hub name offline, or not cached), so the
+    pre-check is skipped and the train job records the failure instead.
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception:  # OSError, ValueError: unresolvable name, no network, no cache
+        if (Path(path) / "config.json").exists():
+            raise  # a local folder whose config is broken is the user's to fix now
+        return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {name: tuple(layer_weight(module).shape) for name, module in targeted_layers(model, target_modules)}
+
+
 def target_weights(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.Tensor]:
     """A detached copy of every targeted layer's weight, as ``(m, n)``."""
     return {name: layer_weight(module).detach().clone() for name, module in targeted_layers(model, target_modules)}

@@ -7,6 +7,7 @@ one bad run never takes the grid down and finished runs are never lost.
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from pathlib import Path
@@ -32,37 +33,123 @@ def run_job(job: dict[str, Any]) -> None:
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     device = select_device(job["device"])
-    tasks = {task.name: task for task in embedded_tasks(job["source_tasks"] + job["target_tasks"], job["data"])}
-    before = _base_accuracies(job, tasks, device)
+    tasks = _job_tasks(job)
+    try:
+        before, forgetting_before = _base_accuracies(job, tasks, device)
+    except Exception:  # e.g. a hub name not resolvable here: every point gets a failed record that says so
+        _record_base_failure(job, device)
+        return
     for point in job["points"]:
-        record = run_point(job, point, tasks, before, device)
+        record = run_point(job, point, tasks, before, device, forgetting_before)
         records.write(record, Path(point["record"]))
         log.info("%s: %s", record["run_id"], record["status"])
 
 
-def _base_accuracies(job: dict[str, Any], tasks: dict[str, Task], device: torch.device) -> dict[str, float]:
-    """Test accuracy of the base model on every task, measured once per job (it is the same for all points).
+def _record_base_failure(job: dict[str, Any], device: torch.device) -> None:
+    error = (f"the base model {job['checkpoint']!r} or a task's data could not be loaded or measured "
+             f"(a hub name needs network or the Hugging Face cache):\n{traceback.format_exc(limit=-8)}")
+    log.error("%s", error)
+    for point in job["points"]:
+        record = _empty_record(job, point, {}, device)
+        record["error"] = error
+        records.write(record, Path(point["record"]))
+
+
+def _job_tasks(job: dict[str, Any]) -> dict[str, Task]:
+    """The source tasks and the target tasks of this job's points: embedded by name, hub tasks from their fields."""
+    from lorabench.tasks.hub import HubTask
+
+    hub = job.get("hub_tasks", {})
+    targets = list(dict.fromkeys(point["task"] for point in job["points"]))
+    embedded = [name for name in job["source_tasks"] + targets if name not in hub]
+    tasks: dict[str, Task] = {task.name: task for task in embedded_tasks(list(dict.fromkeys(embedded)), job["data"])}
+    tasks |= {name: HubTask.from_dict(fields) for name, fields in hub.items() if name in targets}
+    return tasks
+
+
+def _forgetting_measures(job: dict[str, Any], model: torch.nn.Module, tokenizer, device: torch.device) -> dict[str, float]:
+    """The config's ``forgetting`` measures of ``model`` as it is now: ``lm_eval__<task>`` and ``heldout_ce``."""
+    settings = job.get("forgetting") or {}
+    measured: dict[str, float] = {}
+    if lm_eval := settings.get("lm_eval"):
+        from lorabench.evaluation.lm_eval import lm_eval_scores
+
+        scores = lm_eval_scores(
+            model, tokenizer, lm_eval["tasks"], lm_eval.get("include_path"), lm_eval.get("limit"),
+            lm_eval.get("batch_size", 8), str(device),
+        )
+        measured |= {f"lm_eval__{task}": score for task, score in scores.items()}
+    if heldout := settings.get("heldout_ce"):
+        from lorabench.evaluation.perplexity import mean_token_cross_entropy
+
+        texts = _heldout_texts(heldout["texts"], heldout.get("n", 256))
+        measured["heldout_ce"] = mean_token_cross_entropy(
+            model, tokenizer, texts, heldout.get("batch_size", 8), heldout.get("max_length", 512), str(device)
+        )
+    return measured
+
+
+def _heldout_texts(path: str, n: int) -> list[str]:
+    """The first ``n`` texts of a .jsonl file (field ``text``) or a text file (one per non-empty line)."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    if path.endswith(".jsonl"):
+        lines = [json.loads(line)["text"] for line in lines]
+    return lines[:n]
+
+
+def _prefixed(measured: dict[str, float], when: str) -> dict[str, float]:
+    """``lm_eval__<task>`` -> ``lm_eval_<when>__<task>``; ``heldout_ce`` -> ``heldout_ce_<when>`` (flat extras)."""
+    return {
+        (f"lm_eval_{when}__{key.removeprefix('lm_eval__')}" if key.startswith("lm_eval__") else f"{key}_{when}"): value
+        for key, value in measured.items()
+    }
+
+
+def _forgetting_extras(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """After-values plus the drops: ``lm_eval_forgetting_mean`` (mean before - after) and ``heldout_ce_increase``."""
+    extras = _prefixed(after, "after")
+    drops = [before[key] - after[key] for key in after if key.startswith("lm_eval__") and key in before]
+    if drops:
+        extras["lm_eval_forgetting_mean"] = sum(drops) / len(drops)
+    if "heldout_ce" in after and "heldout_ce" in before:
+        extras["heldout_ce_increase"] = after["heldout_ce"] - before["heldout_ce"]
+    return extras
+
+
+def _base_accuracies(
+    job: dict[str, Any], tasks: dict[str, Task], device: torch.device
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Test accuracy of the base model on every task, measured once per job (it is the same for all points),
+    and the config's ``forgetting`` measures of the base model (see :func:`_forgetting_measures`).
 
     Also runs one forward and backward pass, so one-time start-up allocations (autograd engine,
     kernels' workspaces) land before the first grid point's measured training, not inside it.
     """
     model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]))
     model.to(device)
-    examples = tasks[job["target_tasks"][0]].split("train")[: job["train"]["batch_size"]]
+    examples = tasks[job["points"][0]["task"]].split("train")[: job["train"]["batch_size"]]
     model(**encode_batch(tokenizer, examples, device)).loss.backward()
-    return {
+    model.zero_grad(set_to_none=True)
+    accuracies = {
         name: accuracy(model, tokenizer, task, task.split("test"), job["eval_batch_size"], device)
         for name, task in tasks.items()
     }
+    return accuracies, _forgetting_measures(job, model, tokenizer, device)
 
 
 def run_point(
-    job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], before: dict[str, float], device: torch.device
+    job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], before: dict[str, float], device: torch.device,
+    forgetting_before: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Train one grid point and return its record; exceptions become a ``failed`` record."""
+    """Train one grid point and return its record; exceptions become a ``failed`` record.
+
+    ``forgetting_before``: the base model's ``forgetting`` measures (:func:`_forgetting_measures`), recorded
+    in ``extra`` as ``*_before`` and compared with the fine-tuned model's.
+    """
     record = _empty_record(job, point, before, device)
+    record["extra"] |= _prefixed(forgetting_before or {}, "before")
     try:
-        _train_and_measure(job, point, tasks, device, record)
+        _train_and_measure(job, point, tasks, device, record, forgetting_before or {})
     except Exception:  # recorded, not raised: one broken run must not take the rest of the grid down
         record["status"] = "failed"
         record["error"] = traceback.format_exc(limit=-8)
@@ -71,7 +158,8 @@ def run_point(
 
 
 def _train_and_measure(
-    job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], device: torch.device, record: dict[str, Any]
+    job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
+    forgetting_before: dict[str, float],
 ) -> None:
     model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]))
     torch.manual_seed(point["seed"])
@@ -103,6 +191,9 @@ def _train_and_measure(
         record["forgetting"]["per_task"][name] = record["source"][name]["accuracy_before"] - after
     per_task = record["forgetting"]["per_task"].values()
     record["forgetting"]["mean"] = sum(per_task) / len(per_task) if per_task else None
+    if job.get("forgetting"):
+        after = _forgetting_measures(job, model, tokenizer, device)
+        record["extra"] |= _forgetting_extras(forgetting_before, after)
     record["extra"] |= _weight_forgetting(job, variant.merge(model))
 
 
@@ -151,8 +242,8 @@ def _empty_record(
                    "steps_done": 0},
         "memory": {"method": "cpu_peak_rss", "peak_mb": None, "baseline_mb": None},
         "loss_curve": {"step": [], "loss": []},
-        "target": {"task": point["task"], "accuracy_before": before[point["task"]], "accuracy_after": None},
-        "source": {name: {"accuracy_before": before[name], "accuracy_after": None} for name in job["source_tasks"]},
+        "target": {"task": point["task"], "accuracy_before": before.get(point["task"]), "accuracy_after": None},
+        "source": {name: {"accuracy_before": before.get(name), "accuracy_after": None} for name in job["source_tasks"]},
         "forgetting": {"mean": None, "per_task": {}},
         "extra": {},
         "environment": records.environment(device_info(device)),

@@ -70,3 +70,32 @@ def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path: Path, smoke: di
     assert result.returncode != 0
     assert "unknown variant 'lorra'" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_model_needs_exactly_one_of_architecture_and_path(smoke: dict) -> None:
+    smoke["models"]["gpt2-tiny"]["path"] = "gpt2"
+    assert "models/gpt2-tiny" in _refused(smoke) and "exactly one" in _refused(smoke)
+
+
+def test_bad_hub_task_entry_names_the_field(smoke: dict) -> None:
+    smoke["tasks"]["target"] = ["sort", {"math": {"dataset": "openai/gsm8k", "fallback": "guess"}}]
+    message = _refused(smoke)
+    assert "tasks/target/1/math" in message and "'fallback'" in message
+
+
+def test_unresolvable_hub_model_skips_the_rank_check(smoke: dict) -> None:
+    smoke["models"] = {"remote": {"path": "no-such-org/no-such-model", "target_modules": ["q_proj"]}}
+    smoke["tasks"] = {"source": [], "target": [{"math": {"dataset": "openai/gsm8k", "config": "main"}}]}
+    grid = load_grid(copy.deepcopy(smoke), SCHEMA)
+    assert {p.task for p in grid.points()} == {"math"}
+    assert grid.checkpoint_input("remote") == [] and grid.checkpoint("remote") == "no-such-org/no-such-model"
+
+
+def test_local_checkpoint_ranks_are_checked_from_its_config(smoke: dict, tmp_path: Path) -> None:
+    from tests.fixtures_hub import save_tiny_llama
+
+    smoke["models"] = {"local": {"path": str(save_tiny_llama(tmp_path / "m")), "target_modules": ["q_proj"]}}
+    smoke["grid"]["variants"] = ["lora"]
+    smoke["grid"]["ranks"] = [64]
+    message = _refused(smoke)
+    assert "rank 64" in message and "'local'" in message and "(32, 32)" in message

@@ -10,7 +10,7 @@ wildcard_constraints:
 rule train:
     """One job: the grid points of one model, variant, rank and learning rate (config jobs.batch)."""
     input:
-        checkpoint=lambda wildcards: GRID.checkpoint(wildcards.model),
+        checkpoint=lambda wildcards: GRID.checkpoint_input(wildcards.model),  # none for `path` models
     output:
         GRID.job_outputs(),
     params:
