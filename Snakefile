@@ -26,5 +26,6 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
+        rules.aggregate.input,  # records are targets too: a deleted record re-runs its job
         rules.figures.output,
     default_target: True
