@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+    assert_saved_adapter_reproduces,
     FAMILIES,
     TARGETS,
     make_spec,
@@ -87,16 +88,7 @@ def test_variant_learns_saves_merges_and_generates(family: str, name: str, tmp_p
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pissa_saves_an_adapter_for_the_original_weights(family: str, tmp_path) -> None:
     """PiSSA mutates W; its saved adapter (converted to rank 2r) must reproduce training on the original W."""
-    variant = make_variant(family, "pissa")
-    model = variant.apply(tiny_model(family))
-    train(variant, model, steps=5)
-    variant.save(model, tmp_path)
-    reloaded = PeftModel.from_pretrained(tiny_model(family), str(tmp_path))
-    batch = token_batch()
-    model.eval()  # GPT-2 has dropout
-    reloaded.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, atol=1e-4, rtol=1e-4)
+    assert_saved_adapter_reproduces(family, "pissa", tmp_path, atol=1e-4, rtol=1e-4)
 
 
 def test_generic_peft_path_fills_rank_and_targets_from_the_spec() -> None:

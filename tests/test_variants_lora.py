@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from peft import PeftModel, get_peft_model
 from torch import nn
 from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+    assert_saved_adapter_reproduces,
     FAMILIES,
     OneConv1D,
     make_spec,
@@ -76,16 +77,7 @@ def test_lora_init_follows_peft_and_the_seed() -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_save_loads_in_peft_with_the_same_outputs(family: str, tmp_path) -> None:
-    variant = make_variant(family, "lora")
-    model = variant.apply(tiny_model(family))
-    train(variant, model, steps=5)
-    variant.save(model, tmp_path)
-    reloaded = PeftModel.from_pretrained(tiny_model(family), str(tmp_path))
-    batch = token_batch()
-    model.eval()  # GPT-2 has dropout
-    reloaded.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, **TOLERANCE)
+    assert_saved_adapter_reproduces(family, "lora", tmp_path, **TOLERANCE)
 
 
 def test_lora_saved_config_matches_the_spec(tmp_path) -> None:

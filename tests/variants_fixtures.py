@@ -11,6 +11,10 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from pathlib import Path
+
+from peft import PeftModel
+
 from lorabench.variants import AdapterSpec, Variant, get
 from lorabench.variants._layers import find_targets, layer_shape
 
@@ -94,3 +98,17 @@ def train(variant: Variant, model: torch.nn.Module, steps: int = 30, lr: float =
 def target_shapes(model: torch.nn.Module, targets: tuple[str, ...]) -> list[tuple[int, int]]:
     """``(m, n)`` of every layer a variant with these targets adapts, read from the unadapted model."""
     return [layer_shape(layer) for _, layer in find_targets(model, targets)]
+
+
+def assert_saved_adapter_reproduces(family: str, name: str, directory: Path, **tolerance: float) -> None:
+    """Train a few steps, save, reload onto a fresh base with ``PeftModel``: the logits must match."""
+    variant = make_variant(family, name)
+    model = variant.apply(tiny_model(family))
+    train(variant, model, steps=5)
+    variant.save(model, directory)
+    reloaded = PeftModel.from_pretrained(tiny_model(family), str(directory))
+    batch = token_batch()
+    model.eval()  # GPT-2 has dropout
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, **tolerance)

@@ -26,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorabench.variants import AdapterSpec, get
 from lorabench.variants._layers import OneLayer
+from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse: tiny steps run best on one thread)
 
 RANK = 8
 LAYER = (1024, 1024)
@@ -37,12 +38,6 @@ OPTIONS = {"peft": {"peft_config": {"peft_type": "LOHA"}}}
 Step = Callable[[], None]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_llama() -> LlamaForCausalLM:
