@@ -7,17 +7,17 @@ Skipped where SLURM is absent; LORABENCH_REQUIRE_SLURM=1 (set by .ci/run after
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import jsonschema
 import pytest
 
-from test_containers import REPO, load_records, run_workflow
+from lorabench import records
+from tests.pipeline import REPO, snakemake
+from tests.test_containers import load_records
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,6 @@ GROUPING = (
     "--group-components", "pretrain=100", "train=100", "report=100",
     "--resources", "gpu=2",
 )
-SUBMIT_TIMEOUT_S = 900
 EXACT = ("grid", "status", "target", "source", "forgetting")  # accuracies are counts over a test set
 
 
@@ -55,10 +54,9 @@ def slurm_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm_run")
     profile = REPO / "workflow" / "profiles" / "slurm"
     try:
-        result = run_workflow(
+        result = snakemake(
             workdir, "--workflow-profile", str(profile), *GROUPING,
             "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs", "--verbose",
-            timeout=SUBMIT_TIMEOUT_S,
         )
     finally:
         cancel_leftover_jobs(workdir)
@@ -79,18 +77,17 @@ def local_reference(slurm_run, tmp_path_factory):
     records = load_records(slurm_workdir)
     targets = [next(path for path in records if f"/{model}/" in path) for model in ("llama-tiny", "gpt2-tiny")]
     workdir = tmp_path_factory.mktemp("local_run")
-    run_workflow(workdir, "--cores", "2", *targets)
+    snakemake(workdir, *targets)
     return load_records(workdir)
 
 
 def test_smoke_grid_completes_under_slurm(slurm_run):
     workdir, _ = slurm_run
     assert (workdir / "reports" / "summary.md").is_file()
-    schema = json.loads((REPO / "lorabench" / "record.schema.json").read_text())
-    records = load_records(workdir)
-    assert records
-    for record in records.values():
-        jsonschema.validate(record, schema)
+    written = load_records(workdir)
+    assert written
+    for record in written.values():
+        records.validate(record)
 
 
 def test_only_training_asks_slurm_for_gpus(slurm_run):
