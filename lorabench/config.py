@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,10 @@ class Grid:
 
     def variants(self) -> dict[str, str]:
         """Grid name -> registered variant it runs (a config entry may alias one with `uses`)."""
+        return self._resolved_variants
+
+    @cached_property
+    def _resolved_variants(self) -> dict[str, str]:
         from lorabench.variants import registry
 
         registered = registry()
@@ -92,6 +97,11 @@ class Grid:
         return self.config.get("variants", {}).get(variant, {}).get("lrs", self.config["grid"]["lrs"])
 
     def points(self) -> list[Point]:
+        return self._points
+
+    @cached_property
+    def _points(self) -> list[Point]:
+        """Built once: every train job's parameters and the aggregate's inputs read this list."""
         return [
             Point(model, task, variant, rank, lr, seed)
             for model in self.config["models"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,12 @@ def run_job(job: dict[str, Any]) -> None:
     device = select_device(job["device"])
     tasks = _job_tasks(job)
     try:
-        before, forgetting_before = _base_accuracies(job, tasks, device)
+        base = _measure_base(job, tasks, device)
     except Exception:  # e.g. a hub name not resolvable here: every point gets a failed record that says so
         _record_base_failure(job, device)
         return
     for point in job["points"]:
-        record = run_point(job, point, tasks, before, device, forgetting_before)
+        record = run_point(job, point, tasks, base, device)
         records.write(record, Path(point["record"]))
         log.info("%s: %s", record["run_id"], record["status"])
 
@@ -116,11 +117,20 @@ def _forgetting_extras(before: dict[str, float], after: dict[str, float]) -> dic
     return extras
 
 
-def _base_accuracies(
-    job: dict[str, Any], tasks: dict[str, Task], device: torch.device
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Test accuracy of the base model on every task, measured once per job (it is the same for all points),
-    and the config's ``forgetting`` measures of the base model (see :func:`_forgetting_measures`).
+@dataclass(frozen=True)
+class BaseMeasures:
+    """What every grid point of a job compares against, measured once on the base model."""
+
+    accuracies: dict[str, float]
+    """Test accuracy on every task."""
+    forgetting: dict[str, float]
+    """The config's ``forgetting`` measures (:func:`_forgetting_measures`)."""
+    weights: dict[str, torch.Tensor]
+    """The targeted layers' weights, ``(m, n)``, on the CPU: the reference of weight-space forgetting."""
+
+
+def _measure_base(job: dict[str, Any], tasks: dict[str, Task], device: torch.device) -> BaseMeasures:
+    """Measure the base model once per job: the numbers are the same for all of its points.
 
     Also runs one forward and backward pass, so one-time start-up allocations (autograd engine,
     kernels' workspaces) land before the first grid point's measured training, not inside it.
@@ -134,22 +144,18 @@ def _base_accuracies(
         name: accuracy(model, tokenizer, task, task.split("test"), job["eval_batch_size"], device)
         for name, task in tasks.items()
     }
-    return accuracies, _forgetting_measures(job, model, tokenizer, device)
+    weights = {name: w.cpu() for name, w in target_weights(model, job["target_modules"]).items()}
+    return BaseMeasures(accuracies, _forgetting_measures(job, model, tokenizer, device), weights)
 
 
 def run_point(
-    job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], before: dict[str, float], device: torch.device,
-    forgetting_before: dict[str, float] | None = None,
+    job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], base: BaseMeasures, device: torch.device
 ) -> dict[str, Any]:
-    """Train one grid point and return its record; exceptions become a ``failed`` record.
-
-    ``forgetting_before``: the base model's ``forgetting`` measures (:func:`_forgetting_measures`), recorded
-    in ``extra`` as ``*_before`` and compared with the fine-tuned model's.
-    """
-    record = _empty_record(job, point, before, device)
-    record["extra"] |= _prefixed(forgetting_before or {}, "before")
+    """Train one grid point and return its record; exceptions become a ``failed`` record."""
+    record = _empty_record(job, point, base.accuracies, device)
+    record["extra"] |= _prefixed(base.forgetting, "before")
     try:
-        _train_and_measure(job, point, tasks, device, record, forgetting_before or {})
+        _train_and_measure(job, point, tasks, device, record, base)
     except Exception:  # recorded, not raised: one broken run must not take the rest of the grid down
         record["status"] = "failed"
         record["error"] = traceback.format_exc(limit=-8)
@@ -159,7 +165,7 @@ def run_point(
 
 def _train_and_measure(
     job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
-    forgetting_before: dict[str, float],
+    base: BaseMeasures,
 ) -> None:
     model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]))
     torch.manual_seed(point["seed"])
@@ -193,15 +199,16 @@ def _train_and_measure(
     record["forgetting"]["mean"] = sum(per_task) / len(per_task) if per_task else None
     if job.get("forgetting"):
         after = _forgetting_measures(job, model, tokenizer, device)
-        record["extra"] |= _forgetting_extras(forgetting_before, after)
-    record["extra"] |= _weight_forgetting(job, variant.merge(model))
+        record["extra"] |= _forgetting_extras(base.forgetting, after)
+    record["extra"] |= _weight_forgetting(base.weights, variant.merge(model), job["target_modules"])
 
 
-def _weight_forgetting(job: dict[str, Any], merged: torch.nn.Module) -> dict[str, float]:
+def _weight_forgetting(
+    base: dict[str, torch.Tensor], merged: torch.nn.Module, target_modules: list[str]
+) -> dict[str, float]:
     """Intruder dimensions and effective rank of dW, averaged over the adapted layers (see evaluation.weights)."""
-    base, _ = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]))
-    tuned = target_weights(merged, job["target_modules"])
-    measured = weight_forgetting(target_weights(base, job["target_modules"]), {k: v.cpu() for k, v in tuned.items()})
+    tuned = {name: w.cpu() for name, w in target_weights(merged, target_modules).items()}
+    measured = weight_forgetting(base, tuned)
     return {key: measured[key] for key in ("intruder_dimensions_mean", "delta_effective_rank_mean")}
 
 
