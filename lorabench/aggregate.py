@@ -76,6 +76,7 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
         **record["grid"],
         "status": record["status"],
         "error": record["error"],
+        "optimizer": record["hyperparameters"]["train"].get("optimizer", "adamw"),  # records before it was a setting
         "trainable_params": record["parameters"]["trainable"],
         "total_params": record["parameters"]["total"],
         "train_seconds": timing["train_seconds"],

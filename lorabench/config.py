@@ -16,6 +16,8 @@ from typing import Any
 RUNS = "results/runs"
 RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
 BATCHABLE = ("task", "seed")
+GRID_SETTINGS = ("uses", "lrs", "optimizer")
+"""Per-variant config keys the grid and the training loop read; every other key is the variant's own option."""
 
 
 class ConfigError(ValueError):
@@ -52,7 +54,8 @@ def check_schema(config: dict[str, Any], schema: Path) -> None:
 
 
 def _schema_message(error: Exception) -> str:
-    cause = error.__cause__ or error
+    """Snakemake raises its own error while handling jsonschema's, which holds the field path."""
+    cause = error.__cause__ or error.__context__ or error
     path = "/".join(str(part) for part in getattr(cause, "absolute_path", [])) or "(top level)"
     return f"config error at `{path}`: {getattr(cause, 'message', cause)}"
 
@@ -134,8 +137,8 @@ class Grid:
             and all(str(getattr(p, axis)) == wildcards[axis] for axis in BATCHABLE if axis in wildcards)
         ]
         train = self.config["train"]
-        variant_options = {k: v for k, v in self.config.get("variants", {}).get(variant, {}).items()
-                           if k not in ("uses", "lrs")}
+        variant_settings = self.config.get("variants", {}).get(variant, {})
+        variant_options = {k: v for k, v in variant_settings.items() if k not in GRID_SETTINGS}
         return {
             "model": model,
             "checkpoint": self.checkpoint(model),
@@ -156,7 +159,10 @@ class Grid:
             "forgetting": self.config.get("forgetting", {}),
             "data": self.config["data"],
             "eval_batch_size": train.get("eval_batch_size", 128),
-            "train": {k: train[k] for k in ("steps", "batch_size", "weight_decay", "log_every") if k in train},
+            "train": {
+                **{k: train[k] for k in ("steps", "batch_size", "weight_decay", "log_every") if k in train},
+                "optimizer": variant_settings.get("optimizer", train.get("optimizer", "adamw")),
+            },
             "points": [{"task": p.task, "lr": p.lr, "seed": p.seed, "record": p.record} for p in points],
         }
 

@@ -24,6 +24,8 @@ class TrainSettings:
     batch_size: int
     lr: float
     weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    """``adamw``, or ``sgd`` (plain, no momentum: what MATH.md's expected updates assume)."""
     log_every: int = 10
     max_length: int | None = None
     """Truncate longer examples (hub datasets); None keeps every token."""
@@ -63,6 +65,15 @@ def encode_batch(
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW, or plain SGD for variants whose theory is stated for SGD (resampled: E[update] = -2 lr G)."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}; use adamw or sgd")
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -73,9 +84,8 @@ def train(
     after_step: Callable[[torch.nn.Module, torch.optim.Optimizer], None] = lambda model, optimizer: None,
     description: str = "train",
 ) -> TrainOutcome:
-    """AdamW on the parameters that require grad; measures every step and the phase's peak memory."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    """The settings' optimizer on the parameters that require grad; measures every step and the phase's peak memory."""
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
     sampler = random.Random(seed)
     outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
     model.train()

@@ -32,7 +32,9 @@ def make_record(model: str, task: str, variant: str, rank: int, lr: float, seed:
         "status": status,
         "error": None if ok else "RuntimeError: loss became nan at step 3\nTraceback follows",
         "grid": {"model": model, "task": task, "variant": variant, "rank": rank, "lr": lr, "seed": seed},
-        "hyperparameters": {"steps": 50, "batch_size": 8},
+        "hyperparameters": {
+            "train": {"steps": 50, "batch_size": 8, "optimizer": "sgd" if variant == "resampled" else "adamw"},
+        },
         "parameters": {"trainable": trainable, "total": 10_000_000 + trainable},
         "timing": {
             "method": "perf_counter",

@@ -54,7 +54,7 @@ def test_additive_rank_must_divide_every_layer(smoke: dict) -> None:
 def test_misspelt_key_is_named(smoke: dict) -> None:
     smoke["grid"]["rnaks"] = smoke["grid"].pop("ranks")
     message = _refused(smoke)
-    assert "grid" in message and "rnaks" in message
+    assert message.startswith("config error at `grid`") and "'rnaks' was unexpected" in message
 
 
 def test_target_modules_matching_nothing_are_refused(smoke: dict) -> None:
@@ -99,3 +99,18 @@ def test_local_checkpoint_ranks_are_checked_from_its_config(smoke: dict, tmp_pat
     smoke["grid"]["ranks"] = [64]
     message = _refused(smoke)
     assert "rank 64" in message and "'local'" in message and "(32, 32)" in message
+
+
+def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
+    smoke["variants"]["resampled"] = {"resample_every": 1, "optimizer": "sgd", "lrs": [0.5]}
+    grid = load_grid(smoke, SCHEMA)
+    jobs = {v: grid.train_job({"model": "llama-tiny", "variant": v, "rank": "2", "lr": lr}, "cpu", 1)
+            for v, lr in (("resampled", "0.5"), ("lora", "0.003"))}
+    assert jobs["resampled"]["train"]["optimizer"] == "sgd"
+    assert jobs["resampled"]["variant_options"] == {"resample_every": 1}  # not passed to the adapter
+    assert jobs["lora"]["train"]["optimizer"] == "adamw"
+
+
+def test_unknown_optimizer_is_named(smoke: dict) -> None:
+    smoke["train"]["optimizer"] = "adam"
+    assert _refused(smoke) == "config error at `train/optimizer`: 'adam' is not one of ['adamw', 'sgd']"

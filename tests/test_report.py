@@ -96,6 +96,7 @@ def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
     assert "frozen_b falls behind" in summary
     assert "0.50× lora's trainable parameters" in summary
     assert "Rank 8 (full FT: no rank)" in summary
+    assert "- optimizers: adamw (full, lora," in summary and "; sgd (resampled)\n" in summary
 
 
 def test_summary_lists_failed_and_diverged_runs_by_first_line(report_dir: Path) -> None:

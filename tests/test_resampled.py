@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 from variants_fixtures import OneConv1D, make_variant, one_torch_thread, tiny_model, token_batch  # noqa: F401
 
+from lorabench.train import TrainSettings, make_optimizer
 from lorabench.variants import AdapterSpec, get
 from lorabench.variants._layers import OneLayer, dense_weight
 from lorabench.variants.resampled import draw_factors
@@ -41,6 +42,23 @@ def test_gradients_are_those_of_the_explicit_zero_product(m: int, n: int, rank: 
     for ours, reference in ((layer.U.grad, U.grad), (layer.V.grad, V.grad), (x.grad, x_explicit.grad)):
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
     assert layer.base_layer.weight.grad is None  # no m x n gradient anywhere
+
+
+def test_one_sgd_step_through_the_training_optimizer_is_the_update_of_math_md() -> None:
+    """With ``optimizer: sgd`` a step changes W by -lr (U U^T G + G V^T V) + lr^2 G V^T U^T G (MATH.md 1), G = dL/dW."""
+    model, variant = resampled(OneLayer(6, 5, bias=True), rank=2)
+    layer = model.layer
+    W0, U, V = (t.detach().clone() for t in (dense_weight(layer.base_layer), layer.U, layer.V))
+    x, lr = torch.randn(7, 5), 0.05
+    W = W0.clone().requires_grad_()
+    nn.functional.linear(x, W, layer.base_layer.bias).square().sum().backward()
+    G = W.grad
+    optimizer = make_optimizer([layer.U, layer.V], TrainSettings(steps=1, batch_size=1, lr=lr, optimizer="sgd"))
+    model(x).square().sum().backward()
+    optimizer.step()
+    variant.after_step(model, optimizer)
+    expected = W0 - lr * (U @ U.T @ G + G @ V.T @ V) + lr**2 * G @ V.T @ U.T @ G
+    torch.testing.assert_close(dense_weight(layer.base_layer), expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("conv1d", [False, True])

@@ -98,6 +98,12 @@ def _values(results: pd.DataFrame, column: str) -> str:
     return ", ".join(str(v) for v in sorted(results[column].dropna().unique()))
 
 
+def _optimizers(results: pd.DataFrame) -> str:
+    """``adamw (lora, dora, ...); sgd (resampled)``: which variants trained with which optimizer."""
+    by_optimizer = results.groupby("optimizer")["variant"].unique()
+    return "; ".join(f"{name} ({', '.join(variant_order(variants))})" for name, variants in by_optimizer.items())
+
+
 def section_what_was_run(results: pd.DataFrame) -> list[str]:
     devices = results[["device", "device_name"]].astype("string").fillna("").drop_duplicates()
     device_text = "; ".join(f"{d} {n}".strip() for d, n in devices.itertuples(index=False))
@@ -110,6 +116,7 @@ def section_what_was_run(results: pd.DataFrame) -> list[str]:
         f"- variants: {', '.join(variant_order(results['variant']))}",
         f"- ranks: {_values(results, 'rank')} (0 = no rank: full fine-tuning)",
         f"- learning rates: {_values(results, 'lr')}; seeds: {_values(results, 'seed')}",
+        f"- optimizers: {_optimizers(results)}",
         f"- device: {device_text}",
         f"- runs: {len(results)} — " + ", ".join(f"{s} {counts.get(s, 0)}" for s in ("ok", "diverged", "failed"))
         + " ([status.png](status.png))",
