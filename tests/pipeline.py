@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "workflow" / "config" / "smoke.yaml"
+EXACT = ("grid", "status", "target", "source", "forgetting")
+"""Record fields that must agree exactly between two runs of one grid point (accuracies are counts)."""
 
 
 def snakemake(workdir: Path, *args: str, config: Path = SMOKE, check: bool = True) -> subprocess.CompletedProcess:
@@ -17,3 +23,33 @@ def snakemake(workdir: Path, *args: str, config: Path = SMOKE, check: bool = Tru
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def smoke_with_variants(folder: Path, variants: list[str]) -> Path:
+    """The smoke config restricted to ``variants``: for tests of an execution path (containers, SLURM),
+    which is the same for every variant; the full smoke grid runs locally in test_pipeline."""
+    config = yaml.safe_load(SMOKE.read_text())
+    config["grid"]["variants"] = variants
+    path = folder / "smoke-subset.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def load_records(workdir: Path) -> dict[str, dict]:
+    """Records by path relative to the workdir."""
+    return {
+        str(path.relative_to(workdir)): json.loads(path.read_text())
+        for path in sorted((workdir / "results" / "runs").rglob("*.json"))
+    }
+
+
+def assert_same_results(records: dict[str, dict], reference: dict[str, dict]) -> None:
+    """Same grid points, same schema, same accuracies; float32 losses may differ in the last bit."""
+    assert records and set(records) <= set(reference)
+    for path, record in records.items():
+        local = reference[path]
+        assert record.keys() == local.keys()
+        for key in EXACT:
+            assert record[key] == local[key], f"{path}: {key} differs from the local run"
+        assert record["loss_curve"]["step"] == local["loss_curve"]["step"]
+        assert record["loss_curve"]["loss"] == pytest.approx(local["loss_curve"]["loss"], rel=1e-5)

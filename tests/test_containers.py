@@ -1,5 +1,6 @@
 """The container path: pins agree across pyproject, lock and image definitions, and the smoke grid
-runs under --use-singularity with the GPU profile, every job through a stand-in `apptainer`."""
+(two variants: the path is the same for all) runs under --use-singularity with the GPU profile, every
+job through a stand-in `apptainer`, with the records a local run gives."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 import pytest
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.pipeline import REPO, snakemake
+from tests.pipeline import REPO, assert_same_results, load_records, smoke_with_variants, snakemake
 
 STAND_IN = REPO / "tests" / "stand_in"
 DEFINITIONS = sorted((REPO / "containers").glob("*.def"))
@@ -21,14 +21,6 @@ DEFAULT_IMAGE = "containers/lorabench-gpu.sif"  # config schema default, relativ
 
 sys.path.insert(0, str(REPO / "containers"))
 import lock  # noqa: E402  (containers/ is not a package: the lock tool is a script)
-
-
-def load_records(workdir: Path) -> dict[str, dict]:
-    """Records by path relative to the workdir."""
-    return {
-        str(path.relative_to(workdir)): json.loads(path.read_text())
-        for path in sorted((workdir / "results" / "runs").rglob("*.json"))
-    }
 
 
 # --- one source of truth for versions -------------------------------------------------------
@@ -74,6 +66,7 @@ def test_definitions_point_hugging_face_at_the_bound_cache():
 def container_run(tmp_path_factory):
     """The smoke grid with the GPU profile on a pretend 2-GPU box, apptainer replaced by the stand-in."""
     workdir = tmp_path_factory.mktemp("container_run")
+    config = smoke_with_variants(workdir, ["lora", "resampled"])
     (workdir / DEFAULT_IMAGE).parent.mkdir()
     (workdir / DEFAULT_IMAGE).write_text("not a real image: the stand-in runs commands on the host\n")
     with pytest.MonkeyPatch.context() as env:
@@ -81,7 +74,8 @@ def container_run(tmp_path_factory):
         env.setenv("APPTAINER_STANDIN_LOG", str(workdir / "apptainer-calls.jsonl"))
         env.setenv("HF_HOME", str(workdir / "hf-home"))
         env.setenv("LORABENCH_GPU_LOCK_DIR", str(workdir / "gpu-locks"))
-        snakemake(workdir, "--workflow-profile", str(REPO / "workflow" / "profiles" / "gpu"), "--resources", "gpu=2")
+        snakemake(workdir, "--workflow-profile", str(REPO / "workflow" / "profiles" / "gpu"), "--resources", "gpu=2",
+                  config=config)
     calls = [json.loads(line) for line in (workdir / "apptainer-calls.jsonl").read_text().splitlines()]
     return workdir, calls
 
@@ -127,3 +121,8 @@ def test_container_records_name_their_device(container_run):
         assert record["environment"]["device"] == "cpu"  # the smoke config asks for CPU
         assert record["environment"]["device_name"]
         assert record["environment"]["cuda_driver"] is None
+
+
+@pytest.mark.e2e
+def test_container_records_equal_a_local_run(container_run, smoke_run):
+    assert_same_results(load_records(container_run[0]), load_records(smoke_run))
