@@ -43,6 +43,32 @@ class TrainOutcome:
     train_seconds: float = 0.0
 
 
+TokenizedExample = tuple[list[int], list[int]]
+"""``(input ids, labels)`` of one example: ``prompt + answer + eos``, labels masked on the prompt."""
+
+
+def tokenize_examples(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int | None = None
+) -> list[TokenizedExample]:
+    """Every example tokenized once, in two batched calls: per-step tokenization was ~20% of a tiny run's time."""
+    prompts = tokenizer([example.prompt for example in examples], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([example.answer for example in examples], add_special_tokens=False)["input_ids"]
+    tokenized = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        answer = answer + [tokenizer.eos_token_id]
+        tokenized.append(((prompt + answer)[:max_length], ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]))
+    return tokenized
+
+
+def collate(rows: Sequence[TokenizedExample], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A right-padded batch with the loss on the answer and eos only."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([labels + [IGNORE_INDEX] * (width - len(labels)) for _, labels in rows])
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
 def encode_batch(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
@@ -50,19 +76,7 @@ def encode_batch(
     max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``prompt + answer + eos`` with the loss on the answer and eos only."""
-    rows, targets = [], []
-    for example in examples:
-        prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = (prompt + answer)[:max_length]
-        rows.append(ids)
-        targets.append(([IGNORE_INDEX] * len(prompt) + answer)[:max_length])
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
-    labels = torch.tensor([row + [IGNORE_INDEX] * (width - len(row)) for row in targets])
-    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    return collate(tokenize_examples(tokenizer, examples, max_length), tokenizer.pad_token_id, device)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
@@ -87,6 +101,7 @@ def train(
     """The settings' optimizer on the parameters that require grad; measures every step and the phase's peak memory."""
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
     sampler = random.Random(seed)
+    tokenized = tokenize_examples(tokenizer, examples, settings.max_length)
     outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
     model.train()
     outcome.memory.start()
@@ -94,7 +109,7 @@ def train(
     loop_clock.start()
     progress = tqdm(range(settings.steps), desc=description, file=sys.stderr, mininterval=2.0, ascii=True)
     for step in progress:
-        batch = encode_batch(tokenizer, sampler.choices(examples, k=settings.batch_size), device, settings.max_length)
+        batch = collate(sampler.choices(tokenized, k=settings.batch_size), tokenizer.pad_token_id, device)
         outcome.clock.start()
         loss = model(**batch).loss
         if not math.isfinite(loss.item()):
