@@ -229,12 +229,12 @@ class Grid:
                 except ValueError as error:
                     raise ConfigError(f"{where}: {error}") from None
 
-    def source(self, model: str) -> str:
+    def model_source(self, model: str) -> str:
         """How ``model`` is given: ``architecture``, ``gguf`` (both built by a rule) or ``path`` (used as is)."""
         return next(key for key in MODEL_SOURCES if key in self.config["models"][model])
 
     def is_built(self, model: str) -> bool:
-        return self.source(model) != "path"
+        return self.model_source(model) != "path"
 
     def checkpoint(self, model: str) -> str:
         """Where the train job loads ``model`` from: the output of its rule (pretrain, cache_gguf), or ``path``."""
@@ -247,7 +247,7 @@ class Grid:
     def model_wildcard(self, source: str) -> str:
         """A regex matching exactly the models given by ``source``: the rules building checkpoints share one
         output pattern, ``results/models/{model}``, and this constraint tells Snakemake which rule builds which."""
-        names = [re.escape(model) for model in self.config["models"] if self.source(model) == source]
+        names = [re.escape(model) for model in self.config["models"] if self.model_source(model) == source]
         return "|".join(names) if names else "(?!)"  # (?!) never matches: no model of that kind
 
     def check_models(self) -> None:
@@ -302,7 +302,7 @@ class Grid:
         """
         from lorabench.models import checkpoint_layer_shapes, target_layer_shapes
 
-        spec, source = self.config["models"][model], self.source(model)
+        spec, source = self.config["models"][model], self.model_source(model)
         targets = spec["target_modules"]
         try:
             if source == "architecture":
@@ -314,6 +314,7 @@ class Grid:
             return checkpoint_layer_shapes(self.checkpoint(model), targets)
         except Exception as error:  # a broken local config.json, an absent GGUF package, no `gguf` reader
             raise ConfigError(f"config error at `models/{model}/{source}`: {error}") from None
+
 
 def load_grid(config: dict[str, Any], schema: Path) -> Grid:
     """Validate ``config`` (schema, then variants and ranks against the models) and return its grid."""
