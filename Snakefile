@@ -20,6 +20,7 @@ container: config["container"]
 
 
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/assets.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 

@@ -47,6 +47,19 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(json.dumps({"source_test_accuracy": scores}))
 
 
+def _cache_gguf(args: argparse.Namespace) -> None:
+    from lorabench.offline_assets import cache_gguf_checkpoint
+
+    cache_gguf_checkpoint(args.gguf, args.out)
+
+
+def _generate_data(args: argparse.Namespace) -> None:
+    from lorabench.offline_assets import generate_data
+
+    paths = generate_data(json.loads(args.generator), args.out)
+    print(json.dumps({split: str(path) for split, path in paths.items()}))
+
+
 def _train(args: argparse.Namespace) -> None:
     from lorabench.runner import run_job
 
@@ -82,6 +95,16 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--settings", required=True, help="JSON written by the Snakefile")
     pre.add_argument("--out", required=True, type=Path)
     pre.set_defaults(run=_pretrain)
+
+    cache = commands.add_parser("cache-gguf", help="dequantize a GGUF model into a plain checkpoint (pipeline rule)")
+    cache.add_argument("--gguf", required=True, help="a .gguf file or an installed package holding one")
+    cache.add_argument("--out", required=True, type=Path)
+    cache.set_defaults(run=_cache_gguf)
+
+    data = commands.add_parser("generate-data", help="write a generated task's train/test JSONL (pipeline rule)")
+    data.add_argument("--generator", required=True, help="the task's `generator` entry as JSON")
+    data.add_argument("--out", required=True, type=Path)
+    data.set_defaults(run=_generate_data)
 
     train = commands.add_parser("train", help="run one job of grid points (pipeline rule)")
     train.add_argument("--job", required=True, help="JSON written by the Snakefile")

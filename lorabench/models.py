@@ -17,6 +17,7 @@ from transformers import (
     AutoTokenizer,
     GPT2Config,
     LlamaConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -98,6 +99,11 @@ def checkpoint_layer_shapes(path: str, target_modules: list[str]) -> dict[str, t
         if (Path(path) / "config.json").exists():
             raise  # a local folder whose config is broken is the user's to fix now
         return None
+    return config_layer_shapes(config, target_modules)
+
+
+def config_layer_shapes(config: PretrainedConfig, target_modules: list[str]) -> dict[str, tuple[int, int]]:
+    """``(m, n)`` of every targeted layer of the causal LM ``config`` describes, from a meta-device instance."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return {name: tuple(layer_weight(module).shape) for name, module in targeted_layers(model, target_modules)}

