@@ -107,14 +107,17 @@ def _prefixed(measured: dict[str, float], when: str) -> dict[str, float]:
 
 
 def _forgetting_extras(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """After-values plus the drops: ``lm_eval_forgetting_mean`` (mean before - after) and ``heldout_ce_increase``."""
+    """After-values plus ``heldout_ce_increase``; lm-eval drops go to ``forgetting.per_task`` (:func:`_benchmark_drops`)."""
     extras = _prefixed(after, "after")
-    drops = [before[key] - after[key] for key in after if key.startswith("lm_eval__") and key in before]
-    if drops:
-        extras["lm_eval_forgetting_mean"] = sum(drops) / len(drops)
     if "heldout_ce" in after and "heldout_ce" in before:
         extras["heldout_ce_increase"] = after["heldout_ce"] - before["heldout_ce"]
     return extras
+
+
+def _benchmark_drops(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """``lm_eval__<task>`` -> score before - after: forgetting on a benchmark, like a source task's accuracy drop,
+    so real-model configs (no source tasks) get the same ``forgetting`` columns, figures and sentences."""
+    return {key: before[key] - after[key] for key in after if key.startswith("lm_eval__") and key in before}
 
 
 @dataclass(frozen=True)
@@ -195,11 +198,12 @@ def _train_and_measure(
         after = evaluate(tasks[name], "test")
         record["source"][name]["accuracy_after"] = after
         record["forgetting"]["per_task"][name] = record["source"][name]["accuracy_before"] - after
-    per_task = record["forgetting"]["per_task"].values()
-    record["forgetting"]["mean"] = sum(per_task) / len(per_task) if per_task else None
     if job.get("forgetting"):
         after = _forgetting_measures(job, model, tokenizer, device)
         record["extra"] |= _forgetting_extras(base.forgetting, after)
+        record["forgetting"]["per_task"] |= _benchmark_drops(base.forgetting, after)
+    per_task = record["forgetting"]["per_task"].values()
+    record["forgetting"]["mean"] = sum(per_task) / len(per_task) if per_task else None
     record["extra"] |= _weight_forgetting(base.weights, variant.merge(model), job["target_modules"])
 
 

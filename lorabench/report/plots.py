@@ -235,7 +235,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set(
             title=model, xlabel="target accuracy after (higher is better →)",
-            ylabel="forgetting: mean source-accuracy drop\n(↓ lower is better)",
+            ylabel="forgetting: mean accuracy drop on\nsource / lm-eval tasks (↓ lower is better)",
         )  # fmt: skip
         _accuracy_axis(ax, "x")
     _variant_legend(fig, points["variant"])
