@@ -17,6 +17,12 @@ stop_by_pidfile() {
     rm -f "$pidfile"
 }
 
+# Cancel what is still queued or running first (a killed test run leaves its jobs behind), while the
+# daemons that can cancel them are still up; otherwise their steps outlive slurmd as orphans.
+if [[ -s "$SLURM_DIR/slurmctld.pid" ]] && command -v scancel >/dev/null; then
+    timeout 20 scancel --user "$(id -un)" 2>/dev/null && sleep 2
+fi
+
 for daemon in slurmd slurmctld munged; do
     stop_by_pidfile "$SLURM_DIR/$daemon.pid"
 done
