@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pandas as pd
 
-SCHEMA_PATH = Path(__file__).with_name("record.schema.json")
+from lorabench import records
+
 GRID_COLUMNS = ["model", "task", "variant", "rank", "lr", "seed"]
 SELECTION_GROUP = ["model", "task", "variant", "rank"]
 VALIDATION_COLUMN = "extra__validation_accuracy"
@@ -36,21 +36,17 @@ class RecordError(ValueError):
     """A record file that is not valid JSON or does not match the schema."""
 
 
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
-
-
 def read_record(path: Path) -> dict[str, Any]:
     """The parsed record at ``path``; a :class:`RecordError` names the file and the bad field."""
     try:
         record = json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
         raise RecordError(f"{path}: not valid JSON: {error}") from error
-    problem = jsonschema.exceptions.best_match(_validator().iter_errors(record))
-    if problem is not None:
+    try:
+        records.validate(record)
+    except jsonschema.ValidationError as problem:
         field = "/".join(str(part) for part in problem.absolute_path) or "<record>"
-        raise RecordError(f"{path}: field '{field}': {problem.message}")
+        raise RecordError(f"{path}: field '{field}': {problem.message}") from None
     return record
 
 

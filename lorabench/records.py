@@ -17,15 +17,20 @@ SCHEMA_VERSION = 1
 
 
 @cache
-def record_schema() -> dict[str, Any]:
-    return json.loads(files("lorabench").joinpath("record.schema.json").read_text())
+def validator() -> Any:
+    """The record schema's validator, built once: writing and aggregating records share it."""
+    import jsonschema
+
+    schema = json.loads(files("lorabench").joinpath("record.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
 
 
 def validate(record: dict[str, Any]) -> None:
     """Raise ``jsonschema.ValidationError`` naming the offending field when ``record`` is malformed."""
     import jsonschema
 
-    jsonschema.validate(record, record_schema())
+    if (problem := jsonschema.exceptions.best_match(validator().iter_errors(record))) is not None:
+        raise problem
 
 
 def write(record: dict[str, Any], path: Path) -> None:
