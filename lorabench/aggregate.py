@@ -166,11 +166,3 @@ def best_lr(results: pd.DataFrame) -> pd.DataFrame:
     )
     merged = results.merge(chosen, on=SELECTION_GROUP)
     return merged[merged["lr"] == merged["chosen_lr"]].drop(columns="chosen_lr").reset_index(drop=True)
-
-
-def run_aggregate(records_dir: Path, out_dir: Path) -> None:
-    """CLI entry: every ``*.json`` under ``records_dir`` -> ``out_dir``/results.csv, loss_curves.csv."""
-    paths = sorted(Path(records_dir).rglob("*.json"))
-    if not paths:
-        raise FileNotFoundError(f"no run records (*.json) under {records_dir}")
-    write_tables(*aggregate(paths), out_dir)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lorabench.aggregate import RecordError, aggregate, best_lr, run_aggregate, write_tables
+from lorabench import cli
+from lorabench.aggregate import RecordError, aggregate, best_lr, write_tables
 
 SOURCE_TASKS = ("arith", "copy")
 BASE_ACCURACY = {"full": 0.80, "lora": 0.70, "resampled": 0.60, "additive": 0.68, "frozen_a": 0.69, "frozen_b": 0.55}
@@ -194,14 +195,14 @@ def test_best_lr_without_ok_runs_has_nothing_to_choose(tables) -> None:
     assert set(chosen["lr"]) == {GOOD_LR} and len(chosen) == len(results) // 2 + 1
 
 
-def test_run_aggregate_reads_nested_directories(tmp_path: Path) -> None:
+def test_aggregate_command_reads_the_records_it_is_given(tmp_path: Path) -> None:
     nested = tmp_path / "runs" / "tiny-a"
     nested.mkdir(parents=True)
     write_grid(nested, variants=("lora",), ranks=(4,), lrs=(GOOD_LR,), seeds=(0,))
-    run_aggregate(tmp_path / "runs", tmp_path / "reports")
+    cli.main(["aggregate", *map(str, sorted(nested.rglob("*.json"))), "--out", str(tmp_path / "reports")])
     assert len(pd.read_csv(tmp_path / "reports" / "results.csv")) == 3
 
 
-def test_run_aggregate_without_records_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no run records"):
-        run_aggregate(tmp_path, tmp_path / "reports")
+def test_aggregate_command_without_records_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["aggregate", "--out", str(tmp_path / "reports")])

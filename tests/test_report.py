@@ -14,7 +14,7 @@ import pytest
 from test_aggregate import BAD_LR, GOOD_LR, write_grid
 
 import lorabench
-from lorabench.aggregate import aggregate, run_aggregate
+from lorabench.aggregate import aggregate, write_tables
 from lorabench.report import REPORT_ITEMS, plots, run_report
 from lorabench.report.summary import QUESTIONS, Estimate, _verdict, error_headline, write_summary
 
@@ -49,7 +49,7 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     (root / "runs").mkdir()
     write_grid(root / "runs", models=("gpt2-tiny", "pythia-14m"))
-    run_aggregate(root / "runs", root / "reports")
+    write_tables(*aggregate(sorted((root / "runs").rglob("*.json"))), root / "reports")
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "lorabench.theory", _stub_theory())
         patch.setattr(lorabench, "theory", sys.modules["lorabench.theory"], raising=False)
