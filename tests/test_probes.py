@@ -62,3 +62,31 @@ def test_world_facts_scores_a_model_from_any_working_directory(
 def test_heldout_text_is_forty_sentences() -> None:
     lines = (PROBES / "heldout.txt").read_text().splitlines()
     assert len(lines) == 40 and all(len(line.split()) >= 12 for line in lines)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sentiment_set_is_balanced_per_domain_and_split_as_its_readme_says() -> None:
+    folder = REPO / "workflow" / "data" / "sentiment"
+    train, test = _jsonl(folder / "train.jsonl"), _jsonl(folder / "test.jsonl")
+    assert (len(train), len(test)) == (260, 60)
+    for rows, per_group in ((train, 13), (test, 3)):
+        assert set(Counter((row["domain"], row["label"]) for row in rows).values()) == {per_group}
+        assert {row["label"] for row in rows} == {"positive", "negative"}
+    texts = [row["text"] for row in train + test]
+    assert len(set(texts)) == len(texts) == 320
+
+
+def test_paraphrase_pairs_are_distinct_and_reworded() -> None:
+    pairs = _jsonl(PROBES / "paraphrases.jsonl")
+    sentences = [row[side] for row in pairs for side in ("a", "b")]
+    assert len(pairs) == 100 and len(set(sentences)) == 200
+
+    def overlap(row: dict) -> float:
+        a, b = (set(re.findall(r"[a-z']+", row[side].lower())) for side in ("a", "b"))
+        return len(a & b) / len(a | b)
+
+    # retrieval must need meaning: the pairs share few words (the README's figure is the mean)
+    assert sum(map(overlap, pairs)) / len(pairs) == pytest.approx(0.08, abs=0.01)

@@ -1,4 +1,5 @@
-"""Exact-match accuracy of greedy generation: the embedded suite's accuracy and forgetting measure."""
+"""Task accuracy: exact match of greedy generation (the embedded suite's accuracy and forgetting measure), or
+for a classification task the share of examples whose argmax class is their label."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lorabench.tasks.base import Example, Task
+from lorabench.train import collate, tokenize_examples
 
 
 @torch.inference_mode()
@@ -34,6 +36,25 @@ def greedy_answers(
     return answers
 
 
+@torch.inference_mode()
+def predicted_labels(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    labels: tuple[str, ...],
+    batch_size: int,
+    device: torch.device,
+) -> list[str]:
+    """The argmax class name of a sequence-classification ``model`` for every prompt (right-padded batches)."""
+    rows = tokenize_examples(tokenizer, [Example(prompt, labels[0]) for prompt in prompts], labels=labels)
+    predicted: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        predicted.extend(labels[index] for index in logits.argmax(-1).tolist())
+    return predicted
+
+
 def accuracy(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -42,11 +63,14 @@ def accuracy(
     batch_size: int,
     device: torch.device,
 ) -> float:
-    """Fraction of ``examples`` whose greedy answer the task scores as an exact match."""
+    """Fraction of ``examples`` whose greedy answer (or predicted label) the task scores as a match."""
     was_training = model.training
     model.eval()
     prompts = [example.prompt for example in examples]
-    generated = greedy_answers(model, tokenizer, prompts, task.max_new_tokens, batch_size, device)
+    if task.labels is not None:
+        generated = predicted_labels(model, tokenizer, prompts, task.labels, batch_size, device)
+    else:
+        generated = greedy_answers(model, tokenizer, prompts, task.max_new_tokens, batch_size, device)
     model.train(was_training)
     hits = sum(task.score(text, example) for text, example in zip(generated, examples, strict=True))
     return hits / len(examples)

@@ -225,9 +225,10 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
         "",
         f"Time is the median wall-clock of one optimizer step (forward, backward, update and the variant's hook), "
         f"measured with {timing}. Memory added is peak minus baseline, where both are {memory}, taken just before "
-        "and during training. Accuracy is exact match on the test split; forgetting is the mean over source tasks "
-        "(and lm-eval tasks, where the config names them) of accuracy before minus after fine-tuning (0 = nothing "
-        "forgotten). ± is the half-width of a 95% bootstrap "
+        "and during training. Accuracy is exact match on the test split (for a classification task: the share of "
+        "examples whose argmax label is right); forgetting is the mean over source tasks (and lm-eval tasks and "
+        "paraphrase retrieval, where the config names them) of the score before minus after fine-tuning (0 = "
+        "nothing forgotten). ± is the half-width of a 95% bootstrap "
         "CI over seeds (percentile bootstrap of the mean, 1000 resamples, as seaborn's errorbar=(\"ci\", 95)), "
         "the same interval the figures draw; with few seeds it is "
         "optimistic, since a bootstrap interval never reaches beyond the observed values.",

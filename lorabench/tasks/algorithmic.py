@@ -73,6 +73,8 @@ class AlgorithmicTask:
     """Examples in train, validation and test."""
     min_len: int = 3
     max_len: int = 6
+    labels = None
+    """Embedded tasks generate their answers."""
 
     def __post_init__(self) -> None:
         if self.name not in RULES:

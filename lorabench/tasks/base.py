@@ -1,5 +1,9 @@
 """What a task is to the training loop: prompts with reference answers, and how to score a guess.
 
+A task either generates its answer (``labels`` is None: causal LM, greedy generation, exact match) or
+classifies its prompt (``labels`` names the classes and every answer is one of them: a sequence
+classification head, argmax, accuracy).
+
 Embedded algorithmic tasks (``algorithmic.py``) and hub/local datasets (``hub.py``) both produce
 :class:`Example` lists, so training and evaluation never care where the data came from.
 """
@@ -21,6 +25,8 @@ class Task(Protocol):
     name: str
     max_new_tokens: int
     """Greedy generation budget at evaluation: enough for the longest answer."""
+    labels: tuple[str, ...] | None
+    """The class names of a classification task, whose answers are among them; None for a generation task."""
 
     def split(self, name: str) -> list[Example]:
         """The examples of split ``train``, ``validation`` or ``test``; deterministic."""

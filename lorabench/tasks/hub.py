@@ -19,6 +19,12 @@ Splits: ``splits`` maps ``train``/``validation``/``test`` to the source's split 
 have no validation split: leave it ``null`` and ``validation_size`` examples are held out from train
 (seeded). ``max_examples`` caps each split by a seeded subsample.
 
+Classification (a sentiment set, SST-2): give ``labels``, the class names, and a ``target`` whose text is
+one of them, e.g. ``prompt: "{sentence}"``, ``target: "{label}"``, ``labels: [negative, positive]`` (for
+integer label columns, ``labels: ["0", "1"]``). The model then gets a sequence-classification head with one
+output per label, trains with cross-entropy over the labels and is scored by the accuracy of its argmax;
+``answer_patterns``, ``fallback`` and ``max_new_tokens`` do not apply.
+
 Training on one source and testing on another (MetaMathQA -> GSM8K): ``train_source`` holds the fields
 that differ for train and validation (``dataset``/``data_files``/``config``/``splits`` start afresh, the
 rest is inherited unless given, e.g. MetaMathQA's ``prompt`` and ``target``); test and scoring stay
@@ -72,6 +78,8 @@ class HubTask:
     seed: int = 0
     train_source: dict[str, Any] | None = None
     """Fields of another source for train and validation only (see the module docstring)."""
+    labels: tuple[str, ...] | None = None
+    """Class names of a classification task (see the module docstring); None: the answer is generated."""
 
     def __post_init__(self) -> None:
         if self.dataset is None and not self.data_files:
@@ -95,6 +103,11 @@ class HubTask:
                 raise ValueError(
                     f"task {self.name!r}: field 'answer_patterns[{index}]' {pattern!r}: {error}"
                 ) from None
+        if self.labels is not None and not _distinct_names(self.labels):
+            raise ValueError(
+                f"task {self.name!r}: field 'labels' needs two or more distinct strings (quote numbers: "
+                f'["0", "1"]), got {list(self.labels)}'
+            )
         if self.train_source is not None:
             self._train_task  # noqa: B018 -- built now so a bad train_source fails at config time
 
@@ -110,8 +123,9 @@ class HubTask:
         for key, value in entry.items():
             _check_type(name, key, value)
         values = dict(entry)
-        if "answer_patterns" in values:
-            values["answer_patterns"] = tuple(values["answer_patterns"])
+        for key in ("answer_patterns", "labels"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         if "splits" in values:
             values["splits"] = DEFAULT_SPLITS | values["splits"]
         return cls(**values)
@@ -122,6 +136,8 @@ class HubTask:
         return self._examples[name]
 
     def score(self, generated: str, example: Example) -> bool:
+        if self.labels is not None:  # ``generated`` is the predicted label's name
+            return generated == example.answer
         guess = self.extract_answer(generated)
         return guess is not None and answers_match(guess, self.extract_answer(example.answer))
 
@@ -187,6 +203,8 @@ class HubTask:
             Example(_fill(self.name, "prompt", self.prompt, row), _fill(self.name, "target", self.target, row))
             for row in rows
         ]
+        if self.labels is not None:
+            return [self._labelled(example) for example in examples]
         for example in examples:
             if self.extract_answer(example.answer) is None:
                 raise ValueError(
@@ -194,6 +212,20 @@ class HubTask:
                     f"'answer_patterns' or 'fallback' ({self.fallback!r})"
                 )
         return examples
+
+    def _labelled(self, example: Example) -> Example:
+        """``example`` with its answer stripped, refused unless that answer is one of ``labels``."""
+        label = example.answer.strip()
+        if label not in self.labels:
+            raise ValueError(
+                f"task {self.name!r}: target {example.answer!r} is not one of field 'labels' {list(self.labels)}; "
+                "add it there, or make field 'target' give the label column"
+            )
+        return Example(example.prompt, label)
+
+
+def _distinct_names(labels: tuple) -> bool:
+    return len(labels) >= 2 and len(set(labels)) == len(labels) and all(isinstance(x, str) for x in labels)
 
 
 def normalise_answer(answer: str) -> Fraction | str:
@@ -224,12 +256,13 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "max_new_tokens": int,
     "seed": int,
     "train_source": dict,
+    "labels": (list, tuple),
 }
 
 
 def _check_type(task: str, key: str, value: Any) -> None:
     expected = _FIELD_TYPES[key]
-    if value is None and key in {"dataset", "data_files", "config", "train_source"}:
+    if value is None and key in {"dataset", "data_files", "config", "train_source", "labels"}:
         return
     if not isinstance(value, expected) or isinstance(value, bool):
         names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)

