@@ -204,7 +204,7 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
             ax.axhline(mean, color=variant_colour(RANK_FREE), linestyle="--")
             if not np.isnan(low):
                 ax.axhspan(low, high, color=variant_colour(RANK_FREE), alpha=0.15)
-        ax.set(title=f"{model} · {task}", xlabel="rank r (log₂ scale)", ylabel="target accuracy (exact match)")
+        ax.set(title=f"{model} · {task}", xlabel="rank r (log₂ scale)", ylabel="target test accuracy")
         _accuracy_axis(ax)
     full_handle = Line2D([], [], color=variant_colour(RANK_FREE), linestyle="--")
     _variant_legend(fig, ranked["variant"], [(full_handle, "full FT (no rank;\nband: 95% CI)")])
@@ -235,7 +235,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set(
             title=model, xlabel="target accuracy after (higher is better →)",
-            ylabel="forgetting: mean accuracy drop on\nsource / lm-eval tasks (↓ lower is better)",
+            ylabel="forgetting: mean score drop on source\ntasks and probes (↓ lower is better)",
         )  # fmt: skip
         _accuracy_axis(ax, "x")
     _variant_legend(fig, points["variant"])
@@ -282,7 +282,7 @@ def plot_params_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
             ax=ax, legend=False,
         )  # fmt: skip
         ax.set_xscale("log")
-        ax.set(title=model, xlabel="trainable parameters (log scale)", ylabel="target accuracy (exact match)")
+        ax.set(title=model, xlabel="trainable parameters (log scale)", ylabel="target test accuracy")
         _accuracy_axis(ax)
     _variant_legend(fig, points["variant"])
     _save(fig, out_path)
