@@ -184,10 +184,13 @@ def _train_and_measure(
     base: BaseMeasures,
 ) -> None:
     target = tasks[point["task"]]
-    evaluate = lambda task, split: accuracy(model, tokenizer, task, task.split(split), job["eval_batch_size"], device)
     torch.manual_seed(point["seed"])  # before loading: it also draws a classification task's new head
     model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]), labels=target.labels)
     model.to(device)
+
+    def evaluate(task: Task, split: str) -> float:  # of `model` as it is when called: base, then tuned
+        return accuracy(model, tokenizer, task, task.split(split), job["eval_batch_size"], device)
+
     if target.labels is not None:  # base backbone under this point's new head: what its training starts from
         record["target"]["accuracy_before"] = evaluate(target, "test")
     spec = AdapterSpec(
