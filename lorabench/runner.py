@@ -114,22 +114,22 @@ def _prefixed(measured: dict[str, float], when: str) -> dict[str, float]:
 
 
 def _forgetting_extras(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """After-values plus ``heldout_ce_increase``; lm-eval drops go to ``forgetting.per_task`` (:func:`_benchmark_drops`)."""
+    """After-values plus ``heldout_ce_increase``; score drops go to ``forgetting.per_task`` (:func:`_benchmark_drops`)."""
     extras = _prefixed(after, "after")
     if "heldout_ce" in after and "heldout_ce" in before:
         extras["heldout_ce_increase"] = after["heldout_ce"] - before["heldout_ce"]
     return extras
 
 
+LOSS_MEASURES = ("heldout_ce",)
+"""Forgetting measures where lower is better; every other measure is a score in [0, 1]."""
+
+
 def _benchmark_drops(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """``lm_eval__<task>`` and ``paraphrase_retrieval`` -> score before - after: forgetting on a benchmark, like a
-    source task's accuracy drop, so real-model configs (no source tasks) get the same ``forgetting`` columns,
-    figures and sentences."""
-    return {
-        key: before[key] - after[key]
-        for key in after
-        if (key.startswith("lm_eval__") or key == "paraphrase_retrieval") and key in before
-    }
+    """Every score measure (``lm_eval__<task>``, ``paraphrase_retrieval``) -> before - after: forgetting on a
+    benchmark, like a source task's accuracy drop, so real-model configs (no source tasks) get the same
+    ``forgetting`` columns, figures and sentences. Losses rise instead (:func:`_forgetting_extras`)."""
+    return {key: before[key] - after[key] for key in after if key not in LOSS_MEASURES and key in before}
 
 
 @dataclass(frozen=True)

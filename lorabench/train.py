@@ -70,16 +70,26 @@ def tokenize_examples(
     return tokenized
 
 
+def pad_right(sequences: Sequence[list[int]], pad_token_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """``input_ids`` right-padded to the longest sequence and the ``attention_mask`` that hides the padding.
+
+    Right, not left: an encoder's (BERT's) absolute positions then start at 0 for every sequence.
+    """
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.tensor([list(ids) + [pad_token_id] * (width - len(ids)) for ids in sequences], device=device)
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences], device=device)
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
 def collate(rows: Sequence[TokenizedExample], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """A right-padded batch: the loss on the answer and eos only, or on the class (an ``int`` label)."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids, _ in rows])
+    batch = pad_right([ids for ids, _ in rows], pad_token_id, device)
     if isinstance(rows[0][1], int):
-        labels = torch.tensor([label for _, label in rows])
+        labels = [label for _, label in rows]
     else:
-        labels = torch.tensor([labels + [IGNORE_INDEX] * (width - len(labels)) for _, labels in rows])
-    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+        width = batch["input_ids"].shape[1]
+        labels = [labels + [IGNORE_INDEX] * (width - len(labels)) for _, labels in rows]
+    return batch | {"labels": torch.tensor(labels, device=device)}
 
 
 def encode_batch(

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorabench.train import pad_right
+
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """``(a, b)`` paraphrase pairs from a JSONL file with fields ``a`` and ``b``."""
@@ -55,11 +57,7 @@ def sentence_embeddings(model: nn.Module, tokenizer, texts: list[str], batch_siz
 
 
 def _mean_pooled(model: nn.Module, tokenizer, texts: list[str], device: str) -> torch.Tensor:
-    encoded = tokenizer(texts)["input_ids"]
-    width = max(len(ids) for ids in encoded)
-    # Right padding with any id: masked out of attention and of the mean (BERT's positions start at 0).
-    input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in encoded], device=device)
-    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in encoded], device=device)
-    hidden = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1].float()
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    batch = pad_right(tokenizer(texts)["input_ids"], 0, device)  # any pad id: masked out of attention and the mean
+    hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()
+    weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     return ((hidden * weights).sum(1) / weights.sum(1)).cpu()

@@ -7,7 +7,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lorabench.tasks.base import Example, Task
-from lorabench.train import collate, tokenize_examples
+from lorabench.train import pad_right
 
 
 @torch.inference_mode()
@@ -40,17 +40,17 @@ def greedy_answers(
 def predicted_labels(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    examples: list[Example],
     labels: tuple[str, ...],
     batch_size: int,
     device: torch.device,
 ) -> list[str]:
-    """The argmax class name of a sequence-classification ``model`` for every prompt (right-padded batches)."""
-    rows = tokenize_examples(tokenizer, [Example(prompt, labels[0]) for prompt in prompts], labels=labels)
+    """The argmax class name of a sequence-classification ``model`` for every example's prompt."""
+    prompts = tokenizer([example.prompt for example in examples])["input_ids"]
     predicted: list[str] = []
-    for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for start in range(0, len(prompts), batch_size):
+        batch = pad_right(prompts[start : start + batch_size], tokenizer.pad_token_id, device)
+        logits = model(**batch).logits
         predicted.extend(labels[index] for index in logits.argmax(-1).tolist())
     return predicted
 
@@ -66,10 +66,10 @@ def accuracy(
     """Fraction of ``examples`` whose greedy answer (or predicted label) the task scores as a match."""
     was_training = model.training
     model.eval()
-    prompts = [example.prompt for example in examples]
     if task.labels is not None:
-        generated = predicted_labels(model, tokenizer, prompts, task.labels, batch_size, device)
+        generated = predicted_labels(model, tokenizer, examples, task.labels, batch_size, device)
     else:
+        prompts = [example.prompt for example in examples]
         generated = greedy_answers(model, tokenizer, prompts, task.max_new_tokens, batch_size, device)
     model.train(was_training)
     hits = sum(task.score(text, example) for text, example in zip(generated, examples, strict=True))

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorabench.train import pad_right
+
 
 def mean_token_cross_entropy(
     model: nn.Module, tokenizer, texts: list[str], batch_size: int, max_length: int, device: str
@@ -41,11 +43,10 @@ def mean_token_cross_entropy(
 
 def _batch_loss(model: nn.Module, sequences: list[list[int]], device: str) -> tuple[float, int]:
     """Summed cross-entropy and number of predicted tokens for one right-padded batch."""
-    width = max(len(s) for s in sequences)
     # The pad id is irrelevant (masked out), so any tokenizer works, with or without a pad token.
-    input_ids = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=device)
-    attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    batch = pad_right(sequences, 0, device)
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    logits = model(**batch).logits[:, :-1].float()
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
     loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
     return float(loss), int((targets != -100).sum())
