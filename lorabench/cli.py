@@ -47,16 +47,13 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(json.dumps({"source_test_accuracy": scores}))
 
 
-def _cache_gguf(args: argparse.Namespace) -> None:
-    from lorabench.offline_assets import cache_gguf_checkpoint
+def _cache_model(args: argparse.Namespace) -> None:
+    from lorabench.offline_assets import cache_gguf_checkpoint, copy_package_checkpoint
 
-    cache_gguf_checkpoint(args.gguf, args.out)
-
-
-def _cache_package(args: argparse.Namespace) -> None:
-    from lorabench.offline_assets import copy_package_checkpoint
-
-    copy_package_checkpoint(args.package, args.out)
+    if args.gguf:
+        cache_gguf_checkpoint(args.gguf, args.out)
+    else:
+        copy_package_checkpoint(args.package, args.out)
 
 
 def _generate_data(args: argparse.Namespace) -> None:
@@ -102,15 +99,12 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True, type=Path)
     pre.set_defaults(run=_pretrain)
 
-    cache = commands.add_parser("cache-gguf", help="dequantize a GGUF model into a plain checkpoint (pipeline rule)")
-    cache.add_argument("--gguf", required=True, help="a .gguf file or an installed package holding one")
+    cache = commands.add_parser("cache-model", help="cache a GGUF or packaged model as a plain checkpoint (pipeline rule)")
+    source = cache.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gguf", help="a .gguf file or an installed package holding one: dequantized")
+    source.add_argument("--package", help="an installed package holding one checkpoint folder: copied")
     cache.add_argument("--out", required=True, type=Path)
-    cache.set_defaults(run=_cache_gguf)
-
-    copy = commands.add_parser("cache-package", help="copy the checkpoint inside an installed package (pipeline rule)")
-    copy.add_argument("--package", required=True, help="an installed package holding one checkpoint folder")
-    copy.add_argument("--out", required=True, type=Path)
-    copy.set_defaults(run=_cache_package)
+    cache.set_defaults(run=_cache_model)
 
     data = commands.add_parser("generate-data", help="write a generated task's train/test JSONL (pipeline rule)")
     data.add_argument("--generator", required=True, help="the task's `generator` entry as JSON")

