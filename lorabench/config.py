@@ -7,7 +7,6 @@ names the field before any job runs; the rules then read every path and job sett
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,7 +15,8 @@ from typing import Any
 
 RUNS = "results/runs"
 RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
-BATCHABLE = ("task", "seed")
+BATCHABLE = ("variant", "rank", "lr", "task", "seed")
+"""Grid axes a train job may run inside one process (config ``jobs.batch``); the model is always the job's own."""
 GRID_SETTINGS = ("uses", "lrs", "optimizer")
 """Per-variant config keys the grid and the training loop read; every other key is the variant's own option."""
 MODEL_SOURCES = ("architecture", "path", "gguf", "package")
@@ -129,39 +129,59 @@ class Grid:
         ]
 
     def batched(self) -> list[str]:
-        return self.config.get("jobs", {}).get("batch", list(BATCHABLE))
+        return self.config["jobs"]["batch"]
+
+    def _unbatched(self) -> list[str]:
+        return ["model", *(axis for axis in BATCHABLE if axis not in self.batched())]
+
+    def _batched_values(self, point: Point) -> tuple:
+        return tuple(getattr(point, axis) for axis in BATCHABLE if axis in self.batched())
+
+    def _unbatched_values(self, point: Point) -> tuple[str, ...]:
+        return tuple(str(getattr(point, axis)) if axis != "lr" else format_lr(point.lr) for axis in self._unbatched())
+
+    @cached_property
+    def _job_shape(self) -> list[tuple]:
+        """The batched axes' values every job runs: one Snakemake rule needs the same list for every job."""
+        by_job: dict[tuple, list[tuple]] = {}
+        for point in self.points():
+            by_job.setdefault(self._unbatched_values(point), []).append(self._batched_values(point))
+        shapes = {tuple(values) for values in by_job.values()}
+        if len(shapes) > 1:
+            raise ConfigError(
+                f"config error at `jobs/batch`: {self.batched()} batches axes whose values differ between jobs "
+                f"(per-variant `lrs`, or a variant without rank): add `variant` and `rank` to `jobs/batch`, "
+                "or remove `lr` and `rank` from it"
+            )
+        return next(iter(shapes), [])
 
     def job_outputs(self) -> list[str]:
-        """The train rule's outputs: record paths with a wildcard per unbatched axis."""
-        values = {"task": self.target_tasks(), "seed": self.config["grid"]["seeds"]}
-        combos = itertools.product(*(values[axis] if axis in self.batched() else [None] for axis in BATCHABLE))
-        fixed = {"model": "{model}", "variant": "{variant}", "rank": "{rank}", "lr": "{lr}"}
+        """The train rule's outputs: record paths with a wildcard per unbatched axis, fixed values for the rest."""
+        batched = [axis for axis in BATCHABLE if axis in self.batched()]
         return [
-            RECORD.format(**fixed, **{axis: v if v is not None else "{%s}" % axis for axis, v in zip(BATCHABLE, c)})
-            for c in combos
+            RECORD.format(
+                **{axis: "{%s}" % axis for axis in self._unbatched()},
+                **{axis: format_lr(v) if axis == "lr" else v for axis, v in zip(batched, values)},
+            )
+            for values in self._job_shape
         ]
+
+    def job_log(self) -> str:
+        """One log per train job, named by the job's wildcards (the unbatched axes)."""
+        return "results/logs/train/" + "/".join(f"{axis}{{{axis}}}" for axis in self._unbatched()) + ".log"
 
     def train_job(self, wildcards: dict[str, str], device: str, threads: int) -> dict[str, Any]:
         """Everything one train job needs, passed as JSON so a changed setting re-runs exactly its jobs."""
-        model, variant, rank = wildcards["model"], wildcards["variant"], int(wildcards["rank"])
-        points = [
-            p for p in self.points()
-            if (p.model, p.variant, p.rank, format_lr(p.lr)) == (model, variant, rank, wildcards["lr"])
-            and all(str(getattr(p, axis)) == wildcards[axis] for axis in BATCHABLE if axis in wildcards)
-        ]
+        key = tuple(wildcards[axis] for axis in self._unbatched())
+        points = [p for p in self.points() if self._unbatched_values(p) == key]
+        model = wildcards["model"]
         train = self.config["train"]
-        variant_settings = self.config.get("variants", {}).get(variant, {})
-        variant_options = {k: v for k, v in variant_settings.items() if k not in GRID_SETTINGS}
         return {
             "model": model,
             "checkpoint": self.checkpoint(model),
             "dtype": self.config["models"][model].get("dtype", self.config.get("dtype", "float32")),
             "device": device,
             "threads": threads,
-            "variant": variant,
-            "uses": self.variants()[variant],
-            "variant_options": variant_options,
-            "rank": rank,
             "alpha": train.get("alpha", 8),
             "dropout": train.get("dropout", 0.0),
             "target_modules": self.config["models"][model]["target_modules"],
@@ -172,11 +192,23 @@ class Grid:
             "forgetting": self.config.get("forgetting", {}),
             "data": self.config["data"],
             "eval_batch_size": train.get("eval_batch_size", 128),
-            "train": {
-                **{k: train[k] for k in ("steps", "batch_size", "weight_decay", "log_every") if k in train},
-                "optimizer": variant_settings.get("optimizer", train.get("optimizer", "adamw")),
-            },
-            "points": [{"task": p.task, "lr": p.lr, "seed": p.seed, "record": p.record} for p in points],
+            "train": {k: train[k] for k in ("steps", "batch_size", "weight_decay", "log_every") if k in train},
+            "points": [self._point_job(p) for p in points],
+        }
+
+    def _point_job(self, point: Point) -> dict[str, Any]:
+        """One grid point's own settings: its variant (options, optimizer), rank, task, lr, seed and record."""
+        settings = self.config.get("variants", {}).get(point.variant, {})
+        return {
+            "variant": point.variant,
+            "uses": self.variants()[point.variant],
+            "variant_options": {k: v for k, v in settings.items() if k not in GRID_SETTINGS},
+            "optimizer": settings.get("optimizer", self.config["train"].get("optimizer", "adamw")),
+            "rank": point.rank,
+            "task": point.task,
+            "lr": point.lr,
+            "seed": point.seed,
+            "record": point.record,
         }
 
     def target_tasks(self) -> list[str]:
@@ -365,4 +397,5 @@ def load_grid(config: dict[str, Any], schema: Path) -> Grid:
     grid.check_tasks()
     grid.variants()
     grid.check_ranks()
+    grid.job_outputs()
     return grid

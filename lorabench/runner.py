@@ -194,10 +194,10 @@ def _train_and_measure(
     if target.labels is not None:  # base backbone under this point's new head: what its training starts from
         record["target"]["accuracy_before"] = evaluate(target, "test")
     spec = AdapterSpec(
-        rank=job["rank"], alpha=job["alpha"], target_modules=tuple(job["target_modules"]),
-        seed=point["seed"], dropout=job["dropout"], options=job["variant_options"],
+        rank=point["rank"], alpha=job["alpha"], target_modules=tuple(job["target_modules"]),
+        seed=point["seed"], dropout=job["dropout"], options=point["variant_options"],
     )
-    variant = get(job["uses"])(spec)
+    variant = get(point["uses"])(spec)
     head = task_head(model) if target.labels is not None else []
     model = variant.apply(model).to(device)
     for parameter in head:  # new, so trained by every variant (variants freeze what they do not adapt)
@@ -206,7 +206,7 @@ def _train_and_measure(
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total": sum(p.numel() for p in model.parameters()),
     }
-    settings = TrainSettings(lr=point["lr"], **job["train"])
+    settings = TrainSettings(lr=point["lr"], optimizer=point["optimizer"], **job["train"])
     outcome = train(
         model, tokenizer, target.split("train"), settings, point["seed"], device,
         after_step=variant.after_step, description=record["run_id"], labels=target.labels,
@@ -258,7 +258,7 @@ def _finite_or_none(value: float) -> float | None:
 def _empty_record(
     job: dict[str, Any], point: dict[str, Any], before: dict[str, float], device: torch.device
 ) -> dict[str, Any]:
-    grid = {"model": job["model"], "task": point["task"], "variant": job["variant"], "rank": job["rank"],
+    grid = {"model": job["model"], "task": point["task"], "variant": point["variant"], "rank": point["rank"],
             "lr": point["lr"], "seed": point["seed"]}
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -267,8 +267,10 @@ def _empty_record(
         "error": None,
         "grid": grid,
         "hyperparameters": {
-            key: job[key] for key in ("uses", "alpha", "dropout", "target_modules", "variant_options", "train",
-                                      "data", "checkpoint", "dtype", "eval_batch_size")
+            **{key: job[key] for key in ("alpha", "dropout", "target_modules", "data", "checkpoint", "dtype",
+                                         "eval_batch_size")},
+            **{key: point[key] for key in ("uses", "variant_options")},
+            "train": {**job["train"], "optimizer": point["optimizer"]},
         },
         "parameters": {"trainable": None, "total": None},
         "timing": {"method": "perf_counter", "train_seconds": None, "step_ms_median": None, "step_ms_mean": None,

@@ -113,11 +113,27 @@ def test_local_checkpoint_ranks_are_checked_from_its_config(smoke: dict, tmp_pat
 def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
     smoke["variants"]["resampled"] = {"resample_every": 1, "optimizer": "sgd", "lrs": [0.5]}
     grid = load_grid(smoke, SCHEMA)
-    jobs = {v: grid.train_job({"model": "llama-tiny", "variant": v, "rank": "2", "lr": lr}, "cpu", 1)
-            for v, lr in (("resampled", "0.5"), ("lora", "0.003"))}
-    assert jobs["resampled"]["train"]["optimizer"] == "sgd"
-    assert jobs["resampled"]["variant_options"] == {"resample_every": 1}  # not passed to the adapter
-    assert jobs["lora"]["train"]["optimizer"] == "adamw"
+    job = grid.train_job({"model": "llama-tiny", "seed": "0"}, "cpu", 1)
+    points = {point["variant"]: point for point in job["points"]}
+    assert points["resampled"]["optimizer"] == "sgd" and points["resampled"]["lr"] == 0.5
+    assert points["resampled"]["variant_options"] == {"resample_every": 1}  # grid settings are not adapter options
+    assert points["lora"]["optimizer"] == "adamw"
+
+
+def test_a_job_runs_every_batched_axis_and_writes_one_record_per_point(smoke: dict) -> None:
+    grid = load_grid(smoke, SCHEMA)
+    outputs = grid.job_outputs()
+    assert all("{model}" in path and "{seed}" in path and "{lr}" not in path for path in outputs)
+    job = grid.train_job({"model": "gpt2-tiny", "seed": "1"}, "cpu", 1)
+    expected = [p.record for p in grid.points() if p.model == "gpt2-tiny" and p.seed == 1]
+    assert [point["record"] for point in job["points"]] == expected
+    assert sorted(path.format(model="gpt2-tiny", seed=1) for path in outputs) == sorted(expected)
+
+
+def test_batching_lrs_across_variants_with_their_own_lrs_is_refused(smoke: dict) -> None:
+    smoke["jobs"] = {"batch": ["lr", "task", "seed"]}
+    message = _refused(smoke)
+    assert "`jobs/batch`" in message and "add `variant` and `rank`" in message
 
 
 def test_unknown_optimizer_is_named(smoke: dict) -> None:

@@ -8,7 +8,7 @@ wildcard_constraints:
 
 
 rule train:
-    """One job: the grid points of one model, variant, rank and learning rate (config jobs.batch)."""
+    """One job: the grid points of one model that share the axes config `jobs.batch` leaves out (by default one seed)."""
     input:
         checkpoint=lambda wildcards: GRID.checkpoint_input(wildcards.model),  # none for `path` models
         data=lambda wildcards: GRID.data_input(dict(wildcards)),  # tasks with a `generator`
@@ -17,7 +17,7 @@ rule train:
     params:
         job=lambda wildcards, threads: json.dumps(GRID.train_job(dict(wildcards), config["device"], threads)),
     log:
-        "results/logs/train/" + GRID.job_outputs()[0].removeprefix("results/runs/").removesuffix(".json") + ".log",
+        GRID.job_log(),
     threads: 1
     resources:
         gpu=config["resources"]["gpus_per_train_job"],
