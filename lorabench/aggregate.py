@@ -156,13 +156,21 @@ def _chosen_lr(key: tuple, group: pd.DataFrame) -> float:
     return lrs[0] if validation.isna().all() else validation.idxmax()
 
 
+def lr_choices(results: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, variant, rank): the learning rates swept, the one chosen on validation, and whether the
+    choice sits at an edge of the sweep (then the best lr may lie outside it: the report flags it)."""
+    rows = []
+    for key, group in results.groupby(SELECTION_GROUP):
+        lrs = sorted(group["lr"].unique())
+        chosen = _chosen_lr(key, group)
+        rows.append((*key, chosen, len(lrs), lrs[0], lrs[-1], len(lrs) > 1 and chosen in (lrs[0], lrs[-1])))
+    return pd.DataFrame(rows, columns=[*SELECTION_GROUP, "chosen_lr", "n_lrs", "lr_min", "lr_max", "at_edge"])
+
+
 def best_lr(results: pd.DataFrame) -> pd.DataFrame:
     """Rows of ``results`` at the lr chosen per (model, task, variant, rank) on validation accuracy."""
     if results.empty:
         return results
-    chosen = pd.DataFrame(
-        [(*key, _chosen_lr(key, group)) for key, group in results.groupby(SELECTION_GROUP)],
-        columns=[*SELECTION_GROUP, "chosen_lr"],
-    )
+    chosen = lr_choices(results)[[*SELECTION_GROUP, "chosen_lr"]]
     merged = results.merge(chosen, on=SELECTION_GROUP)
     return merged[merged["lr"] == merged["chosen_lr"]].drop(columns="chosen_lr").reset_index(drop=True)

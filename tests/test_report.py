@@ -16,7 +16,7 @@ from test_aggregate import BAD_LR, GOOD_LR, write_grid
 import lorabench
 from lorabench.aggregate import aggregate, write_tables
 from lorabench.report import REPORT_ITEMS, plots, run_report
-from lorabench.report.summary import QUESTIONS, Estimate, _verdict, error_headline, write_summary
+from lorabench.report.summary import QUESTIONS, error_headline, write_summary
 
 CAPTIONS = Path(__file__).parents[1] / "workflow" / "report"
 
@@ -91,9 +91,10 @@ def test_summary_mentions_every_variant_and_question(report_dir: Path, results: 
 def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
     summary = (report_dir / "summary.md").read_text()
     # forgetting = base + 0.01 * seed over seeds 0..2 -> means 0.09 (resampled) and 0.21 (lora)
-    assert "resampled forgets 0.090 ± 0.0" in summary
-    assert "vs lora 0.210 ± 0.0" in summary and "(less)" in summary
-    assert "frozen_b falls behind" in summary
+    # per-seed jitter is shared by all variants, so paired differences are exact: frozen_b - frozen_a = -0.14
+    assert "frozen_b vs frozen_a: frozen_b falls behind: difference -0.140 [95% CI -0.140, -0.140; 3 seeds]" in summary
+    assert "vs lora (at accuracy 0.668): resampled forgets less: difference -" in summary  # lora's curve at its level
+    assert "| resampled | 16,000 | 0.618 ± 0.010 |" in summary  # the table: means over seeds at the chosen lr
     assert "0.50× lora's trainable parameters" in summary
     assert "Rank 8 (full FT: no rank)" in summary
     assert "- optimizers: adamw (full, lora," in summary and "; sgd (resampled)\n" in summary
@@ -131,12 +132,25 @@ def test_summary_of_a_grid_where_everything_failed(tmp_path: Path) -> None:
     assert "ok 0, diverged 0, failed 4" in summary and "- no ok runs to answer from." in summary
 
 
-def test_verdict_hedges_when_intervals_overlap() -> None:
-    low, high = Estimate(0.10, 0.05, 0.15), Estimate(0.20, 0.17, 0.23)
-    assert _verdict(low, high, "less", "more") == "less"
-    assert _verdict(high, low, "less", "more") == "more"
-    assert _verdict(low, Estimate(0.13, 0.11, 0.16), "less", "more") == "not separated: the 95% CIs overlap"
-    assert _verdict(low, Estimate(0.3, np.nan, np.nan), "less", "more") == "not separated: one seed gives no CI"
+def test_summary_counts_and_names_choices_at_a_sweep_edge(report_dir: Path, results: pd.DataFrame) -> None:
+    summary = (report_dir / "summary.md").read_text()
+    swept = results[results["status"] == "ok"].groupby(["model", "task", "variant", "rank"]).ngroups
+    # two lrs per sweep: every choice is at an edge; GOOD_LR is the lower one
+    assert f"{swept} of {swept} swept (model, task, variant, rank) chose a learning rate at an edge" in summary
+    assert f"- gpt2-tiny · add · lora · r4: chose {GOOD_LR:g} of {GOOD_LR:g}–{BAD_LR:g} (lowest)" in summary
+
+
+def test_summary_words_follow_the_paired_interval(tmp_path: Path) -> None:
+    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "frozen_a", "frozen_b"), lrs=(GOOD_LR,)))
+    noisy = results.copy()
+    # frozen_a vs lora: per-seed differences +0.05, -0.05, +0.01: the interval includes 0
+    shift = {0: 0.06, 1: -0.04, 2: 0.02}
+    rows = noisy["variant"] == "frozen_a"
+    noisy.loc[rows, "target_acc_after"] = noisy.loc[rows, "target_acc_after"] + noisy.loc[rows, "seed"].map(shift)
+    write_summary(noisy, tmp_path / "summary.md")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "frozen_a's target accuracy is not distinguishable at this sample size: difference" in summary
+    assert "below lora" not in summary and "above lora" not in summary
 
 
 def test_ci95_matches_seaborn_bootstrap_interval() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 REPORT_ITEMS = {
     "accuracy_vs_rank.png": ("Accuracy and forgetting", "accuracy_vs_rank.rst"),
     "forgetting_vs_accuracy.png": ("Accuracy and forgetting", "forgetting_vs_accuracy.rst"),
+    "lr_sweep.png": ("Training", "lr_sweep.rst"),
     "params_vs_accuracy.png": ("Accuracy and forgetting", "params_vs_accuracy.rst"),
     "cost.png": ("Cost", "cost.rst"),
     "loss_curves.png": ("Training", "loss_curves.rst"),
@@ -40,6 +41,7 @@ def run_report(out_dir: Path) -> None:
         "cost.png": plots.plot_cost,
         "params_vs_accuracy.png": plots.plot_params_vs_accuracy,
         "status.png": plots.plot_status,
+        "lr_sweep.png": plots.plot_lr_sweep,
     }.items():
         draw(results, out_dir / name)
     plots.plot_loss_curves(plots.curves_of(loss_curves, results), out_dir / "loss_curves.png")

@@ -33,6 +33,7 @@ BOOT_SEED = 0
 """Fixed so the CIs in the figures and in summary.md are the same numbers on every rebuild."""
 VARIANT_COLOURS = {
     "full": "tab:gray",
+    "full_sgd": "black",
     "lora": "tab:blue",
     "peft_lora": "midnightblue",
     "rslora": "tab:cyan",
@@ -48,7 +49,8 @@ VARIANT_COLOURS = {
 """Known variants in their reading order: the practitioners' baselines first, MATH.md's last."""
 SPARE_COLOURS = ("teal", "magenta", "lime", "maroon", "indigo", "coral", "black", "darkkhaki")
 STATUS_COLOURS = {"ok": "tab:green", "diverged": "tab:orange", "failed": "tab:red"}
-RANK_FREE = "full"
+NO_RANK = 0
+"""The rank recorded for a method without one (full fine-tuning, and configs that alias it)."""
 MIN_ACCURACY_SPAN = 0.1
 
 
@@ -107,13 +109,13 @@ def selected_ok(results: pd.DataFrame) -> pd.DataFrame:
 
 def reference_rank(results: pd.DataFrame) -> int:
     """The largest rank in the grid: the rank single-rank views show, where costs differ most."""
-    ranks = results.loc[results["variant"] != RANK_FREE, "rank"]
-    return int(ranks.max()) if len(ranks) else 0
+    ranks = results.loc[results["rank"] != NO_RANK, "rank"]
+    return int(ranks.max()) if len(ranks) else NO_RANK
 
 
 def at_reference_rank(runs: pd.DataFrame, rank: int) -> pd.DataFrame:
-    """Runs at ``rank``, plus full fine-tuning, which has no rank and belongs in every view."""
-    return runs[(runs["rank"] == rank) | (runs["variant"] == RANK_FREE)]
+    """Runs at ``rank``, plus the methods without a rank (full fine-tuning), which belong in every view."""
+    return runs[(runs["rank"] == rank) | (runs["rank"] == NO_RANK)]
 
 
 def seed_means(runs: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
@@ -188,7 +190,8 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
         return _no_data(out_path, title)
     tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
     fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, bars: 95% CI; lr chosen on validation")
-    ranked = runs[runs["variant"] != RANK_FREE]
+    ranked = runs[runs["rank"] != NO_RANK]
+    rank_free = runs[runs["rank"] == NO_RANK]
     palette = variant_palette(runs["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = ranked[(ranked["task"] == task) & (ranked["model"] == model)]
@@ -198,16 +201,15 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
                 errorbar=ERRORBAR, err_style="bars", marker="o", ax=ax, legend=False,
             )  # fmt: skip
             _log2_rank_axis(ax, panel["rank"])
-        full = runs[(runs["variant"] == RANK_FREE) & (runs["task"] == task) & (runs["model"] == model)]
-        mean, low, high = ci95(full["target_acc_after"])
-        if not np.isnan(mean):
-            ax.axhline(mean, color=variant_colour(RANK_FREE), linestyle="--")
+        for variant, full in rank_free[(rank_free["task"] == task) & (rank_free["model"] == model)].groupby("variant"):
+            mean, low, high = ci95(full["target_acc_after"])
+            ax.axhline(mean, color=variant_colour(variant), linestyle="--")
             if not np.isnan(low):
-                ax.axhspan(low, high, color=variant_colour(RANK_FREE), alpha=0.15)
+                ax.axhspan(low, high, color=variant_colour(variant), alpha=0.15)
         ax.set(title=f"{model} · {task}", xlabel="rank r (log₂ scale)", ylabel="target test accuracy")
         _accuracy_axis(ax)
-    full_handle = Line2D([], [], color=variant_colour(RANK_FREE), linestyle="--")
-    _variant_legend(fig, ranked["variant"], [(full_handle, "full FT (no rank;\nband: 95% CI)")])
+    full_handle = Line2D([], [], color="black", linestyle="--")
+    _variant_legend(fig, runs["variant"], [(full_handle, "dashed: no rank (full FT;\nband: 95% CI)")])
     _save(fig, out_path)
 
 
@@ -219,26 +221,82 @@ def _errorbar_point(ax, x: pd.Series, y: pd.Series, colour: str) -> None:
     ax.errorbar(mx, my, xerr=xerr, yerr=yerr, fmt="o", color=colour, markersize=7, capsize=3)
 
 
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other point beats on both axes (higher accuracy and lower forgetting), by accuracy."""
+    ordered = points.sort_values(["accuracy", "forgetting"], ascending=[False, True])
+    front = ordered[ordered["forgetting"] < ordered["forgetting"].cummin().shift(fill_value=np.inf)]
+    return front.sort_values("accuracy")
+
+
 def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
-    """The learning-forgetting trade-off: one point per variant, CI over seeds on both axes."""
+    """The learning-forgetting trade-off: each variant's curve over its learning-rate sweep, with the Pareto front."""
     rank = reference_rank(results)
-    title = f"Learning vs forgetting at rank {rank} (full FT: no rank), tasks averaged per seed"
-    runs = at_reference_rank(selected_ok(results), rank)
+    title = f"Learning vs forgetting along each variant's learning-rate sweep, rank {rank} (full FT: no rank)"
+    runs = at_reference_rank(results[results["status"] == "ok"], rank)
     if runs.empty:
         return _no_data(out_path, title)
-    points = seed_means(runs, ["model", "variant"], ["target_acc_after", "forgetting"])
+    chosen = set(best_lr(results)["run_id"])
+    points = seed_means(runs.assign(chosen=runs["run_id"].isin(chosen)), ["model", "variant", "lr"],
+                        ["target_acc_after", "forgetting", "target_acc_before", "chosen"])
     models = sorted(points["model"].unique())
-    fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds, bars: 95% CI", panel=(4.8, 4.0))
+    fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds (tasks averaged per seed), bars: 95% CI; "
+                      "line: lr order; ★ chosen on validation; dotted: Pareto front", panel=(5.6, 4.6))
     for ax, model in zip(axes[0], models):
-        for variant, seeds in points[points["model"] == model].groupby("variant"):
-            _errorbar_point(ax, seeds["target_acc_after"], seeds["forgetting"], variant_colour(variant))
-        ax.axhline(0, color="black", linewidth=0.8)
+        panel = points[points["model"] == model]
+        means = []
+        for variant, sweep in panel.groupby("variant"):
+            colour = variant_colour(variant)
+            curve = sweep.groupby("lr")[["target_acc_after", "forgetting", "chosen"]].mean().sort_index()
+            ax.plot(curve["target_acc_after"], curve["forgetting"], "-", color=colour, alpha=0.6, linewidth=1.2)
+            for lr, seeds in sweep.groupby("lr"):
+                _errorbar_point(ax, seeds["target_acc_after"], seeds["forgetting"], colour)
+            best = curve[curve["chosen"] > 0]
+            ax.plot(best["target_acc_after"], best["forgetting"], "*", color=colour, markersize=14,
+                    markeredgecolor="black")
+            means.append(curve.rename(columns={"target_acc_after": "accuracy"}))
+        base = pd.DataFrame({"accuracy": [panel["target_acc_before"].mean()], "forgetting": [0.0]})
+        ax.plot(base["accuracy"], base["forgetting"], "s", color="black", markersize=6)
+        front = pareto_front(pd.concat([base, *means], ignore_index=True)[["accuracy", "forgetting"]])
+        ax.step(front["accuracy"], front["forgetting"], where="post", color="black", linestyle=":", linewidth=1.5)
+        ax.axhline(0, color="black", linewidth=0.6)
         ax.set(
-            title=model, xlabel="target accuracy after (higher is better →)",
+            title=model, xlabel="target test accuracy after (higher is better →)",
             ylabel="forgetting: mean score drop on source\ntasks and probes (↓ lower is better)",
         )  # fmt: skip
         _accuracy_axis(ax, "x")
-    _variant_legend(fig, points["variant"])
+    base_handle = Line2D([], [], color="black", marker="s", linestyle="none")
+    _variant_legend(fig, points["variant"], [(base_handle, "untrained model")])
+    _save(fig, out_path)
+
+
+def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
+    """Validation accuracy vs learning rate per variant, the chosen lr filled and a choice at a sweep's edge ×."""
+    from lorabench.aggregate import VALIDATION_COLUMN, lr_choices
+
+    title = "Learning-rate sweeps: validation accuracy (what chooses the lr; one panel per task × model)"
+    runs = results[results["status"] == "ok"]
+    if runs.empty or VALIDATION_COLUMN not in runs:
+        return _no_data(out_path, title)
+    rank = reference_rank(results)
+    runs = at_reference_rank(runs, rank)
+    choices = at_reference_rank(lr_choices(runs), rank)
+    tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
+    fig, axes = _grid(len(tasks), len(models), title + f"\nrank {rank}; line: mean over seeds, bars: 95% CI; "
+                      "● chosen, × chosen at an edge of the sweep")
+    palette = variant_palette(runs["variant"])
+    for ax, task, model in _task_model_panels(axes, tasks, models):
+        panel = runs[(runs["task"] == task) & (runs["model"] == model)]
+        sns.lineplot(panel, x="lr", y=VALIDATION_COLUMN, hue="variant", palette=palette, errorbar=ERRORBAR,
+                     err_style="bars", ax=ax, legend=False, linewidth=1.2)
+        picked = choices[(choices["task"] == task) & (choices["model"] == model)]
+        for row in picked.itertuples():
+            value = panel.loc[(panel["variant"] == row.variant) & (panel["lr"] == row.chosen_lr), VALIDATION_COLUMN]
+            ax.plot(row.chosen_lr, value.mean(), "X" if row.at_edge else "o", color=palette[row.variant],
+                    markersize=10 if row.at_edge else 7, markeredgecolor="black")
+        ax.set_xscale("log")
+        ax.set(title=f"{model} · {task}", xlabel="learning rate (log scale)", ylabel="validation accuracy")
+        _accuracy_axis(ax)
+    _variant_legend(fig, runs["variant"])
     _save(fig, out_path)
 
 

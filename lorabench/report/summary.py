@@ -1,7 +1,9 @@
 """``summary.md``: what was run, one table per model, and what this data says about MATH.md's questions.
 
-Every sentence is computed from the numbers, with the same bootstrap CI the figures draw, and
-says "not separated" where the 95% CIs overlap instead of claiming a winner.
+Every sentence is computed from the numbers. Two variants are compared paired by seed (the mean of per-seed
+differences with a Student-t 95% interval, :mod:`lorabench.report.stats`); a sentence says "higher", "less" and
+so on only when that interval excludes 0, and "not distinguishable at this sample size" otherwise. Forgetting is
+compared at matched learning, along each variant's learning-rate curve, not at one arbitrary learning rate.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from lorabench.aggregate import lr_choices
 from lorabench.report.plots import (
-    RANK_FREE, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
+    at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
 )  # fmt: skip
+from lorabench.report.stats import matched_learning, paired, seed_curves, verdict
 
 METRICS = ["target_acc_after", "forgetting", "step_ms", "peak_mem_added_mb"]
 MAX_LISTED_FAILURES = 40
@@ -60,19 +64,6 @@ class Estimate:
             return f"{self.mean:.{digits}f} (1 seed, no CI)"
         return f"{self.mean:.{digits}f} ± {(self.high - self.low) / 2:.{digits}f}"
 
-    def overlaps(self, other: Estimate) -> bool:
-        return not (self.high < other.low or other.high < self.low)
-
-
-def _verdict(a: Estimate, b: Estimate, lower: str, higher: str) -> str:
-    """``lower``/``higher`` for a vs b when the CIs separate them, otherwise an explicit hedge."""
-    if not (a.known and b.known):
-        return "cannot be compared"
-    if not (a.has_ci and b.has_ci):
-        return "not separated: one seed gives no CI"
-    if a.overlaps(b):
-        return "not separated: the 95% CIs overlap"
-    return lower if a.mean < b.mean else higher
 
 
 def variant_table(runs: pd.DataFrame) -> dict[str, dict[str, Estimate | float]]:
@@ -104,6 +95,12 @@ def _optimizers(results: pd.DataFrame) -> str:
     return "; ".join(f"{name} ({', '.join(variant_order(variants))})" for name, variants in by_optimizer.items())
 
 
+def _sweeps(results: pd.DataFrame) -> str:
+    """``lora 0.001/0.003/0.01; full 0.0001/...``: each variant's learning rates."""
+    lrs = results.groupby("variant")["lr"].unique()
+    return "; ".join(f"{v} {'/'.join(f'{lr:g}' for lr in sorted(lrs[v]))}" for v in variant_order(lrs.index))
+
+
 def section_what_was_run(results: pd.DataFrame) -> list[str]:
     devices = results[["device", "device_name"]].astype("string").fillna("").drop_duplicates()
     device_text = "; ".join(f"{d} {n}".strip() for d, n in devices.itertuples(index=False))
@@ -115,7 +112,8 @@ def section_what_was_run(results: pd.DataFrame) -> list[str]:
         f"- tasks: {_values(results, 'task')}",
         f"- variants: {', '.join(variant_order(results['variant']))}",
         f"- ranks: {_values(results, 'rank')} (0 = no rank: full fine-tuning)",
-        f"- learning rates: {_values(results, 'lr')}; seeds: {_values(results, 'seed')}",
+        f"- learning rates swept: {_sweeps(results)}",
+        f"- seeds: {_values(results, 'seed')}",
         f"- optimizers: {_optimizers(results)}",
         f"- device: {device_text}",
         f"- runs: {len(results)} — " + ", ".join(f"{s} {counts.get(s, 0)}" for s in ("ok", "diverged", "failed"))
@@ -151,58 +149,82 @@ def section_model_table(model: str, table: dict[str, dict], rank: int) -> list[s
     return lines + [""]
 
 
-def _missing(table: dict, needed: list[str], model: str) -> str | None:
-    absent = [v for v in needed if v not in table]
-    return f"not answered on {model}: no ok runs of {', '.join(absent)}." if absent else None
+@dataclass(frozen=True)
+class ModelRuns:
+    """One model's ok runs at the reference rank (and the rank-free methods): what the answers compare."""
+
+    model: str
+    selected: pd.DataFrame
+    """At each variant's validation-chosen lr."""
+    swept: pd.DataFrame
+    """At every lr of the sweep: the learning-rate curves."""
+
+    def per_seed(self, variant: str, metric: str) -> pd.Series:
+        """``metric`` of ``variant`` per seed, tasks averaged within the seed."""
+        runs = self.selected[self.selected["variant"] == variant]
+        return runs.groupby("seed")[metric].mean()
+
+    def compare(self, a: str, b: str, metric: str, lower: str, higher: str) -> str:
+        """The paired difference a − b of ``metric`` and its verdict."""
+        return verdict(paired(self.per_seed(a, metric), self.per_seed(b, metric)), lower, higher)
+
+    def forgetting_at_matched_learning(self, a: str, b: str) -> str:
+        """Forgetting of a − b where both reach the same target accuracy, per seed, along their lr curves."""
+        curves = {v: seed_curves(self.swept[self.swept["variant"] == v]) for v in (a, b)}
+        matched = matched_learning(curves[a], curves[b])
+        return f"vs {b} (at accuracy {matched.level:.3f}): " + verdict(
+            matched.difference, f"{a} forgets less", f"{a} forgets more"
+        )
+
+    def missing(self, needed: list[str]) -> str | None:
+        absent = [v for v in needed if v not in set(self.selected["variant"])]
+        return f"not answered on {self.model}: no ok runs of {', '.join(absent)}." if absent else None
 
 
-def answer_resampling(table: dict, model: str) -> str:
-    """Q1: does resampling forget less than LoRA and full FT, and what does it cost?"""
-    if note := _missing(table, ["resampled", "lora", RANK_FREE], model):
+def answer_resampling(runs: ModelRuns) -> str:
+    """Q1: does resampling forget less than LoRA and full FT (at matched learning), and what does it cost?"""
+    baselines = [v for v in ("lora", "full", "full_sgd") if v in set(runs.selected["variant"])]
+    if note := runs.missing(["resampled", "lora"]):
         return note
-    res, lora, full = (table[v] for v in ("resampled", "lora", RANK_FREE))
-    forget = "; ".join(
-        f"vs {name} {row['forgetting'].text(3)} ({_verdict(res['forgetting'], row['forgetting'], 'less', 'more')})"
-        for name, row in (("lora", lora), ("full", full))
+    forgetting = "; ".join(runs.forgetting_at_matched_learning("resampled", b) for b in baselines)
+    learning = "; ".join(
+        f"vs {b}: {runs.compare('resampled', b, 'target_acc_after', 'lower', 'higher')}" for b in baselines
     )
+    step = runs.compare("resampled", "lora", "step_ms", "faster", "slower")
     return (
-        f"On {model}, resampled forgets {res['forgetting'].text(3)} {forget}; its target accuracy is "
-        f"{res['target_acc_after'].text(3)} vs lora {lora['target_acc_after'].text(3)} and full "
-        f"{full['target_acc_after'].text(3)}, a step takes {res['step_ms'].text(1)} vs {lora['step_ms'].text(1)} "
-        f"and {full['step_ms'].text(1)} ms, and training adds {res['peak_mem_added_mb'].text(1)} vs "
-        f"{lora['peak_mem_added_mb'].text(1)} and {full['peak_mem_added_mb'].text(1)} MiB "
+        f"On {runs.model}, forgetting at matched learning (per seed, at the highest target accuracy both curves "
+        f"reach) {forgetting}. Target accuracy at each one's chosen lr {learning}. Step time (ms) vs lora: {step} "
         "([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png))."
     )
 
 
-def answer_additive(table: dict, model: str) -> str:
+def answer_additive(runs: ModelRuns) -> str:
     """Q2: does additive fit as well as LoRA at equal parameters, and is it cheaper per step?"""
-    if note := _missing(table, ["additive", "lora"], model):
+    if note := runs.missing(["additive", "lora"]):
         return note
-    add, lora = table["additive"], table["lora"]
-    same = "the same" if add["params"] == lora["params"] else f"{add['params']:,.0f} vs {lora['params']:,.0f}"
-    acc = _verdict(add["target_acc_after"], lora["target_acc_after"], "lower", "higher")
-    step = _verdict(add["step_ms"], lora["step_ms"], "cheaper", "dearer")
+    params = runs.selected.groupby("variant")["trainable_params"].median()
+    same = "the same" if params["additive"] == params["lora"] else f"{params['additive']:,.0f} vs {params['lora']:,.0f}"
+    acc = runs.compare("additive", "lora", "target_acc_after", "lower", "higher")
+    step = runs.compare("additive", "lora", "step_ms", "cheaper", "dearer")
     return (
-        f"On {model}, with {same} trainable parameters, additive reaches target accuracy "
-        f"{add['target_acc_after'].text(3)} vs lora {lora['target_acc_after'].text(3)} ({acc}) at "
-        f"{add['step_ms'].text(1)} vs {lora['step_ms'].text(1)} ms per step ({step}) "
-        "([accuracy_vs_rank.png](accuracy_vs_rank.png), [cost.png](cost.png))."
+        f"On {runs.model}, with {same} trainable parameters, additive's target accuracy vs lora's is {acc}; "
+        f"step time (ms): {step}; forgetting at matched learning "
+        f"{runs.forgetting_at_matched_learning('additive', 'lora')} "
+        "([accuracy_vs_rank.png](accuracy_vs_rank.png), [forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png))."
     )
 
 
-def answer_frozen(table: dict, model: str) -> str:
-    """Q3: does frozen-A match LoRA with half the parameters, and does frozen-B fall behind?"""
-    if note := _missing(table, ["frozen_a", "frozen_b", "lora"], model):
+def answer_frozen(runs: ModelRuns) -> str:
+    """Q3: does frozen-A match LoRA with half the parameters (each at its own best lr), and does frozen-B fall behind?"""
+    if note := runs.missing(["frozen_a", "frozen_b", "lora"]):
         return note
-    fa, fb, lora = table["frozen_a"], table["frozen_b"], table["lora"]
-    match = _verdict(fa["target_acc_after"], lora["target_acc_after"], "below lora", "above lora")
-    behind = _verdict(fb["target_acc_after"], fa["target_acc_after"], "frozen_b falls behind", "frozen_b is ahead")
+    params = runs.selected.groupby("variant")["trainable_params"].median()
+    match = runs.compare("frozen_a", "lora", "target_acc_after", "below lora", "above lora")
+    behind = runs.compare("frozen_b", "frozen_a", "target_acc_after", "frozen_b falls behind", "frozen_b is ahead")
     return (
-        f"On {model}, frozen_a reaches {fa['target_acc_after'].text(3)} vs lora {lora['target_acc_after'].text(3)} "
-        f"({match}) with {fa['params'] / lora['params']:.2f}× lora's trainable parameters, and frozen_b reaches "
-        f"{fb['target_acc_after'].text(3)} ({behind}) "
-        "([params_vs_accuracy.png](params_vs_accuracy.png), [accuracy_vs_rank.png](accuracy_vs_rank.png))."
+        f"On {runs.model}, each at its own validation-chosen lr, frozen_a's target accuracy is {match}, with "
+        f"{params['frozen_a'] / params['lora']:.2f}× lora's trainable parameters; frozen_b vs frozen_a: {behind} "
+        "([params_vs_accuracy.png](params_vs_accuracy.png), [forgetting_vs_accuracy.png](forgetting_vs_accuracy.png))."
     )
 
 
@@ -214,7 +236,29 @@ QUESTIONS = {
     "3. Does frozen-A match LoRA's accuracy with half the trainable parameters, and does frozen-B fall "
     "behind?": answer_frozen,
 }
-"""MATH.md's research questions, each with the function that answers it from one model's table."""
+"""MATH.md's research questions, each with the function that answers it from one model's runs."""
+
+
+def section_lr_choice(results: pd.DataFrame) -> list[str]:
+    """How many chosen learning rates sit at an edge of their sweep, each of them named."""
+    choices = lr_choices(results[results["status"] == "ok"])
+    swept = choices[choices["n_lrs"] > 1]
+    edges = swept[swept["at_edge"]]
+    lines = [
+        "## Learning-rate choice",
+        "",
+        f"{len(edges)} of {len(swept)} swept (model, task, variant, rank) chose a learning rate at an edge of its "
+        "sweep, where the best one may lie outside it ([lr_sweep.png](lr_sweep.png) marks them with ×)"
+        + (":" if len(edges) else "."),
+    ]
+    if len(edges):
+        lines.append("")
+        lines += [
+            f"- {row.model} · {row.task} · {row.variant} · r{row.rank}: chose {row.chosen_lr:g} of "
+            f"{row.lr_min:g}–{row.lr_max:g} ({'lowest' if row.chosen_lr == row.lr_min else 'highest'})"
+            for row in edges.itertuples()
+        ]
+    return lines
 
 
 def section_meaning(results: pd.DataFrame) -> list[str]:
@@ -228,25 +272,32 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
         "and during training. Accuracy is exact match on the test split (for a classification task: the share of "
         "examples whose argmax label is right); forgetting is the mean over source tasks (and lm-eval tasks and "
         "paraphrase retrieval, where the config names them) of the score before minus after fine-tuning (0 = "
-        "nothing forgotten). ± is the half-width of a 95% bootstrap "
-        "CI over seeds (percentile bootstrap of the mean, 1000 resamples, as seaborn's errorbar=(\"ci\", 95)), "
-        "the same interval the figures draw; with few seeds it is "
-        "optimistic, since a bootstrap interval never reaches beyond the observed values.",
+        "nothing forgotten). In the tables, ± is the half-width of a 95% percentile-bootstrap CI of one "
+        "variant's mean over seeds (1000 resamples), the interval the figures draw; with few seeds it is "
+        "optimistic. Comparisons between variants do not use it: they use the paired Student-t interval above.",
     ]
 
 
 def write_summary(results: pd.DataFrame, out_path: Path) -> None:
-    """Write the markdown summary of ``results`` (all runs; comparisons use ok runs at the chosen lr)."""
+    """Write the markdown summary of ``results`` (all runs; comparisons use ok runs, at the chosen lr or along
+    the lr sweep)."""
     rank = reference_rank(results)
-    runs = at_reference_rank(selected_ok(results), rank)
-    tables = {model: variant_table(group) for model, group in runs.groupby("model")}
-    lines = ["# lorabench summary", "", *section_what_was_run(results), "", "## Results per model", ""]
+    ok = results[results["status"] == "ok"]
+    selected = at_reference_rank(selected_ok(results), rank)
+    swept = at_reference_rank(ok, rank)
+    tables = {model: variant_table(group) for model, group in selected.groupby("model")}
+    lines = ["# lorabench summary", "", *section_what_was_run(results), "", *section_lr_choice(results), "",
+             "## Results per model", ""]
     for model, table in tables.items():
         lines += section_model_table(model, table, rank)
-    lines += ["## What this data says about MATH.md's questions", ""]
+    lines += ["## What this data says about MATH.md's questions", "",
+              "Paired by seed: mean of per-seed differences (tasks averaged within each seed) with a Student-t 95% "
+              "interval; a direction is named only when the interval excludes 0.", ""]
+    models = [ModelRuns(model, selected[selected["model"] == model], swept[swept["model"] == model])
+              for model in tables]
     for question, answer in QUESTIONS.items():
         lines += [f"**{question}**", ""]
-        lines += [f"- {answer(table, model)}" for model, table in tables.items()] or ["- no ok runs to answer from."]
+        lines += [f"- {answer(runs)}" for runs in models] or ["- no ok runs to answer from."]
         lines.append("")
     lines += section_meaning(results)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
