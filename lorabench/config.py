@@ -150,7 +150,8 @@ class Grid:
             try:
                 registered[uses].parse_options(entry, GRID_SETTINGS)
             except OptionError as error:
-                raise ConfigError(f"config error at `{_path(['variants', name, error.option or ''])}`: {error}") from None
+                field = _path(["variants", name, *([error.option] if error.option else [])])
+                raise ConfigError(f"config error at `{field}`: {error}") from None
 
     def check_variant_settings(self) -> None:
         """Build every variant of the grid as its jobs will (per model: the targets differ), so that a setting it
@@ -421,10 +422,12 @@ class Grid:
             if shapes is None:  # a hub name not resolvable here (offline): the train job reports it
                 continue
             if missing := unmatched_targets(shapes, spec["target_modules"]):
+                matched = sorted({name.rsplit(".", 1)[-1] for name in shapes})
                 raise ConfigError(
-                    f"config error at `models/{model}/target_modules`: {', '.join(map(repr, missing))} match(es) no "
-                    "adaptable layer of this model; use the last part of a module name, e.g. q_proj (Llama) or "
-                    "c_attn (GPT-2)" + (f"; matched: {sorted({n.rsplit('.', 1)[-1] for n in shapes})}" if shapes else "")
+                    f"config error at `models/{model}/target_modules`: {', '.join(map(repr, missing))} "
+                    f"{'matches' if len(missing) == 1 else 'match'} no adaptable layer of this model; use the last "
+                    "part of a module name, e.g. q_proj (Llama) or c_attn (GPT-2)"
+                    + (f"; matched: {matched}" if matched else "")
                 )
             for variant in self.variants():
                 for rank in self.ranks(variant):

@@ -124,8 +124,9 @@ def architecture_problem(architecture: dict[str, Any]) -> str | None:
             return f"{key!r} is set from the embedded character tokenizer; leave it out"
         if key != "family" and key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            return (f"{config_class.__name__} has no setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                    + f"; its settings: {', '.join(sorted(known - set(SET_BY_TOKENIZER)))}")
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            settable = ", ".join(sorted(known - set(SET_BY_TOKENIZER)))
+            return f"{config_class.__name__} has no setting {key!r}{hint}; its settings: {settable}"
     return None
 
 

@@ -101,14 +101,15 @@ class Variant:
             if key not in fields and key not in settings:
                 close = difflib.get_close_matches(key, [*fields, *settings], n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise OptionError(f"variant {cls.name!r} has no option {key!r}{hint}; {cls.describe_options(settings)}", key)
+                raise OptionError(
+                    f"variant {cls.name!r} has no option {key!r}{hint}; {cls.describe_options(settings)}", key)
         types = typing.get_type_hints(cls.Options)
         for key in fields.keys() & raw.keys():
             if problem := _type_problem(raw[key], types[key]):
                 raise OptionError(f"variant {cls.name!r} option {key!r}: {problem}", key)
         if missing := [f.name for f in fields.values() if _required(f) and f.name not in raw]:
-            raise OptionError(f"variant {cls.name!r} needs options: {', '.join(missing)}; {cls.describe_options(settings)}",
-                              missing[0])
+            raise OptionError(f"variant {cls.name!r} needs options: {', '.join(missing)}; "
+                              f"{cls.describe_options(settings)}", missing[0])
         try:
             return cls.Options(**{key: raw[key] for key in fields.keys() & raw.keys()})
         except ValueError as error:  # the Options' own refusal (``__post_init__``)
