@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftConfig, PeftType, get_peft_model
+from peft import __version__ as peft_version
 
 from lorabench.variants import register
 from lorabench.variants._layers import OneLayer
@@ -18,15 +19,9 @@ def config_class(peft_type: Any) -> type[PeftConfig]:
     """PEFT's config dataclass for ``peft_type`` (any case); an error that lists PEFT's types."""
     known = {member.value: member for member in PeftType}
     if str(peft_type).upper() not in known:
-        raise OptionError(f"unknown peft_type {peft_type!r}; PEFT {_peft_version()} knows {', '.join(sorted(known))}",
+        raise OptionError(f"unknown peft_type {peft_type!r}; PEFT {peft_version} knows {', '.join(sorted(known))}",
                           "peft_config")
     return PEFT_TYPE_TO_CONFIG_MAPPING[known[str(peft_type).upper()]]
-
-
-def _peft_version() -> str:
-    from peft import __version__
-
-    return __version__
 
 
 @dataclass(frozen=True)
