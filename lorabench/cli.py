@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from lorabench.config import SCHEMA
+
 LISTING_SHAPE = (64, 64, 4)
 
 
@@ -28,16 +30,29 @@ def _variants(_: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    import yaml
-
     from lorabench.config import ConfigError, load_grid
 
-    config = yaml.safe_load(args.config.read_text())
     try:
-        grid = load_grid(config, args.schema)
+        grid = load_grid(_read_yaml(args.config), args.schema)
     except ConfigError as error:
         sys.exit(f"{args.config}: {error}")
     print(f"{args.config}: ok, {len(grid.points())} grid points")
+
+
+def _read_yaml(path: Path) -> object:
+    """The YAML document at ``path``; a missing file or a syntax error exits with the file, line and column."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        sys.exit(f"{path}: cannot read the config: {error.strerror}")
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        tab = " (YAML does not allow tabs for indentation: use spaces)" if "\t" in str(error) else ""
+        sys.exit(f"{where}: YAML syntax error: {problem}{tab}")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -91,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a grid config without running anything")
     check.add_argument("config", type=Path)
-    check.add_argument("--schema", type=Path, default=Path("workflow/schemas/config.schema.yaml"))
+    check.add_argument("--schema", type=Path, default=SCHEMA, help="default: the schema shipped with lorabench")
     check.set_defaults(run=_check)
 
     pre = commands.add_parser("pretrain", help="build and pretrain an embedded model (pipeline rule)")

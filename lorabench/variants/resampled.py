@@ -1,6 +1,6 @@
 """Resampled random projections (MATH.md section 2): full-rank SGD in expectation, LoRA-sized memory.
 
-Every ``resample_every`` steps (``spec.options``, default 1) the factors ``U`` (m, r), ``V`` (r, n)
+Every ``resample_every`` steps (option, default 1) the factors ``U`` (m, r), ``V`` (r, n)
 are drawn afresh with i.i.d. N(0, 1/r) entries, so ``E[U U^T] = I_m``, ``E[V^T V] = I_n`` and the
 expected first-order update is ``-2 lr G``.
 
@@ -17,6 +17,7 @@ At a redraw the optimizer state of ``U``, ``V`` is dropped: it belonged to the o
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from lorabench.variants._layers import (
     save_adapter_tensors,
     wrap_targets,
 )
-from lorabench.variants.base import AdapterSpec, Variant
+from lorabench.variants.base import AdapterSpec, OptionError, Variant
 
 
 def draw_factors(
@@ -121,15 +122,28 @@ class ResampledLayer(AdapterLayer):
         return left @ right
 
 
+@dataclass(frozen=True)
+class ResampledOptions:
+    """What MATH.md section 2 leaves free: how often the random factors are redrawn."""
+
+    resample_every: int = field(default=1, metadata={"help": "draw U, V afresh every this many optimizer steps"})
+
+    def __post_init__(self) -> None:
+        if self.resample_every < 1:
+            raise OptionError(f"resample_every must be a positive number of steps, not {self.resample_every}",
+                              "resample_every")
+
+
 @register("resampled")
 class Resampled(Variant):
     source = "MATH.md section 2 (seed 000): random U, V redrawn every step; cf. Flora, ReLoRA"
+    Options = ResampledOptions
 
     def __init__(self, spec: AdapterSpec) -> None:
         super().__init__(spec)
-        self.resample_every = int(spec.options.get("resample_every", 1))
         if spec.dropout:
-            raise ValueError("resampled: dropout is not supported (the adapter adds nothing to the forward)")
+            raise ValueError(f"resampled refuses dropout (train.dropout = {spec.dropout}): its adapter adds nothing "
+                             "to the forward pass, so there is nothing to drop; set train.dropout to 0 for its grid")
         self.steps = 0
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -138,7 +152,7 @@ class Resampled(Variant):
 
     def after_step(self, model: nn.Module, optimizer: Any) -> None:
         self.steps += 1
-        redraw = self.steps % self.resample_every == 0
+        redraw = self.steps % self.options.resample_every == 0
         for _, layer in adapter_layers(model):
             layer.merge_step()
             if redraw:
@@ -152,7 +166,7 @@ class Resampled(Variant):
     def save(self, model: nn.Module, directory: Path) -> None:
         """The trained weights of the target layers (the only tensors training changed), by module name."""
         weights = {f"{name}.weight": layer.base_layer.weight for name, layer in adapter_layers(model)}
-        save_adapter_tensors(directory, weights, self.name, self.spec, resample_every=self.resample_every)
+        save_adapter_tensors(directory, weights, self.name, self.spec, resample_every=self.options.resample_every)
 
     @classmethod
     def trainable_parameters(cls, m: int, n: int, r: int) -> int:

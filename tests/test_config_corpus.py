@@ -1,0 +1,198 @@
+"""The corpus of broken configs: each one is refused before any job, by ``load_grid`` (what the Snakefile runs)
+and by ``lorabench check``, with a message that names the field, the bad value and what would be accepted.
+
+A case edits the smoke config: ``{dotted.path: YAML text}`` (YAML text, so that ``3e-3`` arrives as a user's
+YAML gives it: a string); ``DROP`` removes the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorabench.cli import main
+from lorabench.config import ConfigError, load_grid
+from lorabench.variants import registry
+from tests.pipeline import SMOKE, snakemake
+
+DROP = object()
+LOCAL_MODEL = "{local: {path: %s, target_modules: [q_proj]}}"
+ALL_OPTIONS = "; every entry also takes the settings uses, lrs, optimizer"
+
+CASES = {
+    # unknown keys at every level
+    "top-level key": ({"suit": "smoke"}, ["`(top level)`", "'suit'"]),
+    "grid key": ({"grid.rnaks": "[2]", "grid.ranks": DROP}, ["`grid`", "'rnaks'"]),
+    "train key": ({"train.stpes": "3"}, ["`train`", "'stpes'"]),
+    "pretrain key": ({"pretrain.lr_": "0.1"}, ["`pretrain`", "'lr_'"]),
+    "data key": ({"data.max_length": "5"}, ["`data`", "'max_length'"]),
+    "forgetting key": ({"forgetting": "{lm_evl: {tasks: [x]}}"}, ["`forgetting`", "'lm_evl'"]),
+    "variant setting typo (lr for lrs)": ({"variants.full": "{lr: [0.001]}"},
+                                          ["`variants/full/lr`", "'lr'", "did you mean 'lrs'", ALL_OPTIONS]),
+    "variant option typo": ({"variants.resampled.resample_evry": "5"},
+                            ["`variants/resampled/resample_evry`", "did you mean 'resample_every'",
+                             "resample_every (int, default 1)"]),
+    "optimizer spelt optimiser": ({"variants.resampled.optimiser": "sgd"},
+                                  ["`variants/resampled/optimiser`", "did you mean 'optimizer'"]),
+    "variant optimizer value": ({"variants.full.optimizer": "adam"}, ["`variants/full/optimizer`", "'adam'", "sgd"]),
+    "variant entry that is no variant": ({"variants.lorra": "{lrs: [0.1]}"},
+                                         ["`variants/lorra`", "'lorra'", "frozen_a", "uses: <registered variant>"]),
+    "uses an unknown variant": ({"variants.mine": "{uses: lorra}"}, ["`variants/mine/uses`", "'lorra'", "frozen_a"]),
+    "grid variant unknown": ({"grid.variants": "[lora, lorra]"}, ["`grid/variants`", "'lorra'", "frozen_a"]),
+    # option types and values
+    "option of the wrong type": ({"variants.resampled.resample_every": "'5'"},
+                                 ["`variants/resampled/resample_every`", "'5' is not of type int", "drop the quotes"]),
+    "option out of range": ({"variants.resampled.resample_every": "0"},
+                            ["`variants/resampled/resample_every`", "not 0", "positive"]),
+    "pissa init": ({"variants.pissa": "{pissa_init: svd}"}, ["`variants/pissa/pissa_init`", "'svd'", "pissa_niter_4"]),
+    # combinations a variant refuses
+    "dropout with resampled": ({"train.dropout": "0.1"},
+                               ["`variants/resampled`", "resampled refuses dropout", "0.1", "train.dropout to 0"]),
+    "peft without peft_config": ({"variants.loha": "{uses: peft}"},
+                                 ["`variants/loha/peft_config`", "needs options: peft_config", "peft_type: LOHA"]),
+    "unknown peft_type": ({"variants.loha": "{uses: peft, peft_config: {peft_type: LOAH}}"},
+                          ["`variants/loha/peft_config`", "unknown peft_type 'LOAH'", "LOHA"]),
+    "peft_config field typo": ({"variants.loha": "{uses: peft, peft_config: {peft_type: LOHA, alpah: 8}}"},
+                               ["`variants/loha/peft_config`", "'alpah'", "alpha"]),
+    # models
+    "architecture key the config class lacks": ({"models.llama-tiny.architecture.hiden_size": "32"},
+                                                ["`models/llama-tiny/architecture`", "'hiden_size'",
+                                                 "did you mean 'hidden_size'"]),
+    "architecture key set by the tokenizer": ({"models.gpt2-tiny.architecture.vocab_size": "100"},
+                                              ["`models/gpt2-tiny/architecture`", "'vocab_size'", "leave it out"]),
+    "one target module misspelt": ({"models.llama-tiny.target_modules": "[q_proj, vproj, down_proj]"},
+                                   ["`models/llama-tiny/target_modules`", "'vproj' matches no", "c_attn"]),
+    "two target modules misspelt": ({"models.gpt2-tiny.target_modules": "[c_atn, c_fc, cproj]"},
+                                    ["`models/gpt2-tiny/target_modules`", "'c_atn', 'cproj' match no",
+                                     "matched: ['c_fc']"]),
+    "path to a missing folder": ({"models": LOCAL_MODEL % "./no-such-checkpoint"},
+                                 ["`models/local/path`", "'./no-such-checkpoint'", "does not exist", "hub name"]),
+    "path that is no hub name": ({"models": LOCAL_MODEL % "checkpoints/run1/final"},
+                                 ["`models/local/path`", "'checkpoints/run1/final'", "does not exist"]),
+    "path under ~": ({"models": LOCAL_MODEL % "~/checkpoints/x"}, ["`models/local/path`", "'~/checkpoints/x'",
+                                                                  "full path"]),
+    # grid values that collide
+    "duplicate rank": ({"grid.ranks": "[2, 2]"}, ["`grid/ranks`", "2 is given twice"]),
+    "duplicate seed": ({"grid.seeds": "[0, 1, 0]"}, ["`grid/seeds`", "0 is given twice"]),
+    "lrs naming one record": ({"grid.lrs": "[0.001, 0.0010000001]"},
+                              ["`grid/lrs`", "0.001 and 0.0010000001", "'0.001'", "6 significant digits"]),
+    "variant lrs duplicate": ({"variants.full.lrs": "[0.0005, 0.0005]"}, ["`variants/full/lrs`", "given twice"]),
+    # data and tasks
+    "min_len above max_len": ({"data.min_len": "8", "data.max_len": "3"},
+                              ["`data/min_len`", "min_len 8 is above max_len 3", "min_len <= max_len"]),
+    "splits larger than the inputs": ({"data.min_len": "1", "data.max_len": "2"},
+                                      ["`data`", "'copy' has 72 distinct inputs of length 1-2", "348",
+                                       "raise data.max_len"]),
+    "unknown target task": ({"tasks.target": "[sortt]"}, ["`tasks/target/0`", "'sortt'", "'lookup'"]),
+    "unknown source task": ({"tasks.source": "[copy, revers]"}, ["`tasks/source/1`", "'revers'", "'reverse'"]),
+    # YAML's numbers
+    "3e-3 is a string to YAML": ({"grid.lrs": "[3e-3]"}, ["`grid/lrs/0`", "'3e-3'", "3.0e-3", "0.003"]),
+    "1e-4 in a variant's lrs": ({"variants.full.lrs": "[1e-4]"}, ["`variants/full/lrs/0`", "'1e-4'", "3.0e-3"]),
+}
+
+
+def _edited(edits: dict[str, object]) -> dict:
+    config = yaml.safe_load(SMOKE.read_text())
+    for dotted, text in edits.items():
+        *parents, key = dotted.split(".")
+        entry = config
+        for part in parents:
+            entry = entry.setdefault(part, {})
+        if text is DROP:
+            del entry[key]
+        else:
+            entry[key] = yaml.safe_load(text)
+    return config
+
+
+def _check(path: Path) -> str:
+    """``lorabench check`` as its command line runs it: the message it exits with."""
+    with pytest.raises(SystemExit) as exited:
+        main(["check", str(path)])
+    return str(exited.value.code)
+
+
+@pytest.mark.parametrize("edits, expected", CASES.values(), ids=CASES.keys())
+def test_load_grid_refuses_the_case(edits: dict, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_grid(_edited(edits))
+    message = str(refused.value)
+    assert message.startswith("config error at ") and all(words in message for words in expected), message
+
+
+@pytest.mark.parametrize("edits, expected", CASES.values(), ids=CASES.keys())
+def test_lorabench_check_refuses_the_case(edits: dict, expected: list[str], tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text(yaml.safe_dump(_edited(edits)))
+    message = _check(config)
+    assert message.startswith(f"{config}: config error at ") and all(words in message for words in expected), message
+
+
+YAML_CASES = {
+    "tab indentation": ("models:\n  a: 1\n\tb: 2\n", [":3:1: YAML syntax error", "tabs"]),
+    "unclosed bracket": ("grid: {ranks: [2, 4}\n", [":1:20: YAML syntax error"]),
+    "empty file": ("", ["the config is empty", "models, tasks, grid and train"]),
+}
+
+
+@pytest.mark.parametrize("text, expected", YAML_CASES.values(), ids=YAML_CASES.keys())
+def test_lorabench_check_names_file_line_and_column_of_yaml_errors(text: str, expected: list[str],
+                                                                   tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text(text)
+    message = _check(config)
+    assert message.startswith(str(config)) and "Traceback" not in message
+    assert all(words in message for words in expected), message
+
+
+def test_the_corpus_edits_the_smoke_config_that_is_accepted() -> None:
+    """Each case fails for its own edit, not for a broken base."""
+    assert load_grid(_edited({})).points()
+
+
+def test_an_existing_local_folder_and_a_hub_name_are_accepted(tmp_path: Path) -> None:
+    from tests.fixtures_hub import save_tiny_llama
+
+    for path in (str(save_tiny_llama(tmp_path / "m")), "no-such-org/no-such-model"):
+        config = _edited({"models": LOCAL_MODEL % path, "tasks.source": "[]", "grid.variants": "[lora]"})
+        assert {p.model for p in load_grid(config).points()} == {"local"}
+
+
+def test_every_variant_option_is_declared_with_a_type_and_help() -> None:
+    for name, cls in registry().items():
+        assert dataclasses.is_dataclass(cls.Options), name
+        for option in dataclasses.fields(cls.Options):
+            assert option.metadata.get("help"), f"{name}.{option.name} has no help text"
+            assert option.name in cls.describe_options()
+
+
+def test_a_variant_is_built_from_its_parsed_options() -> None:
+    from lorabench.variants import AdapterSpec, get
+
+    variant = get("resampled")(AdapterSpec(rank=2, alpha=4.0, target_modules=("q_proj",),
+                                           options={"resample_every": 3}))
+    assert variant.options == get("resampled").Options(resample_every=3)
+    config = _edited({"variants.resampled.resample_every": "3"})
+    job = load_grid(copy.deepcopy(config)).train_job(
+        {"model": "llama-tiny", "variant": "resampled", "rank": "2", "lr": "0.1"}, "cpu", 1)
+    assert job["variant_options"] == {"resample_every": 3}
+
+
+def test_lorabench_check_works_outside_the_repository(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "lorabench.cli", "check", str(SMOKE)], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and f"{SMOKE}: ok, " in result.stdout, result.stderr
+
+
+def test_snakemake_refuses_a_misspelt_option_before_any_job(tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text(yaml.safe_dump(_edited({"variants.resampled.optimiser": "sgd"})))
+    result = snakemake(tmp_path, "--dry-run", config=config, check=False)
+    assert result.returncode != 0 and "variants/resampled/optimiser" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
