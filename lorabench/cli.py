@@ -97,6 +97,21 @@ def _report(args: argparse.Namespace) -> None:
     run_report(args.out)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from lorabench.reference import DEFAULT_TOLERANCE, compare
+
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    comparison = compare(pd.read_csv(args.results), pd.read_csv(args.reference), tolerance)
+    for line in comparison.differences:
+        print(line)
+    if not comparison.agrees:
+        sys.exit(f"{args.results}: {len(comparison.differences)} difference(s) from {args.reference}")
+    print(f"{args.results}: agrees with {args.reference} ({comparison.points} grid points; same statuses and lr "
+          f"choices; mean target accuracy and forgetting per variant within {tolerance})")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lorabench", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(required=True, metavar="COMMAND")
@@ -134,6 +149,13 @@ def parser() -> argparse.ArgumentParser:
     agg.add_argument("records", nargs="+", type=Path)
     agg.add_argument("--out", required=True, type=Path)
     agg.set_defaults(run=_aggregate)
+
+    comp = commands.add_parser("compare", help="compare a run's results.csv with the shipped reference")
+    comp.add_argument("results", type=Path, nargs="?", default=Path("reports/results.csv"))
+    comp.add_argument("--reference", type=Path, default=Path("reports/reference/results.csv"))
+    comp.add_argument("--tolerance", type=float,
+                      help="largest absolute difference of a variant's mean accuracy or forgetting (default 0.05)")
+    comp.set_defaults(run=_compare)
 
     report = commands.add_parser("report", help="figures and summary.md from the tables")
     report.add_argument("--out", required=True, type=Path)
