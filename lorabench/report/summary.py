@@ -16,7 +16,7 @@ import pandas as pd
 
 from lorabench.aggregate import lr_choices
 from lorabench.report.plots import (
-    at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
+    NO_RANK, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
 )  # fmt: skip
 from lorabench.report.stats import matched_learning, paired, seed_curves, verdict
 
@@ -95,6 +95,13 @@ def _optimizers(results: pd.DataFrame) -> str:
     return "; ".join(f"{name} ({', '.join(variant_order(variants))})" for name, variants in by_optimizer.items())
 
 
+def _one_rank_note(results: pd.DataFrame) -> str:
+    """Said where the grid has one rank: rank effects are then not part of what it measures."""
+    ranks = results.loc[results["rank"] != NO_RANK, "rank"].unique()
+    return "; one rank only: this grid spends its budget on learning-rate sweeps and seeds, so it says nothing " \
+        "about rank (accuracy_vs_rank.png has one point per variant)" if len(ranks) == 1 else ""
+
+
 def _sweeps(results: pd.DataFrame) -> str:
     """``lora 0.001/0.003/0.01; full 0.0001/...``: each variant's learning rates."""
     lrs = results.groupby("variant")["lr"].unique()
@@ -111,7 +118,7 @@ def section_what_was_run(results: pd.DataFrame) -> list[str]:
         f"- models: {_values(results, 'model')}",
         f"- tasks: {_values(results, 'task')}",
         f"- variants: {', '.join(variant_order(results['variant']))}",
-        f"- ranks: {_values(results, 'rank')} (0 = no rank: full fine-tuning)",
+        f"- ranks: {_values(results, 'rank')} (0 = no rank: full fine-tuning){_one_rank_note(results)}",
         f"- learning rates swept: {_sweeps(results)}",
         f"- seeds: {_values(results, 'seed')}",
         f"- optimizers: {_optimizers(results)}",
