@@ -101,6 +101,19 @@ class Grid:
             resolved[name] = uses
         return resolved
 
+    def load_variant_modules(self) -> None:
+        """Import the config's ``variant_modules`` so their variants join the registry, naming a bad entry."""
+        from lorabench.variants import load_modules
+
+        for index, path in enumerate(self.config.get("variant_modules", [])):
+            try:
+                load_modules([path])
+            except Exception as error:  # a missing file, a syntax error, a name registered twice
+                raise ConfigError(
+                    f"config error at `variant_modules/{index}`: {path!r}: {type(error).__name__}: {error}. Expected a "
+                    "Python file, relative to the working directory, that registers variants with @register(\"name\")"
+                ) from None
+
     def _variant_class(self, name: str):
         from lorabench.variants import get
 
@@ -161,6 +174,8 @@ class Grid:
             "variant": variant,
             "uses": self.variants()[variant],
             "variant_options": variant_options,
+            "variant_modules": self.config.get("variant_modules", []),
+            "save_adapters": train.get("save_adapters", False),
             "rank": rank,
             "alpha": train.get("alpha", 8),
             "dropout": train.get("dropout", 0.0),
@@ -308,6 +323,18 @@ class Grid:
             "threads": threads,
         }
 
+    def check_saving(self) -> None:
+        """``train.save_adapters`` needs every variant of the grid to implement ``save``."""
+        from lorabench.variants.base import saves
+
+        if not self.config["train"].get("save_adapters"):
+            return
+        if unsaved := [name for name in self.variants() if not saves(self._variant_class(name))]:
+            raise ConfigError(
+                f"config error at `train/save_adapters`: true, but variant(s) {unsaved} implement no `save`; "
+                "set it to false or leave those variants out of grid/variants"
+            )
+
     def check_ranks(self) -> None:
         """Refuse a rank that some variant cannot apply to some targeted layer, naming both."""
         for model, spec in self.config["models"].items():
@@ -363,6 +390,8 @@ def load_grid(config: dict[str, Any], schema: Path) -> Grid:
     grid = Grid(config)
     grid.check_models()
     grid.check_tasks()
+    grid.load_variant_modules()
     grid.variants()
+    grid.check_saving()
     grid.check_ranks()
     return grid

@@ -7,6 +7,7 @@ The training loop only talks to this interface, so the grid picks a new module u
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,8 @@ class AdapterSpec:
     dropout: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
     """Variant-specific settings from the config, e.g. ``resample_every`` or a PEFT config."""
+    total_steps: int | None = None
+    """Optimizer steps the run will take, for methods with a schedule (AdaLoRA's rank budget)."""
 
 
 class Variant:
@@ -45,15 +48,27 @@ class Variant:
         """Return ``model`` ready to train: exactly the trainable parameters require grad."""
         raise NotImplementedError
 
+    def parameter_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: every trainable parameter exactly once, at ``lr`` unless a
+        group sets its own (LoRA+ trains B faster than A)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
     def after_step(self, model: nn.Module, optimizer: Any) -> None:
-        """Called after every ``optimizer.step()``; resampled variants merge and redraw here."""
+        """Called after every ``optimizer.step()``, while the step's gradients still exist (AdaLoRA reads
+        them to reallocate its rank); resampled variants merge and redraw here."""
+
+    def record_extra(self, model: nn.Module) -> dict[str, float]:
+        """Facts about the trained model the grid cannot know, for the record's ``extra`` (e.g. the rank a
+        generic PEFT method actually used)."""
+        return {}
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Return a plain transformers model with the learnt update folded into its weights."""
         raise NotImplementedError
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        """Write the trained state (PEFT's adapter format for LoRA-family variants)."""
+        """Write the trained state (PEFT's adapter format for LoRA-family variants); the pipeline calls it
+        per run when the config sets ``train.save_adapters``. Optional: :func:`saves` tells."""
         raise NotImplementedError
 
     @classmethod
@@ -65,10 +80,22 @@ class Variant:
 
     @classmethod
     def trainable_parameters(cls, m: int, n: int, r: int) -> int:
-        """Trainable parameters this variant adds to one ``(m, n)`` layer at rank ``r``."""
-        raise NotImplementedError
+        """Trainable parameters of a model that is one bias-free ``(m, n)`` layer, at rank ``r``: for listings.
+
+        Counted by default (:meth:`layer_parameters`), so a new variant needs no formula; a subclass may
+        state one, and the contract test checks it against the count. A run's record counts its own
+        model's parameters that require grad instead, where a factor shared by layers counts once.
+        """
+        return cls(AdapterSpec(rank=r, alpha=2.0 * r, target_modules=("layer",))).layer_parameters(m, n, r)
 
     def layer_parameters(self, m: int, n: int, r: int) -> int:
-        """:meth:`trainable_parameters` for this spec; only variants whose count depends on
-        ``spec.options`` (the generic ``peft`` path) override it."""
-        return self.trainable_parameters(m, n, r)
+        """This spec's variant at rank ``r`` applied to one ``(m, n)`` layer: its parameters that require grad."""
+        from lorabench.variants._layers import OneLayer
+
+        probe = type(self)(dataclasses.replace(self.spec, rank=r, target_modules=("layer",)))
+        return sum(p.numel() for p in probe.apply(OneLayer(m, n)).parameters() if p.requires_grad)
+
+
+def saves(variant: type[Variant]) -> bool:
+    """Whether ``variant`` implements :meth:`Variant.save` (the pipeline keeps adapters only for those)."""
+    return variant.save is not Variant.save

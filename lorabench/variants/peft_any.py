@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftConfig, get_peft_model
+from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PeftConfig
 
 from lorabench.variants import register
-from lorabench.variants._layers import OneLayer
 from lorabench.variants._peft import PeftVariant
 
 
@@ -36,14 +35,6 @@ class AnyPeft(PeftVariant):
         if str(peft_type).upper() not in known:
             raise ValueError(f"unknown peft_type {peft_type!r}; PEFT knows {', '.join(sorted(known))}")
         return known[str(peft_type).upper()]
-
-    def layer_parameters(self, m: int, n: int, r: int) -> int:
-        """Counted, not derived: inject this config at rank ``r`` into one ``(m, n)`` layer."""
-        config = type(self)(dataclasses.replace(self.spec, rank=r)).peft_config()
-        if hasattr(config, "target_modules"):
-            config = dataclasses.replace(config, target_modules=["layer"])
-        probe = get_peft_model(OneLayer(m, n), config)
-        return sum(p.numel() for p in probe.parameters() if p.requires_grad)
 
     @classmethod
     def trainable_parameters(cls, m: int, n: int, r: int) -> int:
