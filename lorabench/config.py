@@ -120,7 +120,13 @@ class Grid:
         return get(self.variants()[name])
 
     def ranks(self, variant: str) -> list[int]:
-        return self.config["grid"]["ranks"] if self._variant_class(variant).uses_rank else [0]
+        """The grid's ranks, or ``[0]`` for a method without a rank (full fine-tuning, PEFT's IA3)."""
+        return self.config["grid"]["ranks"] if self._variant_class(variant).ranked(self.variant_options(variant)) else [0]
+
+    def variant_options(self, variant: str) -> dict[str, Any]:
+        """The variant's own options: its config entry without the grid's settings (:data:`GRID_SETTINGS`)."""
+        settings = self.config.get("variants", {}).get(variant, {})
+        return {key: value for key, value in settings.items() if key not in GRID_SETTINGS}
 
     def lrs(self, variant: str) -> list[float]:
         return self.config.get("variants", {}).get(variant, {}).get("lrs", self.config["grid"]["lrs"])
@@ -164,7 +170,6 @@ class Grid:
         ]
         train = self.config["train"]
         variant_settings = self.config.get("variants", {}).get(variant, {})
-        variant_options = {k: v for k, v in variant_settings.items() if k not in GRID_SETTINGS}
         return {
             "model": model,
             "checkpoint": self.checkpoint(model),
@@ -173,7 +178,7 @@ class Grid:
             "threads": threads,
             "variant": variant,
             "uses": self.variants()[variant],
-            "variant_options": variant_options,
+            "variant_options": self.variant_options(variant),
             "variant_modules": self.config.get("variant_modules", []),
             "save_adapters": train.get("save_adapters", False),
             "rank": rank,
@@ -336,19 +341,23 @@ class Grid:
             )
 
     def check_ranks(self) -> None:
-        """Refuse a rank that some variant cannot apply to some targeted layer, naming both."""
+        """Refuse a rank that some variant cannot apply to some targeted layer, or a variant that cannot adapt a
+        targeted layer's type, naming both."""
+        from lorabench.models import layer_weight
+
         for model, spec in self.config["models"].items():
-            shapes = self._layer_shapes(model)
-            if shapes is None:  # a hub name not resolvable here (offline): the train job reports it
+            layers = self._target_layers(model)
+            if layers is None:  # a hub name not resolvable here (offline): the train job reports it
                 continue
-            if not shapes:
+            if not layers:
                 raise ConfigError(
                     f"config error at `models/{model}/target_modules`: {spec['target_modules']} match no layer "
                     "of this model; use the last part of a module name, e.g. q_proj (Llama) or c_attn (GPT-2)"
                 )
             for variant in self.variants():
                 for rank in self.ranks(variant):
-                    for layer, (m, n) in shapes.items():
+                    for layer, module in layers.items():
+                        m, n = layer_weight(module).shape
                         problem = self._variant_class(variant).rank_problem(m, n, rank)
                         if problem:
                             raise ConfigError(
@@ -356,30 +365,50 @@ class Grid:
                                 f"variant {variant!r}: layer {layer} of shape (m, n) = ({m}, {n}): {problem}. "
                                 "Choose ranks that fit every targeted layer, or leave the variant out of grid/variants."
                             )
+                self._check_layer_types(model, variant, layers)
 
-    def _layer_shapes(self, model: str) -> dict[str, tuple[int, int]] | None:
-        """``(m, n)`` of every targeted layer of ``model``, without loading weights; ``None``: not resolvable here.
+    def _check_layer_types(self, model: str, variant: str, layers: dict[str, Any]) -> None:
+        """Try ``variant`` on a weightless copy of one layer of each targeted type, so a method that cannot
+        wrap it (PEFT's LoHa on GPT-2's Conv1D) is refused now instead of failing every run."""
+        from lorabench.variants import AdapterSpec
 
-        A GGUF model's shapes come from its cached checkpoint once that exists (instant), before that from the
+        spec = AdapterSpec(
+            rank=min(self.ranks(variant)), alpha=self.config["train"].get("alpha", 8),
+            target_modules=tuple(self.config["models"][model]["target_modules"]),
+            options=self.variant_options(variant), total_steps=self.config["train"]["steps"],
+        )
+        instance = self._variant_class(variant)(spec)
+        for kind, (layer, module) in {type(module): (name, module) for name, module in layers.items()}.items():
+            if problem := instance.layer_problem(layer, module):
+                raise ConfigError(
+                    f"config error at `variants/{variant}`: variant {variant!r} cannot adapt layer {layer} "
+                    f"({kind.__name__}) of model {model!r}: {problem}. Choose a method that supports "
+                    f"{kind.__name__} layers, or leave the variant out of grid/variants."
+                )
+
+    def _target_layers(self, model: str) -> dict[str, Any] | None:
+        """Every targeted layer of ``model``, weightless (meta device); ``None``: not resolvable here.
+
+        A GGUF model's layers come from its cached checkpoint once that exists (instant), before that from the
         GGUF metadata (seconds), so a rank that does not fit is refused before the minute-long caching runs.
         """
-        from lorabench.models import checkpoint_layer_shapes, target_layer_shapes
+        from lorabench.models import checkpoint_target_layers, target_layers
 
         spec, source = self.config["models"][model], self.model_source(model)
         targets = spec["target_modules"]
         try:
             if source == "architecture":
-                return target_layer_shapes(spec["architecture"], targets)
+                return target_layers(spec["architecture"], targets)
             cached = (Path(self.checkpoint(model)) / "config.json").exists()
             if source == "gguf" and not cached:
-                from lorabench.offline_assets import gguf_layer_shapes
+                from lorabench.offline_assets import gguf_target_layers
 
-                return gguf_layer_shapes(spec["gguf"], targets)
+                return gguf_target_layers(spec["gguf"], targets)
             if source == "package" and not cached:
                 from lorabench.offline_assets import find_package_checkpoint
 
-                return checkpoint_layer_shapes(str(find_package_checkpoint(spec["package"])), targets)
-            return checkpoint_layer_shapes(self.checkpoint(model), targets)
+                return checkpoint_target_layers(str(find_package_checkpoint(spec["package"])), targets)
+            return checkpoint_target_layers(self.checkpoint(model), targets)
         except Exception as error:  # a broken local config.json, an absent GGUF package, no `gguf` reader
             raise ConfigError(f"config error at `models/{model}/{source}`: {error}") from None
 

@@ -91,7 +91,7 @@ def check_variant(name: str, family: str, options: dict[str, Any] | None = None)
     """
     spec = make_spec(family, name) if options is None else make_spec(family, name, options=options)
     cls = get(name)
-    if not cls.uses_rank:
+    if not cls.ranked(spec.options):
         spec = dataclasses.replace(spec, rank=0)
     problems = _count_problems(cls, spec, family)
     losses, lr = [], None

@@ -72,10 +72,20 @@ class Variant:
         raise NotImplementedError
 
     @classmethod
+    def ranked(cls, options: dict[str, Any]) -> bool:
+        """Whether the grid's ranks apply with these options; False runs the variant once, at rank 0."""
+        return cls.uses_rank
+
+    @classmethod
     def rank_problem(cls, m: int, n: int, r: int) -> str | None:
-        """Why rank ``r`` cannot adapt an ``(m, n)`` layer, or None; checked before any job runs."""
-        if cls.uses_rank and not 1 <= r <= min(m, n):
+        """Why rank ``r`` cannot adapt an ``(m, n)`` layer, or None; checked before any job runs (r = 0: no rank)."""
+        if r and not 1 <= r <= min(m, n):
             return f"rank {r} must be between 1 and min(m, n) = {min(m, n)}"
+        return None
+
+    def layer_problem(self, name: str, layer: nn.Module) -> str | None:
+        """Why this variant cannot adapt the targeted layer ``name`` (``layer``: a weightless meta-device copy),
+        or None; checked before any job runs, once per layer type of each model."""
         return None
 
     @classmethod
