@@ -25,7 +25,7 @@ def test_every_registered_variant_keeps_the_contract(name: str, family: str) -> 
 @pytest.fixture
 def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Variants registered inside a test vanish after it, so other tests see the shipped registry."""
-    monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
+    monkeypatch.setattr(variants, "_REGISTRY", dict(variants.registry()))
     yield
 
 

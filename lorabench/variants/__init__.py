@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from lorabench.variants._layers import AdapterLayer, layer_shape, merge_adapters, wrap_targets
 from lorabench.variants.base import AdapterSpec, Variant
 
 V = TypeVar("V", bound=type[Variant])
@@ -104,4 +105,5 @@ def get(name: str) -> type[Variant]:
     return variants[name]
 
 
-__all__ = ["ENTRY_POINT_GROUP", "AdapterSpec", "Variant", "get", "load_modules", "register", "registry"]
+__all__ = ["ENTRY_POINT_GROUP", "AdapterLayer", "AdapterSpec", "Variant", "get", "layer_shape", "load_modules",
+           "merge_adapters", "register", "registry", "wrap_targets"]
