@@ -377,7 +377,10 @@ class Grid:
             target_modules=tuple(self.config["models"][model]["target_modules"]),
             options=self.variant_options(variant), total_steps=self.config["train"]["steps"],
         )
-        instance = self._variant_class(variant)(spec)
+        try:
+            instance = self._variant_class(variant)(spec)
+        except ValueError as error:  # a variant refusing its options or settings when built
+            raise ConfigError(f"config error at `variants/{variant}`: {error}") from None
         for kind, (layer, module) in {type(module): (name, module) for name, module in layers.items()}.items():
             if problem := instance.layer_problem(layer, module):
                 raise ConfigError(

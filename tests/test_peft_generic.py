@@ -84,3 +84,15 @@ def test_record_says_the_rank_loha_used_and_that_ia3_has_none() -> None:
     ia3_config = METHODS["ia3"] | {"feedforward_modules": ["down_proj"]}
     ia3 = get("peft")(make_spec("llama", "peft", rank=0, options={"peft_config": ia3_config}))
     assert ia3.record_extra(ia3.apply(tiny_model("llama"))) == {"rank_used": 0.0}
+
+
+@pytest.mark.parametrize(("peft_config", "reason"), [({"peft_type": "NOPE"}, "unknown peft_type 'NOPE'; PEFT knows"),
+                                                     (None, "needs options")])
+def test_an_unknown_or_missing_peft_type_is_refused_before_any_job(peft_config: dict | None, reason: str) -> None:
+    config = smoke_with("llama-tiny", "loha")
+    if peft_config is None:
+        del config["variants"]["loha"]["peft_config"]
+    else:
+        config["variants"]["loha"]["peft_config"] = peft_config
+    with pytest.raises(ConfigError, match=rf"`variants/loha`.*{reason}"):
+        load_grid(config, SCHEMA)

@@ -125,3 +125,24 @@ def test_save_adapters_is_refused_for_a_variant_that_does_not_save(user_folder: 
 def test_adapters_are_kept_beside_the_records_path() -> None:
     record = "results/runs/llama-tiny/sort/lora/r2/lr0.003/seed0.json"
     assert adapter_directory(record) == Path("results/adapters/llama-tiny/sort/lora/r2/lr0.003/seed0")
+
+
+@pytest.mark.e2e
+def test_readme_variant_runs_through_the_pipeline_into_table_summary_and_figures(tmp_path: Path) -> None:
+    """The user's steps end to end: their file and config line, then `snakemake`; beside LoRA+ (its colour too)."""
+    import pandas as pd
+
+    from tests.pipeline import snakemake
+
+    path, code, config_line = readme_steps()
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text(code)
+    config = yaml.safe_load(SMOKE.read_text()) | config_line
+    config["grid"] |= {"variants": ["tied_a", "loraplus"], "seeds": [0]}
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(config))
+    snakemake(tmp_path, config=tmp_path / "my.yaml")
+    results = pd.read_csv(tmp_path / "reports" / "results.csv")
+    assert set(results["variant"]) == {"tied_a", "loraplus"} and set(results["status"]) == {"ok"}
+    assert set(results["model"]) == {"llama-tiny", "gpt2-tiny"}
+    assert "tied_a" in (tmp_path / "reports" / "summary.md").read_text()
+    assert (tmp_path / "reports" / "accuracy_vs_rank.png").stat().st_size > 0

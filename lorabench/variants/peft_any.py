@@ -62,7 +62,10 @@ class AnyPeft(PeftVariant):
     @classmethod
     def ranked(cls, options: dict[str, Any]) -> bool:
         """A method whose config has no rank field (IA3) runs once per grid point set, at rank 0."""
-        config_class = cls._config_class(options.get("peft_config", {}).get("peft_type", "LORA"))
+        try:
+            config_class = cls._config_class(options.get("peft_config", {}).get("peft_type", "LORA"))
+        except ValueError:  # an unknown peft_type: refused by layer_problem, which names the known ones
+            return cls.uses_rank
         return any(name in RANK_FIELDS for name in (f.name for f in dataclasses.fields(config_class)))
 
     def layer_problem(self, name: str, layer: nn.Module) -> str | None:
@@ -73,7 +76,7 @@ class AnyPeft(PeftVariant):
         try:
             get_peft_model(stand_in, self.peft_config())
         except Exception as error:  # PEFT raises TypeError, ValueError or NotImplementedError here
-            return f"PEFT {self._settings()['peft_type']} refuses it: {type(error).__name__}: {error}"
+            return f"PEFT cannot build it: {type(error).__name__}: {error}"
         return None
 
     def after_step(self, model: nn.Module, optimizer: Any) -> None:
