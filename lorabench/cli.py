@@ -37,7 +37,7 @@ def _variants(args: argparse.Namespace) -> None:
     for name, cls in registry().items():
         try:
             count = f"{cls.trainable_parameters(m, n, r if cls.uses_rank else 0):,}"
-        except NotImplementedError:  # the generic `peft` entry: its count depends on its PEFT config
+        except (NotImplementedError, ValueError):  # `peft`, or a variant that needs options: counts depend on them
             count = "per config"
         print(f"{name:<12} {count:>28}  {cls.source}")
 
