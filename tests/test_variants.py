@@ -1,4 +1,4 @@
-"""The shipped variants, on both model families: their formulas, counts, generation and settings."""
+"""The shipped variants, on both model families: their formulas, counts and settings (the contract: test_contract.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse f
     one_torch_thread,
     target_shapes,
     tiny_model,
-    token_batch,
-    train,
 )
 
 from lorabench.variants import AdapterSpec, get, registry
