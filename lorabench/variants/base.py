@@ -1,8 +1,10 @@
 """The contract every variant implements, and the spec it is built from.
 
-A variant is one small module in ``lorabench/variants/`` that subclasses :class:`Variant`
-and decorates it with ``@register("name")`` (see ``lorabench/variants/__init__.py``).
-The training loop only talks to this interface, so the grid picks a new module up by name.
+A variant is one small module (in ``lorabench/variants/``, in a file of the user's own named by the
+config's ``variant_modules``, or in an installed package's entry point) that subclasses :class:`Variant`
+and decorates it with ``@register("name")`` (see ``lorabench/variants/__init__.py``). The training loop
+only talks to this interface, so the grid picks a new module up by name; ``lorabench test-variant NAME``
+checks that a variant keeps it (:mod:`lorabench.contract`).
 """
 
 from __future__ import annotations
