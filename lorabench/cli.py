@@ -1,4 +1,4 @@
-"""The ``lorabench`` command line: what the Snakemake rules call, plus ``variants`` and ``check``.
+"""The ``lorabench`` command line: what the Snakemake rules call, plus ``variants``, ``test-variant`` and ``check``.
 
 Heavy libraries are imported inside each command, so ``lorabench --help`` stays instant.
 """
@@ -16,17 +16,54 @@ from lorabench.config import SCHEMA
 LISTING_SHAPE = (64, 64, 4)
 
 
-def _variants(_: argparse.Namespace) -> None:
+def _user_variants(args: argparse.Namespace) -> dict:
+    """Load ``--module`` files and the ``--config``'s ``variant_modules``; returns the config's variant entries."""
+    import yaml
+
+    from lorabench.variants import load_modules
+
+    config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    try:
+        load_modules([*args.module, *config.get("variant_modules", [])])
+    except (OSError, SyntaxError, ImportError, ValueError) as error:
+        sys.exit(f"variant modules: {type(error).__name__}: {error}")
+    return config.get("variants", {})
+
+
+def _variants(args: argparse.Namespace) -> None:
     from lorabench.variants import registry
 
+    _user_variants(args)
     m, n, r = LISTING_SHAPE
     print(f"{'variant':<12} {'trainable @ (m,n,r)=' + str(LISTING_SHAPE):>28}  source")
     for name, cls in registry().items():
         try:
             count = f"{cls.trainable_parameters(m, n, r if cls.uses_rank else 0):,}"
-        except NotImplementedError:  # the generic `peft` entry: its count depends on its PEFT config
+        except (NotImplementedError, ValueError):  # `peft`, or a variant that needs options: counts depend on them
             count = "per config"
         print(f"{name:<12} {count:>28}  {cls.source}")
+
+
+def _test_variant(args: argparse.Namespace) -> None:
+    from lorabench.config import GRID_SETTINGS
+    from lorabench.contract import FAMILIES, check_variant
+    from lorabench.variants import registry
+
+    entry = _user_variants(args).get(args.name, {})
+    name = entry.get("uses", args.name)
+    if name not in registry():
+        sys.exit(f"test-variant: unknown variant {args.name!r}; registered: {', '.join(registry())} "
+                 "(a variant of your own: --module FILE or --config CONFIG with variant_modules)")
+    options = {key: value for key, value in entry.items() if key not in GRID_SETTINGS} or None
+    failed = False
+    for family in FAMILIES:
+        problems = check_variant(name, family, options)
+        failed |= bool(problems)
+        print(f"{args.name} on tiny {family}: " + ("ok" if not problems else "FAILED"))
+        for problem in problems:
+            print(f"  - {problem}")
+    if failed:
+        sys.exit(1)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -112,12 +149,24 @@ def _compare(args: argparse.Namespace) -> None:
           f"choices; mean target accuracy and forgetting per variant within {tolerance})")
 
 
+def _user_variant_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--module", action="append", default=[], type=Path,
+                         help="a Python file of your own that registers variants (repeatable)")
+    command.add_argument("--config", type=Path, help="a grid config: its variant_modules join the registry")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lorabench", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(required=True, metavar="COMMAND")
 
     listing = commands.add_parser("variants", help="list registered variants")
+    _user_variant_arguments(listing)
     listing.set_defaults(run=_variants)
+
+    contract = commands.add_parser("test-variant", help="check a variant's contract on tiny models (seconds)")
+    contract.add_argument("name", help="a registered variant, or a grid name of --config's `variants`")
+    _user_variant_arguments(contract)
+    contract.set_defaults(run=_test_variant)
 
     check = commands.add_parser("check", help="validate a grid config without running anything")
     check.add_argument("config", type=Path)

@@ -199,13 +199,32 @@ class Grid:
                     "data.max_len or lower data.train, data.validation or data.test"
                 )
 
+    def load_variant_modules(self) -> None:
+        """Import the config's ``variant_modules`` so their variants join the registry, naming a bad entry."""
+        from lorabench.variants import load_modules
+
+        for index, path in enumerate(self.config.get("variant_modules", [])):
+            try:
+                load_modules([path])
+            except Exception as error:  # a missing file, a syntax error, a name registered twice
+                raise ConfigError(
+                    f"config error at `variant_modules/{index}`: {path!r}: {type(error).__name__}: {error}. Expected a "
+                    "Python file, relative to the working directory, that registers variants with @register(\"name\")"
+                ) from None
+
     def _variant_class(self, name: str):
         from lorabench.variants import get
 
         return get(self.variants()[name])
 
     def ranks(self, variant: str) -> list[int]:
-        return self.config["grid"]["ranks"] if self._variant_class(variant).uses_rank else [0]
+        """The grid's ranks, or ``[0]`` for a method without a rank (full fine-tuning, PEFT's IA3)."""
+        return self.config["grid"]["ranks"] if self._variant_class(variant).ranked(self.variant_options(variant)) else [0]
+
+    def variant_options(self, variant: str) -> dict[str, Any]:
+        """The variant's own options: its config entry without the grid's settings (:data:`GRID_SETTINGS`)."""
+        settings = self.config.get("variants", {}).get(variant, {})
+        return {key: value for key, value in settings.items() if key not in GRID_SETTINGS}
 
     def lrs(self, variant: str) -> list[float]:
         return self.config.get("variants", {}).get(variant, {}).get("lrs", self.config["grid"]["lrs"])
@@ -290,6 +309,8 @@ class Grid:
             "forgetting": self.config.get("forgetting", {}),
             "data": self.config["data"],
             "eval_batch_size": train.get("eval_batch_size", 128),
+            "variant_modules": self.config.get("variant_modules", []),
+            "save_adapters": train.get("save_adapters", False),
             "train": {k: train[k] for k in ("steps", "batch_size", "weight_decay", "log_every") if k in train},
             "points": [self._point_job(p) for p in points],
         }
@@ -445,17 +466,29 @@ class Grid:
             "threads": threads,
         }
 
+    def check_saving(self) -> None:
+        """``train.save_adapters`` needs every variant of the grid to implement ``save``."""
+        from lorabench.variants.base import saves
+
+        if not self.config["train"].get("save_adapters"):
+            return
+        if unsaved := [name for name in self.variants() if not saves(self._variant_class(name))]:
+            raise ConfigError(
+                f"config error at `train/save_adapters`: true, but variant(s) {unsaved} implement no `save`; "
+                "set it to false or leave those variants out of grid/variants"
+            )
+
     def check_ranks(self) -> None:
-        """Refuse a target name that matches no layer, and a rank that some variant cannot apply to some targeted
-        layer, naming both."""
-        from lorabench.models import unmatched_targets
+        """Refuse a target name that matches no layer, a rank that some variant cannot apply to some targeted
+        layer, and a variant that cannot adapt a targeted layer's type, naming both."""
+        from lorabench.models import layer_weight, unmatched_targets
 
         for model, spec in self.config["models"].items():
-            shapes = self._layer_shapes(model)
-            if shapes is None:  # a hub name not resolvable here (offline): the train job reports it
+            layers = self._target_layers(model)
+            if layers is None:  # a hub name not resolvable here (offline): the train job reports it
                 continue
-            if missing := unmatched_targets(shapes, spec["target_modules"]):
-                matched = sorted({name.rsplit(".", 1)[-1] for name in shapes})
+            if missing := unmatched_targets(layers, spec["target_modules"]):
+                matched = sorted({name.rsplit(".", 1)[-1] for name in layers})
                 raise ConfigError(
                     f"config error at `models/{model}/target_modules`: {', '.join(map(repr, missing))} "
                     f"{'matches' if len(missing) == 1 else 'match'} no adaptable layer of this model; use the last "
@@ -464,7 +497,8 @@ class Grid:
                 )
             for variant in self.variants():
                 for rank in self.ranks(variant):
-                    for layer, (m, n) in shapes.items():
+                    for layer, module in layers.items():
+                        m, n = layer_weight(module).shape
                         problem = self._variant_class(variant).rank_problem(m, n, rank)
                         if problem:
                             raise ConfigError(
@@ -472,30 +506,53 @@ class Grid:
                                 f"variant {variant!r}: layer {layer} of shape (m, n) = ({m}, {n}): {problem}. "
                                 "Choose ranks that fit every targeted layer, or leave the variant out of grid/variants."
                             )
+                self._check_layer_types(model, variant, layers)
 
-    def _layer_shapes(self, model: str) -> dict[str, tuple[int, int]] | None:
-        """``(m, n)`` of every targeted layer of ``model``, without loading weights; ``None``: not resolvable here.
+    def _check_layer_types(self, model: str, variant: str, layers: dict[str, Any]) -> None:
+        """Try ``variant`` on a weightless copy of one layer of each targeted type, so a method that cannot
+        wrap it (PEFT's LoHa on GPT-2's Conv1D) is refused now instead of failing every run."""
+        from lorabench.variants import AdapterSpec
 
-        A GGUF model's shapes come from its cached checkpoint once that exists (instant), before that from the
+        spec = AdapterSpec(
+            rank=min(self.ranks(variant)), alpha=self.config["train"].get("alpha", 8),
+            target_modules=tuple(self.config["models"][model]["target_modules"]),
+            options=self.variant_options(variant), total_steps=self.config["train"]["steps"],
+        )
+        try:
+            instance = self._variant_class(variant)(spec)
+        except ValueError as error:  # a variant refusing its options or settings when built
+            raise ConfigError(f"config error at `variants/{variant}`: {error}") from None
+        for kind, (layer, module) in {type(module): (name, module) for name, module in layers.items()}.items():
+            if problem := instance.layer_problem(layer, module):
+                raise ConfigError(
+                    f"config error at `variants/{variant}`: variant {variant!r} cannot adapt layer {layer} "
+                    f"({kind.__name__}) of model {model!r}: {problem}. Choose a method that supports "
+                    f"{kind.__name__} layers, or leave the variant out of grid/variants."
+                )
+
+    def _target_layers(self, model: str) -> dict[str, Any] | None:
+        """Every targeted layer of ``model``, weightless (meta device); ``None``: not resolvable here.
+
+        A GGUF model's layers come from its cached checkpoint once that exists (instant), before that from the
         GGUF metadata (seconds), so a rank that does not fit is refused before the minute-long caching runs.
         """
-        from lorabench.models import checkpoint_layer_shapes, target_layer_shapes
+        from lorabench.models import checkpoint_target_layers, target_layers
 
         spec, source = self.config["models"][model], self.model_source(model)
         targets = spec["target_modules"]
         try:
             if source == "architecture":
-                return target_layer_shapes(spec["architecture"], targets)
+                return target_layers(spec["architecture"], targets)
             cached = (Path(self.checkpoint(model)) / "config.json").exists()
             if source == "gguf" and not cached:
-                from lorabench.offline_assets import gguf_layer_shapes
+                from lorabench.offline_assets import gguf_target_layers
 
-                return gguf_layer_shapes(spec["gguf"], targets)
+                return gguf_target_layers(spec["gguf"], targets)
             if source == "package" and not cached:
                 from lorabench.offline_assets import find_package_checkpoint
 
-                return checkpoint_layer_shapes(str(find_package_checkpoint(spec["package"])), targets)
-            return checkpoint_layer_shapes(self.checkpoint(model), targets)
+                return checkpoint_target_layers(str(find_package_checkpoint(spec["package"])), targets)
+            return checkpoint_target_layers(self.checkpoint(model), targets)
         except Exception as error:  # a broken local config.json, an absent GGUF package, no `gguf` reader
             raise ConfigError(f"config error at `models/{model}/{source}`: {error}") from None
 
@@ -531,11 +588,13 @@ def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     grid = Grid(config)
     grid.check_models()
     grid.check_tasks()
+    grid.load_variant_modules()
     grid.check_data()
     grid.check_values()
     grid.check_variant_entries()
     grid.variants()
     grid.check_variant_settings()
+    grid.check_saving()
     grid.check_ranks()
     grid.job_outputs()
     return grid

@@ -130,18 +130,18 @@ def architecture_problem(architecture: dict[str, Any]) -> str | None:
     return None
 
 
-def target_layer_shapes(architecture: dict[str, Any], target_modules: list[str]) -> dict[str, tuple[int, int]]:
-    """``(m, n)`` of every targeted layer, read from a weightless (meta-device) instance.
+def target_layers(architecture: dict[str, Any], target_modules: list[str]) -> dict[str, torch.nn.Module]:
+    """Every targeted layer of a weightless (meta-device) instance: shapes and layer types without weights.
 
-    Used to check ranks against the model before any job runs, without allocating weights.
+    Used to check ranks and layer types against the model before any job runs, without allocating weights.
     """
     with torch.device("meta"):
         model = build_embedded(architecture, character_tokenizer(), seed=0)
-    return {name: tuple(layer_weight(module).shape) for name, module in targeted_layers(model, target_modules)}
+    return dict(targeted_layers(model, target_modules))
 
 
-def checkpoint_layer_shapes(path: str, target_modules: list[str]) -> dict[str, tuple[int, int]] | None:
-    """Like :func:`target_layer_shapes` for a hub name or local folder, from its ``config.json`` alone.
+def checkpoint_target_layers(path: str, target_modules: list[str]) -> dict[str, torch.nn.Module] | None:
+    """Like :func:`target_layers` for a hub name or local folder, from its ``config.json`` alone.
 
     ``None`` when the config cannot be resolved here (a hub name offline, or not cached), so the
     pre-check is skipped and the train job records the failure instead.
@@ -154,11 +154,11 @@ def checkpoint_layer_shapes(path: str, target_modules: list[str]) -> dict[str, t
         if (Path(path) / "config.json").exists():
             raise  # a local folder whose config is broken is the user's to fix now
         return None
-    return config_layer_shapes(config, target_modules)
+    return config_target_layers(config, target_modules)
 
 
-def config_layer_shapes(config: PretrainedConfig, target_modules: list[str]) -> dict[str, tuple[int, int]]:
-    """``(m, n)`` of every targeted layer of the backbone ``config`` describes, from a meta-device instance.
+def config_target_layers(config: PretrainedConfig, target_modules: list[str]) -> dict[str, torch.nn.Module]:
+    """Every targeted layer of the backbone ``config`` describes, from a meta-device instance.
 
     The backbone (``AutoModel``) holds every adapted layer of a causal LM and of an encoder alike, whatever
     head a task puts on top.
@@ -167,7 +167,7 @@ def config_layer_shapes(config: PretrainedConfig, target_modules: list[str]) -> 
 
     with torch.device("meta"):
         model = AutoModel.from_config(config)
-    return {name: tuple(layer_weight(module).shape) for name, module in targeted_layers(model, target_modules)}
+    return dict(targeted_layers(model, target_modules))
 
 
 def target_weights(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.Tensor]:

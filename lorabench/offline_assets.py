@@ -29,6 +29,10 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ARITHMETIC_MODULES = (
     "add_or_sub",
@@ -65,14 +69,14 @@ def cache_gguf_checkpoint(gguf_path_or_package: str, out_dir: Path) -> Path:
     return out_dir
 
 
-def gguf_layer_shapes(gguf_path_or_package: str, target_modules: list[str]) -> dict[str, tuple[int, int]]:
-    """``(m, n)`` of every targeted layer, from the GGUF file's metadata alone (no weights are read)."""
+def gguf_target_layers(gguf_path_or_package: str, target_modules: list[str]) -> dict[str, nn.Module]:
+    """Every targeted layer, weightless, from the GGUF file's metadata alone (no weights are read)."""
     from transformers import AutoConfig
 
-    from lorabench.models import config_layer_shapes
+    from lorabench.models import config_target_layers
 
     gguf_file = find_gguf_file(gguf_path_or_package)
-    return config_layer_shapes(AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name), target_modules)
+    return config_target_layers(AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name), target_modules)
 
 
 def find_gguf_file(gguf_path_or_package: str) -> Path:

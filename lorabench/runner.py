@@ -24,13 +24,14 @@ from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
 from lorabench.tasks.base import Task
 from lorabench.train import TrainOutcome, TrainSettings, encode_batch, train
-from lorabench.variants import AdapterSpec, get
+from lorabench.variants import AdapterSpec, get, load_modules
 
 log = logging.getLogger(__name__)
 
 
 def run_job(job: dict[str, Any]) -> None:
     """Run every grid point of ``job`` (built by ``lorabench.config.train_job``)."""
+    load_modules(job.get("variant_modules", []))  # the user's variants: registered here as on the host
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     device = select_device(job["device"])
@@ -196,6 +197,7 @@ def _train_and_measure(
     spec = AdapterSpec(
         rank=point["rank"], alpha=job["alpha"], target_modules=tuple(job["target_modules"]),
         seed=point["seed"], dropout=job["dropout"], options=point["variant_options"],
+        total_steps=job["train"]["steps"],
     )
     variant = get(point["uses"])(spec)
     head = task_head(model) if target.labels is not None else []
@@ -210,10 +212,14 @@ def _train_and_measure(
     outcome = train(
         model, tokenizer, target.split("train"), settings, point["seed"], device,
         after_step=variant.after_step, description=record["run_id"], labels=target.labels,
+        parameter_groups=variant.parameter_groups(model, point["lr"]),
     )
     _record_training(record, outcome)
     if outcome.status != "ok":
         return
+    record["extra"] |= variant.record_extra(model)
+    if job.get("save_adapters"):
+        variant.save(model, adapter_directory(point["record"]))
     record["target"]["accuracy_after"] = evaluate(target, "test")
     record["extra"]["validation_accuracy"] = evaluate(target, "validation")
     for name in job["source_tasks"]:
@@ -227,6 +233,11 @@ def _train_and_measure(
     per_task = record["forgetting"]["per_task"].values()
     record["forgetting"]["mean"] = sum(per_task) / len(per_task) if per_task else None
     record["extra"] |= _weight_forgetting(base.weights, variant.merge(model), job["target_modules"])
+
+
+def adapter_directory(record: str) -> Path:
+    """Where ``train.save_adapters`` keeps a run's trained state: its record's path under ``results/adapters``."""
+    return Path(record.replace("/runs/", "/adapters/", 1)).with_suffix("")
 
 
 def _weight_forgetting(
@@ -271,6 +282,7 @@ def _empty_record(
                                          "eval_batch_size")},
             **{key: point[key] for key in ("uses", "variant_options")},
             "train": {**job["train"], "optimizer": point["optimizer"]},
+            **{key: job.get(key, default) for key, default in (("variant_modules", []), ("save_adapters", False))},
         },
         "parameters": {"trainable": None, "total": None},
         "timing": {"method": "perf_counter", "train_seconds": None, "step_ms_median": None, "step_ms_mean": None,

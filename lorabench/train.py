@@ -103,8 +103,11 @@ def encode_batch(
     return collate(tokenize_examples(tokenizer, examples, max_length, labels), tokenizer.pad_token_id, device)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
-    """AdamW, or plain SGD for variants whose theory is stated for SGD (resampled: E[update] = -2 lr G)."""
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict], settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW, or plain SGD for variants whose theory is stated for SGD (resampled: E[update] = -2 lr G).
+
+    ``params``: parameters, or parameter groups (a variant's :meth:`~lorabench.variants.Variant.parameter_groups`).
+    """
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, weight_decay=settings.weight_decay)
     if settings.optimizer == "adamw":
@@ -122,12 +125,14 @@ def train(
     after_step: Callable[[torch.nn.Module, torch.optim.Optimizer], None] = lambda model, optimizer: None,
     description: str = "train",
     labels: Sequence[str] | None = None,
+    parameter_groups: list[dict] | None = None,
 ) -> TrainOutcome:
-    """The settings' optimizer on the parameters that require grad; measures every step and the phase's peak memory.
+    """The settings' optimizer on ``parameter_groups`` (default: the parameters that require grad); measures
+    every step and the phase's peak memory.
 
     ``labels``: the class names of a classification task (a sequence-classification model), else None.
     """
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
+    optimizer = make_optimizer(parameter_groups or [p for p in model.parameters() if p.requires_grad], settings)
     sampler = random.Random(seed)
     tokenized = tokenize_examples(tokenizer, examples, settings.max_length, labels)
     outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
@@ -146,8 +151,8 @@ def train(
             break
         loss.backward()
         optimizer.step()
+        after_step(model, optimizer)  # before zero_grad: AdaLoRA's rank allocation reads the gradients
         optimizer.zero_grad(set_to_none=True)
-        after_step(model, optimizer)
         outcome.clock.stop()
         if step % settings.log_every == 0 or step == settings.steps - 1:
             _log_loss(outcome, step, loss.item())

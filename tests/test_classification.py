@@ -123,6 +123,19 @@ def test_every_variant_trains_its_adapter_and_the_new_head(assets: dict[str, Pat
     assert 0 <= record["target"]["accuracy_before"] <= 1 and 0 <= record["target"]["accuracy_after"] <= 1
 
 
+def test_save_adapters_keeps_each_run_s_adapter_and_it_reloads_onto_the_base(assets: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    record = tmp_path / "results" / "runs" / "tiny-bert" / "seed0.json"
+    run_job(_job(assets, "peft_lora", record) | {"save_adapters": True})
+    assert json.loads(record.read_text())["hyperparameters"]["save_adapters"] is True
+    saved = tmp_path / "results" / "adapters" / "tiny-bert" / "seed0"
+    base, _ = load(assets["model"], labels=LABELS)
+    reloaded = PeftModel.from_pretrained(base, str(saved))
+    assert any("lora_B" in name and parameter.abs().sum() > 0 for name, parameter in reloaded.named_parameters())
+
+
 def test_identical_pairs_are_always_retrieved_and_mismatched_ones_never(assets: dict[str, Path]) -> None:
     model, tokenizer = load(assets["model"], labels=LABELS)
     texts = [row["a"] for row in fixtures_hub.PARAPHRASE_ROWS]

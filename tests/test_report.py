@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pandas as pd
@@ -167,7 +168,16 @@ def test_ci95_matches_seaborn_bootstrap_interval() -> None:
 def test_variant_colours_do_not_depend_on_which_variants_are_present() -> None:
     assert plots.variant_palette(["resampled", "lora"]) == {"lora": "tab:blue", "resampled": "tab:red"}
     assert plots.variant_order(["zeta", "lora", "alpha", "full"]) == ["full", "lora", "alpha", "zeta"]
-    assert plots.variant_colour("my_new_variant") == plots.variant_palette(["my_new_variant", "x"])["my_new_variant"]
+
+
+@pytest.mark.parametrize("n_new", [2, 30])
+def test_new_variants_get_distinct_colours_that_no_shipped_variant_has(n_new: int) -> None:
+    """Two names whose hash once picked the same spare colour ("tied_a", "shared_a"), and more names than spares."""
+    new = ["tied_a", "shared_a"] if n_new == 2 else [f"user_{i}" for i in range(n_new)]
+    palette = plots.variant_palette([*new, *plots.VARIANT_COLOURS])
+    colours = [matplotlib.colors.to_hex(colour) for colour in palette.values()]
+    assert len(set(colours)) == len(palette) == n_new + len(plots.VARIANT_COLOURS)
+    assert palette == plots.variant_palette(reversed(list(palette)))  # deterministic, whatever the order
 
 
 def test_figures_use_only_ok_runs_at_the_validation_lr(results: pd.DataFrame) -> None:

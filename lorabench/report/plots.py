@@ -2,13 +2,12 @@
 
 Every figure that compares variants uses only ``status == "ok"`` runs at the lr chosen on
 validation (:func:`lorabench.aggregate.best_lr`), one colour per variant that never changes
-between figures, and a 95% bootstrap CI over seeds (:func:`ci95_bounds`). Where tasks are pooled, each seed's
+between figures (:func:`variant_palette` over the whole table's variants), and a 95% bootstrap CI over seeds (:func:`ci95_bounds`). Where tasks are pooled, each seed's
 runs are averaged first, so the CI stays a CI over seeds and not over tasks.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator
 from itertools import product
 from pathlib import Path
@@ -45,6 +44,7 @@ VARIANT_COLOURS = {
     "additive": "tab:orange",
     "resampled": "tab:red",
     "peft": "goldenrod",
+    "loraplus": "slateblue",
 }
 """Known variants in their reading order: the practitioners' baselines first, MATH.md's last."""
 SPARE_COLOURS = ("teal", "magenta", "lime", "maroon", "indigo", "coral", "black", "darkkhaki")
@@ -62,14 +62,19 @@ def variant_order(variants: Iterable[str]) -> list[str]:
 
 
 def variant_colour(variant: str) -> str:
-    """A colour that depends on the name alone, so a variant looks the same in every figure."""
-    if variant in VARIANT_COLOURS:
-        return VARIANT_COLOURS[variant]
-    return SPARE_COLOURS[zlib.crc32(variant.encode()) % len(SPARE_COLOURS)]
+    """The fixed colour of a shipped variant (figures that show one named variant, e.g. the theory checks)."""
+    return VARIANT_COLOURS[variant]
 
 
 def variant_palette(variants: Iterable[str]) -> dict[str, str]:
-    return {name: variant_colour(name) for name in variant_order(variants)}
+    """Shipped variants keep their colours; the others (user variants, config aliases), in name order, take
+    :data:`SPARE_COLOURS`, then evenly spaced hues: every variant distinct, and the same colour in every
+    figure drawn from the same table, which is why figures pass the whole table's variants."""
+    order = variant_order(variants)
+    unknown = [name for name in order if name not in VARIANT_COLOURS]
+    hues = [matplotlib.colors.to_hex(rgb) for rgb in sns.color_palette("husl", max(0, len(unknown) - len(SPARE_COLOURS)))]
+    spare = dict(zip(unknown, [*SPARE_COLOURS, *hues]))
+    return {name: VARIANT_COLOURS.get(name) or spare[name] for name in order}
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -137,10 +142,12 @@ def _grid(n_rows: int, n_cols: int, title: str, panel: tuple[float, float] = (4.
     return fig, axes
 
 
-def _variant_legend(fig, variants: Iterable[str], extra: list[tuple[Line2D, str]] = ()) -> None:
-    """One legend right of all panels, same entries and order in every figure."""
-    handles = [Line2D([], [], color=c, marker="o", linewidth=2) for c in variant_palette(variants).values()]
-    labels = list(variant_palette(variants))
+def _variant_legend(
+    fig, variants: Iterable[str], palette: dict[str, str], extra: list[tuple[Line2D, str]] = ()
+) -> None:
+    """One legend right of all panels for the ``variants`` shown, in their order, coloured by ``palette``."""
+    labels = variant_order(variants)
+    handles = [Line2D([], [], color=palette[name], marker="o", linewidth=2) for name in labels]
     handles += [handle for handle, _ in extra]
     labels += [label for _, label in extra]
     fig.legend(handles, labels, title="variant", loc="outside center right")
@@ -192,7 +199,7 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
     fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, bars: 95% CI; lr chosen on validation")
     ranked = runs[runs["rank"] != NO_RANK]
     rank_free = runs[runs["rank"] == NO_RANK]
-    palette = variant_palette(runs["variant"])
+    palette = variant_palette(results["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = ranked[(ranked["task"] == task) & (ranked["model"] == model)]
         if not panel.empty:
@@ -203,13 +210,13 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
             _log2_rank_axis(ax, panel["rank"])
         for variant, full in rank_free[(rank_free["task"] == task) & (rank_free["model"] == model)].groupby("variant"):
             mean, low, high = ci95(full["target_acc_after"])
-            ax.axhline(mean, color=variant_colour(variant), linestyle="--")
+            ax.axhline(mean, color=palette[variant], linestyle="--")
             if not np.isnan(low):
-                ax.axhspan(low, high, color=variant_colour(variant), alpha=0.15)
+                ax.axhspan(low, high, color=palette[variant], alpha=0.15)
         ax.set(title=f"{model} · {task}", xlabel="rank r (log₂ scale)", ylabel="target test accuracy")
         _accuracy_axis(ax)
     full_handle = Line2D([], [], color="black", linestyle="--")
-    _variant_legend(fig, runs["variant"], [(full_handle, "dashed: no rank (full FT;\nband: 95% CI)")])
+    _variant_legend(fig, runs["variant"], palette, [(full_handle, "dashed: no rank (full FT;\nband: 95% CI)")])
     _save(fig, out_path)
 
 
@@ -241,11 +248,12 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
     models = sorted(points["model"].unique())
     fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds (tasks averaged per seed), bars: 95% CI; "
                       "line: lr order; ★ chosen on validation; dotted: Pareto front", panel=(5.6, 4.6))
+    palette = variant_palette(results["variant"])
     for ax, model in zip(axes[0], models):
         panel = points[points["model"] == model]
         means = []
         for variant, sweep in panel.groupby("variant"):
-            colour = variant_colour(variant)
+            colour = palette[variant]
             curve = sweep.groupby("lr")[["target_acc_after", "forgetting", "chosen"]].mean().sort_index()
             ax.plot(curve["target_acc_after"], curve["forgetting"], "-", color=colour, alpha=0.6, linewidth=1.2)
             for lr, seeds in sweep.groupby("lr"):
@@ -265,7 +273,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
         )  # fmt: skip
         _accuracy_axis(ax, "x")
     base_handle = Line2D([], [], color="black", marker="s", linestyle="none")
-    _variant_legend(fig, points["variant"], [(base_handle, "untrained model")])
+    _variant_legend(fig, points["variant"], palette, [(base_handle, "untrained model")])
     _save(fig, out_path)
 
 
@@ -283,7 +291,7 @@ def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
     tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
     fig, axes = _grid(len(tasks), len(models), title + f"\nrank {rank}; line: mean over seeds, bars: 95% CI; "
                       "● chosen, × chosen at an edge of the sweep")
-    palette = variant_palette(runs["variant"])
+    palette = variant_palette(results["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = runs[(runs["task"] == task) & (runs["model"] == model)]
         sns.lineplot(panel, x="lr", y=VALIDATION_COLUMN, hue="variant", palette=palette, errorbar=ERRORBAR,
@@ -296,7 +304,7 @@ def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
         ax.set_xscale("log")
         ax.set(title=f"{model} · {task}", xlabel="learning rate (log scale)", ylabel="validation accuracy")
         _accuracy_axis(ax)
-    _variant_legend(fig, runs["variant"])
+    _variant_legend(fig, runs["variant"], palette)
     _save(fig, out_path)
 
 
@@ -316,7 +324,7 @@ def plot_cost(results: pd.DataFrame, out_path: Path) -> None:
         for i, (metric, label) in enumerate(metrics.items()):
             sns.barplot(
                 points[points["model"] == model], x="variant", y=metric, hue="variant", order=order,
-                palette=variant_palette(order), errorbar=ERRORBAR, ax=axes[i, j], legend=False,
+                palette=variant_palette(results["variant"]), errorbar=ERRORBAR, ax=axes[i, j], legend=False,
                 err_kws={"color": "black", "linewidth": 1.2},
             )  # fmt: skip
             axes[i, j].set(title=f"{model}", xlabel="", ylabel=label)
@@ -333,16 +341,17 @@ def plot_params_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
     points = seed_means(runs, ["model", "variant", "rank", "trainable_params"], ["target_acc_after"])
     models = sorted(points["model"].unique())
     fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds, bars: 95% CI", panel=(4.8, 3.8))
+    palette = variant_palette(results["variant"])
     for ax, model in zip(axes[0], models):
         sns.lineplot(
             points[points["model"] == model], x="trainable_params", y="target_acc_after", hue="variant",
-            palette=variant_palette(points["variant"]), errorbar=ERRORBAR, err_style="bars", marker="o",
+            palette=palette, errorbar=ERRORBAR, err_style="bars", marker="o",
             ax=ax, legend=False,
         )  # fmt: skip
         ax.set_xscale("log")
         ax.set(title=model, xlabel="trainable parameters (log scale)", ylabel="target test accuracy")
         _accuracy_axis(ax)
-    _variant_legend(fig, points["variant"])
+    _variant_legend(fig, points["variant"], palette)
     _save(fig, out_path)
 
 
@@ -355,13 +364,13 @@ def plot_loss_curves(loss_curves: pd.DataFrame, out_path: Path) -> None:
         return _no_data(out_path, title)
     tasks, models = sorted(curves["task"].unique()), sorted(curves["model"].unique())
     fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, band: 95% CI")
-    palette = variant_palette(curves["variant"])
+    palette = variant_palette(loss_curves["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = curves[(curves["task"] == task) & (curves["model"] == model)]
         sns.lineplot(panel, x="step", y="loss", hue="variant", palette=palette, errorbar=ERRORBAR, ax=ax, legend=False)
         ax.set(title=f"{model} · {task}", xlabel="optimizer step", ylabel="training loss (cross-entropy, nats)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _variant_legend(fig, curves["variant"])
+    _variant_legend(fig, curves["variant"], palette)
     _save(fig, out_path)
 
 

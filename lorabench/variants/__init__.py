@@ -1,19 +1,33 @@
 """The variant registry: every module in this package registers one variant by name.
 
-Adding a variant is adding one module here with a ``@register("name")`` class; nothing else
-changes, because the grid's ``variants: all`` and ``lorabench variants`` read this registry.
+Adding a variant is one module with a ``@register("name")`` class: in this package, in a file of the
+user's own named by the config's ``variant_modules`` (:func:`load_modules`), or in an installed package
+that declares it under the entry point group :data:`ENTRY_POINT_GROUP`. Nothing else changes, because
+the grid's ``variants: all``, ``lorabench variants`` and every job read this registry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import pkgutil
+import sys
+from collections.abc import Iterable
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable, TypeVar
 
+from lorabench.variants._layers import AdapterLayer, layer_shape, merge_adapters, wrap_targets
 from lorabench.variants.base import AdapterSpec, Variant
 
 V = TypeVar("V", bound=type[Variant])
 _REGISTRY: dict[str, type[Variant]] = {}
+_USER_MODULES: set[Path] = set()
+ENTRY_POINT_GROUP = "lorabench.variants"
+"""Installed packages add variants by naming their module here, e.g. in pyproject.toml:
+``[project.entry-points."lorabench.variants"] tied_a = "my_pkg.tied_a"``."""
 
 
 def register(name: str) -> Callable[[V], V]:
@@ -33,6 +47,48 @@ def _import_all() -> None:
     for module in pkgutil.iter_modules(__path__):
         if not module.name.startswith("_") and module.name != "base":
             importlib.import_module(f"{__name__}.{module.name}")
+    _load_entry_points()
+
+
+@cache
+def _load_entry_points() -> None:
+    """Import every installed package's variant modules once per process."""
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as error:
+            raise ImportError(f"entry point {point.name!r} = {point.value!r} of group {ENTRY_POINT_GROUP!r} "
+                              f"failed to load: {error}") from error
+
+
+def load_modules(paths: Iterable[str | Path]) -> list[Path]:
+    """Import the user's variant files (relative to the working directory), so their ``@register`` classes
+    join the registry; each file once per process. Returns the files' resolved paths: what every job must
+    import too, and what decides whether a changed file changes results."""
+    resolved = []
+    for path in paths:
+        file = Path(path).resolve()
+        if file.suffix != ".py" or not file.is_file():
+            raise FileNotFoundError(f"variant module {str(path)!r} is not a .py file (looked for {file}); give "
+                                    "the path of a Python file, relative to the working directory")
+        if file not in _USER_MODULES:
+            _import_file(file)
+            _USER_MODULES.add(file)
+        resolved.append(file)
+    return resolved
+
+
+def _import_file(file: Path) -> None:
+    """Execute ``file`` as a module under a name unique to its path (two folders may hold ``variants.py``)."""
+    name = f"lorabench_user_variants.{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 def registry() -> dict[str, type[Variant]]:
@@ -49,4 +105,5 @@ def get(name: str) -> type[Variant]:
     return variants[name]
 
 
-__all__ = ["AdapterSpec", "Variant", "get", "register", "registry"]
+__all__ = ["ENTRY_POINT_GROUP", "AdapterLayer", "AdapterSpec", "Variant", "get", "layer_shape", "load_modules",
+           "merge_adapters", "register", "registry", "wrap_targets"]

@@ -1,8 +1,10 @@
 """The contract every variant implements, and the spec it is built from.
 
-A variant is one small module in ``lorabench/variants/`` that subclasses :class:`Variant`
-and decorates it with ``@register("name")`` (see ``lorabench/variants/__init__.py``).
-The training loop only talks to this interface, so the grid picks a new module up by name.
+A variant is one small module (in ``lorabench/variants/``, in a file of the user's own named by the
+config's ``variant_modules``, or in an installed package's entry point) that subclasses :class:`Variant`
+and decorates it with ``@register("name")`` (see ``lorabench/variants/__init__.py``). The training loop
+only talks to this interface, so the grid picks a new module up by name; ``lorabench test-variant NAME``
+checks that a variant keeps it (:mod:`lorabench.contract`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class AdapterSpec:
     options: dict[str, Any] = field(default_factory=dict)
     """Variant-specific settings from the config, e.g. ``resample_every`` or a PEFT config; the variant
     parses them into its :attr:`Variant.Options`."""
+    total_steps: int | None = None
+    """Optimizer steps the run will take, for methods with a schedule (AdaLoRA's rank budget)."""
 
 
 @dataclass(frozen=True)
@@ -131,33 +135,62 @@ class Variant:
         """Return ``model`` ready to train: exactly the trainable parameters require grad."""
         raise NotImplementedError
 
+    def parameter_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: every trainable parameter exactly once, at ``lr`` unless a
+        group sets its own (LoRA+ trains B faster than A)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
     def after_step(self, model: nn.Module, optimizer: Any) -> None:
-        """Called after every ``optimizer.step()``; resampled variants merge and redraw here."""
+        """Called after every ``optimizer.step()``, while the step's gradients still exist (AdaLoRA reads
+        them to reallocate its rank); resampled variants merge and redraw here."""
+
+    def record_extra(self, model: nn.Module) -> dict[str, float]:
+        """Facts about the trained model the grid cannot know, for the record's ``extra`` (e.g. the rank a
+        generic PEFT method actually used)."""
+        return {}
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Return a plain transformers model with the learnt update folded into its weights."""
         raise NotImplementedError
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        """Write the trained state (PEFT's adapter format for LoRA-family variants)."""
+        """Write the trained state (PEFT's adapter format for LoRA-family variants); the pipeline calls it
+        per run when the config sets ``train.save_adapters``. Optional: :func:`saves` tells."""
         raise NotImplementedError
 
     @classmethod
+    def ranked(cls, options: dict[str, Any]) -> bool:
+        """Whether the grid's ranks apply with these options; False runs the variant once, at rank 0."""
+        return cls.uses_rank
+
+    @classmethod
     def rank_problem(cls, m: int, n: int, r: int) -> str | None:
-        """Why rank ``r`` cannot adapt an ``(m, n)`` layer, or None; checked before any job runs."""
-        if cls.uses_rank and not 1 <= r <= min(m, n):
+        """Why rank ``r`` cannot adapt an ``(m, n)`` layer, or None; checked before any job runs (r = 0: no rank)."""
+        if r and not 1 <= r <= min(m, n):
             return f"rank {r} must be between 1 and min(m, n) = {min(m, n)}"
+        return None
+
+    def layer_problem(self, name: str, layer: nn.Module) -> str | None:
+        """Why this variant cannot adapt the targeted layer ``name`` (``layer``: a weightless meta-device copy),
+        or None; checked before any job runs, once per layer type of each model."""
         return None
 
     @classmethod
     def trainable_parameters(cls, m: int, n: int, r: int) -> int:
-        """Trainable parameters this variant adds to one ``(m, n)`` layer at rank ``r``."""
-        raise NotImplementedError
+        """Trainable parameters of a model that is one bias-free ``(m, n)`` layer, at rank ``r``: for listings.
+
+        Counted by default (:meth:`layer_parameters`), so a new variant needs no formula; a subclass may
+        state one, and the contract test checks it against the count. A run's record counts its own
+        model's parameters that require grad instead, where a factor shared by layers counts once.
+        """
+        return cls(AdapterSpec(rank=r, alpha=2.0 * r, target_modules=("layer",))).layer_parameters(m, n, r)
 
     def layer_parameters(self, m: int, n: int, r: int) -> int:
-        """:meth:`trainable_parameters` for this spec; only variants whose count depends on
-        ``spec.options`` (the generic ``peft`` path) override it."""
-        return self.trainable_parameters(m, n, r)
+        """This spec's variant at rank ``r`` applied to one ``(m, n)`` layer: its parameters that require grad."""
+        from lorabench.variants._layers import OneLayer
+
+        probe = type(self)(dataclasses.replace(self.spec, rank=r, target_modules=("layer",)))
+        return sum(p.numel() for p in probe.apply(OneLayer(m, n)).parameters() if p.requires_grad)
 
 
 def _required(option: dataclasses.Field) -> bool:
@@ -166,3 +199,8 @@ def _required(option: dataclasses.Field) -> bool:
 
 def _default(option: dataclasses.Field) -> Any:
     return option.default if option.default_factory is dataclasses.MISSING else option.default_factory()
+
+
+def saves(variant: type[Variant]) -> bool:
+    """Whether ``variant`` implements :meth:`Variant.save` (the pipeline keeps adapters only for those)."""
+    return variant.save is not Variant.save
