@@ -16,6 +16,8 @@ rule aggregate:
         curves="reports/loss_curves.csv",
     log:
         "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
     shell:
         "lorabench aggregate {input:q} --out reports > {log} 2>&1"
 
@@ -28,5 +30,7 @@ rule figures:
         [reported(name) for name in REPORT_ITEMS if name != "results.csv"],
     log:
         "results/logs/figures.log",
+    benchmark:
+        "results/benchmarks/figures.tsv"
     shell:
         "lorabench report --out reports > {log} 2>&1"

@@ -18,6 +18,8 @@ rule train:
         job=lambda wildcards, threads: json.dumps(GRID.train_job(dict(wildcards), config["device"], threads)),
     log:
         "results/logs/train/" + GRID.job_outputs()[0].removeprefix("results/runs/").removesuffix(".json") + ".log",
+    benchmark:
+        "results/benchmarks/train/" + GRID.job_outputs()[0].removeprefix("results/runs/").removesuffix(".json") + ".tsv"
     threads: 1
     resources:
         gpu=config["resources"]["gpus_per_train_job"],
