@@ -13,6 +13,7 @@ REPORT_ITEMS = {
     "forgetting_vs_accuracy.png": ("Accuracy and forgetting", "forgetting_vs_accuracy.rst"),
     "params_vs_accuracy.png": ("Accuracy and forgetting", "params_vs_accuracy.rst"),
     "cost.png": ("Cost", "cost.rst"),
+    "memory_account.png": ("Cost", "memory_account.rst"),
     "loss_curves.png": ("Training", "loss_curves.rst"),
     "status.png": ("Training", "status.rst"),
     "theory.png": ("Theory", "theory.rst"),
@@ -38,6 +39,7 @@ def run_report(out_dir: Path) -> None:
         "accuracy_vs_rank.png": plots.plot_accuracy_vs_rank,
         "forgetting_vs_accuracy.png": plots.plot_forgetting_vs_accuracy,
         "cost.png": plots.plot_cost,
+        "memory_account.png": plots.plot_memory_account,
         "params_vs_accuracy.png": plots.plot_params_vs_accuracy,
         "status.png": plots.plot_status,
     }.items():

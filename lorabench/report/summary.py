@@ -16,7 +16,7 @@ from lorabench.report.plots import (
     RANK_FREE, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
 )  # fmt: skip
 
-METRICS = ["target_acc_after", "forgetting", "step_ms", "peak_mem_added_mb"]
+METRICS = ["target_acc_after", "forgetting", "step_ms", "peak_mem_added_mb", "mem_account_mb"]
 MAX_LISTED_FAILURES = 40
 TIMING_MEANING = {
     "perf_counter": "`time.perf_counter` around each step on the CPU",
@@ -140,13 +140,13 @@ def section_model_table(model: str, table: dict[str, dict], rank: int) -> list[s
         "",
         f"Rank {rank} (full FT: no rank); tasks averaged within each seed; mean ± 95% CI half-width over seeds.",
         "",
-        "| variant | trainable params | target acc | forgetting | step ms | peak MiB added |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | trainable params | target acc | forgetting | step ms | peak MiB added | MiB held (exact) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for variant, row in table.items():
         lines.append(
             f"| {variant} | {row['params']:,.0f} | {row['target_acc_after'].text(3)} | {row['forgetting'].text(3)} "
-            f"| {row['step_ms'].text(1)} | {row['peak_mem_added_mb'].text(1)} |"
+            f"| {row['step_ms'].text(1)} | {row['peak_mem_added_mb'].text(1)} | {row['mem_account_mb'].text(3)} |"
         )
     return lines + [""]
 
@@ -169,10 +169,16 @@ def answer_resampling(table: dict, model: str) -> str:
         f"On {model}, resampled forgets {res['forgetting'].text(3)} {forget}; its target accuracy is "
         f"{res['target_acc_after'].text(3)} vs lora {lora['target_acc_after'].text(3)} and full "
         f"{full['target_acc_after'].text(3)}, a step takes {res['step_ms'].text(1)} vs {lora['step_ms'].text(1)} "
-        f"and {full['step_ms'].text(1)} ms, and training adds {res['peak_mem_added_mb'].text(1)} vs "
-        f"{lora['peak_mem_added_mb'].text(1)} and {full['peak_mem_added_mb'].text(1)} MiB "
-        "([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png))."
+        f"and {full['step_ms'].text(1)} ms, and training holds {_mib(res)} vs {_mib(lora)} and {_mib(full)} MiB "
+        "(exact account: parameters, gradients, optimizer state, saved activations; "
+        "[forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png), "
+        "[memory_account.png](memory_account.png))."
     )
+
+
+def _mib(row: dict) -> str:
+    """The memory account's mean: exact, the same for every seed, so a CI would only say ± 0."""
+    return f"{row['mem_account_mb'].mean:.3f}" if row["mem_account_mb"].known else "n/a"
 
 
 def answer_additive(table: dict, model: str) -> str:
@@ -225,7 +231,11 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
         "",
         f"Time is the median wall-clock of one optimizer step (forward, backward, update and the variant's hook), "
         f"measured with {timing}. Memory added is peak minus baseline, where both are {memory}, taken just before "
-        "and during training. Accuracy is exact match on the test split (for a classification task: the share of "
+        "and during training. Memory held (exact) counts the bytes training holds, each tensor storage once: the "
+        "trainable parameters, their gradients and the optimizer's state right after the first optimizer step, and "
+        "the activations autograd saves for backward in one forward pass of the train split's batch_size longest "
+        "examples (the model's frozen weights, temporaries inside one operation and the allocator's cache are not "
+        "in it); it depends only on shapes and dtypes, so it is the same for every seed, rerun and device. Accuracy is exact match on the test split (for a classification task: the share of "
         "examples whose argmax label is right); forgetting is the mean over source tasks (and lm-eval tasks and "
         "paraphrase retrieval, where the config names them) of the score before minus after fine-tuning (0 = "
         "nothing forgotten). ± is the half-width of a 95% bootstrap "
