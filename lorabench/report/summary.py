@@ -245,8 +245,9 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
     ]
 
 
-def write_summary(results: pd.DataFrame, out_path: Path) -> None:
-    """Write the markdown summary of ``results`` (all runs; comparisons use ok runs at the chosen lr)."""
+def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = ()) -> None:
+    """Write the markdown summary of ``results`` (all runs; comparisons use ok runs at the chosen lr); ``harness``:
+    the lines of :func:`lorabench.report.harness.section_harness`, where the pipeline's benchmarks are known."""
     rank = reference_rank(results)
     runs = at_reference_rank(selected_ok(results), rank)
     tables = {model: variant_table(group) for model, group in runs.groupby("model")}
@@ -258,6 +259,6 @@ def write_summary(results: pd.DataFrame, out_path: Path) -> None:
         lines += [f"**{question}**", ""]
         lines += [f"- {answer(table, model)}" for model, table in tables.items()] or ["- no ok runs to answer from."]
         lines.append("")
-    lines += section_meaning(results)
+    lines += [*harness, *section_meaning(results)]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text("\n".join(lines) + "\n")
