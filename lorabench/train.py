@@ -166,9 +166,10 @@ def train(
 
 
 def longest_batch(tokenized: Sequence[TokenizedExample], batch_size: int) -> list[TokenizedExample]:
-    """The ``batch_size`` longest examples (ties: the first): the widest batch the loop can draw, whatever the seed."""
-    order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i][0]))
-    return [tokenized[i] for i in sorted(order[:batch_size])]
+    """``batch_size`` rows of the longest examples, repeated if there are fewer (the loop draws with replacement):
+    the widest batch a step can draw, whatever the seed."""
+    longest = sorted(tokenized, key=lambda row: len(row[0]), reverse=True)
+    return [longest[i % len(longest)] for i in range(batch_size)]
 
 
 def _saved_activations(

@@ -10,7 +10,7 @@ from lorabench.measure import saved_activation_bytes
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench.runner import _memory_account
 from lorabench.tasks.algorithmic import AlgorithmicTask
-from lorabench.train import TrainSettings, train
+from lorabench.train import TrainSettings, longest_batch, train
 from lorabench.variants import AdapterSpec, get
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
@@ -27,6 +27,12 @@ def test_a_linear_layer_saves_its_input_once_and_its_weight_is_not_an_activation
     x = torch.randn(TOKENS, N_IN, requires_grad=input_requires_grad)
     counted = saved_activation_bytes(layer, lambda: layer(x).sum() + layer(x[:2]).sum())
     assert counted == TOKENS * N_IN * 4
+
+
+def test_the_activation_batch_is_the_widest_a_step_can_draw_even_from_fewer_examples() -> None:
+    rows = [([1] * length, [1] * length) for length in (2, 5, 3)]
+    assert [len(ids) for ids, _ in longest_batch(rows, 2)] == [5, 3]
+    assert [len(ids) for ids, _ in longest_batch(rows, 4)] == [5, 3, 2, 5]
 
 
 def account(variant: str, seed: int) -> dict[str, int]:
