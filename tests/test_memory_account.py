@@ -42,7 +42,8 @@ def account(variant: str, seed: int) -> dict[str, int]:
     spec = AdapterSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"), seed=seed)
     model = get(variant)(spec).apply(model)
     examples = AlgorithmicTask("sort", seed=0, sizes=(64, 1, 1), min_len=2, max_len=9).split("train")
-    outcome = train(model, tokenizer, examples, TrainSettings(steps=2, batch_size=8, lr=1e-3), seed, torch.device("cpu"))
+    settings = TrainSettings(steps=2, batch_size=8, lr=1e-3)
+    outcome = train(model, tokenizer, examples, settings, seed, torch.device("cpu"))
     return _memory_account(outcome.account)
 
 

@@ -49,5 +49,6 @@ def section_harness(results: pd.DataFrame, benchmarks: pd.DataFrame, cores: int)
         "| rule | jobs | wall s (sum) | CPU s (sum) | max RSS MiB |",
         "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {rule} | {row.jobs:.0f} | {row.s:.1f} | {row.cpu:.1f} | {row.rss:.0f} |" for rule, row in per_rule.iterrows()]
+    lines += [f"| {rule} | {row.jobs:.0f} | {row.s:.1f} | {row.cpu:.1f} | {row.rss:.0f} |"
+              for rule, row in per_rule.iterrows()]
     return lines + [""]
