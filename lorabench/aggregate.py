@@ -18,14 +18,20 @@ import pandas as pd
 
 from lorabench import records
 
+MIB = 2**20
 GRID_COLUMNS = ["model", "task", "variant", "rank", "lr", "seed"]
 SELECTION_GROUP = ["model", "task", "variant", "rank"]
 VALIDATION_COLUMN = "extra__validation_accuracy"
+ACCOUNT_COLUMNS = {
+    "trainable_parameters": "mem_params_mb", "gradients": "mem_grads_mb", "optimizer_state": "mem_optimizer_mb",
+    "saved_activations": "mem_activations_mb", "total": "mem_account_mb",
+}
+"""``memory.account`` part -> its column in MiB (exact byte counts, so identical across seeds)."""
 RESULT_COLUMNS = [
     "run_id", *GRID_COLUMNS, "status", "error",
     "trainable_params", "total_params",
     "train_seconds", "step_ms", "step_ms_mean", "steps_done", "timing_method",
-    "peak_mem_mb", "baseline_mem_mb", "peak_mem_added_mb", "memory_method",
+    "peak_mem_mb", "baseline_mem_mb", "peak_mem_added_mb", "memory_method", *ACCOUNT_COLUMNS.values(),
     "target_acc_before", "target_acc_after", "forgetting",
     "device", "device_name",
 ]  # fmt: skip
@@ -64,6 +70,11 @@ def _numeric_leaves(tree: dict[str, Any], prefix: str) -> Iterator[tuple[str, fl
             yield name, value
 
 
+def _account_columns(account: dict[str, int] | None) -> dict[str, float | None]:
+    """The memory account in MiB; None (NaN) where a run has none (stopped before its first step, older records)."""
+    return {column: None if account is None else account[part] / MIB for part, column in ACCOUNT_COLUMNS.items()}
+
+
 def result_row(record: dict[str, Any]) -> dict[str, Any]:
     """One flat row of ``results`` for one validated record."""
     timing, memory, target = record["timing"], record["memory"], record["target"]
@@ -84,6 +95,7 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
         "baseline_mem_mb": memory["baseline_mb"],
         "peak_mem_added_mb": _difference(memory["peak_mb"], memory["baseline_mb"]),
         "memory_method": memory["method"],
+        **_account_columns(memory.get("account")),
         "target_acc_before": target["accuracy_before"],
         "target_acc_after": target["accuracy_after"],
         "forgetting": record["forgetting"]["mean"],

@@ -131,7 +131,7 @@ def _aggregate(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from lorabench.report import run_report
 
-    run_report(args.out)
+    run_report(args.out, args.benchmarks, args.cores)
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -208,6 +208,8 @@ def parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="figures and summary.md from the tables")
     report.add_argument("--out", required=True, type=Path)
+    report.add_argument("--benchmarks", type=Path, help="the pipeline's benchmark folder: adds the training share")
+    report.add_argument("--cores", type=int, help="cores the pipeline ran with (with --benchmarks)")
     report.set_defaults(run=_report)
     return root
 

@@ -283,9 +283,10 @@ class Grid:
             for values in self._job_shape
         ]
 
-    def job_log(self) -> str:
-        """One log per train job, named by the job's wildcards (the unbatched axes)."""
-        return "results/logs/train/" + "/".join(f"{axis}{{{axis}}}" for axis in self._unbatched()) + ".log"
+    def job_file(self, folder: str, suffix: str) -> str:
+        """One file per train job under ``results/<folder>/train/`` (its log, its benchmark), named by the job's
+        wildcards (the unbatched axes)."""
+        return f"results/{folder}/train/" + "/".join(f"{axis}{{{axis}}}" for axis in self._unbatched()) + suffix
 
     def train_job(self, wildcards: dict[str, str], device: str, threads: int) -> dict[str, Any]:
         """Everything one train job needs, passed as JSON so a changed setting re-runs exactly its jobs."""

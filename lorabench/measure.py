@@ -6,6 +6,10 @@ Memory: on CUDA, the caching allocator's peak after ``reset_peak_memory_stats``;
 process's peak resident set (``VmHWM``) after resetting it through ``/proc/self/clear_refs``, so the
 peak belongs to the training phase and not to loading or evaluation. Where that reset is not allowed,
 the lifetime peak (``ru_maxrss``) is reported and the record's ``memory.method`` says so.
+Both peaks carry noise (the allocator's cache, the runtime's resident pages), so beside them an exact
+account counts what training itself holds, in bytes of distinct storages: trainable parameters, their
+gradients, the optimizer's state and the activations autograd saves for backward. It depends only on
+shapes and dtypes, so it is the same on every device, seed and rerun of a grid point.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,3 +104,59 @@ class PeakMemory:
         if self.method == "cpu_peak_rss":
             return _status_kib("VmHWM") / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor], exclude: frozenset[int] = frozenset()) -> int:
+    """Bytes of the distinct storages behind ``tensors``: views of one buffer are one buffer in memory.
+
+    ``exclude``: storage addresses not to count (the model's own weights, held whether or not it trains).
+    """
+    storages = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def storage_addresses(tensors: Iterable[torch.Tensor]) -> frozenset[int]:
+    return frozenset(tensor.untyped_storage().data_ptr() for tensor in tensors)
+
+
+def saved_activation_bytes(model: torch.nn.Module, forward: Callable[[], torch.Tensor]) -> int:
+    """Bytes autograd saves for backward during ``forward()``, each storage once, the model's weights not counted.
+
+    What a training step holds between its forward and backward pass beyond the model: inputs of layers whose
+    weights train, masks, intermediates of the loss. The graph is dropped unused, so no gradient is touched.
+    """
+    weights = storage_addresses([*model.parameters(), *model.buffers()])
+    saved: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = forward()
+    counted = storage_bytes(saved, exclude=weights)
+    del loss, saved
+    return counted
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)]
+
+
+def account_after_first_step(optimizer: torch.optim.Optimizer, account: dict[str, int]) -> None:
+    """Fill ``account`` with the bytes of trainable parameters, their gradients and the optimizer's state,
+    counted once, right after the optimizer's first step: state is created lazily there, and a variant's
+    hook may drop it afterwards (resampled does at each redraw)."""
+
+    def count(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in opt.param_groups for p in group["params"]]
+        account["trainable_parameters"] = storage_bytes(params)
+        account["gradients"] = storage_bytes(p.grad for p in params if p.grad is not None)
+        account["optimizer_state"] = storage_bytes(optimizer_state_tensors(opt))
+        handle.remove()
+
+    handle = optimizer.register_step_post_hook(count)

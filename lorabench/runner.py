@@ -259,7 +259,17 @@ def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
         "steps_done": len(outcome.clock.step_seconds),
     }
     record["memory"] = {"method": outcome.memory.method, "peak_mb": outcome.peak_mb,
-                        "baseline_mb": outcome.memory.baseline_mb}
+                        "baseline_mb": outcome.memory.baseline_mb, "account": _memory_account(outcome.account)}
+
+
+ACCOUNT_PARTS = ("trainable_parameters", "gradients", "optimizer_state", "saved_activations")
+
+
+def _memory_account(counted: dict[str, int]) -> dict[str, int] | None:
+    """The four byte counts and their total; None when training stopped before its first optimizer step."""
+    if not all(part in counted for part in ACCOUNT_PARTS):
+        return None
+    return {part: counted[part] for part in ACCOUNT_PARTS} | {"total": sum(counted[part] for part in ACCOUNT_PARTS)}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -287,7 +297,7 @@ def _empty_record(
         "parameters": {"trainable": None, "total": None},
         "timing": {"method": "perf_counter", "train_seconds": None, "step_ms_median": None, "step_ms_mean": None,
                    "steps_done": 0},
-        "memory": {"method": "cpu_peak_rss", "peak_mb": None, "baseline_mb": None},
+        "memory": {"method": "cpu_peak_rss", "peak_mb": None, "baseline_mb": None, "account": None},
         "loss_curve": {"step": [], "loss": []},
         "target": {"task": point["task"], "accuracy_before": before.get(point["task"]), "accuracy_after": None},
         "source": {name: {"accuracy_before": before.get(name), "accuracy_after": None} for name in job["source_tasks"]},

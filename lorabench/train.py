@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from lorabench.measure import PeakMemory, StepClock
+from lorabench.measure import PeakMemory, StepClock, account_after_first_step, saved_activation_bytes
 from lorabench.tasks.base import Example
 
 IGNORE_INDEX = -100
@@ -41,6 +41,9 @@ class TrainOutcome:
     memory: PeakMemory | None = None
     peak_mb: float | None = None
     train_seconds: float = 0.0
+    account: dict[str, int] = field(default_factory=dict)
+    """Bytes of what training holds: ``saved_activations`` (before the loop), then ``trainable_parameters``,
+    ``gradients`` and ``optimizer_state`` (at the first optimizer step; absent if training stopped before it)."""
 
 
 TokenizedExample = tuple[list[int], list[int] | int]
@@ -137,6 +140,9 @@ def train(
     tokenized = tokenize_examples(tokenizer, examples, settings.max_length, labels)
     outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
     model.train()
+    outcome.account["saved_activations"] = _saved_activations(model, tokenized, settings.batch_size,
+                                                               tokenizer.pad_token_id, device)
+    account_after_first_step(optimizer, outcome.account)
     outcome.memory.start()
     loop_clock = StepClock(device)
     loop_clock.start()
@@ -162,6 +168,24 @@ def train(
     outcome.train_seconds = loop_clock.step_seconds[0]
     outcome.peak_mb = outcome.memory.peak_mb()
     return outcome
+
+
+def longest_batch(tokenized: Sequence[TokenizedExample], batch_size: int) -> list[TokenizedExample]:
+    """``batch_size`` rows of the longest examples, repeated if there are fewer (the loop draws with replacement):
+    the widest batch a step can draw, whatever the seed."""
+    longest = sorted(tokenized, key=lambda row: len(row[0]), reverse=True)
+    return [longest[i % len(longest)] for i in range(batch_size)]
+
+
+def _saved_activations(
+    model: torch.nn.Module, tokenized: Sequence[TokenizedExample], batch_size: int, pad_token_id: int,
+    device: torch.device,
+) -> int:
+    """Activation bytes of one forward on :func:`longest_batch`, a fixed shape so the count is the same for every
+    seed; the random state is restored, so dropout draws in training are those of a run without the count."""
+    batch = collate(longest_batch(tokenized, batch_size), pad_token_id, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return saved_activation_bytes(model, lambda: model(**batch).loss)
 
 
 def _log_loss(outcome: TrainOutcome, step: int, loss: float) -> None:

@@ -9,13 +9,20 @@ import pandas as pd
 import pytest
 
 from lorabench import cli
-from lorabench.aggregate import RecordError, aggregate, best_lr, write_tables
+from lorabench.aggregate import ACCOUNT_COLUMNS, RecordError, aggregate, best_lr, write_tables
 
 SOURCE_TASKS = ("arith", "copy")
 BASE_ACCURACY = {"full": 0.80, "lora": 0.70, "resampled": 0.60, "additive": 0.68, "frozen_a": 0.69, "frozen_b": 0.55}
 BASE_FORGETTING = {"full": 0.30, "lora": 0.20, "resampled": 0.08, "additive": 0.18, "frozen_a": 0.15, "frozen_b": 0.12}
 GOOD_LR, BAD_LR = 1e-3, 1e-2
 """GOOD_LR wins on validation; BAD_LR has the better *test* accuracy, so choosing on test is caught."""
+
+
+def memory_account(trainable: int) -> dict[str, int]:
+    """AdamW's account for ``trainable`` float32 parameters and 1 MiB of activations."""
+    parts = {"trainable_parameters": 4 * trainable, "gradients": 4 * trainable, "optimizer_state": 8 * trainable,
+             "saved_activations": 2**20}
+    return parts | {"total": sum(parts.values())}
 
 
 def make_record(model: str, task: str, variant: str, rank: int, lr: float, seed: int, status: str = "ok") -> dict:
@@ -44,7 +51,8 @@ def make_record(model: str, task: str, variant: str, rank: int, lr: float, seed:
             "step_ms_mean": 105.0 + 10 * rank if ok else None,
             "steps_done": 50 if ok else 3,
         },
-        "memory": {"method": "cpu_peak_rss", "peak_mb": 900.0 + rank if ok else None, "baseline_mb": 800.0},
+        "memory": {"method": "cpu_peak_rss", "peak_mb": 900.0 + rank if ok else None, "baseline_mb": 800.0,
+                   "account": memory_account(trainable) if ok else None},
         "loss_curve": {"step": steps, "loss": [2.0 / (1 + s) + jitter if ok else None for s in steps]},
         "target": {"task": task, "accuracy_before": 0.1, "accuracy_after": min(target_after, 1.0) if ok else None},
         "source": {
@@ -100,6 +108,7 @@ def test_results_have_one_row_per_run_with_flattened_columns(tables) -> None:
     assert results["run_id"].is_unique
     for column in [
         "trainable_params", "total_params", "train_seconds", "step_ms", "peak_mem_added_mb", "memory_method",
+        "mem_params_mb", "mem_grads_mb", "mem_optimizer_mb", "mem_activations_mb", "mem_account_mb",
         "timing_method", "target_acc_before", "target_acc_after", "forgetting", "device",
         "source_acc_before__arith", "source_acc_after__copy", "forgetting__copy",
         "extra__validation_accuracy", "extra__lm_eval__piqa",
@@ -117,6 +126,18 @@ def test_values_are_carried_over_and_memory_added_is_peak_minus_baseline(tables)
     assert row["forgetting__arith"] == pytest.approx(0.22)
     assert row["source_acc_after__copy"] == pytest.approx(0.9 - 0.22)
     assert row["trainable_params"] == 16_000
+
+
+def test_memory_account_becomes_mib_columns_and_is_empty_without_one(tables, tmp_path: Path) -> None:
+    results, _ = tables
+    row = results.set_index("run_id").loc["tiny-a/add/lora/r8/lr0.001/seed2"]
+    assert row["mem_optimizer_mb"] == 8 * 16_000 / 2**20
+    assert row["mem_activations_mb"] == 1.0
+    assert row["mem_account_mb"] == (16 * 16_000 + 2**20) / 2**20
+    old = make_record("tiny-a", "add", "lora", 8, GOOD_LR, 0)
+    del old["memory"]["account"]  # written before the account existed: still valid, no numbers
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert aggregate([tmp_path / "old.json"])[0][list(ACCOUNT_COLUMNS.values())].isna().all().all()
 
 
 def test_failed_and_diverged_runs_are_kept_with_null_metrics(tables) -> None:

@@ -73,3 +73,23 @@ def test_deleting_one_record_reruns_one_train_job(smoke_run: Path) -> None:
 def test_snakemake_report_is_written(smoke_run: Path) -> None:
     snakemake(smoke_run, "--report", "report.html")
     assert (smoke_run / "report.html").stat().st_size > 10_000
+
+
+def test_memory_account_is_the_same_for_every_seed_and_orders_full_lora_frozen_a(smoke_run: Path) -> None:
+    accounts: dict[tuple, set[str]] = {}
+    for point in _grid_points():
+        account = json.loads((smoke_run / point.record).read_text())["memory"]["account"]
+        accounts.setdefault((point.model, point.task, point.variant), set()).add(json.dumps(account, sort_keys=True))
+    assert all(len(seen) == 1 for seen in accounts.values()), accounts
+    total = {key: json.loads(seen.pop())["total"] for key, seen in accounts.items()}
+    for model, task, _ in total:
+        assert total[model, task, "full"] > total[model, task, "lora"] > total[model, task, "frozen_a"]
+
+
+def test_every_job_is_benchmarked_and_the_summary_gives_the_training_share(smoke_run: Path) -> None:
+    benchmarks, logs = smoke_run / "results" / "benchmarks", smoke_run / "results" / "logs" / "train"
+    jobs = sorted(log.relative_to(logs).with_suffix("") for log in logs.rglob("*.log"))
+    assert jobs and jobs == sorted(tsv.relative_to(benchmarks / "train").with_suffix("")
+                                   for tsv in (benchmarks / "train").rglob("*.tsv"))
+    assert {path.name for path in benchmarks.iterdir()} >= {"pretrain", "train", "aggregate.tsv", "figures.tsv"}
+    assert "Training share: " in (smoke_run / "reports" / "summary.md").read_text()

@@ -98,6 +98,9 @@ def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
     assert "| resampled | 16,000 | 0.618 ± 0.010 |" in summary  # the table: means over seeds at the chosen lr
     assert "0.50× lora's trainable parameters" in summary
     assert "Rank 8 (full FT: no rank)" in summary
+    # memory account: 16 bytes per trainable parameter (weights, grads, two moments) + 1 MiB of activations
+    assert "Training holds 1.244 vs lora 1.244 and full 153.588 MiB (exact account" in summary
+    assert "| lora | 16,000 |" in summary and "| 1.244 ± 0.000 |" in summary
     assert "- optimizers: adamw (full, lora," in summary and "; sgd (resampled)\n" in summary
 
 

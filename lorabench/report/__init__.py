@@ -14,6 +14,7 @@ REPORT_ITEMS = {
     "lr_sweep.png": ("Training", "lr_sweep.rst"),
     "params_vs_accuracy.png": ("Accuracy and forgetting", "params_vs_accuracy.rst"),
     "cost.png": ("Cost", "cost.rst"),
+    "memory_account.png": ("Cost", "memory_account.rst"),
     "loss_curves.png": ("Training", "loss_curves.rst"),
     "status.png": ("Training", "status.rst"),
     "theory.png": ("Theory", "theory.rst"),
@@ -25,11 +26,13 @@ REPORT_ITEMS = {
 -> (Snakemake report category, caption file in ``workflow/report/``)."""
 
 
-def run_report(out_dir: Path) -> None:
-    """CLI entry: ``out_dir``/results.csv and loss_curves.csv -> every figure, theory.csv and summary.md."""
+def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None = None) -> None:
+    """CLI entry: ``out_dir``/results.csv and loss_curves.csv -> every figure, theory.csv and summary.md; with
+    ``benchmarks`` (the pipeline's benchmark folder) and ``cores``, summary.md also gets the training share."""
     import pandas as pd
 
     from lorabench.report import plots
+    from lorabench.report.harness import read_benchmarks, section_harness
     from lorabench.report.summary import write_summary
 
     out_dir = Path(out_dir)
@@ -39,6 +42,7 @@ def run_report(out_dir: Path) -> None:
         "accuracy_vs_rank.png": plots.plot_accuracy_vs_rank,
         "forgetting_vs_accuracy.png": plots.plot_forgetting_vs_accuracy,
         "cost.png": plots.plot_cost,
+        "memory_account.png": plots.plot_memory_account,
         "params_vs_accuracy.png": plots.plot_params_vs_accuracy,
         "status.png": plots.plot_status,
         "lr_sweep.png": plots.plot_lr_sweep,
@@ -46,4 +50,5 @@ def run_report(out_dir: Path) -> None:
         draw(results, out_dir / name)
     plots.plot_loss_curves(plots.curves_of(loss_curves, results), out_dir / "loss_curves.png")
     plots.plot_theory(plots.theory_table(out_dir / "theory.csv"), out_dir / "theory.png")
-    write_summary(results, out_dir / "summary.md")
+    harness = section_harness(results, read_benchmarks(benchmarks), cores) if benchmarks else []
+    write_summary(results, out_dir / "summary.md", harness)

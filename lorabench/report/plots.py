@@ -32,7 +32,7 @@ BOOT_SEED = 0
 """Fixed so the CIs in the figures and in summary.md are the same numbers on every rebuild."""
 VARIANT_COLOURS = {
     "full": "tab:gray",
-    "full_sgd": "black",
+    "full_sgd": "darkslategray",
     "lora": "tab:blue",
     "peft_lora": "midnightblue",
     "rslora": "tab:cyan",
@@ -315,7 +315,7 @@ def plot_cost(results: pd.DataFrame, out_path: Path) -> None:
     runs = at_reference_rank(selected_ok(results), rank)
     if runs.empty:
         return _no_data(out_path, title)
-    metrics = {"step_ms": "time per optimizer step (ms)", "peak_mem_added_mb": "peak memory added by training (MiB)"}
+    metrics = {"step_ms": "time per optimizer step (ms)", "mem_account_mb": "memory training holds (MiB, exact)"}
     points = seed_means(runs, ["model", "variant"], list(metrics))
     models, order = sorted(points["model"].unique()), variant_order(points["variant"])
     panel = (0.55 * len(order) + 2, 3.2)
@@ -329,6 +329,36 @@ def plot_cost(results: pd.DataFrame, out_path: Path) -> None:
             )  # fmt: skip
             axes[i, j].set(title=f"{model}", xlabel="", ylabel=label)
             plt.setp(axes[i, j].get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
+    _save(fig, out_path)
+
+
+MEMORY_PARTS = {
+    "mem_params_mb": "trainable parameters", "mem_grads_mb": "gradients", "mem_optimizer_mb": "optimizer state",
+    "mem_activations_mb": "saved activations",
+}
+"""The memory account's parts (results.csv columns) -> legend label, stacked in this order."""
+
+
+def plot_memory_account(results: pd.DataFrame, out_path: Path) -> None:
+    """What training holds per variant, stacked by part: exact byte counts, the same for every seed, so no CI."""
+    rank = reference_rank(results)
+    title = f"Memory training holds at rank {rank} (full FT: no rank), exact account, tasks averaged"
+    runs = at_reference_rank(selected_ok(results), rank).dropna(subset=["mem_account_mb"])
+    if runs.empty:
+        return _no_data(out_path, title)
+    parts = runs.groupby(["model", "variant"])[list(MEMORY_PARTS)].mean()
+    models = sorted(runs["model"].unique())
+    fig, axes = _grid(1, len(models), title, panel=(0.55 * runs["variant"].nunique() + 2, 3.4))
+    colours = sns.color_palette("colorblind", len(MEMORY_PARTS))
+    for ax, model in zip(axes[0], models, strict=True):
+        table = parts.loc[model].reindex(variant_order(parts.loc[model].index))
+        bottom = np.zeros(len(table))
+        for (column, label), colour in zip(MEMORY_PARTS.items(), colours, strict=True):
+            ax.bar(table.index, table[column], bottom=bottom, color=colour, label=label)
+            bottom += table[column].to_numpy()
+        ax.set(title=model, ylabel="MiB")
+        plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
+    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small")
     _save(fig, out_path)
 
 

@@ -20,7 +20,7 @@ from lorabench.report.plots import (
 )  # fmt: skip
 from lorabench.report.stats import matched_learning, paired, seed_curves, verdict
 
-METRICS = ["target_acc_after", "forgetting", "step_ms", "peak_mem_added_mb"]
+METRICS = ["target_acc_after", "forgetting", "step_ms", "peak_mem_added_mb", "mem_account_mb"]
 MAX_LISTED_FAILURES = 40
 TIMING_MEANING = {
     "perf_counter": "`time.perf_counter` around each step on the CPU",
@@ -145,13 +145,13 @@ def section_model_table(model: str, table: dict[str, dict], rank: int) -> list[s
         "",
         f"Rank {rank} (full FT: no rank); tasks averaged within each seed; mean ± 95% CI half-width over seeds.",
         "",
-        "| variant | trainable params | target acc | forgetting | step ms | peak MiB added |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | trainable params | target acc | forgetting | step ms | peak MiB added | MiB held (exact) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for variant, row in table.items():
         lines.append(
             f"| {variant} | {row['params']:,.0f} | {row['target_acc_after'].text(3)} | {row['forgetting'].text(3)} "
-            f"| {row['step_ms'].text(1)} | {row['peak_mem_added_mb'].text(1)} |"
+            f"| {row['step_ms'].text(1)} | {row['peak_mem_added_mb'].text(1)} | {row['mem_account_mb'].text(3)} |"
         )
     return lines + [""]
 
@@ -183,6 +183,11 @@ class ModelRuns:
             matched.difference, f"{a} forgets less", f"{a} forgets more"
         )
 
+    def mib(self, variant: str) -> str:
+        """The memory account's mean: exact, the same for every seed, so an interval would only say ± 0."""
+        held = self.selected.loc[self.selected["variant"] == variant, "mem_account_mb"].mean()
+        return "n/a" if pd.isna(held) else f"{held:.3f}"
+
     def missing(self, needed: list[str]) -> str | None:
         absent = [v for v in needed if v not in set(self.selected["variant"])]
         return f"not answered on {self.model}: no ok runs of {', '.join(absent)}." if absent else None
@@ -200,8 +205,12 @@ def answer_resampling(runs: ModelRuns) -> str:
     step = runs.compare("resampled", "lora", "step_ms", "faster", "slower")
     return (
         f"On {runs.model}, forgetting at matched learning (per seed, at the highest target accuracy both curves "
-        f"reach) {forgetting}. Target accuracy at each one's chosen lr {learning}. Step time (ms) vs lora: {step} "
-        "([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png))."
+        f"reach) {forgetting}. Target accuracy at each one's chosen lr {learning}. Step time (ms) vs lora: {step}. "
+        f"Training holds {runs.mib('resampled')} vs lora {runs.mib('lora')}"
+        + "".join(f" and {b} {runs.mib(b)}" for b in baselines if b != "lora")
+        + " MiB (exact account: parameters, gradients, optimizer state, saved activations; the same for every seed) "
+        "([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png), "
+        "[memory_account.png](memory_account.png))."
     )
 
 
@@ -276,7 +285,12 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
         "",
         f"Time is the median wall-clock of one optimizer step (forward, backward, update and the variant's hook), "
         f"measured with {timing}. Memory added is peak minus baseline, where both are {memory}, taken just before "
-        "and during training. Accuracy is exact match on the test split (for a classification task: the share of "
+        "and during training. Memory held (exact) counts the bytes training holds, each tensor storage once: the "
+        "trainable parameters, their gradients and the optimizer's state right after the first optimizer step, and "
+        "the activations autograd saves for backward in one forward pass of the train split's batch_size longest "
+        "examples (the model's frozen weights, temporaries inside one operation and the allocator's cache are not "
+        "in it); it depends only on shapes and dtypes, so it is the same for every seed, rerun and device. Accuracy "
+        "is exact match on the test split (for a classification task: the share of "
         "examples whose argmax label is right); forgetting is the mean over source tasks (and lm-eval tasks and "
         "paraphrase retrieval, where the config names them) of the score before minus after fine-tuning (0 = "
         "nothing forgotten). In the tables, ± is the half-width of a 95% percentile-bootstrap CI of one "
@@ -285,9 +299,10 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
     ]
 
 
-def write_summary(results: pd.DataFrame, out_path: Path) -> None:
+def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = ()) -> None:
     """Write the markdown summary of ``results`` (all runs; comparisons use ok runs, at the chosen lr or along
-    the lr sweep)."""
+    the lr sweep); ``harness``: the lines of :func:`lorabench.report.harness.section_harness`, where the
+    pipeline's benchmarks are known."""
     rank = reference_rank(results)
     ok = results[results["status"] == "ok"]
     selected = at_reference_rank(selected_ok(results), rank)
@@ -306,6 +321,6 @@ def write_summary(results: pd.DataFrame, out_path: Path) -> None:
         lines += [f"**{question}**", ""]
         lines += [f"- {answer(runs)}" for runs in models] or ["- no ok runs to answer from."]
         lines.append("")
-    lines += section_meaning(results)
+    lines += [*harness, *section_meaning(results)]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text("\n".join(lines) + "\n")

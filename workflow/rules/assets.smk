@@ -10,6 +10,8 @@ rule cache_model:
         name=lambda wildcards: config["models"][wildcards.model][GRID.model_source(wildcards.model)],
     log:
         "results/logs/cache_model/{model}.log",
+    benchmark:
+        "results/benchmarks/cache_model/{model}.tsv"
     threads: 1
     shell:
         "lorabench cache-model --{params.source} {params.name:q} --out {output} > {log} 2>&1"
@@ -24,6 +26,8 @@ rule generate_data:
         out=lambda wildcards, output: Path(output.train).parent,
     log:
         "results/logs/generate_data/{task}.log",
+    benchmark:
+        "results/benchmarks/generate_data/{task}.tsv"
     threads: 1
     shell:
         "lorabench generate-data --generator {params.generator:q} --out {params.out:q} > {log} 2>&1"

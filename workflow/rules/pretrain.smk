@@ -8,6 +8,8 @@ rule pretrain:
         settings=lambda wildcards, threads: json.dumps(GRID.pretrain_settings(wildcards.model, threads)),
     log:
         "results/logs/pretrain/{model}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{model}.tsv"
     threads: 1
     shell:
         "lorabench pretrain --settings {params.settings:q} --out {output} > {log} 2>&1"

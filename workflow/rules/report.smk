@@ -16,6 +16,8 @@ rule aggregate:
         curves="reports/loss_curves.csv",
     log:
         "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
     shell:
         "lorabench aggregate {input:q} --out reports > {log} 2>&1"
 
@@ -26,7 +28,11 @@ rule figures:
         rules.aggregate.output,
     output:
         [reported(name) for name in REPORT_ITEMS if name != "results.csv"],
+    params:
+        cores=workflow.cores,  # for the training share: training seconds / (cores x pipeline wall)
     log:
         "results/logs/figures.log",
+    benchmark:
+        "results/benchmarks/figures.tsv"
     shell:
-        "lorabench report --out reports > {log} 2>&1"
+        "lorabench report --out reports --benchmarks results/benchmarks --cores {params.cores} > {log} 2>&1"

@@ -17,7 +17,9 @@ rule train:
     params:
         job=lambda wildcards, threads: json.dumps(GRID.train_job(dict(wildcards), config["device"], threads)),
     log:
-        GRID.job_log(),
+        GRID.job_file("logs", ".log"),
+    benchmark:
+        GRID.job_file("benchmarks", ".tsv"),
     threads: 1
     resources:
         gpu=config["resources"]["gpus_per_train_job"],

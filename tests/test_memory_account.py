@@ -1,0 +1,61 @@
+"""The exact memory account: bytes of what training holds, counted from tensor storages, not sampled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lorabench.measure import saved_activation_bytes
+from lorabench.models import build_embedded, character_tokenizer
+from lorabench.runner import _memory_account
+from lorabench.tasks.algorithmic import AlgorithmicTask
+from lorabench.train import TrainSettings, longest_batch, train
+from lorabench.variants import AdapterSpec, get
+from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
+
+TOKENS, N_IN, N_OUT = 6, 5, 3
+LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+
+
+@pytest.mark.parametrize("input_requires_grad", [False, True])
+def test_a_linear_layer_saves_its_input_once_and_its_weight_is_not_an_activation(input_requires_grad: bool) -> None:
+    """Hand count: the weight's gradient needs the input x (6 x 5 float32 = 120 bytes); the input's gradient needs
+    the weight, which is the model's, not an activation. Two views of x (the second call) are one storage."""
+    layer = nn.Linear(N_IN, N_OUT)
+    x = torch.randn(TOKENS, N_IN, requires_grad=input_requires_grad)
+    counted = saved_activation_bytes(layer, lambda: layer(x).sum() + layer(x[:2]).sum())
+    assert counted == TOKENS * N_IN * 4
+
+
+def test_the_activation_batch_is_the_widest_a_step_can_draw_even_from_fewer_examples() -> None:
+    rows = [([1] * length, [1] * length) for length in (2, 5, 3)]
+    assert [len(ids) for ids, _ in longest_batch(rows, 2)] == [5, 3]
+    assert [len(ids) for ids, _ in longest_batch(rows, 4)] == [5, 3, 2, 5]
+
+
+def account(variant: str, seed: int) -> dict[str, int]:
+    """The record's memory account of a short run of ``variant`` on a one-layer Llama (AdamW)."""
+    tokenizer = character_tokenizer()
+    model = build_embedded(LLAMA, tokenizer, seed=0)
+    spec = AdapterSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"), seed=seed)
+    model = get(variant)(spec).apply(model)
+    examples = AlgorithmicTask("sort", seed=0, sizes=(64, 1, 1), min_len=2, max_len=9).split("train")
+    settings = TrainSettings(steps=2, batch_size=8, lr=1e-3)
+    outcome = train(model, tokenizer, examples, settings, seed, torch.device("cpu"))
+    return _memory_account(outcome.account)
+
+
+def test_account_orders_full_above_lora_above_frozen_a_as_their_state_sizes_say() -> None:
+    full, lora, frozen_a = (account(variant, seed=0) for variant in ("full", "lora", "frozen_a"))
+    for part in ("trainable_parameters", "gradients", "optimizer_state", "total"):
+        assert full[part] > lora[part] > frozen_a[part], part
+    assert lora["gradients"] == lora["trainable_parameters"]
+    assert lora["optimizer_state"] > 2 * lora["trainable_parameters"]  # AdamW: two moments (and a step count)
+    assert lora["saved_activations"] > frozen_a["saved_activations"]  # A's gradient needs the layer input
+
+
+def test_account_is_the_same_for_every_seed() -> None:
+    """Seeds draw different batches (of different widths) and adapter initialisations; the account sees neither."""
+    assert account("lora", seed=0) == account("lora", seed=1) == account("lora", seed=0)
