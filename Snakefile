@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from lorabench.config import ConfigError, load_grid
+from lorabench.provenance import pretrain_code
 
 
 if not config:  # a --configfile replaces the embedded default instead of being merged into it

@@ -43,7 +43,7 @@ def _check(args: argparse.Namespace) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
     from lorabench.pretrain import pretrain
 
-    scores = pretrain(json.loads(args.settings), args.out)
+    scores = pretrain(json.loads(args.settings), args.out, args.threads)
     print(json.dumps({"source_test_accuracy": scores}))
 
 
@@ -66,7 +66,7 @@ def _generate_data(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from lorabench.runner import run_job
 
-    run_job(json.loads(args.job))
+    run_job(json.loads(args.job), args.threads)
 
 
 def _aggregate(args: argparse.Namespace) -> None:
@@ -97,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="build and pretrain an embedded model (pipeline rule)")
     pre.add_argument("--settings", required=True, help="JSON written by the Snakefile")
     pre.add_argument("--out", required=True, type=Path)
+    pre.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
     pre.set_defaults(run=_pretrain)
 
     cache = commands.add_parser("cache-model", help="cache a GGUF or packaged model as a plain checkpoint (pipeline rule)")
@@ -113,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run one job of grid points (pipeline rule)")
     train.add_argument("--job", required=True, help="JSON written by the Snakefile")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
     train.set_defaults(run=_train)
 
     agg = commands.add_parser("aggregate", help="records -> results.csv and loss_curves.csv")

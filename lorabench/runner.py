@@ -22,6 +22,7 @@ from lorabench.evaluation.exact_match import accuracy
 from lorabench.evaluation.weights import weight_forgetting
 from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
+from lorabench.provenance import train_code
 from lorabench.tasks.base import Task
 from lorabench.train import TrainOutcome, TrainSettings, encode_batch, train
 from lorabench.variants import AdapterSpec, get
@@ -29,10 +30,10 @@ from lorabench.variants import AdapterSpec, get
 log = logging.getLogger(__name__)
 
 
-def run_job(job: dict[str, Any]) -> None:
-    """Run every grid point of ``job`` (built by ``lorabench.config.train_job``)."""
-    if job.get("threads"):
-        torch.set_num_threads(job["threads"])
+def run_job(job: dict[str, Any], threads: int | None = None) -> None:
+    """Run every grid point of ``job`` (built by ``lorabench.config.train_job``) on ``threads`` CPU threads."""
+    if threads:
+        torch.set_num_threads(threads)
     device = select_device(job["device"])
     tasks = _job_tasks(job)
     try:
@@ -240,6 +241,8 @@ def _weight_forgetting(
 
 def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
     record["status"] = outcome.status
+    if (diverged := outcome.divergence) is not None:
+        record["divergence"] = {"step": diverged.step, "loss": _finite_or_none(diverged.loss), "reason": diverged.reason}
     record["loss_curve"] = {"step": outcome.steps, "loss": [_finite_or_none(x) for x in outcome.losses]}
     record["timing"] = {
         "method": outcome.clock.method,
@@ -265,6 +268,7 @@ def _empty_record(
         "run_id": "{model}/{task}/{variant}/r{rank}/lr{lr:g}/seed{seed}".format(**grid),
         "status": "failed",
         "error": None,
+        "divergence": None,
         "grid": grid,
         "hyperparameters": {
             key: job[key] for key in ("uses", "alpha", "dropout", "target_modules", "variant_options", "train",
@@ -279,5 +283,5 @@ def _empty_record(
         "source": {name: {"accuracy_before": before.get(name), "accuracy_after": None} for name in job["source_tasks"]},
         "forgetting": {"mean": None, "per_task": {}},
         "extra": {},
-        "environment": records.environment(device_info(device)),
+        "environment": records.environment(device_info(device), train_code(get(job["uses"]))),
     }

@@ -91,8 +91,8 @@ def test_the_head_is_the_new_classifier_and_nothing_of_the_backbone(assets: dict
 def _job(assets: dict[str, Path], variant: str, record: Path) -> dict:
     return {
         "model": "tiny-bert", "checkpoint": str(assets["model"]), "dtype": "float32", "device": "cpu",
-        "threads": 1, "variant": variant, "uses": variant, "variant_options": {}, "rank": 2, "alpha": 4,
-        "dropout": 0.0, "target_modules": TARGETS, "source_tasks": [], "target_tasks": ["sentiment"],
+        "variant": variant, "uses": variant, "variant_options": {}, "rank": 2, "alpha": 4,
+        "dropout": 0.0, "target_modules": TARGETS, "source_tasks": [],
         "hub_tasks": {"sentiment": _task_fields(assets)},
         "forgetting": {"paraphrase_retrieval": {"pairs": str(assets["pairs"]), "batch_size": 3}},
         "data": {"seed": 0, "train": 1, "validation": 1, "test": 1, "min_len": 3, "max_len": 6}, "eval_batch_size": 8,

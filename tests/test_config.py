@@ -113,7 +113,7 @@ def test_local_checkpoint_ranks_are_checked_from_its_config(smoke: dict, tmp_pat
 def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
     smoke["variants"]["resampled"] = {"resample_every": 1, "optimizer": "sgd", "lrs": [0.5]}
     grid = load_grid(smoke, SCHEMA)
-    jobs = {v: grid.train_job({"model": "llama-tiny", "variant": v, "rank": "2", "lr": lr}, "cpu", 1)
+    jobs = {v: grid.train_job({"model": "llama-tiny", "variant": v, "rank": "2", "lr": lr}, "cpu")
             for v, lr in (("resampled", "0.5"), ("lora", "0.003"))}
     assert jobs["resampled"]["train"]["optimizer"] == "sgd"
     assert jobs["resampled"]["variant_options"] == {"resample_every": 1}  # not passed to the adapter

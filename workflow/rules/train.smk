@@ -15,11 +15,13 @@ rule train:
     output:
         GRID.job_outputs(),
     params:
-        job=lambda wildcards, threads: json.dumps(GRID.train_job(dict(wildcards), config["device"], threads)),
+        # tracked params (functions of the wildcards only): a changed setting or code edit re-runs exactly its jobs
+        job=lambda wildcards: json.dumps(GRID.train_job(dict(wildcards), config["device"])),
+        code=lambda wildcards: GRID.train_code(wildcards.variant),
     log:
         "results/logs/train/" + GRID.job_outputs()[0].removeprefix("results/runs/").removesuffix(".json") + ".log",
     threads: 1
     resources:
         gpu=config["resources"]["gpus_per_train_job"],
     shell:
-        "lorabench train --job {params.job:q} > {log} 2>&1"
+        "lorabench train --job {params.job:q} --threads {threads} > {log} 2>&1"
