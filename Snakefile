@@ -2,10 +2,12 @@
 # then one table and one report. Run `snakemake -c all` (embedded CPU default), or pass
 # `--configfile workflow/config/<suite>.yaml`; the config is validated before any job runs.
 import json
+import sys
 from pathlib import Path
 
 from lorabench.config import ConfigError, load_grid
 from lorabench.provenance import pretrain_code
+from lorabench.records import bad_runs_note
 
 
 if not config:  # a --configfile replaces the embedded default instead of being merged into it
@@ -31,3 +33,17 @@ rule all:
         rules.aggregate.input,  # records are targets too: a deleted record re-runs its job
         rules.figures.output,
     default_target: True
+
+
+def note_bad_runs():
+    """The pipeline's last lines name the grid's failed and diverged runs (it still exits 0: they are results)."""
+    if note := bad_runs_note([Path(point.record) for point in GRID.points()]):
+        print(note, file=sys.stderr)
+
+
+onsuccess:
+    note_bad_runs()
+
+
+onerror:
+    note_bad_runs()

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import socket
+from collections import Counter
 from functools import cache
 from importlib import metadata
 from importlib.resources import files
@@ -41,6 +42,46 @@ def write(record: dict[str, Any], path: Path) -> None:
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps(record, indent=1, allow_nan=False))
     os.replace(partial, path)
+
+
+NOTE_SHOWN = 10
+"""Runs named one by one in :func:`bad_runs_note`; the rest are counted."""
+
+
+def bad_runs_note(paths: list[Path]) -> str | None:
+    """The pipeline's last words when some of ``paths`` (the grid's records) failed or diverged: how many, the
+    first :data:`NOTE_SHOWN` with the reason, and where to read more; None when every written record is ``ok``."""
+    bad = {path: record for path in paths if path.exists() and (record := _unless_ok(path)) is not None}
+    if not bad:
+        return None
+    counts = Counter(record["status"] for record in bad.values())
+    lines = [
+        f"lorabench: {', '.join(f'{n} {status}' for status, n in sorted(counts.items()))} of {len(paths)} runs. "
+        "Each record says why (`error` when failed, `divergence` when diverged); reports/results.csv has a "
+        "`status` column, reports/status.png shows them, and results/logs/train/ has each job's log.",
+        *(f"  {record['status']}: {path}: {_reason(record)}" for path, record in list(bad.items())[:NOTE_SHOWN]),
+    ]
+    if len(bad) > NOTE_SHOWN:
+        lines.append(f"  ... and {len(bad) - NOTE_SHOWN} more")
+    return "\n".join(lines)
+
+
+def _unless_ok(path: Path) -> dict[str, Any] | None:
+    """The record at ``path`` unless it is ``ok``: the status sits in its first lines, so an ``ok`` record of a
+    large grid is not parsed whole."""
+    with path.open() as file:
+        if '"status": "ok"' in file.read(1024):
+            return None
+    record = json.loads(path.read_text())
+    return None if record["status"] == "ok" else record
+
+
+def _reason(record: dict[str, Any]) -> str:
+    """One line: the divergence rule, or the failure's explanation (the exception's line for a bare traceback)."""
+    if record.get("divergence"):
+        return f"step {record['divergence']['step']}: {record['divergence']['reason']}"
+    lines = (record["error"] or "no reason recorded").strip().splitlines()
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
 
 
 def environment(device_info: dict[str, Any], code_sha256: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 from lorabench.evaluation.embeddings import paraphrase_retrieval, sentence_embeddings
 from lorabench.evaluation.exact_match import accuracy
 from lorabench.models import load, target_weights, task_head
+from lorabench.records import bad_runs_note
 from lorabench.runner import run_job
 from lorabench.tasks.hub import HubTask
 from lorabench.train import collate, tokenize_examples
@@ -137,3 +138,18 @@ def test_embeddings_do_not_depend_on_padding_or_batch(assets: dict[str, Path]) -
     batched = sentence_embeddings(model, tokenizer, texts, 5, "cpu")
     assert torch.allclose(one_by_one, batched, atol=1e-5)
     assert torch.allclose(one_by_one.norm(dim=-1), torch.ones(len(texts)))
+
+
+def test_a_task_whose_data_file_is_missing_fails_its_own_runs_naming_the_file(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    job = _job(assets, "lora", tmp_path / "sentiment.json")
+    gone = str(tmp_path / "gone.jsonl")
+    job["hub_tasks"]["moved"] = _task_fields(assets, name="moved", data_files={"train": gone, "test": gone})
+    job["points"].append({"task": "moved", "lr": 0.01, "seed": 0, "record": str(tmp_path / "moved.json")})
+    run_job(job)
+    moved = json.loads((tmp_path / "moved.json").read_text())
+    assert moved["status"] == "failed" and gone in moved["error"] and "hub name" not in moved["error"]
+    assert json.loads((tmp_path / "sentiment.json").read_text())["status"] == "ok"
+    note = bad_runs_note([tmp_path / "sentiment.json", tmp_path / "moved.json"])
+    assert note.startswith("lorabench: 1 failed of 2 runs") and "moved.json: task 'moved': missing" in note
