@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from lorabench.config import ConfigError, load_grid
+from lorabench.config import RECORD_LIST, ConfigError, load_grid
 from lorabench.provenance import pretrain_code
 from lorabench.records import bad_runs_note
 
@@ -19,6 +19,8 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
+GRID.write_record_list(Path(RECORD_LIST))
+
 container: config["container"]
 
 
@@ -30,7 +32,7 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        rules.aggregate.input,  # records are targets too: a deleted record re-runs its job
+        rules.aggregate.input,  # a record of each train job is a target: a deleted record re-runs its job
         rules.figures.output,
     default_target: True
 

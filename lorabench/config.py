@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 RUNS = "results/runs"
+RECORD_LIST = "results/records.txt"
+"""The grid's record paths, one a line: what the aggregate reads (:meth:`Grid.write_record_list`)."""
 RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
 BATCHABLE = ("task", "seed")
 GRID_SETTINGS = ("uses", "lrs", "optimizer")
@@ -41,6 +43,9 @@ class Point:
     @property
     def record(self) -> str:
         return RECORD.format(**{**self.__dict__, "lr": format_lr(self.lr)})
+
+
+POINT_AXES = tuple(field.name for field in fields(Point))
 
 
 def format_lr(lr: float) -> str:
@@ -127,6 +132,27 @@ class Grid:
             for task in self.target_tasks()
             for seed in self.config["grid"]["seeds"]
         ]
+
+    def job_records(self) -> list[str]:
+        """One record of each train job: the aggregate's record inputs, which bring every train job into the DAG.
+
+        A job re-runs when any of its outputs is missing, so one target per job is enough; and Snakemake matches
+        each target against all of the train rule's output patterns (one per batched point), so a target per
+        grid point cost grid points x batch size matches (5,000 seeds: 110,000 x 5,000) instead of jobs x batch size.
+        """
+        first: dict[tuple, str] = {}
+        for point in self.points():
+            job = tuple(getattr(point, axis) for axis in POINT_AXES if axis not in self.batched())
+            first.setdefault(job, point.record)
+        return list(first.values())
+
+    def write_record_list(self, path: Path) -> None:
+        """The grid's record paths, one a line, for the aggregate (too many for a command line in a large grid);
+        written only when they changed, so an unchanged grid leaves the file, and the aggregate, as they are."""
+        text = "".join(f"{point.record}\n" for point in self.points())
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
 
     def batched(self) -> list[str]:
         return self.config.get("jobs", {}).get("batch", list(BATCHABLE))

@@ -108,3 +108,16 @@ def test_every_record_names_the_code_that_ran(smoke_run: Path) -> None:
         environment = json.loads((smoke_run / point.record).read_text())["environment"]
         assert environment["code_sha256"] == grid.train_code(point.variant), point.record
         assert {key: environment[key] for key in ("commit", "dirty")} == git_state()
+
+
+def test_deleting_a_record_that_is_not_a_target_reruns_its_job(smoke_run: Path) -> None:
+    grid = load_grid(yaml.safe_load(SMOKE.read_text()), SCHEMA)
+    point = next(p for p in reversed(grid.points()) if p.record not in grid.job_records())
+    record = smoke_run / point.record
+    kept = record.rename(smoke_run / "kept-record.json")  # a rename back keeps its mtime
+    try:
+        jobs = planned_jobs(smoke_run)
+    finally:
+        kept.rename(record)  # the smoke run is shared with other test modules
+    assert trained(jobs) == {(point.model, point.variant)}
+    assert sum(job["rule"] == "train" for job in jobs) == 1

@@ -10,14 +10,15 @@ def reported(name):
 rule aggregate:
     """All records into one tidy table (one row per run) and the loss curves (one row per logged step)."""
     input:
-        sorted({point.record for point in GRID.points()}),
+        records=GRID.job_records(),  # one per train job: a job re-runs when any of its records is missing
+        listing=RECORD_LIST,  # every record, read by the command
     output:
         results=reported("results.csv"),
         curves="reports/loss_curves.csv",
     log:
         "results/logs/aggregate.log",
     shell:
-        "lorabench aggregate {input:q} --out reports > {log} 2>&1"
+        "lorabench aggregate @{input.listing:q} --out reports > {log} 2>&1"
 
 
 rule figures:
