@@ -134,17 +134,28 @@ class Grid:
         ]
 
     def job_records(self) -> list[str]:
-        """One record of each train job: the aggregate's record inputs, which bring every train job into the DAG.
+        """The first record of each train job: the aggregate's record inputs, which bring every train job into the DAG.
 
-        A job re-runs when any of its outputs is missing, so one target per job is enough; and Snakemake matches
-        each target against all of the train rule's output patterns (one per batched point), so a target per
-        grid point cost grid points x batch size matches (5,000 seeds: 110,000 x 5,000) instead of jobs x batch size.
+        One target per job, not per grid point: Snakemake matches each target against all of the train rule's
+        output patterns (one per batched point), so a target per point cost points x batch size matches (5,000
+        seeds over the smoke grid: 110,000 x 5,000). :meth:`missing_records` covers the records that are not targets.
         """
-        first: dict[tuple, str] = {}
+        return [records[0] for records in self._records_by_job]
+
+    def missing_records(self) -> list[str]:
+        """The first missing record of each train job that lacks one: a target of the rule ``all``, so a deleted
+        record re-runs its job (Snakemake re-runs a job for a missing output only if something requests it)."""
+        missing = ([record for record in records if not Path(record).exists()] for records in self._records_by_job)
+        return [records[0] for records in missing if records]
+
+    @cached_property
+    def _records_by_job(self) -> list[list[str]]:
+        """The grid's record paths, grouped by the train job that writes them."""
+        jobs: dict[tuple, list[str]] = {}
         for point in self.points():
             job = tuple(getattr(point, axis) for axis in POINT_AXES if axis not in self.batched())
-            first.setdefault(job, point.record)
-        return list(first.values())
+            jobs.setdefault(job, []).append(point.record)
+        return list(jobs.values())
 
     def write_record_list(self, path: Path) -> None:
         """The grid's record paths, one a line, for the aggregate (too many for a command line in a large grid);

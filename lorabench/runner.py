@@ -277,7 +277,8 @@ def _weight_forgetting(
 def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
     record["status"] = outcome.status
     if (diverged := outcome.divergence) is not None:
-        record["divergence"] = {"step": diverged.step, "loss": _finite_or_none(diverged.loss), "reason": diverged.reason}
+        record["divergence"] = {"step": diverged.step, "loss": _finite_or_none(diverged.loss),
+                                "reason": diverged.reason}
     record["loss_curve"] = {"step": outcome.steps, "loss": [_finite_or_none(x) for x in outcome.losses]}
     record["timing"] = {
         "method": outcome.clock.method,

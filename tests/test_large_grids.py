@@ -52,3 +52,18 @@ def test_check_warns_above_the_large_grid_size(monkeypatch: pytest.MonkeyPatch, 
     captured = capsys.readouterr()
     assert "ok" in captured.out
     assert ("warning" in captured.err) == (limit == 10), captured.err
+
+
+def test_missing_records_name_the_first_missing_record_of_each_incomplete_job(
+    smoke: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid = load_grid(smoke, SCHEMA)
+    monkeypatch.chdir(tmp_path)
+    assert grid.missing_records() == grid.job_records()  # nothing written yet
+    for point in grid.points():
+        Path(point.record).parent.mkdir(parents=True, exist_ok=True)
+        Path(point.record).touch()
+    assert grid.missing_records() == []
+    deleted = grid.points()[-1].record  # not the first record of its job (seeds 0 and 1 share one)
+    Path(deleted).unlink()
+    assert deleted not in grid.job_records() and grid.missing_records() == [deleted]

@@ -82,6 +82,7 @@ def test_a_pretrain_setting_reruns_pretraining_and_every_train_job(smoke_run: Pa
 def edited_copy(tmp_path: Path) -> Path:
     """A copy of the Snakefile, workflow and package, to edit without touching the checkout."""
     copy = tmp_path / "repo"
+    copy.mkdir()
     for name in ("Snakefile", "workflow", "lorabench"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, copy / name)
     return copy

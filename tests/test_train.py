@@ -85,7 +85,8 @@ def test_blown_up_learning_rate_is_diverged_with_step_and_reason(
     sort_model: tuple, variant: str, lr: float, status: str, rule: str | None
 ) -> None:
     model, tokenizer, examples = sort_model
-    adapted = get(variant)(AdapterSpec(rank=2, alpha=8, target_modules=("q_proj", "v_proj"))).apply(copy.deepcopy(model))
+    spec = AdapterSpec(rank=2, alpha=8, target_modules=("q_proj", "v_proj"))
+    adapted = get(variant)(spec).apply(copy.deepcopy(model))
     settings = TrainSettings(steps=12, batch_size=16, lr=lr, log_every=4)
     outcome = train(adapted, tokenizer, examples, settings, seed=0, device=torch.device("cpu"))
     assert outcome.status == status

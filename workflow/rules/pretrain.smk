@@ -6,7 +6,7 @@ rule pretrain:
         model=GRID.model_wildcard("architecture"),
     params:
         # tracked params (functions of the wildcards only): a changed setting or code edit re-runs the job
-        settings=lambda wildcards: json.dumps(GRID.pretrain_settings(wildcards.model)),
+        settings=lambda wildcards: json.dumps(GRID.pretrain_settings(wildcards.model), sort_keys=True),
         code=pretrain_code(),
     log:
         "results/logs/pretrain/{model}.log",

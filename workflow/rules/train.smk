@@ -16,7 +16,7 @@ rule train:
         GRID.job_outputs(),
     params:
         # tracked params (functions of the wildcards only): a changed setting or code edit re-runs exactly its jobs
-        job=lambda wildcards: json.dumps(GRID.train_job(dict(wildcards), config["device"])),
+        job=lambda wildcards: json.dumps(GRID.train_job(dict(wildcards), config["device"]), sort_keys=True),
         code=lambda wildcards: GRID.train_code(wildcards.variant),
     log:
         "results/logs/train/" + GRID.job_outputs()[0].removeprefix("results/runs/").removesuffix(".json") + ".log",
