@@ -14,7 +14,7 @@ from pathlib import Path
 LISTING_SHAPE = (64, 64, 4)
 LARGE_GRID = 100_000
 """Grid points above which ``check`` warns: a dry run of 110,000 points (5,000 seeds over the smoke grid) took
-56 s and 0.8 GB on a shared 2-core machine, most of it Snakemake's own work per record file."""
+36-56 s and 0.8 GB on a shared 2-core machine, 220,000 points 64 s and 1.05 GB: Snakemake's work per record file."""
 
 
 def _variants(_: argparse.Namespace) -> None:
@@ -45,7 +45,7 @@ def _check(args: argparse.Namespace) -> None:
     if points > LARGE_GRID:
         print(
             f"{args.config}: warning: {points} grid points, more than {LARGE_GRID:,}: Snakemake checks every record "
-            "file when it builds its DAG (110,000 took about a minute and 0.8 GB on 2 cores) and that grows with "
+            "file when it builds its DAG (110,000 took under a minute and 0.8 GB on 2 cores) and that grows with "
             "the count; fewer seeds, or the grid split over several configs run in separate folders, keep it quick",
             file=sys.stderr,
         )
