@@ -8,6 +8,7 @@ names the field before any job runs; the rules then read every path and job sett
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -163,7 +164,9 @@ class Grid:
         text = "".join(f"{point.record}\n" for point in self.points())
         if not path.exists() or path.read_text() != text:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            partial = path.with_name(path.name + ".partial")  # renamed into place: a reader never sees half a list
+            partial.write_text(text)
+            os.replace(partial, path)
 
     def batched(self) -> list[str]:
         return self.config.get("jobs", {}).get("batch", list(BATCHABLE))
