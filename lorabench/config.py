@@ -7,9 +7,11 @@ names the field before any job runs; the rules then read every path and job sett
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 """Found from the package, not the working directory, so ``lorabench check`` works from anywhere."""
 RUNS = "results/runs"
+RECORD_LIST = "results/records.txt"
+"""The grid's record paths, one a line: what the aggregate reads (:meth:`Grid.write_record_list`)."""
 RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
 BATCHABLE = ("variant", "rank", "lr", "task", "seed")
 """Grid axes a train job may run inside one process (config ``jobs.batch``); the model is always the job's own."""
@@ -44,6 +48,9 @@ class Point:
     @property
     def record(self) -> str:
         return RECORD.format(**{**self.__dict__, "lr": format_lr(self.lr)})
+
+
+POINT_AXES = tuple(field.name for field in fields(Point))
 
 
 def format_lr(lr: float) -> str:
@@ -245,6 +252,40 @@ class Grid:
             for seed in self.config["grid"]["seeds"]
         ]
 
+    def job_records(self) -> list[str]:
+        """The first record of each train job: the aggregate's record inputs, which bring every train job into the DAG.
+
+        One target per job, not per grid point: Snakemake matches each target against all of the train rule's
+        output patterns (one per batched point), so a target per point cost points x batch size matches (5,000
+        seeds over the smoke grid: 110,000 x 5,000). :meth:`missing_records` covers the records that are not targets.
+        """
+        return [records[0] for records in self._records_by_job]
+
+    def missing_records(self) -> list[str]:
+        """The first missing record of each train job that lacks one: a target of the rule ``all``, so a deleted
+        record re-runs its job (Snakemake re-runs a job for a missing output only if something requests it)."""
+        missing = ([record for record in records if not Path(record).exists()] for records in self._records_by_job)
+        return [records[0] for records in missing if records]
+
+    @cached_property
+    def _records_by_job(self) -> list[list[str]]:
+        """The grid's record paths, grouped by the train job that writes them."""
+        jobs: dict[tuple, list[str]] = {}
+        for point in self.points():
+            job = tuple(getattr(point, axis) for axis in POINT_AXES if axis not in self.batched())
+            jobs.setdefault(job, []).append(point.record)
+        return list(jobs.values())
+
+    def write_record_list(self, path: Path) -> None:
+        """The grid's record paths, one a line, for the aggregate (too many for a command line in a large grid);
+        written only when they changed, so an unchanged grid leaves the file, and the aggregate, as they are."""
+        text = "".join(f"{point.record}\n" for point in self.points())
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")  # renamed into place: a reader never sees half a list
+            partial.write_text(text)
+            os.replace(partial, path)
+
     def batched(self) -> list[str]:
         return self.config["jobs"]["batch"]
 
@@ -288,8 +329,10 @@ class Grid:
         wildcards (the unbatched axes)."""
         return f"results/{folder}/train/" + "/".join(f"{axis}{{{axis}}}" for axis in self._unbatched()) + suffix
 
-    def train_job(self, wildcards: dict[str, str], device: str, threads: int) -> dict[str, Any]:
-        """Everything one train job needs, passed as JSON so a changed setting re-runs exactly its jobs."""
+    def train_job(self, wildcards: dict[str, str], device: str) -> dict[str, Any]:
+        """Everything one train job needs, passed as JSON: the train rule's tracked param, so a changed setting
+        re-runs exactly its jobs (threads are left out: they change no result, and a param computed from them
+        is not tracked)."""
         key = tuple(wildcards[axis] for axis in self._unbatched())
         points = [p for p in self.points() if self._unbatched_values(p) == key]
         model = wildcards["model"]
@@ -299,12 +342,10 @@ class Grid:
             "checkpoint": self.checkpoint(model),
             "dtype": self.config["models"][model].get("dtype", self.config.get("dtype", "float32")),
             "device": device,
-            "threads": threads,
             "alpha": train.get("alpha", 8),
             "dropout": train.get("dropout", 0.0),
             "target_modules": self.config["models"][model]["target_modules"],
             "source_tasks": self.config["tasks"]["source"],
-            "target_tasks": self.target_tasks(),
             "hub_tasks": {name: entry for name, entry in self.hub_tasks().items()
                           if any(p.task == name for p in points)},
             "forgetting": self.config.get("forgetting", {}),
@@ -456,7 +497,16 @@ class Grid:
             if "path" in spec and (problem := _local_folder_problem(spec["path"])):
                 raise ConfigError(f"config error at `models/{model}/path`: {problem}")
 
-    def pretrain_settings(self, model: str, threads: int) -> dict[str, Any]:
+    def train_code(self, wildcards: dict[str, str]) -> str:
+        """Hash of the code the train job at ``wildcards`` runs (its variants' modules among it): the train rule's
+        tracked param, so an edit re-runs exactly the jobs that run the edited code."""
+        from lorabench.provenance import train_code
+
+        key = tuple(wildcards[axis] for axis in self._unbatched())
+        variants = sorted({p.variant for p in self.points() if self._unbatched_values(p) == key})
+        return train_code(*(self._variant_class(variant) for variant in variants))
+
+    def pretrain_settings(self, model: str) -> dict[str, Any]:
         return {
             "architecture": self.config["models"][model]["architecture"],
             "source_tasks": self.config["tasks"]["source"],
@@ -464,7 +514,6 @@ class Grid:
             "seed": self.config["pretrain"]["seed"],
             "train": {k: self.config["pretrain"][k] for k in ("steps", "batch_size", "lr")},
             "eval_batch_size": self.config["train"].get("eval_batch_size", 128),
-            "threads": threads,
         }
 
     def check_saving(self) -> None:

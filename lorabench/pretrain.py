@@ -19,9 +19,10 @@ def embedded_tasks(names: list[str], data: dict[str, Any]) -> list[AlgorithmicTa
     return [AlgorithmicTask(name, data["seed"], sizes, data["min_len"], data["max_len"]) for name in names]
 
 
-def pretrain(settings: dict[str, Any], out_dir: Path) -> dict[str, float]:
+def pretrain(settings: dict[str, Any], out_dir: Path, threads: int | None = None) -> dict[str, float]:
     """Build, pretrain on the mixture of source tasks, save like a hub checkpoint; returns test accuracies."""
-    torch.set_num_threads(settings.get("threads", torch.get_num_threads()))
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.device("cpu")
     tokenizer = character_tokenizer()
     model = build_embedded(settings["architecture"], tokenizer, settings["seed"])
@@ -30,6 +31,8 @@ def pretrain(settings: dict[str, Any], out_dir: Path) -> dict[str, float]:
     outcome = train(
         model, tokenizer, mixture, TrainSettings(**settings["train"]), settings["seed"], device, description="pretrain"
     )
+    if outcome.divergence is not None:  # every train job would fine-tune a broken model: stop the grid here
+        raise RuntimeError(f"pretraining diverged at step {outcome.divergence.step}: {outcome.divergence.reason}")
     tokenizer.padding_side = "left"
     scores = {
         task.name: accuracy(model, tokenizer, task, task.split("test"), settings["eval_batch_size"], device)

@@ -6,12 +6,14 @@ import json
 import os
 import platform
 import socket
-import subprocess
+from collections import Counter
 from functools import cache
 from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+
+from lorabench.provenance import git_state
 
 SCHEMA_VERSION = 1
 
@@ -42,20 +44,49 @@ def write(record: dict[str, Any], path: Path) -> None:
     os.replace(partial, path)
 
 
-@cache
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("LORABENCH_COMMIT")
-    return out.stdout.strip()
+NOTE_SHOWN = 10
+"""Runs named one by one in :func:`bad_runs_note`; the rest are counted."""
 
 
-def environment(device_info: dict[str, Any]) -> dict[str, Any]:
-    """Versions, device and commit, so a reader can tell exactly what produced a number."""
+def bad_runs_note(paths: list[Path]) -> str | None:
+    """The pipeline's last words when some of ``paths`` (the grid's records) failed or diverged: how many, the
+    first :data:`NOTE_SHOWN` with the reason, and where to read more; None when every written record is ``ok``."""
+    bad = {path: record for path in paths if path.exists() and (record := _unless_ok(path)) is not None}
+    if not bad:
+        return None
+    counts = Counter(record["status"] for record in bad.values())
+    lines = [
+        f"lorabench: {', '.join(f'{n} {status}' for status, n in sorted(counts.items()))} of {len(paths)} runs. "
+        "Each record says why (`error` when failed, `divergence` when diverged); reports/results.csv has a "
+        "`status` column, reports/status.png shows them, and results/logs/train/ has each job's log.",
+        *(f"  {record['status']}: {path}: {_reason(record)}" for path, record in list(bad.items())[:NOTE_SHOWN]),
+    ]
+    if len(bad) > NOTE_SHOWN:
+        lines.append(f"  ... and {len(bad) - NOTE_SHOWN} more")
+    return "\n".join(lines)
+
+
+def _unless_ok(path: Path) -> dict[str, Any] | None:
+    """The record at ``path`` unless it is ``ok``: the status sits in its first lines, so an ``ok`` record of a
+    large grid is not parsed whole."""
+    with path.open() as file:
+        if '"status": "ok"' in file.read(1024):
+            return None
+    record = json.loads(path.read_text())
+    return None if record["status"] == "ok" else record
+
+
+def _reason(record: dict[str, Any]) -> str:
+    """One line: the divergence rule, or the failure's explanation (the exception's line for a bare traceback)."""
+    if record.get("divergence"):
+        return f"step {record['divergence']['step']}: {record['divergence']['reason']}"
+    lines = (record["error"] or "no reason recorded").strip().splitlines()
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+
+
+def environment(device_info: dict[str, Any], code_sha256: str) -> dict[str, Any]:
+    """Versions, device, commit and the hash of the code that ran (:mod:`lorabench.provenance`), so a reader can
+    tell exactly what produced a number."""
     return {
         **device_info,
         "torch": metadata.version("torch"),
@@ -63,6 +94,7 @@ def environment(device_info: dict[str, Any]) -> dict[str, Any]:
         "peft": metadata.version("peft"),
         "python": platform.python_version(),
         "lorabench": metadata.version("lorabench"),
-        "commit": _commit(),
+        **git_state(),
+        "code_sha256": code_sha256,
         "hostname": socket.gethostname(),
     }

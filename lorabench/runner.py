@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from lorabench.evaluation.exact_match import accuracy
 from lorabench.evaluation.weights import weight_forgetting
 from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
+from lorabench.provenance import train_code
 from lorabench.tasks.base import Task
 from lorabench.train import TrainOutcome, TrainSettings, encode_batch, train
 from lorabench.variants import AdapterSpec, get, load_modules
@@ -29,32 +31,66 @@ from lorabench.variants import AdapterSpec, get, load_modules
 log = logging.getLogger(__name__)
 
 
-def run_job(job: dict[str, Any]) -> None:
-    """Run every grid point of ``job`` (built by ``lorabench.config.train_job``)."""
+def run_job(job: dict[str, Any], threads: int | None = None) -> None:
+    """Run every grid point of ``job`` (built by ``lorabench.config.train_job``) on ``threads`` CPU threads.
+
+    A target task whose data cannot be loaded fails its own points only, naming the missing files; a base model
+    that cannot be loaded or measured fails every point. Either way each point gets a record that says why.
+    """
     load_modules(job.get("variant_modules", []))  # the user's variants: registered here as on the host
-    if job.get("threads"):
-        torch.set_num_threads(job["threads"])
+    if threads:
+        torch.set_num_threads(threads)
     device = select_device(job["device"])
     tasks = _job_tasks(job)
-    try:
-        base = _measure_base(job, tasks, device)
-    except Exception:  # e.g. a hub name not resolvable here: every point gets a failed record that says so
-        _record_base_failure(job, device)
+    unloadable = _unloadable_targets(job, tasks)
+    tasks = {name: task for name, task in tasks.items() if name not in unloadable}
+    points = [point for point in job["points"] if point["task"] not in unloadable]
+    _record_failures(job, [p for p in job["points"] if p["task"] in unloadable], device, unloadable.get)
+    if not points:
         return
-    for point in job["points"]:
+    try:
+        base = _measure_base(job, tasks, device, points[0]["task"])
+    except Exception:  # e.g. a hub name not resolvable here: every point gets a failed record that says so
+        error = f"{_model_problem(job['checkpoint'])}:\n{traceback.format_exc(limit=-8)}"
+        _record_failures(job, points, device, lambda task: error)
+        return
+    for point in points:
         record = run_point(job, point, tasks, base, device)
         records.write(record, Path(point["record"]))
         log.info("%s: %s", record["run_id"], record["status"])
 
 
-def _record_base_failure(job: dict[str, Any], device: torch.device) -> None:
-    error = (f"the base model {job['checkpoint']!r} or a task's data could not be loaded or measured "
-             f"(a hub name needs network or the Hugging Face cache):\n{traceback.format_exc(limit=-8)}")
-    log.error("%s", error)
-    for point in job["points"]:
+def _record_failures(
+    job: dict[str, Any], points: list[dict[str, Any]], device: torch.device, error: Callable[[str], str]
+) -> None:
+    """A ``failed`` record for each of ``points``, with ``error(task)`` as the reason."""
+    for point in points:
         record = _empty_record(job, point, {}, device)
-        record["error"] = error
+        record["error"] = error(point["task"])
+        log.error("%s failed: %s", record["run_id"], record["error"])
         records.write(record, Path(point["record"]))
+
+
+def _model_problem(checkpoint: str) -> str:
+    """Why the base model could not be used, as far as can be told without the traceback."""
+    where = ("a folder here" if Path(checkpoint).is_dir() else
+             "not a folder here (relative to the working directory), so read as a hub name, which needs network or "
+             "the Hugging Face cache")
+    return f"the base model {checkpoint!r} ({where}) could not be loaded or measured"
+
+
+def _unloadable_targets(job: dict[str, Any], tasks: dict[str, Task]) -> dict[str, str]:
+    """Target task -> why its data cannot be loaded (missing files named first), for the job's tasks that fail."""
+    problems = {}
+    for name in dict.fromkeys(point["task"] for point in job["points"]):
+        try:
+            tasks[name].split("train")  # loads every split of a hub task; an embedded task generates its own
+        except Exception as error:
+            files = (job.get("hub_tasks", {}).get(name, {}).get("data_files") or {}).values()
+            missing = [path for path in files if not Path(path).exists()]
+            where = f"missing data file(s) {missing} (relative to {Path.cwd()})" if missing else "data not loadable"
+            problems[name] = f"task {name!r}: {where}: {type(error).__name__}: {error}"
+    return problems
 
 
 def _job_tasks(job: dict[str, Any]) -> dict[str, Task]:
@@ -145,13 +181,13 @@ class BaseMeasures:
     """The targeted layers' weights, ``(m, n)``, on the CPU: the reference of weight-space forgetting."""
 
 
-def _measure_base(job: dict[str, Any], tasks: dict[str, Task], device: torch.device) -> BaseMeasures:
+def _measure_base(job: dict[str, Any], tasks: dict[str, Task], device: torch.device, warm_up: str) -> BaseMeasures:
     """Measure the base model once per job: the numbers are the same for all of its points.
 
     Also runs one forward and backward pass, so one-time start-up allocations (autograd engine,
     kernels' workspaces) land before the first grid point's measured training, not inside it.
     """
-    first = tasks[job["points"][0]["task"]]
+    first = tasks[warm_up]
     model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]), labels=first.labels)
     model.to(device)
     examples = first.split("train")[: job["train"]["batch_size"]]
@@ -251,6 +287,9 @@ def _weight_forgetting(
 
 def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
     record["status"] = outcome.status
+    if (diverged := outcome.divergence) is not None:
+        record["divergence"] = {"step": diverged.step, "loss": _finite_or_none(diverged.loss),
+                                "reason": diverged.reason}
     record["loss_curve"] = {"step": outcome.steps, "loss": [_finite_or_none(x) for x in outcome.losses]}
     record["timing"] = {
         "method": outcome.clock.method,
@@ -276,6 +315,11 @@ def _finite_or_none(value: float) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
+def _job_code(job: dict[str, Any]) -> str:
+    """The hash of the code this job runs, for every variant of its points: the train rule's ``code`` param."""
+    return train_code(*{get(point["uses"]) for point in job["points"]})
+
+
 def _empty_record(
     job: dict[str, Any], point: dict[str, Any], before: dict[str, float], device: torch.device
 ) -> dict[str, Any]:
@@ -286,6 +330,7 @@ def _empty_record(
         "run_id": "{model}/{task}/{variant}/r{rank}/lr{lr:g}/seed{seed}".format(**grid),
         "status": "failed",
         "error": None,
+        "divergence": None,
         "grid": grid,
         "hyperparameters": {
             **{key: job[key] for key in ("alpha", "dropout", "target_modules", "data", "checkpoint", "dtype",
@@ -303,5 +348,5 @@ def _empty_record(
         "source": {name: {"accuracy_before": before.get(name), "accuracy_after": None} for name in job["source_tasks"]},
         "forgetting": {"mean": None, "per_task": {}},
         "extra": {},
-        "environment": records.environment(device_info(device)),
+        "environment": records.environment(device_info(device), _job_code(job)),
     }

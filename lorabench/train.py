@@ -16,6 +16,13 @@ from lorabench.measure import PeakMemory, StepClock, account_after_first_step, s
 from lorabench.tasks.base import Example
 
 IGNORE_INDEX = -100
+DIVERGENCE_FACTOR = 4.0
+"""A step's loss above this multiple of the first step's loss means the run blew up."""
+UNIFORM_REACHED = 0.98
+"""A loss at or above this share of ln|V| (|V| outputs: vocabulary or classes) is no better than a uniform guess."""
+UNIFORM_CLEARLY_BELOW = 0.8
+"""The uniform-guess rule applies to runs whose first loss is below this share of ln|V|: a new classification head
+starts at the uniform guess, and its noise around it is not divergence."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,20 @@ class TrainSettings:
     """Truncate longer examples (hub datasets); None keeps every token."""
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Where and why a run diverged (:func:`divergence`); training stops at that step."""
+
+    step: int
+    loss: float
+    reason: str
+
+
 @dataclass
 class TrainOutcome:
     status: str = "ok"
-    """``ok``, or ``diverged`` when a loss became NaN or infinite (training stops there)."""
+    """``ok``, or ``diverged`` (see :attr:`divergence`)."""
+    divergence: Divergence | None = None
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     clock: StepClock | None = None
@@ -147,22 +164,26 @@ def train(
     loop_clock = StepClock(device)
     loop_clock.start()
     progress = tqdm(range(settings.steps), desc=description, file=sys.stderr, mininterval=2.0, ascii=True)
+    initial = math.nan
     for step in progress:
         batch = collate(sampler.choices(tokenized, k=settings.batch_size), tokenizer.pad_token_id, device)
         outcome.clock.start()
-        loss = model(**batch).loss
-        if not math.isfinite(loss.item()):
-            outcome.status = "diverged"
-            _log_loss(outcome, step, float("nan"))
+        output = model(**batch)
+        loss = output.loss.item()
+        if step == 0:
+            initial = loss
+        if reason := divergence(loss, initial, math.log(output.logits.shape[-1])):
+            outcome.status, outcome.divergence = "diverged", Divergence(step, loss, reason)
+            _log_loss(outcome, step, loss)
             break
-        loss.backward()
+        output.loss.backward()
         optimizer.step()
         after_step(model, optimizer)  # before zero_grad: AdaLoRA's rank allocation reads the gradients
         optimizer.zero_grad(set_to_none=True)
         outcome.clock.stop()
         if step % settings.log_every == 0 or step == settings.steps - 1:
-            _log_loss(outcome, step, loss.item())
-            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            _log_loss(outcome, step, loss)
+            progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
     progress.close()
     loop_clock.stop()
     outcome.train_seconds = loop_clock.step_seconds[0]
@@ -186,6 +207,24 @@ def _saved_activations(
     batch = collate(longest_batch(tokenized, batch_size), pad_token_id, device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return saved_activation_bytes(model, lambda: model(**batch).loss)
+
+
+def divergence(loss: float, initial: float, uniform: float) -> str | None:
+    """Why a step's ``loss`` means the run diverged, or None: it is not finite; it is above
+    :data:`DIVERGENCE_FACTOR` x the ``initial`` (first step's) loss; or it is back at the ``uniform`` guess's loss
+    ln|V| (within :data:`UNIFORM_REACHED`) from an initial loss clearly below it (:data:`UNIFORM_CLEARLY_BELOW`).
+
+    The last rule catches blow-ups that saturate instead of overflowing: LoRA at lr 1e30 ends with equal logits,
+    exactly ln|V|, which can be under 4x its initial loss.
+    """
+    if not math.isfinite(loss):
+        return f"loss {loss} is not finite"
+    if loss > DIVERGENCE_FACTOR * initial:
+        return f"loss {loss:.4g} > {DIVERGENCE_FACTOR:g} x the initial loss {initial:.4g}"
+    if loss >= UNIFORM_REACHED * uniform and initial < UNIFORM_CLEARLY_BELOW * uniform:
+        return (f"loss {loss:.4g} is back at the uniform guess ln|V| = {uniform:.4g} from the initial loss "
+                f"{initial:.4g}")
+    return None
 
 
 def _log_loss(outcome: TrainOutcome, step: int, loss: float) -> None:

@@ -39,6 +39,7 @@ def make_record(model: str, task: str, variant: str, rank: int, lr: float, seed:
         "run_id": f"{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}",
         "status": status,
         "error": None if ok else "RuntimeError: loss became nan at step 3\nTraceback follows",
+        "divergence": None,
         "grid": {"model": model, "task": task, "variant": variant, "rank": rank, "lr": lr, "seed": seed},
         "hyperparameters": {
             "train": {"steps": 50, "batch_size": 8, "optimizer": "sgd" if variant == "resampled" else "adamw"},
@@ -63,7 +64,8 @@ def make_record(model: str, task: str, variant: str, rank: int, lr: float, seed:
             "per_task": {name: forgetting if ok else None for name in SOURCE_TASKS},
         },
         "extra": {"validation_accuracy": validation, "note": "text is not a metric", "lm_eval": {"piqa": 0.6}},
-        "environment": {"device": "cpu", "device_name": None, "torch": "2.13.0", "python": "3.11"},
+        "environment": {"device": "cpu", "device_name": None, "torch": "2.13.0", "python": "3.11",
+                        "commit": "0" * 40, "dirty": False, "code_sha256": "0" * 64},
     }
 
 

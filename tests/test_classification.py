@@ -12,6 +12,7 @@ import torch
 from lorabench.evaluation.embeddings import paraphrase_retrieval, sentence_embeddings
 from lorabench.evaluation.exact_match import accuracy
 from lorabench.models import load, target_weights, task_head
+from lorabench.records import bad_runs_note
 from lorabench.runner import run_job
 from lorabench.tasks.hub import HubTask
 from lorabench.train import collate, tokenize_examples
@@ -91,8 +92,8 @@ def test_the_head_is_the_new_classifier_and_nothing_of_the_backbone(assets: dict
 def _job(assets: dict[str, Path], variant: str, record: Path) -> dict:
     return {
         "model": "tiny-bert", "checkpoint": str(assets["model"]), "dtype": "float32", "device": "cpu",
-        "threads": 1, "alpha": 4,
-        "dropout": 0.0, "target_modules": TARGETS, "source_tasks": [], "target_tasks": ["sentiment"],
+        "alpha": 4,
+        "dropout": 0.0, "target_modules": TARGETS, "source_tasks": [],
         "hub_tasks": {"sentiment": _task_fields(assets)},
         "forgetting": {"paraphrase_retrieval": {"pairs": str(assets["pairs"]), "batch_size": 3}},
         "data": {"seed": 0, "train": 1, "validation": 1, "test": 1, "min_len": 3, "max_len": 6}, "eval_batch_size": 8,
@@ -151,3 +152,18 @@ def test_embeddings_do_not_depend_on_padding_or_batch(assets: dict[str, Path]) -
     batched = sentence_embeddings(model, tokenizer, texts, 5, "cpu")
     assert torch.allclose(one_by_one, batched, atol=1e-5)
     assert torch.allclose(one_by_one.norm(dim=-1), torch.ones(len(texts)))
+
+
+def test_a_task_whose_data_file_is_missing_fails_its_own_runs_naming_the_file(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    job = _job(assets, "lora", tmp_path / "sentiment.json")
+    gone = str(tmp_path / "gone.jsonl")
+    job["hub_tasks"]["moved"] = _task_fields(assets, name="moved", data_files={"train": gone, "test": gone})
+    job["points"].append(job["points"][0] | {"task": "moved", "record": str(tmp_path / "moved.json")})
+    run_job(job)
+    moved = json.loads((tmp_path / "moved.json").read_text())
+    assert moved["status"] == "failed" and gone in moved["error"] and "hub name" not in moved["error"]
+    assert json.loads((tmp_path / "sentiment.json").read_text())["status"] == "ok"
+    note = bad_runs_note([tmp_path / "sentiment.json", tmp_path / "moved.json"])
+    assert note.startswith("lorabench: 1 failed of 2 runs") and "moved.json: task 'moved': missing" in note

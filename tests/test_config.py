@@ -113,7 +113,7 @@ def test_local_checkpoint_ranks_are_checked_from_its_config(smoke: dict, tmp_pat
 def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
     smoke["variants"]["resampled"] = {"resample_every": 1, "optimizer": "sgd", "lrs": [0.5]}
     grid = load_grid(smoke, SCHEMA)
-    job = grid.train_job({"model": "llama-tiny", "seed": "0"}, "cpu", 1)
+    job = grid.train_job({"model": "llama-tiny", "seed": "0"}, "cpu")
     points = {point["variant"]: point for point in job["points"]}
     assert points["resampled"]["optimizer"] == "sgd" and points["resampled"]["lr"] == 0.5
     assert points["resampled"]["variant_options"] == {"resample_every": 1}  # grid settings are not adapter options
@@ -124,7 +124,7 @@ def test_a_job_runs_every_batched_axis_and_writes_one_record_per_point(smoke: di
     grid = load_grid(smoke, SCHEMA)
     outputs = grid.job_outputs()
     assert all("{model}" in path and "{seed}" in path and "{lr}" not in path for path in outputs)
-    job = grid.train_job({"model": "gpt2-tiny", "seed": "1"}, "cpu", 1)
+    job = grid.train_job({"model": "gpt2-tiny", "seed": "1"}, "cpu")
     expected = [p.record for p in grid.points() if p.model == "gpt2-tiny" and p.seed == 1]
     assert [point["record"] for point in job["points"]] == expected
     assert sorted(path.format(model="gpt2-tiny", seed=1) for path in outputs) == sorted(expected)

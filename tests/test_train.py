@@ -1,12 +1,18 @@
-"""The training loop's batches: tokenized once up front, identical to tokenizing each example alone."""
+"""The training loop: batches tokenized once up front, identical to tokenizing each example alone; runs that blow up
+are recorded as diverged, with the step and the rule."""
 
 from __future__ import annotations
 
+import copy
+import math
+
+import pytest
 import torch
 
-from lorabench.models import character_tokenizer
+from lorabench.models import build_embedded, character_tokenizer
 from lorabench.tasks.algorithmic import AlgorithmicTask
-from lorabench.train import IGNORE_INDEX, collate, tokenize_examples
+from lorabench.train import IGNORE_INDEX, TrainSettings, collate, divergence, tokenize_examples, train
+from lorabench.variants import AdapterSpec, get
 
 
 def test_batched_tokenization_equals_one_example_at_a_time() -> None:
@@ -32,3 +38,61 @@ def test_max_length_truncates_ids_and_labels_alike() -> None:
     examples = AlgorithmicTask("copy", seed=1, sizes=(20, 1, 1)).split("train")
     for ids, labels in tokenize_examples(tokenizer, examples, max_length=4):
         assert len(ids) == len(labels) == 4
+
+
+UNIFORM = math.log(67)  # the character tokenizer's vocabulary
+
+
+@pytest.mark.parametrize(
+    ("loss", "initial", "uniform", "rule"),
+    [
+        (float("nan"), 2.0, UNIFORM, "not finite"),
+        (float("inf"), 2.0, UNIFORM, "not finite"),
+        (8.1, 2.0, 100.0, "4 x the initial loss"),
+        (UNIFORM, 2.0, UNIFORM, "uniform guess"),
+        (0.99 * UNIFORM, 2.0, UNIFORM, "uniform guess"),
+        (7.9, 2.0, 100.0, None),  # below 4x, far from uniform
+        (0.95 * UNIFORM, 2.0, UNIFORM, None),  # high, but short of the uniform guess
+        (0.70, 0.69, math.log(2), None),  # a new classification head's noise around the uniform guess
+        (2.0, 2.0, UNIFORM, None),
+    ],
+)
+def test_divergence_rules(loss: float, initial: float, uniform: float, rule: str | None) -> None:
+    reason = divergence(loss, initial, uniform)
+    assert (reason is None) if rule is None else (rule in reason)
+
+
+@pytest.fixture(scope="module")
+def sort_model() -> tuple[torch.nn.Module, object, list]:
+    """A tiny Llama taught to copy, as the pipeline pretrains, and the sort examples it is fine-tuned on: its loss on
+    them starts well below the uniform guess (~2 vs ln 67 = 4.2) but not 4x below."""
+    torch.set_num_threads(1)
+    tokenizer = character_tokenizer()
+    model = build_embedded({"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32},
+                           tokenizer, seed=0)
+    task = {name: AlgorithmicTask(name, seed=0, sizes=(300, 1, 1), min_len=3, max_len=5) for name in ("copy", "sort")}
+    train(model, tokenizer, task["copy"].split("train"), TrainSettings(steps=60, batch_size=32, lr=3e-3), 0,
+          torch.device("cpu"))
+    return model, tokenizer, task["sort"].split("train")
+
+
+@pytest.mark.parametrize(
+    ("variant", "lr", "status", "rule"),
+    [("full", 1e4, "diverged", None), ("lora", 1e30, "diverged", "uniform guess"), ("lora", 3e-3, "ok", None)],
+)
+def test_blown_up_learning_rate_is_diverged_with_step_and_reason(
+    sort_model: tuple, variant: str, lr: float, status: str, rule: str | None
+) -> None:
+    model, tokenizer, examples = sort_model
+    spec = AdapterSpec(rank=2, alpha=8, target_modules=("q_proj", "v_proj"))
+    adapted = get(variant)(spec).apply(copy.deepcopy(model))
+    settings = TrainSettings(steps=12, batch_size=16, lr=lr, log_every=4)
+    outcome = train(adapted, tokenizer, examples, settings, seed=0, device=torch.device("cpu"))
+    assert outcome.status == status
+    if status == "ok":
+        assert outcome.divergence is None and outcome.steps[-1] == settings.steps - 1
+        return
+    assert 0 < outcome.divergence.step < settings.steps and outcome.steps[-1] == outcome.divergence.step
+    assert math.isnan(outcome.divergence.loss) or outcome.losses[-1] == outcome.divergence.loss
+    assert rule is None or rule in outcome.divergence.reason, outcome.divergence.reason

@@ -22,7 +22,7 @@ rule generate_data:
     output:
         **GRID.generated_files("{task}"),
     params:
-        generator=lambda wildcards: json.dumps(GRID.generators()[wildcards.task]),
+        generator=lambda wildcards: json.dumps(GRID.generators()[wildcards.task], sort_keys=True),
         out=lambda wildcards, output: Path(output.train).parent,
     log:
         "results/logs/generate_data/{task}.log",

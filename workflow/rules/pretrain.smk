@@ -5,11 +5,13 @@ rule pretrain:
     wildcard_constraints:
         model=GRID.model_wildcard("architecture"),
     params:
-        settings=lambda wildcards, threads: json.dumps(GRID.pretrain_settings(wildcards.model, threads)),
+        # tracked params (functions of the wildcards only): a changed setting or code edit re-runs the job
+        settings=lambda wildcards: json.dumps(GRID.pretrain_settings(wildcards.model), sort_keys=True),
+        code=pretrain_code(),
     log:
         "results/logs/pretrain/{model}.log",
     benchmark:
         "results/benchmarks/pretrain/{model}.tsv"
     threads: 1
     shell:
-        "lorabench pretrain --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "lorabench pretrain --settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"

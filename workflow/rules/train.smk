@@ -15,7 +15,9 @@ rule train:
     output:
         GRID.job_outputs(),
     params:
-        job=lambda wildcards, threads: json.dumps(GRID.train_job(dict(wildcards), config["device"], threads)),
+        # tracked params (functions of the wildcards only): a changed setting or code edit re-runs exactly its jobs
+        job=lambda wildcards: json.dumps(GRID.train_job(dict(wildcards), config["device"]), sort_keys=True),
+        code=lambda wildcards: GRID.train_code(dict(wildcards)),
     log:
         GRID.job_file("logs", ".log"),
     benchmark:
@@ -24,4 +26,4 @@ rule train:
     resources:
         gpu=config["resources"]["gpus_per_train_job"],
     shell:
-        "lorabench train --job {params.job:q} > {log} 2>&1"
+        "lorabench train --job {params.job:q} --threads {threads} > {log} 2>&1"

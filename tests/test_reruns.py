@@ -1,0 +1,124 @@
+"""Reruns follow changes: after a finished smoke run, a dry run plans exactly the jobs an edit affects, for
+Snakemake's own reason (a tracked param changed, or an input was updated by a job that re-runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorabench.config import load_grid
+from lorabench.provenance import git_state
+from tests.pipeline import REPO, SMOKE
+
+pytestmark = pytest.mark.e2e
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+
+def planned_jobs(workdir: Path, config: Path = SMOKE, repo: Path = REPO, *args: str) -> list[dict[str, str]]:
+    """The jobs a dry run of ``repo``'s Snakefile and package plans, each as its rule, wildcards and reason."""
+    command = ["snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir), "--configfile", str(config),
+               "--cores", "2", "--dry-run", *args]
+    env = os.environ | {"PYTHONPATH": str(repo)}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=repo, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs: list[dict[str, str]] = []
+    for line in result.stdout.splitlines():
+        if match := re.match(r"(?:local)?rule (\w+):$", line):
+            jobs.append({"rule": match[1]})
+        elif jobs and (match := re.match(r"\s+(wildcards|reason): (.*)", line)):
+            jobs[-1][match[1]] = match[2]
+    return jobs
+
+
+def trained(jobs: list[dict[str, str]]) -> set[tuple[str, str]]:
+    """(model, variant) of the planned train jobs."""
+    values = [dict(item.split("=") for item in job["wildcards"].split(", ")) for job in jobs if job["rule"] == "train"]
+    return {(wildcards["model"], wildcards["variant"]) for wildcards in values}
+
+
+def smoke_changed(folder: Path, change: dict) -> Path:
+    """The smoke config with ``change`` merged in one level deep (e.g. ``{"train": {"steps": 13}}``)."""
+    config = yaml.safe_load(SMOKE.read_text())
+    for section, values in change.items():
+        config[section] = {**config.get(section, {}), **values}
+    path = folder / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def every_train_job() -> set[tuple[str, str]]:
+    grid = load_grid(yaml.safe_load(SMOKE.read_text()), SCHEMA)
+    return {(point.model, point.variant) for point in grid.points()}
+
+
+def test_a_train_setting_reruns_every_train_job_and_no_pretraining(smoke_run: Path, tmp_path: Path) -> None:
+    jobs = planned_jobs(smoke_run, smoke_changed(tmp_path, {"train": {"steps": 13}}))
+    assert trained(jobs) == every_train_job()
+    assert all("Params have changed" in job["reason"] for job in jobs if job["rule"] == "train")
+    assert "pretrain" not in {job["rule"] for job in jobs}
+
+
+def test_a_variant_option_reruns_that_variants_jobs_only(smoke_run: Path, tmp_path: Path) -> None:
+    change = {"variants": {"resampled": {"optimizer": "sgd", "lrs": [0.1], "resample_every": 2}}}
+    jobs = planned_jobs(smoke_run, smoke_changed(tmp_path, change))
+    assert trained(jobs) == {(model, "resampled") for model in ("llama-tiny", "gpt2-tiny")}
+    assert "pretrain" not in {job["rule"] for job in jobs}
+
+
+def test_a_pretrain_setting_reruns_pretraining_and_every_train_job(smoke_run: Path, tmp_path: Path) -> None:
+    jobs = planned_jobs(smoke_run, smoke_changed(tmp_path, {"pretrain": {"steps": 61}}))
+    assert sum(job["rule"] == "pretrain" for job in jobs) == 2
+    assert trained(jobs) == every_train_job()
+
+
+@pytest.fixture
+def edited_copy(tmp_path: Path) -> Path:
+    """A copy of the Snakefile, workflow and package, to edit without touching the checkout."""
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("Snakefile", "workflow", "lorabench"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, copy / name)
+    return copy
+
+
+def test_editing_a_variants_code_reruns_its_jobs_only(smoke_run: Path, edited_copy: Path) -> None:
+    with (edited_copy / "lorabench/variants/resampled.py").open("a") as module:
+        module.write("\n# an edit\n")
+    jobs = planned_jobs(smoke_run, repo=edited_copy)
+    assert trained(jobs) == {(model, "resampled") for model in ("llama-tiny", "gpt2-tiny")}
+    assert "pretrain" not in {job["rule"] for job in jobs}
+
+
+def test_editing_the_report_or_the_threads_reruns_no_training(smoke_run: Path, edited_copy: Path) -> None:
+    with (edited_copy / "lorabench/report/plots.py").open("a") as module:
+        module.write("\n# an edit\n")
+    jobs = planned_jobs(smoke_run, SMOKE, edited_copy, "--set-threads", "train=2", "pretrain=2")
+    assert not {"train", "pretrain"} & {job["rule"] for job in jobs}, jobs
+
+
+def test_every_record_names_the_code_that_ran(smoke_run: Path) -> None:
+    grid = load_grid(yaml.safe_load(SMOKE.read_text()), SCHEMA)
+    for point in grid.points():
+        environment = json.loads((smoke_run / point.record).read_text())["environment"]
+        assert environment["code_sha256"] == grid.train_code(point.variant), point.record
+        assert {key: environment[key] for key in ("commit", "dirty")} == git_state()
+
+
+def test_deleting_a_record_that_is_not_a_target_reruns_its_job(smoke_run: Path) -> None:
+    grid = load_grid(yaml.safe_load(SMOKE.read_text()), SCHEMA)
+    point = next(p for p in reversed(grid.points()) if p.record not in grid.job_records())
+    record = smoke_run / point.record
+    kept = record.rename(smoke_run / "kept-record.json")  # a rename back keeps its mtime
+    try:
+        jobs = planned_jobs(smoke_run)
+    finally:
+        kept.rename(record)  # the smoke run is shared with other test modules
+    assert trained(jobs) == {(point.model, point.variant)}
+    assert sum(job["rule"] == "train" for job in jobs) == 1
