@@ -13,6 +13,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import lorabench
+
 SCHEMA_VERSION = 1
 
 
@@ -62,7 +64,7 @@ def environment(device_info: dict[str, Any]) -> dict[str, Any]:
         "transformers": metadata.version("transformers"),
         "peft": metadata.version("peft"),
         "python": platform.python_version(),
-        "lorabench": metadata.version("lorabench"),
+        "lorabench": lorabench.__version__,  # the code that ran, installed or not (a checkout on PYTHONPATH)
         "commit": _commit(),
         "hostname": socket.gethostname(),
     }
