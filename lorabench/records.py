@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lorabench
+from lorabench.image import container
 
 SCHEMA_VERSION = 1
 
@@ -66,5 +67,6 @@ def environment(device_info: dict[str, Any]) -> dict[str, Any]:
         "python": platform.python_version(),
         "lorabench": lorabench.__version__,  # the code that ran, installed or not (a checkout on PYTHONPATH)
         "commit": _commit(),
+        "container": container(),
         "hostname": socket.gethostname(),
     }
