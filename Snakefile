@@ -20,6 +20,10 @@ if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
         workflow.deployment_settings.apptainer_args += _bind
 
 from lorabench.config import ConfigError, load_grid
+from lorabench.records import commit
+
+if tree_commit := commit():  # jobs in an image without git record it too
+    os.environ.setdefault("LORABENCH_COMMIT", tree_commit)
 
 
 if not config:  # a --configfile replaces the embedded default instead of being merged into it

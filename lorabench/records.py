@@ -46,7 +46,8 @@ def write(record: dict[str, Any], path: Path) -> None:
 
 
 @cache
-def _commit() -> str | None:
+def commit() -> str | None:
+    """The working tree's git commit; in a container without git, the one the launching Snakefile passed on."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -66,7 +67,7 @@ def environment(device_info: dict[str, Any]) -> dict[str, Any]:
         "peft": metadata.version("peft"),
         "python": platform.python_version(),
         "lorabench": lorabench.__version__,  # the code that ran, installed or not (a checkout on PYTHONPATH)
-        "commit": _commit(),
+        "commit": commit(),
         "container": container(),
         "hostname": socket.gethostname(),
     }
