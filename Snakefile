@@ -2,12 +2,29 @@
 # then one table and one report. Run `snakemake -c all` (embedded CPU default), or pass
 # `--configfile workflow/config/<suite>.yaml`; the config is validated before any job runs.
 import json
+import os
 import sys
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
+
+# This working tree's lorabench (and variant modules) checks the config and runs every job, in the
+# container too: the images carry only the dependencies, so the tree goes first on sys.path and
+# PYTHONPATH (Apptainer passes the host's environment in) and is bound into each job read-only.
+# lorabench/image.py stops a job whose image's dependencies differ from the tree's pins.
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
+    _bind = f" --bind {workflow.basedir}:{workflow.basedir}:ro"
+    if _bind not in workflow.deployment_settings.apptainer_args:  # a SLURM job's snakemake parses this again
+        workflow.deployment_settings.apptainer_args += _bind
+
 from lorabench.config import RECORD_LIST, ConfigError, load_grid
-from lorabench.provenance import pretrain_code
+from lorabench.provenance import git_state, pretrain_code
 from lorabench.records import bad_runs_note
+
+if tree_commit := git_state()["commit"]:  # jobs in an image without git record it too
+    os.environ.setdefault("LORABENCH_COMMIT", tree_commit)
 
 
 if not config:  # a --configfile replaces the embedded default instead of being merged into it
@@ -22,6 +39,7 @@ except ConfigError as error:
 GRID.write_record_list(Path(RECORD_LIST))
 
 container: config["container"]
+
 
 
 include: "workflow/rules/pretrain.smk"

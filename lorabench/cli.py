@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lorabench.config import SCHEMA
+from lorabench.image import check_image_matches_tree
 
 LISTING_SHAPE = (64, 64, 4)
 LARGE_GRID = 100_000
@@ -230,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    check_image_matches_tree()  # in a container: its dependencies must be the ones this tree pins
     args.run(args)
 
 

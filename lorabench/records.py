@@ -13,6 +13,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import lorabench
+from lorabench.image import container
 from lorabench.provenance import git_state
 
 SCHEMA_VERSION = 1
@@ -93,8 +95,9 @@ def environment(device_info: dict[str, Any], code_sha256: str) -> dict[str, Any]
         "transformers": metadata.version("transformers"),
         "peft": metadata.version("peft"),
         "python": platform.python_version(),
-        "lorabench": metadata.version("lorabench"),
+        "lorabench": lorabench.__version__,  # the code that ran, installed or not (a checkout on PYTHONPATH)
         **git_state(),
         "code_sha256": code_sha256,
+        "container": container(),
         "hostname": socket.gethostname(),
     }

@@ -15,9 +15,10 @@ EXACT = ("grid", "status", "target", "source", "forgetting")
 """Record fields that must agree exactly between two runs of one grid point (accuracies are counts)."""
 
 
-def snakemake(workdir: Path, *args: str, config: Path = SMOKE, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repo's Snakefile on ``config`` with ``workdir`` as working directory."""
-    command = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+def snakemake(workdir: Path, *args: str, config: Path = SMOKE, check: bool = True,
+              snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
+    """Run the repo's Snakefile (or another tree's) on ``config`` with ``workdir`` as working directory."""
+    command = ["snakemake", "-s", str(snakefile), "--directory", str(workdir),
                "--configfile", str(config), "--cores", "2", *args]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if check and result.returncode != 0:

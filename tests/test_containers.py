@@ -1,13 +1,23 @@
-"""The container path: pins agree across pyproject, lock and image definitions, and the smoke grid
-(two variants: the path is the same for all) runs under --use-singularity with the GPU profile, every
-job through a stand-in `apptainer`, with the records a local run gives."""
+"""The container path: pins agree across pyproject, lock and image definitions; the CPU image is built
+from its definition (containers/sandbox.py) and the smoke grid (two variants: the path is the same for
+all) runs under --use-singularity with the GPU profile, every job inside that image through a bubblewrap
+`apptainer` stand-in, with the host's Python out of sight and the records a local run gives.
+
+Building needs root, mmdebstrap and bubblewrap (skipped without them; LORABENCH_REQUIRE_CONTAINERS=1,
+set by .ci/run, makes that a failure) and takes minutes: the image is kept in $LORABENCH_IMAGE_CACHE
+(default ~/.cache/lorabench/images) under a hash of its definition and pins, so it is rebuilt only when
+they change."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from packaging.utils import canonicalize_name
@@ -18,6 +28,7 @@ from tests.pipeline import REPO, assert_same_results, load_records, smoke_with_v
 STAND_IN = REPO / "tests" / "stand_in"
 DEFINITIONS = sorted((REPO / "containers").glob("*.def"))
 DEFAULT_IMAGE = "containers/lorabench-gpu.sif"  # config schema default, relative to the workdir
+CPU_DEFINITION = REPO / "containers" / "lorabench-cpu.def"
 
 sys.path.insert(0, str(REPO / "containers"))
 import lock  # noqa: E402  (containers/ is not a package: the lock tool is a script)
@@ -60,36 +71,100 @@ def test_definitions_point_hugging_face_at_the_bound_cache():
         assert "export HF_HOME=/hf-cache" in definition.read_text()
 
 
+def test_a_job_in_an_image_with_other_pins_stops_naming_both(monkeypatch, tmp_path):
+    from lorabench import image
+
+    monkeypatch.setenv("APPTAINER_CONTAINER", "/images/old.sif")
+    image.check_image_matches_tree()  # this environment is the pinned one (test_pins_are_the_tested_environment)
+    moved = tmp_path / "constraints.txt"
+    moved.write_text(f"torch==0.0.1\npyyaml=={lock.read_constraints()['pyyaml']}\nno-such-package==1.0\n")
+    monkeypatch.setattr(image, "CONSTRAINTS", moved)
+    with pytest.raises(SystemExit) as stopped:
+        image.check_image_matches_tree()
+    message = str(stopped.value)
+    assert "/images/old.sif" in message and "Rebuild the image" in message
+    assert f"torch {lock.read_constraints()['torch']}" in message and "0.0.1 pinned" in message
+    assert "no-such-package missing in the image" in message and "pyyaml" not in message
+
+
 # --- the smoke grid through the container code path -----------------------------------------
 
+def require(condition: bool, reason: str) -> None:
+    if not condition:
+        if os.environ.get("LORABENCH_REQUIRE_CONTAINERS") == "1":
+            pytest.fail(f"LORABENCH_REQUIRE_CONTAINERS=1 but {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cpu_image() -> Path:
+    """The CPU image as a sandbox folder, built from its definition unless this definition and these pins
+    were built before."""
+    require(all(map(shutil.which, ("mmdebstrap", "bwrap"))), "mmdebstrap or bubblewrap is not installed")
+    require(os.geteuid() == 0, "building an image needs root")
+    key = hashlib.sha256(CPU_DEFINITION.read_bytes() + (REPO / "containers/constraints.txt").read_bytes()).hexdigest()
+    cache = Path(os.environ.get("LORABENCH_IMAGE_CACHE") or Path.home() / ".cache" / "lorabench" / "images")
+    image = cache / f"lorabench-cpu-{key[:12]}"
+    if not image.is_dir():
+        partial = image.with_name(image.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "containers/sandbox.py", "build", str(CPU_DEFINITION), str(partial)],
+                       cwd=REPO, check=True)
+        partial.rename(image)
+    return image
+
+
+def in_image(image: Path, *command: str) -> str:
+    """stdout of ``command`` run in the image through the stand-in."""
+    stand_in = str(STAND_IN / "apptainer")
+    return subprocess.run([sys.executable, stand_in, "exec", str(image), *command], capture_output=True, text=True,
+                          check=True).stdout
+
+
+PROBE_VARIANT = '''
+from lorabench.variants import register
+from lorabench.variants.lora import LoRA
+
+
+@register("tree_probe")
+class TreeProbe(LoRA):
+    source = "LoRA under another name, added to the working tree after the image was built"
+'''
+
+
 @pytest.fixture(scope="module")
-def container_run(tmp_path_factory):
-    """The smoke grid with the GPU profile on a pretend 2-GPU box, apptainer replaced by the stand-in."""
-    workdir = tmp_path_factory.mktemp("container_run")
-    config = smoke_with_variants(workdir, ["lora", "resampled"])
+def container_run(tmp_path_factory, cpu_image):
+    """The smoke grid with the GPU profile on a pretend 2-GPU box, every job in the CPU image, run from a
+    copy of the working tree to which a variant module was added after the image was built."""
+    workdir, tree = tmp_path_factory.mktemp("container_run"), tmp_path_factory.mktemp("tree") / "lorabench"
+    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", ".whl", ".snakemake", "results",
+                                                               "__pycache__", ".pytest_cache", "*.egg-info"))
+    (tree / "lorabench" / "variants" / "tree_probe.py").write_text(PROBE_VARIANT)
+    config = smoke_with_variants(workdir, ["lora", "resampled", "tree_probe"])
     (workdir / DEFAULT_IMAGE).parent.mkdir()
-    (workdir / DEFAULT_IMAGE).write_text("not a real image: the stand-in runs commands on the host\n")
+    (workdir / DEFAULT_IMAGE).symlink_to(cpu_image)  # the config's default image path, as a user has it
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PATH", f"{STAND_IN}{os.pathsep}{os.environ['PATH']}")
         env.setenv("APPTAINER_STANDIN_LOG", str(workdir / "apptainer-calls.jsonl"))
         env.setenv("HF_HOME", str(workdir / "hf-home"))
         env.setenv("LORABENCH_GPU_LOCK_DIR", str(workdir / "gpu-locks"))
-        snakemake(workdir, "--workflow-profile", str(REPO / "workflow" / "profiles" / "gpu"), "--resources", "gpu=2",
-                  config=config)
+        snakemake(workdir, "--workflow-profile", str(tree / "workflow" / "profiles" / "gpu"), "--resources", "gpu=2",
+                  config=config, snakefile=tree / "Snakefile")
     calls = [json.loads(line) for line in (workdir / "apptainer-calls.jsonl").read_text().splitlines()]
-    return workdir, calls
+    return workdir, calls, tree
 
 
 @pytest.mark.e2e
 def test_workflow_completes_in_the_container(container_run):
-    workdir, _ = container_run
+    workdir, _, _ = container_run
     assert (workdir / "reports" / "summary.md").is_file()
     assert (workdir / "reports" / "results.csv").is_file()
 
 
 @pytest.mark.e2e
 def test_every_training_job_ran_through_apptainer(container_run):
-    workdir, calls = container_run
+    workdir, calls, _ = container_run
     trained = set()
     for call in calls:
         shell_command = call["command"][-1]
@@ -104,7 +179,7 @@ def test_every_training_job_ran_through_apptainer(container_run):
 
 @pytest.mark.e2e
 def test_apptainer_gets_the_image_nv_and_cache_bind_from_the_gpu_profile(container_run):
-    workdir, calls = container_run
+    workdir, calls, _ = container_run
     assert {call["verb"] for call in calls} == {"exec"}, "a local .sif must not be pulled"
     for call in calls:
         assert call["image"] == DEFAULT_IMAGE
@@ -116,7 +191,7 @@ def test_apptainer_gets_the_image_nv_and_cache_bind_from_the_gpu_profile(contain
 
 @pytest.mark.e2e
 def test_container_records_name_their_device(container_run):
-    workdir, _ = container_run
+    workdir, _, _ = container_run
     for record in load_records(workdir).values():
         assert record["environment"]["device"] == "cpu"  # the smoke config asks for CPU
         assert record["environment"]["device_name"]
@@ -125,4 +200,28 @@ def test_container_records_name_their_device(container_run):
 
 @pytest.mark.e2e
 def test_container_records_equal_a_local_run(container_run, smoke_run):
-    assert_same_results(load_records(container_run[0]), load_records(smoke_run))
+    records = {path: record for path, record in load_records(container_run[0]).items() if "/tree_probe/" not in path}
+    assert_same_results(records, load_records(smoke_run))
+
+
+@pytest.mark.e2e
+def test_jobs_ran_with_the_images_python_and_the_trees_code(container_run, cpu_image):
+    workdir, calls, tree = container_run
+    image_python = in_image(cpu_image, "python", "-c", "import platform, sys; print(platform.python_version(), sys.prefix)")
+    assert image_python.split() == [image_python.split()[0], "/opt/venv"]
+    # -I: the image's own packages only (no PYTHONPATH, no working directory)
+    carried = in_image(cpu_image, "python", "-I", "-c", "import importlib.util; print(importlib.util.find_spec('lorabench'))")
+    assert carried.strip() == "None", "the image must not carry lorabench's code"
+    for record in load_records(workdir).values():
+        assert record["environment"]["python"] == image_python.split()[0]
+        assert record["environment"]["container"] == str(workdir / DEFAULT_IMAGE)
+    binds = {call["options"][i + 1] for call in calls for i, option in enumerate(call["options"]) if option == "--bind"}
+    assert f"{tree}:{tree}:ro" in binds, "the working tree is not bound into the jobs"
+
+
+@pytest.mark.e2e
+def test_a_variant_added_after_the_build_runs_in_the_image(container_run):
+    workdir, _, _ = container_run
+    probes = [record for path, record in load_records(workdir).items() if "/tree_probe/" in path]
+    assert probes and all(record["status"] == "ok" for record in probes)
+    assert all(record["environment"]["container"] == str(workdir / DEFAULT_IMAGE) for record in probes)

@@ -1,0 +1,41 @@
+"""The GPU check (.ci/gpu-check) runs only where a GPU is; here: that it skips cleanly and its grid is valid."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from lorabench.config import load_grid
+from tests.pipeline import REPO
+
+SCRIPT = REPO / ".ci" / "gpu-check"
+
+
+def gpu_check_module():
+    """The script as a module (its name has no .py, so it is loaded by path)."""
+    loader = importlib.machinery.SourceFileLoader("gpu_check", str(SCRIPT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_skips_without_an_nvidia_gpu() -> None:
+    # a PATH without nvidia-smi: this is what any machine without the NVIDIA driver looks like
+    environment = dict(os.environ, PATH=str(Path(sys.executable).parent))
+    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("skipped: no NVIDIA GPU")
+
+
+def test_its_grid_passes_the_config_checks(tmp_path: Path) -> None:
+    # the check runs on a lent machine, rarely: a config that the schema or rank checks refuse would waste it
+    gpu_check = gpu_check_module()
+    config = yaml.safe_load(gpu_check.write_config(tmp_path).read_text())
+    grid = load_grid(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    assert {point.variant for point in grid.points()} == set(gpu_check.VARIANTS)
