@@ -112,6 +112,7 @@ def test_local_checkpoint_ranks_are_checked_from_its_config(smoke: dict, tmp_pat
 
 def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
     smoke["variants"]["resampled"] = {"resample_every": 1, "optimizer": "sgd", "lrs": [0.5]}
+    smoke["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # one job per (model, seed), as the default
     grid = load_grid(smoke, SCHEMA)
     job = grid.train_job({"model": "llama-tiny", "seed": "0"}, "cpu")
     points = {point["variant"]: point for point in job["points"]}
@@ -121,6 +122,7 @@ def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
 
 
 def test_a_job_runs_every_batched_axis_and_writes_one_record_per_point(smoke: dict) -> None:
+    smoke["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # the default: one job per (model, seed)
     grid = load_grid(smoke, SCHEMA)
     outputs = grid.job_outputs()
     assert all("{model}" in path and "{seed}" in path and "{lr}" not in path for path in outputs)

@@ -179,6 +179,7 @@ def test_a_variant_is_built_from_its_parsed_options() -> None:
                                            options={"resample_every": 3}))
     assert variant.options == get("resampled").Options(resample_every=3)
     config = _edited({"variants.resampled.resample_every": "3"})
+    config["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # one job per (model, seed)
     job = load_grid(copy.deepcopy(config)).train_job({"model": "llama-tiny", "seed": "0"}, "cpu")
     assert {p["variant"]: p["variant_options"] for p in job["points"]}["resampled"] == {"resample_every": 3}
 

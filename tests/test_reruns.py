@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorabench.config import load_grid
+from lorabench.config import format_lr, load_grid
 from lorabench.provenance import git_state
 from tests.pipeline import REPO, SMOKE
 
@@ -107,7 +107,8 @@ def test_every_record_names_the_code_that_ran(smoke_run: Path) -> None:
     grid = load_grid(yaml.safe_load(SMOKE.read_text()), SCHEMA)
     for point in grid.points():
         environment = json.loads((smoke_run / point.record).read_text())["environment"]
-        assert environment["code_sha256"] == grid.train_code(point.variant), point.record
+        job = {"model": point.model, "variant": point.variant, "rank": str(point.rank), "lr": format_lr(point.lr)}
+        assert environment["code_sha256"] == grid.train_code(job), point.record
         assert {key: environment[key] for key in ("commit", "dirty")} == git_state()
 
 

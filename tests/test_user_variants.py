@@ -12,7 +12,7 @@ import yaml
 
 from lorabench import variants
 from lorabench.cli import main
-from lorabench.config import ConfigError, load_grid
+from lorabench.config import ConfigError, format_lr, load_grid
 from lorabench.runner import adapter_directory
 from tests.pipeline import REPO, SMOKE
 
@@ -59,7 +59,8 @@ def test_readme_variant_joins_the_grid_and_every_job_carries_its_module(user_fol
     grid = load_grid(yaml.safe_load(Path("my.yaml").read_text()), SCHEMA)
     assert "tied_a" in grid.variants()
     point = next(p for p in grid.points() if p.variant == "tied_a")
-    job = grid.train_job({"model": point.model, "seed": str(point.seed)}, "cpu")
+    job = grid.train_job({"model": point.model, "variant": point.variant, "rank": str(point.rank),
+                          "lr": format_lr(point.lr)}, "cpu")
     assert job["variant_modules"] == [readme_steps()[0]] and point.record in [p["record"] for p in job["points"]]
 
 
@@ -118,7 +119,8 @@ def test_save_adapters_is_refused_for_a_variant_that_does_not_save(user_folder: 
     with pytest.raises(ConfigError, match=r"`train/save_adapters`: true, but variant\(s\) \['tied_a'\] implement no"):
         load_grid(config, SCHEMA)
     config["grid"]["variants"] = ["lora", "loraplus"]
-    assert load_grid(config, SCHEMA).train_job({"model": "llama-tiny", "seed": "0"}, "cpu")["save_adapters"] is True
+    job = {"model": "llama-tiny", "variant": "lora", "rank": "2", "lr": "0.003"}  # the smoke grid's jobs.batch
+    assert load_grid(config, SCHEMA).train_job(job, "cpu")["save_adapters"] is True
 
 
 def test_adapters_are_kept_beside_the_records_path() -> None:
