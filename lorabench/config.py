@@ -7,11 +7,10 @@ names the field before any job runs; the rules then read every path and job sett
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,6 @@ class Point:
         return RECORD.format(**{**self.__dict__, "lr": format_lr(self.lr)})
 
 
-POINT_AXES = tuple(field.name for field in fields(Point))
 
 
 def format_lr(lr: float) -> str:
@@ -270,11 +268,19 @@ class Grid:
     @cached_property
     def _records_by_job(self) -> list[list[str]]:
         """The grid's record paths, grouped by the train job that writes them."""
-        jobs: dict[tuple, list[str]] = {}
+        return [[point.record for point in points] for points in self._points_by_job.values()]
+
+    @cached_property
+    def _points_by_job(self) -> dict[tuple[str, ...], list[Point]]:
+        """The grid points of each train job, keyed by the job's wildcard values (the unbatched axes): built once,
+        since every job's params look their points up (a scan per job would be quadratic in a large grid)."""
+        jobs: dict[tuple[str, ...], list[Point]] = {}
         for point in self.points():
-            job = tuple(getattr(point, axis) for axis in POINT_AXES if axis not in self.batched())
-            jobs.setdefault(job, []).append(point.record)
-        return list(jobs.values())
+            jobs.setdefault(self._unbatched_values(point), []).append(point)
+        return jobs
+
+    def _job_points(self, wildcards: dict[str, str]) -> list[Point]:
+        return self._points_by_job[tuple(wildcards[axis] for axis in self._unbatched())]
 
     def write_record_list(self, path: Path) -> None:
         """The grid's record paths, one a line, for the aggregate (too many for a command line in a large grid);
@@ -301,10 +307,7 @@ class Grid:
     @cached_property
     def _job_shape(self) -> list[tuple]:
         """The batched axes' values every job runs: one Snakemake rule needs the same list for every job."""
-        by_job: dict[tuple, list[tuple]] = {}
-        for point in self.points():
-            by_job.setdefault(self._unbatched_values(point), []).append(self._batched_values(point))
-        shapes = {tuple(values) for values in by_job.values()}
+        shapes = {tuple(map(self._batched_values, points)) for points in self._points_by_job.values()}
         if len(shapes) > 1:
             raise ConfigError(
                 f"config error at `jobs/batch`: {self.batched()} batches axes whose values differ between jobs "
@@ -333,8 +336,7 @@ class Grid:
         """Everything one train job needs, passed as JSON: the train rule's tracked param, so a changed setting
         re-runs exactly its jobs (threads are left out: they change no result, and a param computed from them
         is not tracked)."""
-        key = tuple(wildcards[axis] for axis in self._unbatched())
-        points = [p for p in self.points() if self._unbatched_values(p) == key]
+        points = self._job_points(wildcards)
         model = wildcards["model"]
         train = self.config["train"]
         return {
@@ -502,8 +504,7 @@ class Grid:
         tracked param, so an edit re-runs exactly the jobs that run the edited code."""
         from lorabench.provenance import train_code
 
-        key = tuple(wildcards[axis] for axis in self._unbatched())
-        variants = sorted({p.variant for p in self.points() if self._unbatched_values(p) == key})
+        variants = sorted({point.variant for point in self._job_points(wildcards)})
         return train_code(*(self._variant_class(variant) for variant in variants))
 
     def pretrain_settings(self, model: str) -> dict[str, Any]:
