@@ -133,15 +133,22 @@ class TreeProbe(LoRA):
 '''
 
 
+USER_VARIANT = PROBE_VARIANT.replace('"tree_probe"', '"user_probe"').replace("the working tree", "the user's folder")
+
+
 @pytest.fixture(scope="module")
 def container_run(tmp_path_factory, cpu_image):
     """The smoke grid with the GPU profile on a pretend 2-GPU box, every job in the CPU image, run from a
-    copy of the working tree to which a variant module was added after the image was built."""
+    copy of the working tree to which a variant module was added after the image was built, plus a variant
+    from the user's own folder named by the config's ``variant_modules`` (as README's "Add a variant" does)."""
     workdir, tree = tmp_path_factory.mktemp("container_run"), tmp_path_factory.mktemp("tree") / "lorabench"
     shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", ".whl", ".snakemake", "results",
                                                                "__pycache__", ".pytest_cache", "*.egg-info"))
     (tree / "lorabench" / "variants" / "tree_probe.py").write_text(PROBE_VARIANT)
-    config = smoke_with_variants(workdir, ["lora", "resampled", "tree_probe"])
+    (workdir / "my_variants").mkdir()
+    (workdir / "my_variants" / "user_probe.py").write_text(USER_VARIANT)
+    config = smoke_with_variants(workdir, ["lora", "resampled", "tree_probe", "user_probe"])
+    config.write_text(config.read_text() + "variant_modules: [my_variants/user_probe.py]\n")
     (workdir / DEFAULT_IMAGE).parent.mkdir()
     (workdir / DEFAULT_IMAGE).symlink_to(cpu_image)  # the config's default image path, as a user has it
     with pytest.MonkeyPatch.context() as env:
@@ -200,7 +207,8 @@ def test_container_records_name_their_device(container_run):
 
 @pytest.mark.e2e
 def test_container_records_equal_a_local_run(container_run, smoke_run):
-    records = {path: record for path, record in load_records(container_run[0]).items() if "/tree_probe/" not in path}
+    records = {path: record for path, record in load_records(container_run[0]).items()
+               if "/tree_probe/" not in path and "/user_probe/" not in path}
     assert_same_results(records, load_records(smoke_run))
 
 
@@ -225,3 +233,12 @@ def test_a_variant_added_after_the_build_runs_in_the_image(container_run):
     probes = [record for path, record in load_records(workdir).items() if "/tree_probe/" in path]
     assert probes and all(record["status"] == "ok" for record in probes)
     assert all(record["environment"]["container"] == str(workdir / DEFAULT_IMAGE) for record in probes)
+
+
+@pytest.mark.e2e
+def test_a_variant_from_the_users_folder_runs_in_the_image(container_run):
+    workdir, _, _ = container_run
+    probes = {path: record for path, record in load_records(workdir).items() if "/user_probe/" in path}
+    assert probes and all(record["status"] == "ok" for record in probes.values())
+    assert all(record["hyperparameters"]["variant_modules"] == ["my_variants/user_probe.py"] for record in probes.values())
+    assert all(record["environment"]["container"] == str(workdir / DEFAULT_IMAGE) for record in probes.values())
