@@ -281,7 +281,7 @@ def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
     """Validation accuracy vs learning rate per variant, the chosen lr filled and a choice at a sweep's edge ×."""
     from lorabench.aggregate import VALIDATION_COLUMN, lr_choices
 
-    title = "Learning-rate sweeps: validation accuracy (what chooses the lr; one panel per task × model)"
+    title = "Learning-rate sweeps: validation accuracy, which chooses the lr\n(one panel per task × model)"
     runs = results[results["status"] == "ok"]
     if runs.empty or VALIDATION_COLUMN not in runs:
         return _no_data(out_path, title)
@@ -289,8 +289,8 @@ def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
     runs = at_reference_rank(runs, rank)
     choices = at_reference_rank(lr_choices(runs), rank)
     tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
-    fig, axes = _grid(len(tasks), len(models), title + f"\nrank {rank}; line: mean over seeds, bars: 95% CI; "
-                      "● chosen, × chosen at an edge of the sweep")
+    fig, axes = _grid(len(tasks), len(models), title + f"\nrank {rank}; line: mean over seeds, bars: 95% CI;\n"
+                      "● chosen, × chosen at an edge of the sweep", panel=(6.4, 4.4))
     palette = variant_palette(results["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = runs[(runs["task"] == task) & (runs["model"] == model)]
