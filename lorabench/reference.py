@@ -73,7 +73,7 @@ def _means(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mean_differences(fresh: pd.DataFrame, reference: pd.DataFrame, tolerance: float) -> list[str]:
-    joined = _means(fresh).join(_means(reference), rsuffix="_reference", how="inner")
+    joined = _means(fresh).merge(_means(reference), left_index=True, right_index=True, suffixes=("", "_reference"))
     lines = []
     for (model, variant, rank), row in joined.iterrows():
         for metric in COMPARED:

@@ -12,6 +12,7 @@ import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +318,14 @@ def _finite_or_none(value: float) -> float | None:
 
 def _job_code(job: dict[str, Any]) -> str:
     """The hash of the code this job runs, for every variant of its points: the train rule's ``code`` param."""
-    return train_code(*{get(point["uses"]) for point in job["points"]})
+    return _code_of(frozenset(point["uses"] for point in job["points"]))
+
+
+@cache
+def _code_of(variants: frozenset[str]) -> str:
+    """Hashed once per process: it reads and parses the variants' modules and their imports, and every record of
+    the job carries it (the code cannot change while the job runs)."""
+    return train_code(*(get(name) for name in variants))
 
 
 def _empty_record(
