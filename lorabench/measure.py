@@ -133,8 +133,12 @@ def saved_activation_bytes(model: torch.nn.Module, forward: Callable[[], torch.T
     saved: list[torch.Tensor] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved.append(tensor)
-        return tensor
+        # Detached (same storage, no grad_fn): a saved output packed as itself would point back at the node that
+        # saves it, a cycle through C++ that gc cannot see, so the graph, every activation it saved and the
+        # adapter's parameters would outlive the grid point, and every point of a job would start higher.
+        detached = tensor.detach()
+        saved.append(detached)
+        return detached
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss = forward()

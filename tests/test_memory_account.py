@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from lorabench.measure import saved_activation_bytes
 from lorabench.models import build_embedded, character_tokenizer
+from lorabench import runner
 from lorabench.runner import _memory_account
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, longest_batch, train
@@ -59,3 +63,44 @@ def test_account_orders_full_above_lora_above_frozen_a_as_their_state_sizes_say(
 def test_account_is_the_same_for_every_seed() -> None:
     """Seeds draw different batches (of different widths) and adapter initialisations; the account sees neither."""
     assert account("lora", seed=0) == account("lora", seed=1) == account("lora", seed=0)
+
+
+def live_tensors() -> tuple[int, int]:
+    """Tensors Python can reach, and the bytes of their distinct storages, after a full collection."""
+    gc.collect()
+    tensors = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]  # type(): no deprecated getattr
+    return len(tensors), sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def test_counting_saved_activations_keeps_none_of_them_alive() -> None:
+    """A saved output packed as itself would refer back to the graph node saving it: a cycle through C++ that no
+    collection frees, holding every saved activation of the counted forward."""
+    layer = nn.Linear(N_IN, N_OUT)
+    before = live_tensors()
+    saved_activation_bytes(layer, lambda: layer(torch.randn(TOKENS, N_IN)).relu().exp().sum())
+    assert live_tensors() == before
+
+
+def test_a_job_leaves_nothing_of_one_grid_point_to_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every point loads its model afresh; what one point held must be gone when the next starts, else each point
+    starts higher than the one before and its measured peak memory depends on its place in the job."""
+    tokenizer = character_tokenizer()
+    checkpoint = tmp_path / "model"
+    build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    points = [{"variant": variant, "uses": variant, "variant_options": {}, "optimizer": optimizer, "rank": 2,
+               "task": "sort", "lr": lr, "seed": seed, "record": str(tmp_path / f"{index}.json")}
+              for index, (variant, optimizer, lr, seed) in enumerate(
+                  [("lora", "adamw", 3e-3, 0), ("resampled", "sgd", 0.1, 0), ("peft_lora", "adamw", 3e-3, 1),
+                   ("full", "adamw", 5e-4, 1), ("lora", "adamw", 3e-3, 1)])]
+    job = {"model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
+           "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy"],
+           "data": {"seed": 0, "train": 32, "validation": 4, "test": 4, "min_len": 3, "max_len": 5},
+           "eval_batch_size": 8, "train": {"steps": 2, "batch_size": 8, "log_every": 1}, "points": points}
+    after_each: list[tuple[int, int]] = []
+    written = runner.records.write
+    monkeypatch.setattr(runner.records, "write", lambda record, path: (written(record, path),
+                                                                         after_each.append(live_tensors())))
+    runner.run_job(job)
+    assert len(after_each) == len(points)
+    assert after_each[1:] == after_each[:1] * (len(points) - 1), f"(tensors, bytes) after each point: {after_each}"
