@@ -108,3 +108,60 @@ class OneLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
+
+
+class _LowRankLinear(torch.autograd.Function):
+    """``x W^T + b + (s x A^T) B^T`` for a frozen ``W`` (m, n), ``A`` (r, n), ``B`` (m, r), as few passes over the
+    activations as the algebra allows.
+
+    Through autograd the adapter's output is written, then added to the base output (a pass that reads both and
+    writes a third), and in backward the input gradients of the two branches are written separately and summed
+    again. Here the skinny product is written once and the base GEMM accumulates into it (``addmm_``, beta = 1, the
+    read fused into the GEMM), and in backward ``dx = (s g B) A`` takes the base's ``g W`` the same way. The factor
+    gradients are autograd's: ``dB = g^T (s x A^T)``, ``dA = (s g B)^T x``. Saved for backward: ``x`` and the
+    r-wide ``s x A^T``, as autograd saves them.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
+                B: torch.Tensor, scale: float) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        h = (x2 @ A.mT) * scale
+        y = h @ B.mT if bias is None else torch.addmm(bias, h, B.mT)
+        y.addmm_(x2, weight.mT)
+        ctx.save_for_backward(x, h, weight, A, B)
+        ctx.scale, ctx.has_bias = scale, bias is not None
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, h, weight, A, B = ctx.saved_tensors
+        needs_x, needs_w, needs_b, needs_A, needs_B, _ = ctx.needs_input_grad
+        g = grad.reshape(-1, grad.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        grad_x = grad_w = grad_b = grad_A = grad_B = None
+        gh = (g @ B) * ctx.scale if needs_x or needs_A else None
+        if needs_B:
+            grad_B = g.mT @ h
+        if needs_A:
+            grad_A = gh.mT @ x2
+        if needs_x:
+            grad_x = (gh @ A).addmm_(g, weight).view(x.shape)
+        if needs_w:
+            grad_w = g.mT @ x2
+        if needs_b and ctx.has_bias:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b, grad_A, grad_B, None
+
+
+def fusable(base_layer: nn.Module) -> bool:
+    """Whether :func:`low_rank_linear` computes ``base_layer`` exactly: a plain ``nn.Linear`` or GPT-2's ``Conv1D``
+    (a subclass may change what its forward does)."""
+    return type(base_layer) in (nn.Linear, Conv1D)
+
+
+def low_rank_linear(x: torch.Tensor, base_layer: nn.Module, A: torch.Tensor, B: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """``base_layer(x) + scale * (x A^T) B^T`` in one fused function (:class:`_LowRankLinear`); ``base_layer`` must
+    be :func:`fusable`. The same numbers up to float rounding."""
+    return _LowRankLinear.apply(x, dense_weight(base_layer), base_layer.bias, A, B, scale)
