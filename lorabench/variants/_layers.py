@@ -118,8 +118,9 @@ class _LowRankLinear(torch.autograd.Function):
     writes a third), and in backward the input gradients of the two branches are written separately and summed
     again. Here the skinny product is written once and the base GEMM accumulates into it (``addmm_``, beta = 1, the
     read fused into the GEMM), and in backward ``dx = (s g B) A`` takes the base's ``g W`` the same way. The factor
-    gradients are autograd's: ``dB = g^T (s x A^T)``, ``dA = (s g B)^T x``. Saved for backward: ``x`` and the
-    r-wide ``s x A^T``, as autograd saves them.
+    gradients are autograd's: ``dB = g^T (s x A^T)``, ``dA = (s g B)^T x``. Saved for backward: what autograd would
+    save, ``x``, the r-wide ``s x A^T`` and the factors, each only where a gradient needs it (the memory account
+    counts factors that are not parameters: additive's concatenated ones).
     """
 
     @staticmethod
@@ -129,8 +130,11 @@ class _LowRankLinear(torch.autograd.Function):
         h = (x2 @ A.mT) * scale
         y = h @ B.mT if bias is None else torch.addmm(bias, h, B.mT)
         y.addmm_(x2, weight.mT)
-        ctx.save_for_backward(x, h, weight, A, B)
-        ctx.scale, ctx.has_bias = scale, bias is not None
+        needs_x, needs_w, _, needs_A, needs_B, _ = ctx.needs_input_grad
+        # Only what the gradients asked for, as autograd saves it (A only for the input's gradient).
+        ctx.save_for_backward(x if needs_A or needs_w else None, h if needs_B else None,
+                              weight if needs_x else None, A if needs_x else None, B if needs_x or needs_A else None)
+        ctx.scale, ctx.has_bias, ctx.shape = scale, bias is not None, x.shape
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -138,7 +142,7 @@ class _LowRankLinear(torch.autograd.Function):
         x, h, weight, A, B = ctx.saved_tensors
         needs_x, needs_w, needs_b, needs_A, needs_B, _ = ctx.needs_input_grad
         g = grad.reshape(-1, grad.shape[-1])
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1]) if x is not None else None
         grad_x = grad_w = grad_b = grad_A = grad_B = None
         gh = (g @ B) * ctx.scale if needs_x or needs_A else None
         if needs_B:
@@ -146,7 +150,7 @@ class _LowRankLinear(torch.autograd.Function):
         if needs_A:
             grad_A = gh.mT @ x2
         if needs_x:
-            grad_x = (gh @ A).addmm_(g, weight).view(x.shape)
+            grad_x = (gh @ A).addmm_(g, weight).view(ctx.shape)
         if needs_w:
             grad_w = g.mT @ x2
         if needs_b and ctx.has_bias:
