@@ -271,11 +271,27 @@ def run_rounds(candidates: list[Candidate], rounds: int, warmup: int, clock: Clo
                 candidate.times.clear()
 
 
+def round_ratios(a: Candidate, b: Candidate | None) -> list[float]:
+    """``a``'s step time over ``b``'s, round by round (empty if either was not measured)."""
+    if b is None or not a.times or not b.times:
+        return []
+    return [x / y for x, y in zip(a.times, b.times, strict=True)]
+
+
 def paired_ratio(a: Candidate, b: Candidate | None) -> float:
     """Median over rounds of ``a``'s step time over ``b``'s in the same round (NaN if either was not measured)."""
-    if b is None or not a.times or not b.times:
-        return math.nan
-    return statistics.median(x / y for x, y in zip(a.times, b.times, strict=True))
+    ratios = round_ratios(a, b)
+    return statistics.median(ratios) if ratios else math.nan
+
+
+def ratio_columns(name: str, a: Candidate, b: Candidate | None) -> dict[str, float]:
+    """``name`` (the median ratio) and ``name_q1``, ``name_q3``: its quartiles over rounds, the spread that says
+    whether a ratio near a target is distinguishable from it."""
+    ratios = round_ratios(a, b)
+    if not ratios:
+        return {name: math.nan, f"{name}_q1": math.nan, f"{name}_q3": math.nan}
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {name: statistics.median(ratios), f"{name}_q1": q1, f"{name}_q3": q3}
 
 
 def measure_shape_set(name: str, tokens: int, entries: list[VariantEntry], settings: dict[str, Any],
@@ -331,9 +347,9 @@ def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], referen
             "compared_at_rank": at if c.name != FLOOR else 0,
             "step_ms": 1000 * statistics.median(c.times) if c.times else math.nan,
             "step_ms_min": 1000 * min(c.times) if c.times else math.nan,
-            "ratio_floor": paired_ratio(c, floor),
-            "ratio_peft_lora": paired_ratio(c, peft),
-            "ratio_lora": paired_ratio(c, lora),
+            **ratio_columns("ratio_floor", c, floor),
+            **ratio_columns("ratio_peft_lora", c, peft),
+            **ratio_columns("ratio_lora", c, lora),
             "mem_account_mb": held / MIB if c.step is not None else math.nan,
             **{f"mem_{part}_mb": c.account.get(key, 0) / MIB if c.step is not None else math.nan
                for part, key in (("params", "trainable_parameters"), ("grads", "gradients"),

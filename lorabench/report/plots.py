@@ -543,6 +543,7 @@ def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
                 if not np.isnan(value):
                     ax.text(value, y, f" {value:.2f}", va="center", fontsize=7)
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.margins(x=0.25)

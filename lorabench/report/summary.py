@@ -317,11 +317,13 @@ def cost_answer(cost: pd.DataFrame, question: str) -> str | None:
         if mine is None or (theirs := _ok_cost(cost, shape_set, against, int(mine["compared_at_rank"]))) is None:
             continue
         rank = f" at rank {mine['rank']}" if mine["rank"] else ""
+        # against a reference the stage paired each round with: its median ratio; else the ratio of the medians
+        paired = {"lora": "ratio_lora", "peft_lora": "ratio_peft_lora"}.get(against)
+        step = mine[paired] if paired else mine["step_ms"] / theirs["step_ms"]
         parts.append(
-            f"{variant}{rank} ({mine['optimizer']}) vs {against} ({theirs['optimizer']}): step "
-            f"{mine['step_ms'] / theirs['step_ms']:.2f}× ({mine['step_ms']:.1f} vs {theirs['step_ms']:.1f} ms; "
-            f"{mine['ratio_floor']:.2f}× the frozen floor), memory held {_ratio(mine, theirs, 'mem_account_mb')}×, "
-            f"peak {_ratio(mine, theirs, 'peak_mb')}×"
+            f"{variant}{rank} ({mine['optimizer']}) vs {against} ({theirs['optimizer']}): step {step:.3g}× "
+            f"({mine['step_ms']:.1f} vs {theirs['step_ms']:.1f} ms; {mine['ratio_floor']:.3g}× the frozen floor), "
+            f"memory held {_ratio(mine, theirs, 'mem_account_mb')}×, peak {_ratio(mine, theirs, 'peak_mb')}×"
         )
     if not parts:
         return None
@@ -330,7 +332,7 @@ def cost_answer(cost: pd.DataFrame, question: str) -> str | None:
 
 
 def _ratio(a: pd.Series, b: pd.Series, column: str) -> str:
-    return "n/a" if not b[column] or pd.isna(a[column]) or pd.isna(b[column]) else f"{a[column] / b[column]:.2f}"
+    return "n/a" if not b[column] or pd.isna(a[column]) or pd.isna(b[column]) else f"{a[column] / b[column]:.3g}"
 
 
 def _rank_free_note(cost: pd.DataFrame) -> str:
@@ -388,7 +390,9 @@ def section_cost(cost: pd.DataFrame | None) -> list[str]:
         for row in cost[(cost["variant"] == variant) & (cost["status"] == "ok")].itertuples():
             value = getattr(row, column)
             met = "n/a" if pd.isna(value) else ("met" if value <= limit else "**missed**")
-            lines.append(f"| {what} | {row.shape_set} | {row.rank} | {_number(value, 3)} | {met} |")
+            spread = (f" (rounds' quartiles {getattr(row, column + '_q1'):.3f}–{getattr(row, column + '_q3'):.3f})"
+                      if hasattr(row, column + "_q1") and not pd.isna(getattr(row, column + "_q1")) else "")
+            lines.append(f"| {what} | {row.shape_set} | {row.rank} | {_number(value, 3)}{spread} | {met} |")
             if met != "met" and variant not in missed:
                 missed.append(variant)
     lines.append("")
