@@ -11,7 +11,7 @@ requiring grad as inside a network), optimizer step, the variant's hook. Beside 
 - the **floor**: the same layers frozen, forward + backward to their input only: what any method pays;
 - **PEFT's LoRA** (``peft_lora``) at the same rank, and our own ``lora``, measured whether or not the grid has them.
 
-All of them step in turn within each round (A B C ... A B C ..., the order rotated every round), after warm-up
+All of them step in turn within each round (A B C ... C A B ..., a fresh random order every round), after warm-up
 rounds, so a load swing on a shared machine hits every candidate alike; a ratio is the median over rounds of the
 two steps' ratio within the round. CPU: the process's CPU time on one thread, wall time on more (:class:`Clock`).
 CUDA: CUDA events around each step, read after the round's synchronisation.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import statistics
 import tempfile
 import time
@@ -258,12 +259,14 @@ class Clock:
             self.pending.clear()
 
 
-def run_rounds(candidates: list[Candidate], rounds: int, warmup: int, clock: Clock) -> None:
-    """Every measurable candidate steps once per round, the order rotated each round; warm-up rounds not kept."""
+def run_rounds(candidates: list[Candidate], rounds: int, warmup: int, clock: Clock, seed: int = 0) -> None:
+    """Every measurable candidate steps once per round, in a fresh (seeded) random order each round, so that no
+    candidate always follows the same one (a step after full fine-tuning's Adam pass finds the caches cold); a
+    rotation would keep every neighbour. Warm-up rounds are not kept."""
     active = [c for c in candidates if c.step is not None]
+    shuffle = random.Random(seed)
     for index in range(warmup + rounds):
-        shift = index % len(active) if active else 0
-        for candidate in active[shift:] + active[:shift]:
+        for candidate in shuffle.sample(active, len(active)):
             clock.time(candidate)
         clock.end_round()
         if index < warmup:

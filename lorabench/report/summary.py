@@ -356,7 +356,7 @@ def section_cost(cost: pd.DataFrame | None) -> list[str]:
         f"run applies it, one training step (forward, backward given upstream gradients with the layers' input "
         f"requiring grad, the variant's optimizer step and hook), beside the frozen forward+backward floor of the same "
         f"layers and PEFT's LoRA at the same rank; {first['warmup']} warm-up and {first['rounds']} timed rounds, each "
-        f"stepping every candidate once in a rotated order, so load hits all alike. A ratio is the median over rounds "
+        f"stepping every candidate once in a fresh random order, so load and cache state hit all alike. A ratio is the median over rounds "
         f"of the ratio within a round. Timing: {first['method']} on {first['threads']} thread(s), {first['device']} "
         f"{first['device_name']}, {first['dtype']}. Memory held: the exact account (trainable parameters, gradients, "
         f"optimizer state, saved activations); peak: {first['peak_method']}, the first step above what was allocated "
