@@ -273,11 +273,14 @@ TARGET_BOUNDS = {
     "not multiplies, are the overhead, plus the optimizer step and Python per layer, which weigh most at few "
     "tokens. Tried: the scale folded into the r-wide intermediate, and one fused autograd function (lorabench/"
     "variants/_layers.py, low_rank_linear) that writes the update once and lets the base GEMM accumulate into it, "
-    "forward and backward (about 6 passes fewer than autograd's path)",
+    "forward and backward (about 6 passes fewer than autograd's path), each skinny GEMM in the orientation the "
+    "CPU BLAS streams well",
     "additive": "what bounds it: additive runs LoRA's fused function with 2r-wide factors [cF; V] and [U, cT], so it "
     "makes the same passes over the activations as lora; MATH.md's saving (O(n + r(m+n)) multiplies per token) is "
-    "in multiplies, which are not the bound. Tried: fold and tile as 0/1 matrices in the skinny GEMMs (a "
-    "reshape-sum fold and a broadcast tile each add a pass) and the fused function",
+    "in multiplies, which are not the bound; its factor-sized work (the concatenations, 2r-wide factor gradients) "
+    "weighs most at few tokens. Tried: fold and tile as 0/1 matrices in the skinny GEMMs (a reshape-sum fold and a "
+    "broadcast tile each add a pass), the fused function, and a function of its own that takes no gradient for "
+    "the constant fold and tile (within noise of the fused one in interleaved A/B runs: not kept)",
     "resampled": "what bounds it: the layer input saved for the factor gradients and the rank-2r merge's temporaries",
 }
 """What bounds each of our implementations' targets and what was tried: said beside a missed target."""
