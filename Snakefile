@@ -45,6 +45,12 @@ container: config["container"]
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/assets.smk"
 include: "workflow/rules/train.smk"
+
+
+if GRID.cost_enabled():  # config `cost.enabled` (default true)
+
+    include: "workflow/rules/cost.smk"
+
 include: "workflow/rules/report.smk"
 
 

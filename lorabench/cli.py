@@ -133,6 +133,12 @@ def _train(args: argparse.Namespace) -> None:
     run_job(json.loads(args.job), args.threads)
 
 
+def _cost(args: argparse.Namespace) -> None:
+    from lorabench.cost import run_cost
+
+    run_cost(json.loads(args.settings), args.out, args.threads)
+
+
 def _aggregate(args: argparse.Namespace) -> None:
     from lorabench.aggregate import aggregate, write_tables
 
@@ -143,7 +149,7 @@ def _aggregate(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from lorabench.report import run_report
 
-    run_report(args.out, args.benchmarks, args.cores)
+    run_report(args.out, args.benchmarks, args.cores, args.cost)
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -208,6 +214,12 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
     train.set_defaults(run=_train)
 
+    cost = commands.add_parser("cost", help="step time and memory of every variant at real layer sizes (pipeline rule)")
+    cost.add_argument("--settings", required=True, help="JSON written by the Snakefile (Grid.cost_settings)")
+    cost.add_argument("--out", required=True, type=Path, help="the CSV to write")
+    cost.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
+    cost.set_defaults(run=_cost)
+
     agg = commands.add_parser("aggregate", help="records -> results.csv and loss_curves.csv")
     agg.add_argument("records", nargs="+", type=Path, help="record files, or @FILE: a file listing them, one a line")
     agg.add_argument("--out", required=True, type=Path)
@@ -224,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, type=Path)
     report.add_argument("--benchmarks", type=Path, help="the pipeline's benchmark folder: adds the training share")
     report.add_argument("--cores", type=int, help="cores the pipeline ran with (with --benchmarks)")
+    report.add_argument("--cost", type=Path, help="the cost stage's CSV: its figure, table and the cost answers")
     report.set_defaults(run=_report)
     return root
 

@@ -359,6 +359,31 @@ class Grid:
             "points": [self._point_job(p) for p in points],
         }
 
+    def cost_enabled(self) -> bool:
+        return self.config["cost"]["enabled"]
+
+    def cost_settings(self, device: str) -> dict[str, Any]:
+        """What the cost stage (``lorabench cost``, :mod:`lorabench.cost`) measures: the config's ``cost`` section
+        and every variant of the grid at its ranks with its optimizer and options; the rule's tracked param."""
+        cost = self.config["cost"]
+        return {
+            "shapes": cost["shapes"], "rounds": cost["rounds"], "warmup": cost["warmup"],
+            "profile_cpu_peak": cost["profile_cpu_peak"], "device": device, "alpha": self.config["train"]["alpha"],
+            "dtype": self.config.get("dtype", "float32"), "variant_modules": self.config.get("variant_modules", []),
+            "variants": [
+                {"name": name, "uses": uses, "ranks": self.ranks(name), "options": self.variant_options(name),
+                 "optimizer": self.config.get("variants", {}).get(name, {}).get(
+                     "optimizer", self.config["train"].get("optimizer", "adamw"))}
+                for name, uses in self.variants().items()
+            ],
+        }
+
+    def cost_code(self) -> str:
+        """Hash of the code the cost stage runs (its module and every grid variant's): its rule's tracked param."""
+        from lorabench.provenance import cost_code
+
+        return cost_code(*(self._variant_class(name) for name in self.variants()))
+
     def _point_job(self, point: Point) -> dict[str, Any]:
         """One grid point's own settings: its variant (options, optimizer), rank, task, lr, seed and record."""
         settings = self.config.get("variants", {}).get(point.variant, {})

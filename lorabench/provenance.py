@@ -40,6 +40,18 @@ def train_code(*variants: type) -> str:
     return _digest(_imports_closure({PACKAGE / "runner.py", *defining}) | {RECORD_SCHEMA})
 
 
+def cost_code(*variants: type) -> str:
+    """Hash of the code the cost stage runs: ``lorabench/cost.py``, the modules defining ``variants`` and the
+    references it always measures (``peft_lora``, ``lora``), and the package modules these import."""
+    from lorabench.variants import Variant, get
+
+    defining = {
+        Path(inspect.getsourcefile(cls)).resolve()
+        for variant in (*variants, get("peft_lora"), get("lora")) for cls in variant.__mro__ if issubclass(cls, Variant)
+    }
+    return _digest(_imports_closure({PACKAGE / "cost.py", *defining}))
+
+
 def _imports_closure(files: set[Path]) -> frozenset[Path]:
     """``files`` and every package module they import, directly or not; imports inside functions count too.
 

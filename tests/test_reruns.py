@@ -94,13 +94,14 @@ def test_editing_a_variants_code_reruns_its_jobs_only(smoke_run: Path, edited_co
     jobs = planned_jobs(smoke_run, repo=edited_copy)
     assert trained(jobs) == {(model, "resampled") for model in ("llama-tiny", "gpt2-tiny")}
     assert "pretrain" not in {job["rule"] for job in jobs}
+    assert "cost" in {job["rule"] for job in jobs}  # the cost stage measures every variant: its code is tracked
 
 
 def test_editing_the_report_or_the_threads_reruns_no_training(smoke_run: Path, edited_copy: Path) -> None:
     with (edited_copy / "lorabench/report/plots.py").open("a") as module:
         module.write("\n# an edit\n")
-    jobs = planned_jobs(smoke_run, SMOKE, edited_copy, "--set-threads", "train=2", "pretrain=2")
-    assert not {"train", "pretrain"} & {job["rule"] for job in jobs}, jobs
+    jobs = planned_jobs(smoke_run, SMOKE, edited_copy, "--set-threads", "train=2", "pretrain=2", "cost=2")
+    assert not {"train", "pretrain", "cost"} & {job["rule"] for job in jobs}, jobs
 
 
 def test_every_record_names_the_code_that_ran(smoke_run: Path) -> None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peft import PeftModel, get_peft_model
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
     assert_saved_adapter_reproduces,
     FAMILIES,
@@ -24,7 +25,7 @@ from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse f
 )
 
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants._layers import OneLayer
+from lorabench.variants._layers import OneLayer, low_rank_linear
 from lorabench.variants._peft import lora_config
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
@@ -85,3 +86,23 @@ def test_lora_saved_config_matches_the_spec(tmp_path) -> None:
     variant.save(variant.apply(tiny_model("gpt2")), tmp_path)
     config = PeftModel.from_pretrained(tiny_model("gpt2"), str(tmp_path)).peft_config["default"]
     assert (config.r, config.lora_alpha, config.fan_in_fan_out) == (2, 4.0, True)
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear_bias", "conv1d"])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_fused_low_rank_linear_is_autograd_s_base_plus_adapter(kind: str, input_grad: bool) -> None:
+    """The fused function (LoRA's and additive's forward) gives autograd's outputs and gradients, in double."""
+    torch.manual_seed(0)
+    base = {"linear": nn.Linear(12, 8, bias=False), "linear_bias": nn.Linear(12, 8), "conv1d": Conv1D(8, 12)}[kind]
+    base = base.double().requires_grad_(False)
+    A = torch.randn(3, 12, dtype=torch.double, requires_grad=True)
+    B = torch.randn(8, 3, dtype=torch.double, requires_grad=True)
+    x = torch.randn(2, 5, 12, dtype=torch.double, requires_grad=input_grad)
+    upstream = torch.randn(2, 5, 8, dtype=torch.double)
+    wrt = (x, A, B) if input_grad else (A, B)
+    fused = low_rank_linear(x, base, A, B, 0.7)
+    plain = base(x) + (x @ A.T * 0.7) @ B.T
+    torch.testing.assert_close(fused, plain)
+    for got, want in zip(torch.autograd.grad(fused, wrt, upstream), torch.autograd.grad(plain, wrt, upstream)):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda *t: low_rank_linear(t[0] if input_grad else x, base, *t[-2:], 0.7), wrt)

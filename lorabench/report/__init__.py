@@ -15,6 +15,8 @@ REPORT_ITEMS = {
     "params_vs_accuracy.png": ("Accuracy and forgetting", "params_vs_accuracy.rst"),
     "cost.png": ("Cost", "cost.rst"),
     "memory_account.png": ("Cost", "memory_account.rst"),
+    "cost_real_shapes.png": ("Cost", "cost_real_shapes.rst"),
+    "cost_real_shapes.csv": ("Cost", "cost_real_shapes_table.rst"),
     "loss_curves.png": ("Training", "loss_curves.rst"),
     "status.png": ("Training", "status.rst"),
     "theory.png": ("Theory", "theory.rst"),
@@ -22,13 +24,17 @@ REPORT_ITEMS = {
     "results.csv": ("Tables", "results.rst"),
     "summary.md": ("Tables", "summary.rst"),
 }
-"""Every file :func:`run_report` leaves in the report directory (results.csv from aggregation)
+"""Every file :func:`run_report` leaves in the report directory (results.csv from aggregation, cost_real_shapes.csv
+from the cost stage)
 -> (Snakemake report category, caption file in ``workflow/report/``)."""
 
 
-def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None = None) -> None:
+def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None = None,
+               cost: Path | None = None) -> None:
     """CLI entry: ``out_dir``/results.csv and loss_curves.csv -> every figure, theory.csv and summary.md; with
-    ``benchmarks`` (the pipeline's benchmark folder) and ``cores``, summary.md also gets the training share."""
+    ``benchmarks`` (the pipeline's benchmark folder) and ``cores``, summary.md also gets the training share; with
+    ``cost`` (the cost stage's CSV), the real-shape cost figure and table, and the cost answers come from it
+    (without it, the figure says the stage did not run and the answers use the runs' own timings)."""
     import pandas as pd
 
     from lorabench.report import plots
@@ -50,5 +56,7 @@ def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None 
         draw(results, out_dir / name)
     plots.plot_loss_curves(plots.curves_of(loss_curves, results), out_dir / "loss_curves.png")
     plots.plot_theory(plots.theory_table(out_dir / "theory.csv"), out_dir / "theory.png")
+    cost_table = pd.read_csv(cost) if cost else None
+    plots.plot_cost_real_shapes(cost_table, out_dir / "cost_real_shapes.png")
     harness = section_harness(results, read_benchmarks(benchmarks), cores) if benchmarks else []
-    write_summary(results, out_dir / "summary.md", harness)
+    write_summary(results, out_dir / "summary.md", harness, cost_table)

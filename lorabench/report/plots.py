@@ -489,3 +489,66 @@ def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
     ax.set(title="§3 additive: rank(ΔW) = 2r", xlabel="expected min(2r, m, n)", ylabel="numerical rank of ΔW")
     ax.legend(loc="upper left")
     _save(fig, out_path)
+
+
+COST_PANELS = {
+    "ratio_floor": ("step time ÷ frozen floor\n(forward+backward of the same layers)", 1.10),
+    "ratio_peft_lora": ("step time ÷ PEFT LoRA's\n(same rank)", 1.0),
+    "peak_ratio_lora": ("peak memory of a step ÷ lora's\n(same rank)", 1.1),
+}
+"""The cost stage's ratios drawn (column -> axis label, the target line of issue item 3 drawn at it)."""
+
+
+def cost_label(row: pd.Series) -> str:
+    """``lora r4``, or ``full`` for a method without a rank; ``(ref)`` marks a reference the grid leaves out."""
+    name = f"{row['variant']} r{row['rank']}" if row["rank"] else row["variant"]
+    return name + (" (ref)" if row["role"] == "reference" else "")
+
+
+def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
+    """The cost stage's ratios per variant: to the frozen floor, to PEFT's LoRA, and memory to our LoRA; one row
+    of panels per shape set. ``table`` None: the stage did not run (config ``cost.enabled: false``)."""
+    title = "Cost at real layer sizes: one training step of each variant, interleaved with the references"
+    if table is None:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}\n\nthe cost stage did not run (config cost.enabled: false)", ha="center",
+                va="center")
+        return _save(fig, out_path)
+    runs = table[(table["status"] == "ok") & (table["variant"] != "floor")]
+    if runs.empty:
+        return _no_data(out_path, title)
+    sets = list(dict.fromkeys(runs["shape_set"]))
+    order = variant_order(runs["variant"])
+    n_rows = runs.groupby("shape_set").size().max()
+    fig, axes = _grid(len(sets), len(COST_PANELS), title + "\nbar: median over rounds of the ratio within a round; "
+                      "dotted: issue 13's target; grey: 1", panel=(4.6, 0.32 * n_rows + 1.6))
+    palette = variant_palette(table.loc[table["variant"] != "floor", "variant"])
+    for i, shape_set in enumerate(sets):
+        rows = runs[runs["shape_set"] == shape_set].copy()
+        rows["order"] = rows["variant"].map(order.index)
+        rows = rows.sort_values(["order", "rank"])
+        labels = [cost_label(row) for _, row in rows.iterrows()]
+        first = rows.iloc[0]
+        where = (f"{shape_set}: {first['tokens']} tokens, {first['dtype']}, {first['device']}, {first['method']}, "
+                 f"{first['threads']} thread(s)")
+        for j, (column, (label, target)) in enumerate(COST_PANELS.items()):
+            ax = axes[i, j]
+            values = rows[column].to_numpy(dtype=float)
+            ax.barh(labels, values, color=[palette[v] for v in rows["variant"]])
+            ax.invert_yaxis()
+            ax.axvline(1.0, color="grey", linewidth=1)
+            ax.axvline(target, color="black", linestyle=":", linewidth=1.2)
+            for y, value in enumerate(values):
+                if not np.isnan(value):
+                    ax.text(value, y, f" {value:.2f}", va="center", fontsize=7)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.margins(x=0.25)
+            ax.set(title=where if j == 0 else shape_set, xlabel=label + " (log)")
+            ax.title.set_fontsize(8 if j == 0 else 10)
+            if j:
+                ax.set_yticklabels([])
+    _save(fig, out_path)

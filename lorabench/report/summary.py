@@ -193,8 +193,9 @@ class ModelRuns:
         return f"not answered on {self.model}: no ok runs of {', '.join(absent)}." if absent else None
 
 
-def answer_resampling(runs: ModelRuns) -> str:
-    """Q1: does resampling forget less than LoRA and full FT (at matched learning), and what does it cost?"""
+def answer_resampling(runs: ModelRuns, staged: bool = False) -> str:
+    """Q1: does resampling forget less than LoRA and full FT (at matched learning), and what does it cost?
+    ``staged``: the cost stage ran, so the cost is its bullet (:func:`cost_answer`), not the runs' timings."""
     baselines = [v for v in ("lora", "full", "full_sgd") if v in set(runs.selected["variant"])]
     if note := runs.missing(["resampled", "lora"]):
         return note
@@ -202,10 +203,13 @@ def answer_resampling(runs: ModelRuns) -> str:
     learning = "; ".join(
         f"vs {b}: {runs.compare('resampled', b, 'target_acc_after', 'lower', 'higher')}" for b in baselines
     )
+    answer = (f"On {runs.model}, forgetting at matched learning (per seed, at the highest target accuracy both curves "
+              f"reach) {forgetting}. Target accuracy at each one's chosen lr {learning}.")
+    if staged:
+        return answer + " ([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png))"
     step = runs.compare("resampled", "lora", "step_ms", "faster", "slower")
     return (
-        f"On {runs.model}, forgetting at matched learning (per seed, at the highest target accuracy both curves "
-        f"reach) {forgetting}. Target accuracy at each one's chosen lr {learning}. Step time (ms) vs lora: {step}. "
+        f"{answer} Step time (ms) vs lora: {step}. "
         f"Training holds {runs.mib('resampled')} vs lora {runs.mib('lora')}"
         + "".join(f" and {b} {runs.mib(b)}" for b in baselines if b != "lora")
         + " MiB (exact account: parameters, gradients, optimizer state, saved activations; the same for every seed) "
@@ -214,23 +218,23 @@ def answer_resampling(runs: ModelRuns) -> str:
     )
 
 
-def answer_additive(runs: ModelRuns) -> str:
+def answer_additive(runs: ModelRuns, staged: bool = False) -> str:
     """Q2: does additive fit as well as LoRA at equal parameters, and is it cheaper per step?"""
     if note := runs.missing(["additive", "lora"]):
         return note
     params = runs.selected.groupby("variant")["trainable_params"].median()
     same = "the same" if params["additive"] == params["lora"] else f"{params['additive']:,.0f} vs {params['lora']:,.0f}"
     acc = runs.compare("additive", "lora", "target_acc_after", "lower", "higher")
-    step = runs.compare("additive", "lora", "step_ms", "cheaper", "dearer")
+    step = "" if staged else f"step time (ms): {runs.compare('additive', 'lora', 'step_ms', 'cheaper', 'dearer')}; "
     return (
         f"On {runs.model}, with {same} trainable parameters, additive's target accuracy vs lora's is {acc}; "
-        f"step time (ms): {step}; forgetting at matched learning "
+        f"{step}forgetting at matched learning "
         f"{runs.forgetting_at_matched_learning('additive', 'lora')} "
         "([accuracy_vs_rank.png](accuracy_vs_rank.png), [forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png))."
     )
 
 
-def answer_frozen(runs: ModelRuns) -> str:
+def answer_frozen(runs: ModelRuns, staged: bool = False) -> str:
     """Q3: does frozen-A match LoRA with half the parameters (each at its own best lr), and does frozen-B fall behind?"""
     if note := runs.missing(["frozen_a", "frozen_b", "lora"]):
         return note
@@ -253,6 +257,150 @@ QUESTIONS = {
     "behind?": answer_frozen,
 }
 """MATH.md's research questions, each with the function that answers it from one model's runs."""
+
+
+COST_TARGETS = [
+    ("own lora's step ≤ 1.0× PEFT LoRA's", "lora", "ratio_peft_lora", 1.0),
+    ("additive's step ≤ 1.0× lora's", "additive", "ratio_lora", 1.0),
+    ("resampled's peak memory ≤ 1.1× lora's", "resampled", "peak_ratio_lora", 1.1),
+    ("lora's step ≤ 1.10× the frozen floor", "lora", "ratio_floor", 1.10),
+]
+"""Issue 13's targets for our own implementations: (what, variant, cost-table column, limit), per shape set."""
+TARGET_BOUNDS = {
+    "lora": "what bounds it: beyond the floor's two GEMMs, a LoRA step reads the layer input twice more (x Aᵀ, "
+    "and x for A's gradient), the output gradient twice (g B, gᵀ h) and writes one output-sized and one "
+    "input-sized tensor that the base GEMMs accumulate into; the r-wide products are memory-bound, so these passes, "
+    "not multiplies, are the overhead, plus the optimizer step and Python per layer, which weigh most at few "
+    "tokens. Tried: the scale folded into the r-wide intermediate, and one fused autograd function (lorabench/"
+    "variants/_layers.py, low_rank_linear) that writes the update once and lets the base GEMM accumulate into it, "
+    "forward and backward (about 6 passes fewer than autograd's path), each skinny GEMM in the orientation the "
+    "CPU BLAS streams well",
+    "additive": "what bounds it: additive runs LoRA's fused function with 2r-wide factors [cF; V] and [U, cT], so it "
+    "makes the same passes over the activations as lora; MATH.md's saving (O(n + r(m+n)) multiplies per token) is "
+    "in multiplies, which are not the bound; its factor-sized work (the concatenations, 2r-wide factor gradients) "
+    "weighs most at few tokens. Tried: fold and tile as 0/1 matrices in the skinny GEMMs (a reshape-sum fold and a "
+    "broadcast tile each add a pass), the fused function, and a function of its own that takes no gradient for "
+    "the constant fold and tile (within noise of the fused one in interleaved A/B runs: not kept)",
+    "resampled": "what bounds it: the layer input saved for the factor gradients and the rank-2r merge's temporaries",
+}
+"""What bounds each of our implementations' targets and what was tried: said beside a missed target."""
+COST_QUESTIONS = {
+    "1.": [("resampled", "lora"), ("resampled", "full"), ("resampled", "full_sgd")],
+    "2.": [("additive", "lora")],
+    "3.": [("frozen_a", "lora"), ("frozen_b", "lora")],
+}
+"""Which cost comparisons answer which question (variant, against), from the cost stage's table."""
+REAL_SHAPES = "llama-1b"
+"""The shape set the answers quote when the stage measured it (else its first)."""
+
+
+def _cost_where(rows: pd.DataFrame) -> str:
+    """``llama-1b (q_proj 2048x2048, ...; 64 tokens, float32, cpu, perf_counter, 1 thread(s))``."""
+    row = rows.iloc[0]
+    return (f"{row['shape_set']} ({row['shapes']}; {row['tokens']} tokens, {row['dtype']}, {row['device']} "
+            f"{row['device_name']}, {row['method']}, {row['threads']} thread(s))")
+
+
+def _ok_cost(cost: pd.DataFrame, shape_set: str, variant: str, rank: int | None = None) -> pd.Series | None:
+    """The cost row of ``variant`` (at ``rank``, else its lowest), or None where it was not measured."""
+    rows = cost[(cost["shape_set"] == shape_set) & (cost["variant"] == variant) & (cost["status"] == "ok")]
+    if rank is not None:
+        rows = rows[rows["rank"].isin([rank, NO_RANK])]
+    return rows.sort_values("rank").iloc[0] if len(rows) else None
+
+
+def cost_answer(cost: pd.DataFrame, question: str) -> str | None:
+    """The cost bullet of a question, from the cost stage's table (its real-model shape set)."""
+    sets = list(dict.fromkeys(cost["shape_set"]))
+    shape_set = REAL_SHAPES if REAL_SHAPES in sets else sets[0]
+    rows = cost[cost["shape_set"] == shape_set]
+    parts = []
+    for variant, against in COST_QUESTIONS.get(question, []):
+        mine = _ok_cost(cost, shape_set, variant)
+        if mine is None or (theirs := _ok_cost(cost, shape_set, against, int(mine["compared_at_rank"]))) is None:
+            continue
+        rank = f" at rank {mine['rank']}" if mine["rank"] else ""
+        # against a reference the stage paired each round with: its median ratio; else the ratio of the medians
+        paired = {"lora": "ratio_lora", "peft_lora": "ratio_peft_lora"}.get(against)
+        step = mine[paired] if paired else mine["step_ms"] / theirs["step_ms"]
+        parts.append(
+            f"{variant}{rank} ({mine['optimizer']}) vs {against} ({theirs['optimizer']}): step {step:.3g}× "
+            f"({mine['step_ms']:.1f} vs {theirs['step_ms']:.1f} ms; {mine['ratio_floor']:.3g}× the frozen floor), "
+            f"memory held {_ratio(mine, theirs, 'mem_account_mb')}×, peak {_ratio(mine, theirs, 'peak_mb')}×"
+        )
+    if not parts:
+        return None
+    return (f"Cost at real layer sizes, {_cost_where(rows)}, medians of {rows.iloc[0]['rounds']} interleaved rounds: "
+            + "; ".join(parts) + " ([cost_real_shapes.png](cost_real_shapes.png), table below).")
+
+
+def _ratio(a: pd.Series, b: pd.Series, column: str) -> str:
+    return "n/a" if not b[column] or pd.isna(a[column]) or pd.isna(b[column]) else f"{a[column] / b[column]:.3g}"
+
+
+def _rank_free_note(cost: pd.DataFrame) -> str:
+    ranks = cost.loc[(cost["rank"] == NO_RANK) & (cost["variant"] != "floor"), "compared_at_rank"].dropna().unique()
+    return f" Methods without a rank are compared with the references at rank {int(ranks[0])}." if len(ranks) else ""
+
+
+def _number(value: float, digits: int) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def section_cost(cost: pd.DataFrame | None) -> list[str]:
+    """The cost stage: what it measured and how, its table of ratios, issue 13's targets met or missed."""
+    lines = ["## Cost at real layer sizes", ""]
+    if cost is None:
+        return lines + ["The cost stage did not run (config `cost.enabled: false`): the cost answers above come from "
+                        "the runs' own step times and memory account, on the grid's models.", ""]
+    first = cost.iloc[0]
+    lines += [
+        f"Every variant of the grid at each of its ranks, applied to the linear layers of a real model's block as a "
+        f"run applies it, one training step (forward, backward given upstream gradients with the layers' input "
+        f"requiring grad, the variant's optimizer step and hook), beside the frozen forward+backward floor of the same "
+        f"layers and PEFT's LoRA at the same rank; {first['warmup']} warm-up and {first['rounds']} timed rounds, each "
+        f"stepping every candidate once in a fresh random order, so load and cache state hit all alike. A ratio is the median over rounds "
+        f"of the ratio within a round. Timing: {first['method']} on {first['threads']} thread(s), {first['device']} "
+        f"{first['device_name']}, {first['dtype']}. Memory held: the exact account (trainable parameters, gradients, "
+        f"optimizer state, saved activations); peak: {first['peak_method']}, the first step above what was allocated "
+        f"before it. The stage took {first['stage_seconds']:.0f} s.{_rank_free_note(cost)} ([cost_real_shapes.png]"
+        "(cost_real_shapes.png), [cost_real_shapes.csv](cost_real_shapes.csv)).",
+        "",
+    ]
+    for shape_set, rows in cost.groupby("shape_set", sort=False):
+        lines += [
+            f"### {_cost_where(rows)}", "",
+            "| variant | rank | optimizer | step ms | ÷ floor | ÷ PEFT LoRA | ÷ lora | MiB held (exact) | ÷ lora "
+            "| peak MiB | ÷ lora |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows.itertuples():
+            if row.status != "ok":
+                lines.append(f"| {row.variant} | {row.rank} | {row.optimizer} | not measured: {row.reason} "
+                             "| | | | | | | |")
+                continue
+            lines.append(
+                f"| {row.variant}{' (reference)' if row.role == 'reference' else ''} | {row.rank} | {row.optimizer} "
+                f"| {row.step_ms:.1f} | {_number(row.ratio_floor, 3)} | {_number(row.ratio_peft_lora, 3)} "
+                f"| {_number(row.ratio_lora, 3)} | {_number(row.mem_account_mb, 2)} | {_number(row.mem_ratio_lora, 3)} "
+                f"| {_number(row.peak_mb, 1)} | {_number(row.peak_ratio_lora, 3)} |"
+            )
+        lines.append("")
+    lines += ["### Targets for our own implementations (issue 13)", "",
+              "| target | shape set | rank | measured | met |", "|---|---|---:|---:|---|"]
+    missed = []
+    for what, variant, column, limit in COST_TARGETS:
+        for row in cost[(cost["variant"] == variant) & (cost["status"] == "ok")].itertuples():
+            value = getattr(row, column)
+            met = "n/a" if pd.isna(value) else ("met" if value <= limit else "**missed**")
+            spread = (f" (rounds' quartiles {getattr(row, column + '_q1'):.3f}–{getattr(row, column + '_q3'):.3f})"
+                      if hasattr(row, column + "_q1") and not pd.isna(getattr(row, column + "_q1")) else "")
+            lines.append(f"| {what} | {row.shape_set} | {row.rank} | {_number(value, 3)}{spread} | {met} |")
+            if met != "met" and variant not in missed:
+                missed.append(variant)
+    lines.append("")
+    lines += [f"- {variant} missed a target here; {TARGET_BOUNDS[variant]}." for variant in missed]
+    return lines + [""]
 
 
 def section_lr_choice(results: pd.DataFrame) -> list[str]:
@@ -299,10 +447,11 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
     ]
 
 
-def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = ()) -> None:
+def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = (),
+                  cost: pd.DataFrame | None = None) -> None:
     """Write the markdown summary of ``results`` (all runs; comparisons use ok runs, at the chosen lr or along
     the lr sweep); ``harness``: the lines of :func:`lorabench.report.harness.section_harness`, where the
-    pipeline's benchmarks are known."""
+    pipeline's benchmarks are known; ``cost``: the cost stage's table, where it ran (the cost answers come from it)."""
     rank = reference_rank(results)
     ok = results[results["status"] == "ok"]
     selected = at_reference_rank(selected_ok(results), rank)
@@ -319,8 +468,10 @@ def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = ()
               for model in tables]
     for question, answer in QUESTIONS.items():
         lines += [f"**{question}**", ""]
-        lines += [f"- {answer(runs)}" for runs in models] or ["- no ok runs to answer from."]
+        lines += [f"- {answer(runs, cost is not None)}" for runs in models] or ["- no ok runs to answer from."]
+        if cost is not None and (line := cost_answer(cost, question.split()[0])):
+            lines.append(f"- {line}")
         lines.append("")
-    lines += [*harness, *section_meaning(results)]
+    lines += [*section_cost(cost), *harness, *section_meaning(results)]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text("\n".join(lines) + "\n")

@@ -108,3 +108,67 @@ class OneLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
+
+
+class _LowRankLinear(torch.autograd.Function):
+    """``x W^T + b + (s x A^T) B^T`` for a frozen ``W`` (m, n), ``A`` (r, n), ``B`` (m, r), as few passes over the
+    activations as the algebra allows.
+
+    Through autograd the adapter's output is written, then added to the base output (a pass that reads both and
+    writes a third), and in backward the input gradients of the two branches are written separately and summed
+    again. Here the skinny product is written once and the base GEMM accumulates into it (``addmm_``, beta = 1, the
+    read fused into the GEMM), and in backward ``dx = (s g B) A`` takes the base's ``g W`` the same way. The factor
+    gradients are autograd's: ``dB = g^T (s x A^T)``, ``dA = (s g B)^T x``. Saved for backward: what autograd would
+    save, ``x``, the r-wide ``s x A^T`` and the factors, each only where a gradient needs it (the memory account
+    counts factors that are not parameters: additive's concatenated ones).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
+                B: torch.Tensor, scale: float) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        h = (x2 @ A.mT) * scale
+        y = h @ B.mT if bias is None else torch.addmm(bias, h, B.mT)
+        y.addmm_(x2, weight.mT)
+        needs_x, needs_w, _, needs_A, needs_B, _ = ctx.needs_input_grad
+        # Only what the gradients asked for, as autograd saves it (A only for the input's gradient).
+        ctx.save_for_backward(x if needs_A or needs_w else None, h if needs_B else None,
+                              weight if needs_x else None, A if needs_x else None, B if needs_x or needs_A else None)
+        ctx.scale, ctx.has_bias, ctx.shape = scale, bias is not None, x.shape
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, h, weight, A, B = ctx.saved_tensors
+        needs_x, needs_w, needs_b, needs_A, needs_B, _ = ctx.needs_input_grad
+        g = grad.reshape(-1, grad.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1]) if x is not None else None
+        grad_x = grad_w = grad_b = grad_A = grad_B = None
+        # Each skinny product is taken in the orientation whose GEMM streams the tall operand row by row: on one
+        # CPU thread g^T h as (h^T g)^T measured 0.13 ms against 1.7 ms, g B as (B^T g^T)^T 0.15 against 0.6 ms
+        # (512 tokens, 1024 wide, r 4); the results are the same numbers, transposed views of small tensors.
+        gh_t = (B.mT @ g.mT) * ctx.scale if needs_x or needs_A else None  # (r, tokens): (s g B)^T
+        if needs_B:
+            grad_B = (h.mT @ g).mT
+        if needs_A:
+            grad_A = gh_t @ x2
+        if needs_x:
+            grad_x = (gh_t.mT.contiguous() @ A).addmm_(g, weight).view(ctx.shape)
+        if needs_w:
+            grad_w = g.mT @ x2
+        if needs_b and ctx.has_bias:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b, grad_A, grad_B, None
+
+
+def fusable(base_layer: nn.Module) -> bool:
+    """Whether :func:`low_rank_linear` computes ``base_layer`` exactly: a plain ``nn.Linear`` or GPT-2's ``Conv1D``
+    (a subclass may change what its forward does)."""
+    return type(base_layer) in (nn.Linear, Conv1D)
+
+
+def low_rank_linear(x: torch.Tensor, base_layer: nn.Module, A: torch.Tensor, B: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """``base_layer(x) + scale * (x A^T) B^T`` in one fused function (:class:`_LowRankLinear`); ``base_layer`` must
+    be :func:`fusable`. The same numbers up to float rounding."""
+    return _LowRankLinear.apply(x, dense_weight(base_layer), base_layer.bias, A, B, scale)

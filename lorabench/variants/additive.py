@@ -21,7 +21,9 @@ from lorabench.variants import register
 from lorabench.variants._layers import (
     AdapterLayer,
     adapter_layers,
+    fusable,
     layer_shape,
+    low_rank_linear,
     merge_adapters,
     save_adapter_tensors,
     wrap_targets,
@@ -68,8 +70,12 @@ class AdditiveLayer(AdapterLayer):
         self.register_buffer("tile", tile, persistent=False)
         self.scale = scale
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fused = not dropout and fusable(base_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:  # LoRA's fused function with the width-2r factors [cF; V], [U, cT]
+            return low_rank_linear(x, self.base_layer, torch.cat([self.fold, self.V]), torch.cat([self.U, self.tile], 1),
+                                   1.0)
         return self.base_layer(x) + additive_forward(self.dropout(x), self.U, self.V, self.fold, self.tile)
 
     def delta_weight(self) -> torch.Tensor:

@@ -12,7 +12,15 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lorabench.variants import register
-from lorabench.variants._layers import AdapterLayer, adapter_layers, layer_shape, merge_adapters, wrap_targets
+from lorabench.variants._layers import (
+    AdapterLayer,
+    adapter_layers,
+    fusable,
+    layer_shape,
+    low_rank_linear,
+    merge_adapters,
+    wrap_targets,
+)
 from lorabench.variants._peft import lora_config
 from lorabench.variants.base import Variant
 
@@ -31,8 +39,11 @@ class LoRALayer(AdapterLayer):
         self.lora_B = nn.Parameter(torch.zeros(m, rank, dtype=weight.dtype, device=weight.device))
         self.scale = scale
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fused = not dropout and fusable(base_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:  # no pass over the activations beyond the two skinny products (lorabench/cost.py measures it)
+            return low_rank_linear(x, self.base_layer, self.lora_A, self.lora_B, self.scale)
         # Scaling the r-wide intermediate instead of the m-wide output (as PEFT does) saves a pass.
         return self.base_layer(x) + F.linear(F.linear(self.dropout(x), self.lora_A) * self.scale, self.lora_B)
 

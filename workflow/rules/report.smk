@@ -27,13 +27,15 @@ rule figures:
     """Seaborn figures with 95% CIs over seeds, the Monte Carlo checks of MATH.md, and summary.md."""
     input:
         rules.aggregate.output,
+        cost=rules.cost.output if GRID.cost_enabled() else [],  # the cost stage's table, where it runs
     output:
-        [reported(name) for name in REPORT_ITEMS if name != "results.csv"],
+        [reported(name) for name in REPORT_ITEMS if name not in ("results.csv", "cost_real_shapes.csv")],
     params:
         cores=workflow.cores,  # for the training share: training seconds / (cores x pipeline wall)
+        cost=lambda wildcards, input: f"--cost {input.cost}" if input.cost else "",
     log:
         "results/logs/figures.log",
     benchmark:
         "results/benchmarks/figures.tsv"
     shell:
-        "lorabench report --out reports --benchmarks results/benchmarks --cores {params.cores} > {log} 2>&1"
+        "lorabench report --out reports --benchmarks results/benchmarks --cores {params.cores} {params.cost} > {log} 2>&1"

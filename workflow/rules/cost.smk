@@ -1,0 +1,22 @@
+from lorabench.report import REPORT_ITEMS
+
+
+rule cost:
+    """Step time and memory of every variant of the grid at each of its ranks on a real model's layer shapes, beside
+    the frozen forward+backward floor and PEFT's LoRA, interleaved (lorabench/cost.py); one job for the whole grid."""
+    output:
+        report("reports/cost_real_shapes.csv", caption="../report/" + REPORT_ITEMS["cost_real_shapes.csv"][1],
+               category=REPORT_ITEMS["cost_real_shapes.csv"][0]),
+    params:
+        # tracked: a changed cost setting, grid variant or their code re-runs the stage
+        settings=json.dumps(GRID.cost_settings(config["device"]), sort_keys=True),
+        code=GRID.cost_code(),
+    log:
+        "results/logs/cost.log",
+    benchmark:
+        "results/benchmarks/cost.tsv"
+    threads: 1
+    resources:
+        gpu=config["resources"]["gpus_per_train_job"],
+    shell:
+        "lorabench cost --settings {params.settings:q} --out {output:q} --threads {threads} > {log} 2>&1"
