@@ -75,6 +75,12 @@ def _account_columns(account: dict[str, int] | None) -> dict[str, float | None]:
     return {column: None if account is None else account[part] / MIB for part, column in ACCOUNT_COLUMNS.items()}
 
 
+def _divergence_columns(divergence: dict[str, Any] | None) -> dict[str, Any]:
+    """Where and why a diverged run stopped (empty for the others): the report lists them beside the status."""
+    divergence = divergence or {}
+    return {f"divergence_{key}": divergence.get(key) for key in ("step", "loss", "reason")}
+
+
 def result_row(record: dict[str, Any]) -> dict[str, Any]:
     """One flat row of ``results`` for one validated record."""
     timing, memory, target = record["timing"], record["memory"], record["target"]
@@ -83,6 +89,7 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
         **record["grid"],
         "status": record["status"],
         "error": record["error"],
+        **_divergence_columns(record["divergence"]),
         "optimizer": record["hyperparameters"]["train"].get("optimizer", "adamw"),  # records before it was a setting
         "trainable_params": record["parameters"]["trainable"],
         "total_params": record["parameters"]["total"],

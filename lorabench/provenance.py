@@ -40,6 +40,13 @@ def train_code(*variants: type) -> str:
     return _digest(_imports_closure({PACKAGE / "runner.py", *defining}) | {RECORD_SCHEMA})
 
 
+def report_code() -> str:
+    """Hash of the code the aggregate and report rules run (``lorabench/report``, ``aggregate.py`` and what they
+    import): their tracked param, so an edit re-draws the report without re-training anything."""
+    report = {PACKAGE / "aggregate.py", *(PACKAGE / "report").glob("*.py")}
+    return _digest(_imports_closure(report))
+
+
 def cost_code(*variants: type) -> str:
     """Hash of the code the cost stage runs: ``lorabench/cost.py``, the modules defining ``variants`` and the
     references it always measures (``peft_lora``, ``lora``), and the package modules these import."""
@@ -58,6 +65,13 @@ def _imports_closure(files: set[Path]) -> frozenset[Path]:
     Read from the source (``ast``), not from what happens to be imported: the variant registry imports every
     variant module, and a train job must not depend on the others' code.
     """
+    return _closure(frozenset(files))
+
+
+@cache
+def _closure(files: frozenset[Path]) -> frozenset[Path]:
+    """Computed once per set of files and process: the Snakefile hashes the code of every train job, and a large
+    grid's jobs share a handful of variant sets (parsing per job made a 10,000-job dry run take minutes)."""
     seen: set[Path] = set()
     todo = list(files)
     while todo:
@@ -68,6 +82,7 @@ def _imports_closure(files: set[Path]) -> frozenset[Path]:
     return frozenset(seen)
 
 
+@cache
 def _imported_names(path: Path) -> list[str]:
     """Every module a file's import statements name, with their parent packages (whose ``__init__`` runs too)."""
     names = []
@@ -88,6 +103,7 @@ def _module_file(name: str) -> Path | None:
     return next((path for path in (base.with_suffix(".py"), base / "__init__.py") if path.is_file()), None)
 
 
+@cache
 def _digest(files: frozenset[Path]) -> str:
     """SHA-256 over the files' names and contents, in a fixed order; names are relative to the package so
     moving the checkout changes nothing (a file outside it, e.g. a user's variant module, counts by name)."""

@@ -79,11 +79,20 @@ def _unless_ok(path: Path) -> dict[str, Any] | None:
 
 
 def _reason(record: dict[str, Any]) -> str:
-    """One line: the divergence rule, or the failure's explanation (the exception's line for a bare traceback)."""
-    if record.get("divergence"):
-        return f"step {record['divergence']['step']}: {record['divergence']['reason']}"
-    lines = (record["error"] or "no reason recorded").strip().splitlines()
-    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    """One line: the divergence rule, or the failure's explanation."""
+    divergence = record.get("divergence")
+    return run_reason(divergence and divergence["step"], divergence and divergence["reason"], record["error"])
+
+
+def run_reason(divergence_step: object, divergence_reason: object, error: object) -> str:
+    """Why a run is not ``ok``, in one line: ``step N: <divergence rule>`` for a diverged run, else the error's
+    line that says what went wrong (a traceback's last line: the exception)."""
+    if isinstance(divergence_reason, str):
+        return f"step {int(divergence_step)}: {divergence_reason}"  # a float in a table column with gaps
+    if not isinstance(error, str) or not error.strip():
+        return "(no reason recorded)"
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines[0].startswith("Traceback") else lines[0].strip()
 
 
 def environment(device_info: dict[str, Any], code_sha256: str) -> dict[str, Any]:

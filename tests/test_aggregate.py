@@ -38,8 +38,8 @@ def make_record(model: str, task: str, variant: str, rank: int, lr: float, seed:
         "schema_version": 1,
         "run_id": f"{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}",
         "status": status,
-        "error": None if ok else "RuntimeError: loss became nan at step 3\nTraceback follows",
-        "divergence": None,
+        "error": "RuntimeError: loss became nan at step 3\nTraceback follows" if status == "failed" else None,
+        "divergence": {"step": 3, "loss": None, "reason": "non-finite loss"} if status == "diverged" else None,
         "grid": {"model": model, "task": task, "variant": variant, "rank": rank, "lr": lr, "seed": seed},
         "hyperparameters": {
             "train": {"steps": 50, "batch_size": 8, "optimizer": "sgd" if variant == "resampled" else "adamw"},
@@ -147,6 +147,8 @@ def test_failed_and_diverged_runs_are_kept_with_null_metrics(tables) -> None:
     bad = results[results["status"] != "ok"].set_index("status")
     assert sorted(bad.index) == ["diverged", "failed"]
     assert bad.loc["failed", "error"].startswith("RuntimeError: loss became nan")
+    assert (bad.loc["diverged", "divergence_step"], bad.loc["diverged", "divergence_reason"]) == (3, "non-finite loss")
+    assert bad.loc["failed", ["divergence_step", "divergence_reason"]].isna().all()
     assert bad[["target_acc_after", "forgetting", "step_ms", "peak_mem_added_mb"]].isna().all().all()
     assert curves.loc[curves["status"] == "failed", "loss"].isna().all()
 

@@ -17,7 +17,8 @@ from test_aggregate import BAD_LR, GOOD_LR, write_grid
 import lorabench
 from lorabench.aggregate import aggregate, write_tables
 from lorabench.report import REPORT_ITEMS, plots, run_report
-from lorabench.report.summary import QUESTIONS, error_headline, write_summary
+from lorabench.records import run_reason
+from lorabench.report.summary import QUESTIONS, write_summary
 
 CAPTIONS = Path(__file__).parents[1] / "workflow" / "report"
 
@@ -108,16 +109,17 @@ def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
 def test_summary_lists_failed_and_diverged_runs_by_first_line(report_dir: Path) -> None:
     summary = (report_dir / "summary.md").read_text()
     assert "`gpt2-tiny/add/lora/r4/lr0.001/seed99` — failed: RuntimeError: loss became nan at step 3" in summary
-    assert "— diverged: RuntimeError" in summary
+    assert "— diverged: step 3: non-finite loss" in summary  # where and why, from the record's divergence
     assert "Traceback follows" not in summary
     assert "ok 132, diverged 1, failed 1" in summary
 
 
 def test_error_headline_of_a_traceback_is_the_exception() -> None:
     traceback = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\n    g()\nValueError: rank 3\n'
-    assert error_headline(traceback) == "ValueError: rank 3"
-    assert error_headline("loss became nan at step 7\ndetails") == "loss became nan at step 7"
-    assert error_headline(float("nan")) == "(no error message)"
+    assert run_reason(None, None, traceback) == "ValueError: rank 3"
+    assert run_reason(None, None, "loss became nan at step 7\ndetails") == "loss became nan at step 7"
+    assert run_reason(float("nan"), float("nan"), float("nan")) == "(no reason recorded)"
+    assert run_reason(12.0, "loss above 4 x the first", None) == "step 12: loss above 4 x the first"
 
 
 def test_summary_says_what_is_not_answered(tmp_path: Path) -> None:

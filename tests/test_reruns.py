@@ -97,11 +97,12 @@ def test_editing_a_variants_code_reruns_its_jobs_only(smoke_run: Path, edited_co
     assert "cost" in {job["rule"] for job in jobs}  # the cost stage measures every variant: its code is tracked
 
 
-def test_editing_the_report_or_the_threads_reruns_no_training(smoke_run: Path, edited_copy: Path) -> None:
+def test_editing_the_report_redraws_it_and_reruns_no_training(smoke_run: Path, edited_copy: Path) -> None:
     with (edited_copy / "lorabench/report/plots.py").open("a") as module:
         module.write("\n# an edit\n")
     jobs = planned_jobs(smoke_run, SMOKE, edited_copy, "--set-threads", "train=2", "pretrain=2", "cost=2")
-    assert not {"train", "pretrain", "cost"} & {job["rule"] for job in jobs}, jobs
+    assert {job["rule"] for job in jobs} == {"aggregate", "figures", "all"}, jobs
+    assert "Params have changed" in next(job["reason"] for job in jobs if job["rule"] == "aggregate")
 
 
 def test_every_record_names_the_code_that_ran(smoke_run: Path) -> None:

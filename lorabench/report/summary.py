@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from lorabench.aggregate import lr_choices
+from lorabench.records import run_reason
 from lorabench.report.plots import (
     NO_RANK, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
 )  # fmt: skip
@@ -77,14 +78,6 @@ def variant_table(runs: pd.DataFrame) -> dict[str, dict[str, Estimate | float]]:
     }
 
 
-def error_headline(error: object) -> str:
-    """The line that says what went wrong: a traceback's last line (the exception), else the first."""
-    if not isinstance(error, str) or not error.strip():
-        return "(no error message)"
-    lines = [line for line in error.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines[0].startswith("Traceback") else lines[0].strip()
-
-
 def _values(results: pd.DataFrame, column: str) -> str:
     return ", ".join(str(v) for v in sorted(results[column].dropna().unique()))
 
@@ -133,7 +126,7 @@ def section_what_was_run(results: pd.DataFrame) -> list[str]:
     if not bad.empty:
         lines += ["", "Runs that did not finish:", ""]
         listed = bad.head(MAX_LISTED_FAILURES).itertuples()
-        lines += [f"- `{run.run_id}` — {run.status}: {error_headline(run.error)}" for run in listed]
+        lines += [f"- `{run.run_id}` — {run.status}: {run_reason(run.divergence_step, run.divergence_reason, run.error)}" for run in listed]
         if len(bad) > MAX_LISTED_FAILURES:
             lines.append(f"- … and {len(bad) - MAX_LISTED_FAILURES} more (see results.csv)")
     return lines

@@ -1,3 +1,4 @@
+from lorabench.provenance import report_code
 from lorabench.report import REPORT_ITEMS
 
 
@@ -15,6 +16,8 @@ rule aggregate:
     output:
         results=reported("results.csv"),
         curves="reports/loss_curves.csv",
+    params:
+        code=report_code(),  # tracked: an edit to the aggregation or report code re-draws, without re-training
     log:
         "results/logs/aggregate.log",
     benchmark:
@@ -31,6 +34,7 @@ rule figures:
     output:
         [reported(name) for name in REPORT_ITEMS if name not in ("results.csv", "cost_real_shapes.csv")],
     params:
+        code=report_code(),
         cores=workflow.cores,  # for the training share: training seconds / (cores x pipeline wall)
         cost=lambda wildcards, input: f"--cost {input.cost}" if input.cost else "",
     log:
