@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lorabench.config import SCHEMA
+from lorabench.checks import SCHEMA
 from lorabench.image import check_image_matches_tree
 
 LISTING_SHAPE = (64, 64, 4)
@@ -49,7 +49,7 @@ def _variants(args: argparse.Namespace) -> None:
 
 
 def _test_variant(args: argparse.Namespace) -> None:
-    from lorabench.config import GRID_SETTINGS
+    from lorabench.grid import GRID_SETTINGS
     from lorabench.contract import FAMILIES, check_variant
     from lorabench.variants import registry
 
@@ -71,7 +71,7 @@ def _test_variant(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from lorabench.config import ConfigError, load_grid
+    from lorabench.checks import ConfigError, load_grid
 
     try:
         grid = load_grid(_read_yaml(args.config), args.schema)
@@ -128,9 +128,10 @@ def _generate_data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from lorabench.job import TrainJob
     from lorabench.runner import run_job
 
-    run_job(json.loads(args.job), args.threads)
+    run_job(TrainJob.from_json(args.job), args.threads)
 
 
 def _aggregate(args: argparse.Namespace) -> None:

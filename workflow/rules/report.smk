@@ -10,7 +10,7 @@ def reported(name):
 rule aggregate:
     """All records into one tidy table (one row per run) and the loss curves (one row per logged step)."""
     input:
-        records=GRID.job_records(),  # the first of each train job: one target per job keeps large grids quick
+        records=job_records(),  # the first of each train job: one target per job keeps large grids quick
         listing=RECORD_LIST,  # every record, read by the command
     output:
         results=reported("results.csv"),
