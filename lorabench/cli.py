@@ -22,16 +22,28 @@ LARGE_GRID = 100_000
 
 def _user_variants(args: argparse.Namespace) -> dict:
     """Load ``--module`` files and the ``--config``'s ``variant_modules``; returns the config's variant entries."""
-    import yaml
-
     from lorabench.variants import load_modules
 
-    config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    config = _schema_checked(args.config) if args.config else None
     try:
-        load_modules([*args.module, *config.get("variant_modules", [])])
+        load_modules([*args.module, *(config["variant_modules"] if config else [])])
     except (OSError, SyntaxError, ImportError, ValueError) as error:
         sys.exit(f"variant modules: {type(error).__name__}: {error}")
-    return config.get("variants", {})
+    return config["variants"] if config else {}
+
+
+def _schema_checked(path: Path) -> dict:
+    """The config at ``path``, checked against the schema and with its defaults filled; exits naming a problem."""
+    from lorabench.checks import ConfigError, check_schema
+
+    config = _read_yaml(path)
+    if not isinstance(config, dict):
+        sys.exit(f"{path}: the config is no mapping of settings (see workflow/config/smoke.yaml)")
+    try:
+        check_schema(config, SCHEMA)
+    except ConfigError as error:
+        sys.exit(f"{path}: {error}")
+    return config
 
 
 def _variants(args: argparse.Namespace) -> None:
