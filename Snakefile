@@ -1,7 +1,6 @@
 # lorabench: every LoRA variant over a grid of models x ranks x tasks x learning rates x seeds,
 # then one table and one report. Run `snakemake -c all` (embedded CPU default), or pass
 # `--configfile workflow/config/<suite>.yaml`; the config is validated before any job runs.
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
     if _bind not in workflow.deployment_settings.apptainer_args:  # a SLURM job's snakemake parses this again
         workflow.deployment_settings.apptainer_args += _bind
 
-from lorabench.config import RECORD_LIST, ConfigError, load_grid
 from lorabench.provenance import git_state, pretrain_code
 from lorabench.records import bad_runs_note
 
@@ -31,12 +29,7 @@ if not config:  # a --configfile replaces the embedded default instead of being 
     configfile: Path(workflow.basedir) / "workflow/config/default.yaml"
 
 
-try:
-    GRID = load_grid(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
-except ConfigError as error:
-    raise WorkflowError(str(error)) from None
-
-GRID.write_record_list(Path(RECORD_LIST))
+include: "workflow/rules/common.smk"
 
 container: config["container"]
 
@@ -47,7 +40,7 @@ include: "workflow/rules/assets.smk"
 include: "workflow/rules/train.smk"
 
 
-if GRID.cost_enabled():  # config `cost.enabled` (default true)
+if config["cost"]["enabled"]:  # config `cost.enabled` (default true)
 
     include: "workflow/rules/cost.smk"
 
@@ -58,7 +51,7 @@ rule all:
     input:
         rules.aggregate.input,
         rules.figures.output,
-        GRID.missing_records(),  # a deleted record re-runs its job (one per job that lacks any)
+        missing_records(),  # a deleted record re-runs its job (one per job that lacks any)
     default_target: True
 
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lorabench.config import SCHEMA
+from lorabench.checks import SCHEMA
 from lorabench.image import check_image_matches_tree
 
 LISTING_SHAPE = (64, 64, 4)
@@ -22,16 +22,28 @@ LARGE_GRID = 100_000
 
 def _user_variants(args: argparse.Namespace) -> dict:
     """Load ``--module`` files and the ``--config``'s ``variant_modules``; returns the config's variant entries."""
-    import yaml
-
     from lorabench.variants import load_modules
 
-    config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    config = _schema_checked(args.config) if args.config else None
     try:
-        load_modules([*args.module, *config.get("variant_modules", [])])
+        load_modules([*args.module, *(config["variant_modules"] if config else [])])
     except (OSError, SyntaxError, ImportError, ValueError) as error:
         sys.exit(f"variant modules: {type(error).__name__}: {error}")
-    return config.get("variants", {})
+    return config["variants"] if config else {}
+
+
+def _schema_checked(path: Path) -> dict:
+    """The config at ``path``, checked against the schema and with its defaults filled; exits naming a problem."""
+    from lorabench.checks import ConfigError, check_schema
+
+    config = _read_yaml(path)
+    if not isinstance(config, dict):
+        sys.exit(f"{path}: the config is no mapping of settings (see workflow/config/smoke.yaml)")
+    try:
+        check_schema(config, SCHEMA)
+    except ConfigError as error:
+        sys.exit(f"{path}: {error}")
+    return config
 
 
 def _variants(args: argparse.Namespace) -> None:
@@ -49,7 +61,7 @@ def _variants(args: argparse.Namespace) -> None:
 
 
 def _test_variant(args: argparse.Namespace) -> None:
-    from lorabench.config import GRID_SETTINGS
+    from lorabench.grid import GRID_SETTINGS
     from lorabench.contract import FAMILIES, check_variant
     from lorabench.variants import registry
 
@@ -71,7 +83,7 @@ def _test_variant(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from lorabench.config import ConfigError, load_grid
+    from lorabench.checks import ConfigError, load_grid
 
     try:
         grid = load_grid(_read_yaml(args.config), args.schema)
@@ -128,9 +140,10 @@ def _generate_data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from lorabench.job import TrainJob
     from lorabench.runner import run_job
 
-    run_job(json.loads(args.job), args.threads)
+    run_job(TrainJob.from_json(args.job), args.threads)
 
 
 def _cost(args: argparse.Namespace) -> None:

@@ -109,7 +109,7 @@ class ShapeBlock(nn.Module):
 
 @dataclass(frozen=True)
 class VariantEntry:
-    """One grid variant as the stage measures it (from :meth:`lorabench.config.Grid.cost_settings`)."""
+    """One grid variant as the stage measures it (from :meth:`lorabench.grid.Grid.cost_settings`)."""
 
     name: str
     uses: str

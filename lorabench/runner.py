@@ -11,7 +11,7 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,54 +22,55 @@ from lorabench import records
 from lorabench.devices import device_info, select_device
 from lorabench.evaluation.exact_match import accuracy
 from lorabench.evaluation.weights import weight_forgetting
+from lorabench.job import Forgetting, JobPoint, TrainJob
 from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
 from lorabench.provenance import train_code
 from lorabench.tasks.base import Task
-from lorabench.train import TrainOutcome, TrainSettings, encode_batch, train
+from lorabench.train import TrainOutcome, encode_batch, train
 from lorabench.variants import AdapterSpec, get, load_modules
 
 log = logging.getLogger(__name__)
 
 
-def run_job(job: dict[str, Any], threads: int | None = None) -> None:
-    """Run every grid point of ``job`` (built by ``lorabench.config.train_job``) on ``threads`` CPU threads.
+def run_job(job: TrainJob, threads: int | None = None) -> None:
+    """Run every grid point of ``job`` (built by :meth:`lorabench.grid.Grid.train_job`) on ``threads`` CPU threads.
 
     A target task whose data cannot be loaded fails its own points only, naming the missing files; a base model
     that cannot be loaded or measured fails every point. Either way each point gets a record that says why.
     """
-    load_modules(job.get("variant_modules", []))  # the user's variants: registered here as on the host
+    load_modules(list(job.variant_modules))  # the user's variants: registered here as on the host
     if threads:
         torch.set_num_threads(threads)
-    device = select_device(job["device"])
+    device = select_device(job.device)
     tasks = _job_tasks(job)
     unloadable = _unloadable_targets(job, tasks)
     tasks = {name: task for name, task in tasks.items() if name not in unloadable}
-    points = [point for point in job["points"] if point["task"] not in unloadable]
-    _record_failures(job, [p for p in job["points"] if p["task"] in unloadable], device, unloadable.get)
+    points = [point for point in job.points if point.task not in unloadable]
+    _record_failures(job, [p for p in job.points if p.task in unloadable], device, unloadable.get)
     if not points:
         return
     try:
-        base = _measure_base(job, tasks, device, points[0]["task"])
+        base = _measure_base(job, tasks, device, points[0].task)
     except Exception:  # e.g. a hub name not resolvable here: every point gets a failed record that says so
-        error = f"{_model_problem(job['checkpoint'])}:\n{traceback.format_exc(limit=-8)}"
+        error = f"{_model_problem(job.checkpoint)}:\n{traceback.format_exc(limit=-8)}"
         _record_failures(job, points, device, lambda task: error)
         return
     for point in points:
         record = run_point(job, point, tasks, base, device)
-        records.write(record, Path(point["record"]))
+        records.write(record, Path(point.record))
         log.info("%s: %s", record["run_id"], record["status"])
 
 
 def _record_failures(
-    job: dict[str, Any], points: list[dict[str, Any]], device: torch.device, error: Callable[[str], str]
+    job: TrainJob, points: list[JobPoint], device: torch.device, error: Callable[[str], str]
 ) -> None:
     """A ``failed`` record for each of ``points``, with ``error(task)`` as the reason."""
     for point in points:
         record = _empty_record(job, point, {}, device)
-        record["error"] = error(point["task"])
+        record["error"] = error(point.task)
         log.error("%s failed: %s", record["run_id"], record["error"])
-        records.write(record, Path(point["record"]))
+        records.write(record, Path(point.record))
 
 
 def _model_problem(checkpoint: str) -> str:
@@ -80,57 +81,56 @@ def _model_problem(checkpoint: str) -> str:
     return f"the base model {checkpoint!r} ({where}) could not be loaded or measured"
 
 
-def _unloadable_targets(job: dict[str, Any], tasks: dict[str, Task]) -> dict[str, str]:
+def _unloadable_targets(job: TrainJob, tasks: dict[str, Task]) -> dict[str, str]:
     """Target task -> why its data cannot be loaded (missing files named first), for the job's tasks that fail."""
     problems = {}
-    for name in dict.fromkeys(point["task"] for point in job["points"]):
+    for name in dict.fromkeys(point.task for point in job.points):
         try:
             tasks[name].split("train")  # loads every split of a hub task; an embedded task generates its own
         except Exception as error:
-            files = (job.get("hub_tasks", {}).get(name, {}).get("data_files") or {}).values()
+            files = (job.hub_tasks.get(name, {}).get("data_files") or {}).values()
             missing = [path for path in files if not Path(path).exists()]
             where = f"missing data file(s) {missing} (relative to {Path.cwd()})" if missing else "data not loadable"
             problems[name] = f"task {name!r}: {where}: {type(error).__name__}: {error}"
     return problems
 
 
-def _job_tasks(job: dict[str, Any]) -> dict[str, Task]:
+def _job_tasks(job: TrainJob) -> dict[str, Task]:
     """The source tasks and the target tasks of this job's points: embedded by name, hub tasks from their fields."""
     from lorabench.tasks.hub import HubTask
 
-    hub = job.get("hub_tasks", {})
-    targets = list(dict.fromkeys(point["task"] for point in job["points"]))
-    embedded = [name for name in job["source_tasks"] + targets if name not in hub]
-    tasks: dict[str, Task] = {task.name: task for task in embedded_tasks(list(dict.fromkeys(embedded)), job["data"])}
+    hub = job.hub_tasks
+    targets = list(dict.fromkeys(point.task for point in job.points))
+    embedded = [name for name in [*job.source_tasks, *targets] if name not in hub]
+    tasks: dict[str, Task] = {task.name: task for task in embedded_tasks(list(dict.fromkeys(embedded)), job.data)}
     tasks |= {name: HubTask.from_dict(fields) for name, fields in hub.items() if name in targets}
     return tasks
 
 
-def _forgetting_measures(job: dict[str, Any], model: torch.nn.Module, tokenizer, device: torch.device) -> dict[str, float]:
+def _forgetting_measures(
+    settings: Forgetting, model: torch.nn.Module, tokenizer, device: torch.device
+) -> dict[str, float]:
     """The config's ``forgetting`` measures of ``model`` as it is now: ``lm_eval__<task>``, ``heldout_ce`` and
     ``paraphrase_retrieval``."""
-    settings = job.get("forgetting") or {}
     measured: dict[str, float] = {}
-    if lm_eval := settings.get("lm_eval"):
+    if lm_eval := settings.lm_eval:
         from lorabench.evaluation.lm_eval import lm_eval_scores
 
-        scores = lm_eval_scores(
-            model, tokenizer, lm_eval["tasks"], lm_eval.get("include_path"), lm_eval.get("limit"),
-            lm_eval.get("batch_size", 8), str(device),
-        )
+        scores = lm_eval_scores(model, tokenizer, list(lm_eval.tasks), lm_eval.include_path, lm_eval.limit,
+                                lm_eval.batch_size, str(device))
         measured |= {f"lm_eval__{task}": score for task, score in scores.items()}
-    if heldout := settings.get("heldout_ce"):
+    if heldout := settings.heldout_ce:
         from lorabench.evaluation.perplexity import mean_token_cross_entropy
 
-        texts = _heldout_texts(heldout["texts"], heldout.get("n", 256))
+        texts = _heldout_texts(heldout.texts, heldout.n)
         measured["heldout_ce"] = mean_token_cross_entropy(
-            model, tokenizer, texts, heldout.get("batch_size", 8), heldout.get("max_length", 512), str(device)
+            model, tokenizer, texts, heldout.batch_size, heldout.max_length, str(device)
         )
-    if retrieval := settings.get("paraphrase_retrieval"):
+    if retrieval := settings.paraphrase_retrieval:
         from lorabench.evaluation.embeddings import paraphrase_retrieval, read_pairs
 
         measured["paraphrase_retrieval"] = paraphrase_retrieval(
-            model, tokenizer, read_pairs(retrieval["pairs"]), retrieval.get("batch_size", 32), str(device)
+            model, tokenizer, read_pairs(retrieval.pairs), retrieval.batch_size, str(device)
         )
     return measured
 
@@ -182,28 +182,28 @@ class BaseMeasures:
     """The targeted layers' weights, ``(m, n)``, on the CPU: the reference of weight-space forgetting."""
 
 
-def _measure_base(job: dict[str, Any], tasks: dict[str, Task], device: torch.device, warm_up: str) -> BaseMeasures:
+def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, warm_up: str) -> BaseMeasures:
     """Measure the base model once per job: the numbers are the same for all of its points.
 
     Also runs one forward and backward pass, so one-time start-up allocations (autograd engine,
     kernels' workspaces) land before the first grid point's measured training, not inside it.
     """
     first = tasks[warm_up]
-    model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]), labels=first.labels)
+    model, tokenizer = load(job.checkpoint, dtype=getattr(torch, job.dtype), labels=first.labels)
     model.to(device)
-    examples = first.split("train")[: job["train"]["batch_size"]]
+    examples = first.split("train")[: job.train.batch_size]
     model(**encode_batch(tokenizer, examples, device, labels=first.labels)).loss.backward()
     model.zero_grad(set_to_none=True)
     accuracies = {
-        name: accuracy(model, tokenizer, task, task.split("test"), job["eval_batch_size"], device)
+        name: accuracy(model, tokenizer, task, task.split("test"), job.eval_batch_size, device)
         for name, task in tasks.items() if task.labels is None
     }
-    weights = {name: w.cpu() for name, w in target_weights(model, job["target_modules"]).items()}
-    return BaseMeasures(accuracies, _forgetting_measures(job, model, tokenizer, device), weights)
+    weights = {name: w.cpu() for name, w in target_weights(model, list(job.target_modules)).items()}
+    return BaseMeasures(accuracies, _forgetting_measures(job.forgetting, model, tokenizer, device), weights)
 
 
 def run_point(
-    job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], base: BaseMeasures, device: torch.device
+    job: TrainJob, point: JobPoint, tasks: dict[str, Task], base: BaseMeasures, device: torch.device
 ) -> dict[str, Any]:
     """Train one grid point and return its record; exceptions become a ``failed`` record."""
     record = _empty_record(job, point, base.accuracies, device)
@@ -218,25 +218,24 @@ def run_point(
 
 
 def _train_and_measure(
-    job: dict[str, Any], point: dict[str, Any], tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
+    job: TrainJob, point: JobPoint, tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
     base: BaseMeasures,
 ) -> None:
-    target = tasks[point["task"]]
-    torch.manual_seed(point["seed"])  # before loading: it also draws a classification task's new head
-    model, tokenizer = load(job["checkpoint"], dtype=getattr(torch, job["dtype"]), labels=target.labels)
+    target = tasks[point.task]
+    torch.manual_seed(point.seed)  # before loading: it also draws a classification task's new head
+    model, tokenizer = load(job.checkpoint, dtype=getattr(torch, job.dtype), labels=target.labels)
     model.to(device)
 
     def evaluate(task: Task, split: str) -> float:  # of `model` as it is when called: base, then tuned
-        return accuracy(model, tokenizer, task, task.split(split), job["eval_batch_size"], device)
+        return accuracy(model, tokenizer, task, task.split(split), job.eval_batch_size, device)
 
     if target.labels is not None:  # base backbone under this point's new head: what its training starts from
         record["target"]["accuracy_before"] = evaluate(target, "test")
     spec = AdapterSpec(
-        rank=point["rank"], alpha=job["alpha"], target_modules=tuple(job["target_modules"]),
-        seed=point["seed"], dropout=job["dropout"], options=point["variant_options"],
-        total_steps=job["train"]["steps"],
+        rank=point.rank, alpha=job.alpha, target_modules=job.target_modules, seed=point.seed, dropout=job.dropout,
+        options=point.variant_options, total_steps=job.train.steps,
     )
-    variant = get(point["uses"])(spec)
+    variant = get(point.uses)(spec)
     head = task_head(model) if target.labels is not None else []
     model = variant.apply(model).to(device)
     for parameter in head:  # new, so trained by every variant (variants freeze what they do not adapt)
@@ -245,31 +244,30 @@ def _train_and_measure(
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total": sum(p.numel() for p in model.parameters()),
     }
-    settings = TrainSettings(lr=point["lr"], optimizer=point["optimizer"], **job["train"])
     outcome = train(
-        model, tokenizer, target.split("train"), settings, point["seed"], device,
+        model, tokenizer, target.split("train"), job.train.for_point(point), point.seed, device,
         after_step=variant.after_step, description=record["run_id"], labels=target.labels,
-        parameter_groups=variant.parameter_groups(model, point["lr"]),
+        parameter_groups=variant.parameter_groups(model, point.lr),
     )
     _record_training(record, outcome)
     if outcome.status != "ok":
         return
     record["extra"] |= variant.record_extra(model)
-    if job.get("save_adapters"):
-        variant.save(model, adapter_directory(point["record"]))
+    if job.save_adapters:
+        variant.save(model, adapter_directory(point.record))
     record["target"]["accuracy_after"] = evaluate(target, "test")
     record["extra"]["validation_accuracy"] = evaluate(target, "validation")
-    for name in job["source_tasks"]:
+    for name in job.source_tasks:
         after = evaluate(tasks[name], "test")
         record["source"][name]["accuracy_after"] = after
         record["forgetting"]["per_task"][name] = record["source"][name]["accuracy_before"] - after
-    if job.get("forgetting"):
-        after = _forgetting_measures(job, model, tokenizer, device)
+    if job.forgetting:
+        after = _forgetting_measures(job.forgetting, model, tokenizer, device)
         record["extra"] |= _forgetting_extras(base.forgetting, after)
         record["forgetting"]["per_task"] |= _benchmark_drops(base.forgetting, after)
     per_task = record["forgetting"]["per_task"].values()
     record["forgetting"]["mean"] = sum(per_task) / len(per_task) if per_task else None
-    record["extra"] |= _weight_forgetting(base.weights, variant.merge(model), job["target_modules"])
+    record["extra"] |= _weight_forgetting(base.weights, variant.merge(model), list(job.target_modules))
 
 
 def adapter_directory(record: str) -> Path:
@@ -316,9 +314,9 @@ def _finite_or_none(value: float) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
-def _job_code(job: dict[str, Any]) -> str:
+def _job_code(job: TrainJob) -> str:
     """The hash of the code this job runs, for every variant of its points: the train rule's ``code`` param."""
-    return _code_of(frozenset(point["uses"] for point in job["points"]))
+    return _code_of(frozenset(point.uses for point in job.points))
 
 
 @cache
@@ -329,10 +327,10 @@ def _code_of(variants: frozenset[str]) -> str:
 
 
 def _empty_record(
-    job: dict[str, Any], point: dict[str, Any], before: dict[str, float], device: torch.device
+    job: TrainJob, point: JobPoint, before: dict[str, float], device: torch.device
 ) -> dict[str, Any]:
-    grid = {"model": job["model"], "task": point["task"], "variant": point["variant"], "rank": point["rank"],
-            "lr": point["lr"], "seed": point["seed"]}
+    grid = {"model": job.model, "task": point.task, "variant": point.variant, "rank": point.rank,
+            "lr": point.lr, "seed": point.seed}
     return {
         "schema_version": records.SCHEMA_VERSION,
         "run_id": "{model}/{task}/{variant}/r{rank}/lr{lr:g}/seed{seed}".format(**grid),
@@ -341,19 +339,19 @@ def _empty_record(
         "divergence": None,
         "grid": grid,
         "hyperparameters": {
-            **{key: job[key] for key in ("alpha", "dropout", "target_modules", "data", "checkpoint", "dtype",
-                                         "eval_batch_size")},
-            **{key: point[key] for key in ("uses", "variant_options")},
-            "train": {**job["train"], "optimizer": point["optimizer"]},
-            **{key: job.get(key, default) for key, default in (("variant_modules", []), ("save_adapters", False))},
+            "alpha": job.alpha, "dropout": job.dropout, "target_modules": list(job.target_modules), "data": job.data,
+            "checkpoint": job.checkpoint, "dtype": job.dtype, "eval_batch_size": job.eval_batch_size,
+            "uses": point.uses, "variant_options": point.variant_options,
+            "train": asdict(job.train) | {"optimizer": point.optimizer},
+            "variant_modules": list(job.variant_modules), "save_adapters": job.save_adapters,
         },
         "parameters": {"trainable": None, "total": None},
         "timing": {"method": "perf_counter", "train_seconds": None, "step_ms_median": None, "step_ms_mean": None,
                    "steps_done": 0},
         "memory": {"method": "cpu_peak_rss", "peak_mb": None, "baseline_mb": None, "account": None},
         "loss_curve": {"step": [], "loss": []},
-        "target": {"task": point["task"], "accuracy_before": before.get(point["task"]), "accuracy_after": None},
-        "source": {name: {"accuracy_before": before.get(name), "accuracy_after": None} for name in job["source_tasks"]},
+        "target": {"task": point.task, "accuracy_before": before.get(point.task), "accuracy_after": None},
+        "source": {name: {"accuracy_before": before.get(name), "accuracy_after": None} for name in job.source_tasks},
         "forgetting": {"mean": None, "per_task": {}},
         "extra": {},
         "environment": records.environment(device_info(device), _job_code(job)),

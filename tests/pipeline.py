@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +29,34 @@ def snakemake(workdir: Path, *args: str, config: Path = SMOKE, check: bool = Tru
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+@contextmanager
+def workflow_namespace(config: dict, workdir: Path) -> Iterator[dict[str, Any]]:
+    """The Snakefile's namespace (``GRID`` and the glue of ``workflow/rules/common.smk``), parsed in this process
+    on ``config`` with ``workdir`` as working directory, as ``snakemake`` would before building its DAG; the
+    environment, ``sys.path`` and working directory the Snakefile changes are restored afterwards."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    environment, path, cwd = dict(os.environ), list(sys.path), Path.cwd()
+    try:
+        with SnakemakeApi(OutputSettings(quiet={})) as api:
+            workflow = api.workflow(ResourceSettings(cores=1), ConfigSettings(config=config),
+                                    snakefile=REPO / "Snakefile", workdir=workdir)
+            yield workflow._workflow.globals
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environment)
+        sys.path[:] = path
+
+
+def wildcards(**values: str) -> Any:
+    """Snakemake's wildcards object, as the rules' input and param functions get it."""
+    from snakemake.iocontainers import Wildcards
+
+    return Wildcards(fromdict=values)
 
 
 def smoke_with_variants(folder: Path, variants: list[str]) -> Path:

@@ -13,6 +13,7 @@ from lorabench.evaluation.embeddings import paraphrase_retrieval, sentence_embed
 from lorabench.evaluation.exact_match import accuracy
 from lorabench.models import load, target_weights, task_head
 from lorabench.records import bad_runs_note
+from lorabench.job import TrainJob
 from lorabench.runner import run_job
 from lorabench.tasks.hub import HubTask
 from lorabench.train import collate, tokenize_examples
@@ -97,7 +98,8 @@ def _job(assets: dict[str, Path], variant: str, record: Path) -> dict:
         "hub_tasks": {"sentiment": _task_fields(assets)},
         "forgetting": {"paraphrase_retrieval": {"pairs": str(assets["pairs"]), "batch_size": 3}},
         "data": {"seed": 0, "train": 1, "validation": 1, "test": 1, "min_len": 3, "max_len": 6}, "eval_batch_size": 8,
-        "train": {"steps": 3, "batch_size": 4, "log_every": 1},
+        "variant_modules": [], "save_adapters": False,
+        "train": {"steps": 3, "batch_size": 4, "weight_decay": 0.0, "log_every": 1},
         "points": [{"variant": variant, "uses": variant, "variant_options": {}, "optimizer": "adamw", "rank": 2,
                     "task": "sentiment", "lr": 0.01, "seed": 0, "record": str(record)}],
     }
@@ -106,7 +108,7 @@ def _job(assets: dict[str, Path], variant: str, record: Path) -> dict:
 @pytest.mark.parametrize("variant", [name for name, cls in registry().items() if cls.in_default_grid])
 def test_every_variant_trains_its_adapter_and_the_new_head(assets: dict[str, Path], tmp_path: Path,
                                                           variant: str) -> None:
-    run_job(_job(assets, variant, tmp_path / "record.json"))
+    run_job(TrainJob.from_dict(_job(assets, variant, tmp_path / "record.json")))
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["status"] == "ok", record["error"]
     model, _ = load(assets["model"], labels=LABELS)
@@ -129,7 +131,7 @@ def test_save_adapters_keeps_each_run_s_adapter_and_it_reloads_onto_the_base(ass
     from peft import PeftModel
 
     record = tmp_path / "results" / "runs" / "tiny-bert" / "seed0.json"
-    run_job(_job(assets, "peft_lora", record) | {"save_adapters": True})
+    run_job(TrainJob.from_dict(_job(assets, "peft_lora", record) | {"save_adapters": True}))
     assert json.loads(record.read_text())["hyperparameters"]["save_adapters"] is True
     saved = tmp_path / "results" / "adapters" / "tiny-bert" / "seed0"
     base, _ = load(assets["model"], labels=LABELS)
@@ -161,7 +163,7 @@ def test_a_task_whose_data_file_is_missing_fails_its_own_runs_naming_the_file(
     gone = str(tmp_path / "gone.jsonl")
     job["hub_tasks"]["moved"] = _task_fields(assets, name="moved", data_files={"train": gone, "test": gone})
     job["points"].append(job["points"][0] | {"task": "moved", "record": str(tmp_path / "moved.json")})
-    run_job(job)
+    run_job(TrainJob.from_dict(job))
     moved = json.loads((tmp_path / "moved.json").read_text())
     assert moved["status"] == "failed" and gone in moved["error"] and "hub name" not in moved["error"]
     assert json.loads((tmp_path / "sentiment.json").read_text())["status"] == "ok"

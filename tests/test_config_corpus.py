@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from lorabench.cli import main
-from lorabench.config import ConfigError, load_grid
+from lorabench.checks import ConfigError, load_grid
 from lorabench.variants import registry
 from tests.pipeline import SMOKE, snakemake
 
@@ -181,7 +181,7 @@ def test_a_variant_is_built_from_its_parsed_options() -> None:
     config = _edited({"variants.resampled.resample_every": "3"})
     config["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # one job per (model, seed)
     job = load_grid(copy.deepcopy(config)).train_job({"model": "llama-tiny", "seed": "0"}, "cpu")
-    assert {p["variant"]: p["variant_options"] for p in job["points"]}["resampled"] == {"resample_every": 3}
+    assert {p.variant: p.variant_options for p in job.points}["resampled"] == {"resample_every": 3}
 
 
 def test_lorabench_check_works_outside_the_repository(tmp_path: Path) -> None:

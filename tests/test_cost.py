@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lorabench.config import ConfigError, load_grid
+from lorabench.checks import ConfigError, load_grid
 from lorabench.cost import SHAPE_SETS, run_cost
 from lorabench.report import plots
 from lorabench.report.summary import COST_TARGETS, cost_answer, section_cost

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from lorabench.config import load_grid
+from lorabench.checks import load_grid
 from tests.pipeline import REPO
 
 SCRIPT = REPO / ".ci" / "gpu-check"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
-from lorabench.config import ConfigError, load_grid
+from lorabench.checks import ConfigError, load_grid
 from lorabench.contract import check_variant, make_spec, tiny_model, train_steps
 from lorabench.variants import get
 from tests.pipeline import REPO, SMOKE

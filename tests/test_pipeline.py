@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lorabench import records
-from lorabench.config import load_grid
+from lorabench.checks import load_grid
 from lorabench.report import REPORT_ITEMS
 from tests.pipeline import REPO, SMOKE, snakemake
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lorabench import records
-from lorabench.config import load_grid
+from lorabench.checks import load_grid
 from tests import fixtures_hub
 from tests.pipeline import REPO, snakemake
 

@@ -12,7 +12,8 @@ import yaml
 
 from lorabench import variants
 from lorabench.cli import main
-from lorabench.config import ConfigError, format_lr, load_grid
+from lorabench.checks import ConfigError, load_grid
+from lorabench.grid import format_lr
 from lorabench.runner import adapter_directory
 from tests.pipeline import REPO, SMOKE
 
@@ -61,7 +62,7 @@ def test_readme_variant_joins_the_grid_and_every_job_carries_its_module(user_fol
     point = next(p for p in grid.points() if p.variant == "tied_a")
     job = grid.train_job({"model": point.model, "variant": point.variant, "rank": str(point.rank),
                           "lr": format_lr(point.lr)}, "cpu")
-    assert job["variant_modules"] == [readme_steps()[0]] and point.record in [p["record"] for p in job["points"]]
+    assert job.variant_modules == (readme_steps()[0],) and point.record in [p.record for p in job.points]
 
 
 def test_the_shared_factor_counts_once_in_the_model(user_folder: Path) -> None:
@@ -120,7 +121,7 @@ def test_save_adapters_is_refused_for_a_variant_that_does_not_save(user_folder: 
         load_grid(config, SCHEMA)
     config["grid"]["variants"] = ["lora", "loraplus"]
     job = {"model": "llama-tiny", "variant": "lora", "rank": "2", "lr": "0.003"}  # the smoke grid's jobs.batch
-    assert load_grid(config, SCHEMA).train_job(job, "cpu")["save_adapters"] is True
+    assert load_grid(config, SCHEMA).train_job(job, "cpu").save_adapters is True
 
 
 def test_adapters_are_kept_beside_the_records_path() -> None:

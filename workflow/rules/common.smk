@@ -1,0 +1,110 @@
+# The Snakemake glue: the grid loaded from `config` (validated, the schema's defaults filled in), the
+# wildcard constraints, and the paths and input functions the rules read from it. The expansion itself is
+# lorabench/grid.py, the checks lorabench/checks.py.
+import json
+import os
+import re
+from pathlib import Path
+
+from lorabench.checks import ConfigError, load_grid
+from lorabench.grid import MODELS, RECORD, RECORD_LIST, generated_files
+
+
+try:
+    GRID = load_grid(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+
+def write_record_list(path):
+    """The grid's record paths, one a line, for the aggregate (too many for a command line in a large grid);
+    written only when they changed, so an unchanged grid leaves the file, and the aggregate, as they are."""
+    text = "".join(f"{point.record}\n" for point in GRID.points())
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")  # renamed into place: a reader never sees half a list
+        partial.write_text(text)
+        os.replace(partial, path)
+
+
+write_record_list(Path(RECORD_LIST))
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    variant=r"[^/]+",
+    task=r"[^/]+",
+    rank=r"\d+",
+    lr=r"[0-9.e+-]+",
+    seed=r"-?\d+",
+
+
+def model_wildcard(*sources):
+    """A regex matching exactly the models given by one of `sources`: the rules building checkpoints share one
+    output pattern, results/models/{model}, and this constraint tells Snakemake which rule builds which."""
+    names = [re.escape(model) for model in GRID.models_given_as(*sources)]
+    return "|".join(names) if names else "(?!)"  # (?!) never matches: no model of that kind
+
+
+def job_outputs():
+    """The train rule's outputs: record paths with a wildcard per unbatched axis, the batched axes' values fixed."""
+    wildcards = {axis: "{%s}" % axis for axis in GRID.unbatched()}
+    return [RECORD.format(**wildcards, **values) for values in GRID.job_shape()]
+
+
+def job_file(folder, suffix):
+    """One file per train job under results/<folder>/train/ (its log, its benchmark), named by its wildcards."""
+    return f"results/{folder}/train/" + "/".join(f"{axis}{{{axis}}}" for axis in GRID.unbatched()) + suffix
+
+
+def job_records():
+    """The first record of each train job: the aggregate's record inputs, which bring every train job into the DAG.
+
+    One target per job, not per grid point: Snakemake matches each target against all of the train rule's output
+    patterns (one per batched point), so a target per point cost points x batch size matches (5,000 seeds over
+    the smoke grid: 110,000 x 5,000). `missing_records` covers the records that are not targets.
+    """
+    return [records[0] for records in GRID.records_by_job()]
+
+
+def missing_records():
+    """The first missing record of each train job that lacks one: a target of the rule `all`, so a deleted record
+    re-runs its job (Snakemake re-runs a job for a missing output only if something requests it)."""
+    missing = ([record for record in records if not Path(record).exists()] for records in GRID.records_by_job())
+    return [records[0] for records in missing if records]
+
+
+def checkpoint_input(wildcards):
+    """The train rule's model input: the built or cached checkpoint, nothing for a `path` model."""
+    return [MODELS.format(model=wildcards.model)] if GRID.is_built(wildcards.model) else []
+
+
+def data_input(wildcards):
+    """The train rule's generated data: that of the job's generated tasks (its task, or all if tasks are batched)."""
+    tasks = [wildcards.task] if "task" in dict(wildcards) else GRID.target_tasks()
+    return [path for task in tasks if task in GRID.generators() for path in generated_files(task).values()]
+
+
+def train_job(wildcards):
+    """The train job at `wildcards` as JSON: a tracked param, so a changed setting re-runs exactly its jobs."""
+    return GRID.train_job(dict(wildcards), config["device"]).to_json()
+
+
+def train_code(wildcards):
+    """The hash of the code the job runs: a tracked param, so a code edit re-runs exactly the jobs that run it."""
+    return GRID.train_code(dict(wildcards))
+
+
+def pretrain_settings(wildcards):
+    """The pretrain job's settings as JSON: a tracked param, so a changed setting re-runs it."""
+    return json.dumps(GRID.pretrain_settings(wildcards.model), sort_keys=True)
+
+
+def generator(wildcards):
+    """The task's `generator` entry as JSON."""
+    return json.dumps(GRID.generators()[wildcards.task], sort_keys=True)
+
+
+def model_source(wildcards):
+    """How the model is given (`gguf` or `package` for the cache_model rule)."""
+    return GRID.model_source(wildcards.model)
