@@ -522,7 +522,7 @@ def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
     order = variant_order(runs["variant"])
     n_rows = runs.groupby("shape_set").size().max()
     fig, axes = _grid(len(sets), len(COST_PANELS), title + "\nbar: median over rounds of the ratio within a round; "
-                      "dotted: issue 13's target; grey: 1", panel=(4.6, 0.32 * n_rows + 1.6))
+                      "dotted: the target for our implementation; grey: 1", panel=(4.6, 0.32 * n_rows + 1.6))
     palette = variant_palette(table.loc[table["variant"] != "floor", "variant"])
     for i, shape_set in enumerate(sets):
         rows = runs[runs["shape_set"] == shape_set].copy()

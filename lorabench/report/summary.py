@@ -341,7 +341,7 @@ def _number(value: float, digits: int) -> str:
 
 
 def section_cost(cost: pd.DataFrame | None) -> list[str]:
-    """The cost stage: what it measured and how, its table of ratios, issue 13's targets met or missed."""
+    """The cost stage: what it measured and how, its table of ratios, the targets for our implementations met or missed."""
     lines = ["## Cost at real layer sizes", ""]
     if cost is None:
         return lines + ["The cost stage did not run (config `cost.enabled: false`): the cost answers above come from "
@@ -379,7 +379,7 @@ def section_cost(cost: pd.DataFrame | None) -> list[str]:
                 f"| {_number(row.peak_mb, 1)} | {_number(row.peak_ratio_lora, 3)} |"
             )
         lines.append("")
-    lines += ["### Targets for our own implementations (issue 13)", "",
+    lines += ["### Targets for our own implementations", "",
               "| target | shape set | rank | measured | met |", "|---|---|---:|---:|---|"]
     missed = []
     for what, variant, column, limit in COST_TARGETS:
