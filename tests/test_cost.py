@@ -12,7 +12,7 @@ import yaml
 from lorabench.checks import ConfigError, load_grid
 from lorabench.cost import SHAPE_SETS, run_cost
 from lorabench.report import plots
-from lorabench.report.summary import COST_TARGETS, cost_answer, section_cost
+from lorabench.report.summary import COST_TARGETS, cost_answer, section_cost, target_verdict
 from tests.pipeline import SMOKE
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
@@ -92,12 +92,20 @@ def test_report_draws_the_figure_and_the_tables_from_the_csv(table: pd.DataFrame
     assert "| additive | 2 | adamw |" in text and "| lora (reference) | 2 | adamw |" in text
     assert "| broken | 2 | adamw | not measured:" in text
     row = table.set_index("variant").loc["additive"]
-    verdict = "met" if row["ratio_lora"] <= 1.0 else "**missed**"
+    verdict = target_verdict(row["ratio_lora"], (row["ratio_lora_q1"], row["ratio_lora_q3"]), 1.0)
     assert row["ratio_lora_q1"] <= row["ratio_lora"] <= row["ratio_lora_q3"]
     assert (f"| {COST_TARGETS[1][0]} | tiny | 2 | {row['ratio_lora']:.3f} (rounds' quartiles "
             f"{row['ratio_lora_q1']:.3f}–{row['ratio_lora_q3']:.3f}) | {verdict} |") in text
     answer = cost_answer(table, "2.")
     assert answer.startswith("Cost at real layer sizes, tiny (q_proj 64x64") and "additive at rank 2 (adamw) vs lora" in answer
+
+
+def test_a_target_is_met_or_missed_only_where_the_rounds_agree() -> None:
+    assert target_verdict(0.95, (0.93, 0.97), 1.0) == "met"
+    assert target_verdict(1.05, (1.02, 1.08), 1.0) == "**missed**"
+    assert target_verdict(0.98, (0.91, 1.04), 1.0) == "within noise (met by the median)"
+    assert target_verdict(1.02, (0.97, 1.06), 1.0) == "within noise (missed by the median)"
+    assert target_verdict(1.002, None, 1.1) == "met"  # memory: deterministic, no quartiles
 
 
 def test_report_without_the_stage_says_so(tmp_path: Path) -> None:
