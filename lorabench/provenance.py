@@ -27,6 +27,7 @@ def pretrain_code() -> str:
     return _digest(_imports_closure({PACKAGE / "pretrain.py"}))
 
 
+@cache
 def train_code(*variants: type) -> str:
     """Hash of the code a train job of ``variants`` (registered classes) runs: ``lorabench/runner.py``, the modules
     defining each variant and its ancestors (wherever they live: a user's variant module counts like the package's),

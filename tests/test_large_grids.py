@@ -39,3 +39,21 @@ def test_check_warns_above_the_large_grid_size(monkeypatch: pytest.MonkeyPatch, 
     captured = capsys.readouterr()
     assert "ok" in captured.out
     assert ("warning" in captured.err) == (limit == 10), captured.err
+
+
+def test_the_code_hash_of_every_job_reads_each_module_once(smoke: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The train rule hashes each job's code: per job, parsing the imports and scanning the variants folder made a
+    10,000-job grid's dry run take minutes; jobs with the same variants share one hash, computed once."""
+    import ast
+    import pkgutil
+
+    smoke["grid"]["seeds"] = list(range(50))
+    smoke["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # the default: one job per (model, seed)
+    grid = load_grid(smoke, SCHEMA)
+    calls = {"parse": 0, "scan": 0}
+    parse, scan = ast.parse, pkgutil.iter_modules
+    monkeypatch.setattr(ast, "parse", lambda *a, **k: calls.__setitem__("parse", calls["parse"] + 1) or parse(*a, **k))
+    monkeypatch.setattr(pkgutil, "iter_modules", lambda *a, **k: calls.__setitem__("scan", calls["scan"] + 1) or scan(*a, **k))
+    hashes = {grid.train_code(dict(zip(grid.unbatched(), key))) for key in grid.jobs()}
+    assert len(grid.jobs()) == 100 and len(hashes) == 1
+    assert calls["parse"] <= 60 and calls["scan"] <= 1, calls  # at most each package file once, not per job
