@@ -7,6 +7,7 @@ run would meet later is refused now, with a message that names the field, the ba
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,6 +21,9 @@ GENERATION_ONLY_FORGETTING = ("lm_eval", "heldout_ce")
 """Forgetting measures that score the causal LM's next-token predictions: a classification grid has none."""
 HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
 """``gpt2`` or ``Qwen/Qwen2.5-0.5B``: any other ``path`` is a local folder."""
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+"""A model, variant or target task name: one part of a record path (``results/runs/<model>/<task>/<variant>/...``),
+never ``.`` or ``..``, never a ``/``; ``workflow/rules/common.smk``'s wildcard constraints use the same pattern."""
 
 
 class ConfigError(ValueError):
@@ -31,8 +35,13 @@ def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     if not config:
         raise ConfigError("config error at `(top level)`: the config is empty; it needs models, tasks, grid and "
                           "train (see workflow/config/smoke.yaml)")
+    if not isinstance(config, dict):
+        raise ConfigError(f"config error at `(top level)`: the config must be a mapping of settings (models, tasks, "
+                          f"grid, train, ...), not a {type(config).__name__}; see workflow/config/smoke.yaml")
+    check_finite(config)
     check_schema(config, schema)
     grid = Grid(config)
+    check_names(grid)
     check_models(grid)
     check_tasks(grid)
     load_variant_modules(grid)
@@ -82,6 +91,40 @@ def _schema_message(error: Exception) -> str:
 
 def _path(parts: Iterable[Any]) -> str:
     return "/".join(str(part) for part in parts) or "(top level)"
+
+
+def check_finite(config: Any, parts: tuple[Any, ...] = ()) -> None:
+    """No number anywhere in the config is NaN or infinite (YAML's ``.nan``, ``.inf``): JSON schema's bounds pass
+    them (``nan > 0`` is false, so is ``nan <= 0``), and no setting means anything by them."""
+    if isinstance(config, float) and not math.isfinite(config):
+        raise ConfigError(f"config error at `{_path(parts)}`: {config!r} is not a finite number; give a finite "
+                          "number (YAML's .nan and .inf are not accepted)")
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        check_finite(value, (*parts, key))
+
+
+# names
+
+
+def check_names(grid: Grid) -> None:
+    """Every model, variant and target task name is one safe part of a path (:data:`SAFE_NAME`): the names
+    become folders of the records (``org/llama`` would nest a folder no rule writes, ``..`` would write into
+    ``results/``), and the rules' wildcards match only such names."""
+    config = grid.config
+    named = [("models", name) for name in config["models"]]
+    named += [("variants", name) for name in config["variants"]]
+    if isinstance(config["grid"]["variants"], list):
+        named += [(f"grid/variants/{index}", name) for index, name in enumerate(config["grid"]["variants"])]
+    named += [(f"tasks/target/{index}", name) for index, name in enumerate(grid.target_tasks())]
+    for field, name in named:
+        if not SAFE_NAME.fullmatch(name):
+            raise ConfigError(
+                f"config error at `{field}`: name {name!r} is not one safe path part: the names of models, "
+                "variants and target tasks name the record folders (results/runs/<model>/<task>/<variant>/...); "
+                "use letters, digits and _ . + - starting with a letter or digit, e.g. 'qwen2.5-0.5b' "
+                "(a hub name such as org/name goes in a model's `path`)"
+            )
 
 
 # models
@@ -135,6 +178,12 @@ def check_tasks(grid: Grid) -> None:
     names = grid.target_tasks()
     if duplicates := sorted({name for name in names if names.count(name) > 1}):
         raise ConfigError(f"config error at `tasks/target`: task name(s) {duplicates} given more than once")
+    if overlap := [name for name in grid.config["tasks"]["source"] if name in names]:
+        raise ConfigError(
+            f"config error at `tasks/source`: {overlap} {'is' if len(overlap) == 1 else 'are'} also in `tasks/target`; "
+            "a source task is one the model should keep, so a target's own gain would be averaged into forgetting "
+            "as negative forgetting; list each task in only one of tasks.source and tasks.target"
+        )
     entries = grid.hub_tasks()
     for index, entry in enumerate(grid.config["tasks"]["target"]):
         if isinstance(entry, dict):
@@ -206,6 +255,10 @@ def check_values(grid: Grid) -> None:
     _check_record_names("grid/seeds", values["seeds"], str)
     _check_record_names("grid/ranks", values["ranks"], str)
     _check_record_names("grid/lrs", values["lrs"], format_lr)
+    if isinstance(values["variants"], list):
+        _check_record_names("grid/variants", values["variants"], str)
+    for model, spec in grid.config["models"].items():
+        _check_record_names(f"models/{model}/target_modules", spec["target_modules"], str)
     for name, entry in grid.config["variants"].items():
         if "lrs" in entry:
             _check_record_names(f"variants/{name}/lrs", entry["lrs"], format_lr)
@@ -249,6 +302,13 @@ def check_variant_entries(grid: Grid) -> None:
 
     registered = registry()
     for name, entry in grid.config["variants"].items():
+        if name in registered and entry.get("uses", name) != name:
+            raise ConfigError(
+                f"config error at `variants/{name}/uses`: {entry['uses']!r} under the registered variant's own name "
+                f"{name!r} would record {entry['uses']} runs as {name}; an entry named after a registered variant "
+                f"sets only that variant's options, lrs or optimizer: drop `uses`, or give the entry a new name "
+                f"(e.g. `my_{entry['uses']}: {{uses: {entry['uses']}}}`)"
+            )
         if (uses := grid.uses(name)) not in registered:
             raise ConfigError(
                 f"config error at `variants/{name}{'/uses' if 'uses' in entry else ''}`: {uses!r} is not a "
@@ -266,7 +326,13 @@ def check_grid_variants(grid: Grid) -> None:
     """Every name of ``grid.variants`` runs a registered variant, itself or through its entry's ``uses``."""
     from lorabench.variants import registry
 
-    registered = registry()
+    registered, chosen = registry(), grid.config["grid"]["variants"]
+    if isinstance(chosen, str) and chosen != "all":
+        raise ConfigError(
+            f"config error at `grid/variants`: {chosen!r} is neither `all` nor a list of variant names; give `all` "
+            f"(every registered variant plus the config's own) or a list, e.g. [lora, dora]. Registered variants: "
+            f"{', '.join(registered)}"
+        )
     for name in grid.variant_names():
         if grid.uses(name) not in registered:
             raise ConfigError(

@@ -91,6 +91,29 @@ CASES = {
                                        "raise data.max_len"]),
     "unknown target task": ({"tasks.target": "[sortt]"}, ["`tasks/target/0`", "'sortt'", "'lookup'"]),
     "unknown source task": ({"tasks.source": "[copy, revers]"}, ["`tasks/source/1`", "'revers'", "'reverse'"]),
+    # a registered name may not run another variant; a task is source or target, not both
+    "registered name running another variant": ({"variants.lora": "{uses: full}"},
+                                                ["`variants/lora/uses`", "'full'", "drop `uses`", "new name"]),
+    "source task that is also a target": ({"tasks.source": "[copy, sort]"},
+                                          ["`tasks/source`", "['sort']", "`tasks/target`", "forgetting"]),
+    # names that are no single path part
+    "model name ..": ({"models": "{'..': {architecture: {family: gpt2, n_embd: 32, n_layer: 1, n_head: 2}, "
+                                 "target_modules: [c_attn]}}"}, ["`models`", "'..'", "one safe path part"]),
+    "model name with a slash": ({"models": "{org/llama: {path: org/llama, target_modules: [q_proj]}}",
+                                 "tasks.source": "[]"}, ["`models`", "'org/llama'", "`path`"]),
+    "variant entry with a slash": ({"variants.a/b": "{uses: lora}"}, ["`variants`", "'a/b'", "letters, digits"]),
+    "grid variant with a slash": ({"grid.variants": "[lora, a/b]"}, ["`grid/variants/1`", "'a/b'"]),
+    "target task name with a slash": ({"tasks.target": "[{my/task: {data_files: {train: t.jsonl, test: t.jsonl}}}]"},
+                                      ["`tasks/target/0`", "'my/task'"]),
+    # duplicates and the variant list
+    "duplicate grid variant": ({"grid.variants": "[lora, lora]"}, ["`grid/variants`", "'lora' is given twice"]),
+    "duplicate target module": ({"models.gpt2-tiny.target_modules": "[c_fc, c_fc]"},
+                                ["`models/gpt2-tiny/target_modules`", "'c_fc' is given twice"]),
+    "grid variants ALL": ({"grid.variants": "ALL"}, ["`grid/variants`", "'ALL'", "`all`", "frozen_a"]),
+    # numbers that are not finite
+    "nan learning rate": ({"grid.lrs": "[.nan]"}, ["`grid/lrs/0`", "nan", "finite"]),
+    "inf learning rate": ({"grid.lrs": "[.inf]"}, ["`grid/lrs/0`", "inf", "finite"]),
+    "inf in a variant's lrs": ({"variants.full.lrs": "[0.001, .inf]"}, ["`variants/full/lrs/1`", "inf", "finite"]),
     # YAML's numbers
     "3e-3 is a string to YAML": ({"grid.lrs": "[3e-3]"}, ["`grid/lrs/0`", "'3e-3'", "3.0e-3", "0.003"]),
     "1e-4 in a variant's lrs": ({"variants.full.lrs": "[1e-4]"}, ["`variants/full/lrs/0`", "'1e-4'", "3.0e-3"]),
@@ -138,6 +161,8 @@ YAML_CASES = {
     "tab indentation": ("models:\n  a: 1\n\tb: 2\n", [":3:1: YAML syntax error", "tabs"]),
     "unclosed bracket": ("grid: {ranks: [2, 4}\n", [":1:20: YAML syntax error"]),
     "empty file": ("", ["the config is empty", "models, tasks, grid and train"]),
+    "a list": ("- models\n- tasks\n", ["config error at `(top level)`", "must be a mapping", "not a list"]),
+    "a scalar": ("just some text\n", ["config error at `(top level)`", "must be a mapping", "not a str"]),
 }
 
 

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from lorabench.checks import ConfigError, load_grid
+from lorabench.checks import SAFE_NAME, ConfigError, load_grid
 from lorabench.grid import MODELS, RECORD, RECORD_LIST, generated_files
 
 
@@ -30,10 +30,10 @@ def write_record_list(path):
 write_record_list(Path(RECORD_LIST))
 
 
-wildcard_constraints:
-    model=r"[^/]+",
-    variant=r"[^/]+",
-    task=r"[^/]+",
+wildcard_constraints:  # names: the pattern the checks hold every model, variant and target task name to
+    model=SAFE_NAME.pattern,
+    variant=SAFE_NAME.pattern,
+    task=SAFE_NAME.pattern,
     rank=r"\d+",
     lr=r"[0-9.e+-]+",
     seed=r"-?\d+",
