@@ -44,6 +44,7 @@ def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     check_names(grid)
     check_models(grid)
     check_tasks(grid)
+    check_local_files(grid)
     load_variant_modules(grid)
     check_data(grid)
     check_values(grid)
@@ -199,6 +200,27 @@ def check_tasks(grid: Grid) -> None:
             except ValueError as error:
                 raise ConfigError(f"{where}: {error}") from None
     _check_classification(grid)
+
+
+def check_local_files(grid: Grid) -> None:
+    """Every local file the jobs read exists (:meth:`Grid.local_files`): a missing one would fail every run, after
+    its model was loaded, under a headline about the model."""
+    import glob
+
+    for local in grid.local_files():
+        path = Path(local.path)
+        if local.folder:
+            found, kind = path.is_dir(), "folder"
+        elif glob.has_magic(local.path):
+            found, kind = any(Path(match).is_file() for match in glob.glob(str(path), recursive=True)), "pattern"
+        else:
+            found, kind = path.is_file(), "file"
+        if not found:
+            where = "" if path.is_absolute() else f" (relative to {Path.cwd()}, the working directory the jobs run in)"
+            what = "matches no file" if kind == "pattern" else "does not exist"
+            raise ConfigError(f"config error at `{local.field}`: {kind} {local.path!r}{where} {what}; give an "
+                              f"existing {'folder' if local.folder else 'file'}, relative to the working directory "
+                              "or absolute")
 
 
 def _check_classification(grid: Grid) -> None:

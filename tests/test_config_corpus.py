@@ -114,6 +114,21 @@ CASES = {
     "nan learning rate": ({"grid.lrs": "[.nan]"}, ["`grid/lrs/0`", "nan", "finite"]),
     "inf learning rate": ({"grid.lrs": "[.inf]"}, ["`grid/lrs/0`", "inf", "finite"]),
     "inf in a variant's lrs": ({"variants.full.lrs": "[0.001, .inf]"}, ["`variants/full/lrs/1`", "inf", "finite"]),
+    # local files the jobs would read
+    "missing held-out texts": ({"forgetting": "{heldout_ce: {texts: no-such/heldout.txt}}"},
+                               ["`forgetting/heldout_ce/texts`", "'no-such/heldout.txt'", "does not exist",
+                                "relative to"]),
+    "missing paraphrase pairs": ({"forgetting": "{paraphrase_retrieval: {pairs: no-such/pairs.jsonl}}"},
+                                 ["`forgetting/paraphrase_retrieval/pairs`", "'no-such/pairs.jsonl'", "does not exist"]),
+    "missing lm-eval include folder": ({"forgetting": "{lm_eval: {tasks: [x], include_path: no-such/tasks}}"},
+                                       ["`forgetting/lm_eval/include_path`", "folder 'no-such/tasks'", "does not exist"]),
+    "missing task data file": ({"tasks.source": "[]",
+                                "tasks.target": "[{mine: {data_files: {train: no-such/train.jsonl, test: README.md}}}]"},
+                               ["`tasks/target/0/mine/data_files/train`", "'no-such/train.jsonl'", "does not exist"]),
+    "task data pattern matching nothing": ({"tasks.source": "[]",
+                                            "tasks.target": "[{mine: {dataset: json, data_files: "
+                                                            "{train: 'no-such/*.jsonl', test: README.md}}}]"},
+                                           ["`tasks/target/0/mine/data_files/train`", "matches no file"]),
     # YAML's numbers
     "3e-3 is a string to YAML": ({"grid.lrs": "[3e-3]"}, ["`grid/lrs/0`", "'3e-3'", "3.0e-3", "0.003"]),
     "1e-4 in a variant's lrs": ({"variants.full.lrs": "[1e-4]"}, ["`variants/full/lrs/0`", "'1e-4'", "3.0e-3"]),

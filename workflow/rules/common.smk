@@ -85,6 +85,13 @@ def data_input(wildcards):
     return [path for task in tasks if task in GRID.generators() for path in generated_files(task).values()]
 
 
+def local_input(wildcards):
+    """The train rule's local files: the job's hub tasks' data files, the held-out texts, the paraphrase pairs and
+    the lm-eval include folder's task files, so that editing one re-runs the jobs that read it."""
+    tasks = [wildcards.task] if "task" in dict(wildcards) else GRID.target_tasks()
+    return GRID.job_input_files(tasks)
+
+
 def train_job(wildcards):
     """The train job at `wildcards` as JSON: a tracked param, so a changed setting re-runs exactly its jobs."""
     return GRID.train_job(dict(wildcards), config["device"]).to_json()

@@ -3,6 +3,7 @@ rule train:
     input:
         checkpoint=checkpoint_input,  # none for `path` models
         data=data_input,  # tasks with a `generator`
+        files=local_input,  # local data files, held-out texts, paraphrase pairs: an edit re-runs the jobs reading them
     output:
         job_outputs(),
     params:
