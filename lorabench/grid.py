@@ -296,11 +296,26 @@ class Grid:
             forgetting=Forgetting.from_dict(self.config["forgetting"]),
             data=self.config["data"],
             eval_batch_size=train["eval_batch_size"],
-            variant_modules=tuple(self.config["variant_modules"]),
+            variant_modules=self.variant_modules({point.variant for point in points}),
             save_adapters=train["save_adapters"],
             train=JobTraining(**{key: train[key] for key in JOB_TRAINING}),
             points=tuple(self.job_point(point) for point in points),
         )
+
+    def variant_modules(self, variants: Iterable[str]) -> tuple[str, ...]:
+        """The config's ``variant_modules`` that define ``variants`` or their parents (as the config spells them):
+        what a job of those variants imports. Only these, so adding a module for a new variant leaves every other
+        job's settings, and so its records, as they are."""
+        import inspect
+
+        defining = set()
+        for variant in variants:
+            for cls in self.variant_class(variant).__mro__:
+                try:
+                    defining.add(Path(inspect.getsourcefile(cls)).resolve())
+                except TypeError:  # a built-in class (object)
+                    continue
+        return tuple(path for path in self.config["variant_modules"] if Path(path).resolve() in defining)
 
     def job_point(self, point: Point) -> JobPoint:
         """One grid point's own settings: its variant (options, optimizer), rank, task, lr, seed and record."""

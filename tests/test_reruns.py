@@ -79,6 +79,24 @@ def test_a_pretrain_setting_reruns_pretraining_and_every_train_job(smoke_run: Pa
     assert trained(jobs) == every_train_job()
 
 
+def test_adding_a_variant_module_plans_only_the_new_variants_jobs(smoke_run: Path, tmp_path: Path) -> None:
+    """README's "Add a variant": a module file and one config line; the existing jobs carry no module of theirs."""
+    from tests.test_user_variants import readme_steps
+
+    path, code, config_line = readme_steps()
+    module = smoke_run / path
+    module.parent.mkdir(parents=True)
+    module.write_text(code)
+    try:
+        config = tmp_path / "with-tied-a.yaml"
+        config.write_text(yaml.safe_dump(yaml.safe_load(SMOKE.read_text()) | config_line))  # `variants: all`
+        jobs = planned_jobs(smoke_run, config)
+    finally:
+        shutil.rmtree(module.parent)  # the smoke run is shared with other test modules
+    assert trained(jobs) == {(model, "tied_a") for model in ("llama-tiny", "gpt2-tiny")}
+    assert "pretrain" not in {job["rule"] for job in jobs}
+
+
 @pytest.fixture
 def edited_copy(tmp_path: Path) -> Path:
     """A copy of the Snakefile, workflow and package, to edit without touching the checkout."""
