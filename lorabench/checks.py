@@ -30,6 +30,58 @@ class ConfigError(ValueError):
     """A configuration problem, with the field at fault and how to fix it."""
 
 
+# the YAML file
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document at ``path``, refusing a key given twice in one mapping (:class:`DuplicateKeyError`), which
+    plain YAML loaders resolve silently by keeping the last (a second ``train:`` would replace the first)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the base loader refuses it
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKeyError(key, first, key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=StrictLoader)  # noqa: S506 -- a SafeLoader
+
+
+class DuplicateKeyError(ValueError):
+    """A mapping of a YAML file gives one key twice; ``mark``: where the second one is (0-based line and column)."""
+
+    def __init__(self, key: Any, first: Any, mark: Any) -> None:
+        self.key, self.first, self.mark = key, first, mark
+        super().__init__(f"duplicate key {key!r} (first given at line {first.line + 1}): YAML would silently keep "
+                         "only the last value; give each key once in a mapping")
+
+    def located(self, path: Path | str) -> str:
+        return f"{path}:{self.mark.line + 1}:{self.mark.column + 1}: {self}"
+
+
+def duplicate_key_problem(path: Path | str) -> str | None:
+    """``file:line:column: duplicate key ...`` when the YAML (or JSON) file at ``path`` gives a key twice, else None
+    (also for a file the strict loader cannot parse: whoever read it first reports that)."""
+    import yaml
+
+    try:
+        read_yaml(Path(path))
+    except DuplicateKeyError as error:
+        return error.located(path)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     """Validate ``config`` (schema, then models, data, grid values, variants, targets and ranks) and return its grid."""
     if not config:

@@ -101,11 +101,16 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _read_yaml(path: Path) -> object:
-    """The YAML document at ``path``; a missing file or a syntax error exits with the file, line and column."""
+    """The YAML document at ``path``; a missing file, a syntax error or a key given twice exits with the file, line
+    and column."""
     import yaml
 
+    from lorabench.checks import DuplicateKeyError, read_yaml
+
     try:
-        return yaml.safe_load(path.read_text())
+        return read_yaml(path)
+    except DuplicateKeyError as error:
+        sys.exit(error.located(path))
     except OSError as error:
         sys.exit(f"{path}: cannot read the config: {error.strerror}")
     except yaml.YAMLError as error:

@@ -176,6 +176,9 @@ YAML_CASES = {
     "tab indentation": ("models:\n  a: 1\n\tb: 2\n", [":3:1: YAML syntax error", "tabs"]),
     "unclosed bracket": ("grid: {ranks: [2, 4}\n", [":1:20: YAML syntax error"]),
     "empty file": ("", ["the config is empty", "models, tasks, grid and train"]),
+    "top-level key given twice": ("train: {steps: 3}\ngrid: {ranks: [2]}\ntrain: {steps: 4}\n",
+                                  [":3:1: duplicate key 'train' (first given at line 1)", "give each key once"]),
+    "nested key given twice": ("pretrain: {steps: 60, steps: 6}\n", [":1:23: duplicate key 'steps'", "line 1"]),
     "a list": ("- models\n- tasks\n", ["config error at `(top level)`", "must be a mapping", "not a list"]),
     "a scalar": ("just some text\n", ["config error at `(top level)`", "must be a mapping", "not a str"]),
 }
@@ -228,6 +231,16 @@ def test_lorabench_check_works_outside_the_repository(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "lorabench.cli", "check", str(SMOKE)], cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.returncode == 0 and f"{SMOKE}: ok, " in result.stdout, result.stderr
+
+
+def test_snakemake_refuses_a_key_given_twice_with_its_line(tmp_path: Path) -> None:
+    config = tmp_path / "twice.yaml"
+    config.write_text(SMOKE.read_text() + "train: {steps: 3, batch_size: 4}\n")
+    lines = len(SMOKE.read_text().splitlines())
+    result = snakemake(tmp_path, "--dry-run", config=config, check=False)
+    assert result.returncode != 0, result.stdout
+    assert f"{config}:{lines + 1}:1: duplicate key 'train'" in result.stdout + result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "results").exists()
 
 
 def test_snakemake_refuses_a_misspelt_option_before_any_job(tmp_path: Path) -> None:

@@ -6,9 +6,13 @@ import os
 import re
 from pathlib import Path
 
-from lorabench.checks import SAFE_NAME, ConfigError, load_grid
+from lorabench.checks import SAFE_NAME, ConfigError, duplicate_key_problem, load_grid
 from lorabench.grid import MODELS, RECORD, RECORD_LIST, generated_files
 
+
+for _configfile in workflow.configfiles:  # Snakemake's YAML loader keeps the last of a key given twice: refuse it
+    if problem := duplicate_key_problem(_configfile):
+        raise WorkflowError(f"config error: {problem}")
 
 try:
     GRID = load_grid(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
