@@ -106,6 +106,7 @@ def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     check_saving(grid)
     check_ranks(grid)
     check_batching(grid)
+    check_device(grid)
     return grid
 
 
@@ -546,4 +547,35 @@ def check_batching(grid: Grid) -> None:
             f"config error at `jobs/batch`: {grid.config['jobs']['batch']} batches axes whose values differ between "
             "jobs (per-variant `lrs`, or a variant without rank): add `variant` and `rank` to `jobs/batch`, "
             "or remove `lr` and `rank` from it"
+        )
+
+
+# devices
+
+
+def check_device(grid: Grid) -> None:
+    """float16 needs a GPU: without loss scaling, CPU runs in float16 diverge within the first steps, a config
+    mistake that would be recorded as results. ``device: cpu`` refuses it; ``auto`` refuses it when this machine
+    has no CUDA and the jobs ask for no GPU (``resources.gpus_per_train_job``: they may run on GPU nodes elsewhere).
+    ``device: cuda`` with no CUDA visible here gets a warning: the jobs may run elsewhere."""
+    import torch
+
+    config = grid.config
+    device, cuda = config["device"], torch.cuda.is_available()
+    gpus = config["resources"]["gpus_per_train_job"]
+    halves = (["dtype"] if config["dtype"] == "float16" else []) + [
+        f"models/{model}/dtype" for model, spec in config["models"].items() if spec.get("dtype") == "float16"]
+    if halves and (device == "cpu" or (device == "auto" and not cuda and not gpus)):
+        why = ("device is cpu" if device == "cpu" else "device is auto and this machine has no CUDA "
+               "(torch.cuda.is_available() is false) while resources.gpus_per_train_job is 0, so the jobs would run "
+               "on the CPU")
+        raise ConfigError(
+            f"config error at `{halves[0]}`: float16, but {why}: without loss scaling float16 training on a CPU "
+            "diverges within the first steps; use float32 or bfloat16 on a CPU, or float16 with device cuda (or "
+            "with resources.gpus_per_train_job > 0 where the jobs run on GPU nodes)"
+        )
+    if device == "cuda" and not cuda:
+        grid.warnings.append(
+            "`device`: cuda, but no CUDA device is visible on this machine (torch.cuda.is_available() is false): "
+            "every job must run where one is (a GPU node, a container with --nv), else each fails"
         )

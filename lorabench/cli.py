@@ -91,6 +91,8 @@ def _check(args: argparse.Namespace) -> None:
         sys.exit(f"{args.config}: {error}")
     points = len(grid.points())
     print(f"{args.config}: ok, {points} grid points")
+    for warning in grid.warnings:
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if points > LARGE_GRID:
         print(
             f"{args.config}: warning: {points} grid points, more than {LARGE_GRID:,}: Snakemake checks every record "

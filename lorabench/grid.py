@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ class Grid:
     """The expansion of one validated config (:func:`lorabench.checks.load_grid`)."""
 
     config: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    """What the checks found doubtful but not wrong (``device: cuda`` with no CUDA visible here): printed, not refused."""
 
     # variants
 

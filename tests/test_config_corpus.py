@@ -129,6 +129,10 @@ CASES = {
                                             "tasks.target": "[{mine: {dataset: json, data_files: "
                                                             "{train: 'no-such/*.jsonl', test: README.md}}}]"},
                                            ["`tasks/target/0/mine/data_files/train`", "matches no file"]),
+    # float16 where there is no GPU (the smoke config's device is cpu)
+    "float16 on the cpu": ({"dtype": "float16"}, ["`dtype`", "float16", "device is cpu", "bfloat16"]),
+    "a model's float16 on the cpu": ({"models.gpt2-tiny.dtype": "float16"},
+                                     ["`models/gpt2-tiny/dtype`", "float16", "device is cpu"]),
     # YAML's numbers
     "3e-3 is a string to YAML": ({"grid.lrs": "[3e-3]"}, ["`grid/lrs/0`", "'3e-3'", "3.0e-3", "0.003"]),
     "1e-4 in a variant's lrs": ({"variants.full.lrs": "[1e-4]"}, ["`variants/full/lrs/0`", "'1e-4'", "3.0e-3"]),

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from lorabench.checks import SAFE_NAME, ConfigError, duplicate_key_problem, load_grid
@@ -18,6 +19,8 @@ try:
     GRID = load_grid(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+for _warning in GRID.warnings:  # doubtful but not wrong (device cuda with no CUDA visible here)
+    print(f"config warning at {_warning}", file=sys.stderr)
 
 
 def write_record_list(path):
