@@ -215,10 +215,11 @@ def test_schema_offers_exactly_the_supported_modules() -> None:
 
 
 def _classification(smoke: dict, **fields) -> dict:
-    data = {"train": "train.jsonl", "test": "test.jsonl"}
+    shipped = REPO / "workflow/data"  # files that exist: the jobs' local files are checked
+    data = {"train": str(shipped / "sentiment/train.jsonl"), "test": str(shipped / "sentiment/test.jsonl")}
     sentiment = {"data_files": data, "prompt": "{text}", "target": "{label}", "labels": ["negative", "positive"]}
     smoke["tasks"] = {"source": [], "target": [{"sentiment": sentiment | fields}]}
-    smoke["forgetting"] = {"paraphrase_retrieval": {"pairs": "pairs.jsonl"}}
+    smoke["forgetting"] = {"paraphrase_retrieval": {"pairs": str(shipped / "probes/paraphrases.jsonl")}}
     return smoke
 
 
