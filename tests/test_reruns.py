@@ -33,7 +33,7 @@ def planned_jobs(workdir: Path, config: Path = SMOKE, repo: Path = REPO, *args: 
     for line in result.stdout.splitlines():
         if match := re.match(r"(?:local)?rule (\w+):$", line):
             jobs.append({"rule": match[1]})
-        elif jobs and (match := re.match(r"\s+(wildcards|reason): (.*)", line)):
+        elif jobs and (match := re.match(r"\s+(wildcards|reason|threads): (.*)", line)):
             jobs[-1][match[1]] = match[2]
     return jobs
 
@@ -95,6 +95,16 @@ def test_adding_a_variant_module_plans_only_the_new_variants_jobs(smoke_run: Pat
         shutil.rmtree(module.parent)  # the smoke run is shared with other test modules
     assert trained(jobs) == {(model, "tied_a") for model in ("llama-tiny", "gpt2-tiny")}
     assert "pretrain" not in {job["rule"] for job in jobs}
+
+
+def test_config_threads_set_the_jobs_threads_and_rerun_nothing(smoke_run: Path, tmp_path: Path) -> None:
+    config = tmp_path / "threads.yaml"
+    config.write_text(yaml.safe_dump(yaml.safe_load(SMOKE.read_text()) | {"threads": 3}))
+    assert planned_jobs(smoke_run, config) == []  # threads are on the command line, not in a tracked param
+    jobs = planned_jobs(smoke_run, config, REPO, "--forceall")
+    assert {job["rule"] for job in jobs} >= {"pretrain", "train", "cost"}
+    threads = {job["rule"]: job.get("threads") for job in jobs}
+    assert threads["pretrain"] == threads["train"] == threads["cost"] == "2"  # 3, capped by --cores 2
 
 
 @pytest.fixture

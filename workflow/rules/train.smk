@@ -14,7 +14,7 @@ rule train:
         job_file("logs", ".log"),
     benchmark:
         job_file("benchmarks", ".tsv"),
-    threads: 1
+    threads: config["threads"]  # capped by --cores; on the command line only, so no rerun follows it
     resources:
         gpu=config["resources"]["gpus_per_train_job"],
     shell:
