@@ -69,7 +69,7 @@ def job_records():
 
     One target per job, not per grid point: Snakemake matches each target against all of the train rule's output
     patterns (one per batched point), so a target per point cost points x batch size matches (5,000 seeds over
-    the smoke grid: 110,000 x 5,000). `missing_records` covers the records that are not targets.
+    the smoke grid: 120,000 x 5,000). `missing_records` covers the records that are not targets.
     """
     return [records[0] for records in GRID.records_by_job()]
 
