@@ -7,6 +7,7 @@ run would meet later is refused now, with a message that names the field, the ba
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,10 +21,65 @@ GENERATION_ONLY_FORGETTING = ("lm_eval", "heldout_ce")
 """Forgetting measures that score the causal LM's next-token predictions: a classification grid has none."""
 HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
 """``gpt2`` or ``Qwen/Qwen2.5-0.5B``: any other ``path`` is a local folder."""
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+"""A model, variant or target task name: one part of a record path (``results/runs/<model>/<task>/<variant>/...``),
+never ``.`` or ``..``, never a ``/``; ``workflow/rules/common.smk``'s wildcard constraints use the same pattern."""
 
 
 class ConfigError(ValueError):
     """A configuration problem, with the field at fault and how to fix it."""
+
+
+# the YAML file
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document at ``path``, refusing a key given twice in one mapping (:class:`DuplicateKeyError`), which
+    plain YAML loaders resolve silently by keeping the last (a second ``train:`` would replace the first)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the base loader refuses it
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKeyError(key, first, key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=StrictLoader)  # noqa: S506 -- a SafeLoader
+
+
+class DuplicateKeyError(ValueError):
+    """A mapping of a YAML file gives one key twice; ``mark``: where the second one is (0-based line and column)."""
+
+    def __init__(self, key: Any, first: Any, mark: Any) -> None:
+        self.key, self.first, self.mark = key, first, mark
+        super().__init__(f"duplicate key {key!r} (first given at line {first.line + 1}): YAML would silently keep "
+                         "only the last value; give each key once in a mapping")
+
+    def located(self, path: Path | str) -> str:
+        return f"{path}:{self.mark.line + 1}:{self.mark.column + 1}: {self}"
+
+
+def duplicate_key_problem(path: Path | str) -> str | None:
+    """``file:line:column: duplicate key ...`` when the YAML (or JSON) file at ``path`` gives a key twice, else None
+    (also for a file the strict loader cannot parse: whoever read it first reports that)."""
+    import yaml
+
+    try:
+        read_yaml(Path(path))
+    except DuplicateKeyError as error:
+        return error.located(path)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
@@ -31,10 +87,16 @@ def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     if not config:
         raise ConfigError("config error at `(top level)`: the config is empty; it needs models, tasks, grid and "
                           "train (see workflow/config/smoke.yaml)")
+    if not isinstance(config, dict):
+        raise ConfigError(f"config error at `(top level)`: the config must be a mapping of settings (models, tasks, "
+                          f"grid, train, ...), not a {type(config).__name__}; see workflow/config/smoke.yaml")
+    check_finite(config)
     check_schema(config, schema)
     grid = Grid(config)
+    check_names(grid)
     check_models(grid)
     check_tasks(grid)
+    check_local_files(grid)
     load_variant_modules(grid)
     check_data(grid)
     check_values(grid)
@@ -44,6 +106,7 @@ def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     check_saving(grid)
     check_ranks(grid)
     check_batching(grid)
+    check_device(grid)
     return grid
 
 
@@ -82,6 +145,40 @@ def _schema_message(error: Exception) -> str:
 
 def _path(parts: Iterable[Any]) -> str:
     return "/".join(str(part) for part in parts) or "(top level)"
+
+
+def check_finite(config: Any, parts: tuple[Any, ...] = ()) -> None:
+    """No number anywhere in the config is NaN or infinite (YAML's ``.nan``, ``.inf``): JSON schema's bounds pass
+    them (``nan > 0`` is false, so is ``nan <= 0``), and no setting means anything by them."""
+    if isinstance(config, float) and not math.isfinite(config):
+        raise ConfigError(f"config error at `{_path(parts)}`: {config!r} is not a finite number; give a finite "
+                          "number (YAML's .nan and .inf are not accepted)")
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        check_finite(value, (*parts, key))
+
+
+# names
+
+
+def check_names(grid: Grid) -> None:
+    """Every model, variant and target task name is one safe part of a path (:data:`SAFE_NAME`): the names
+    become folders of the records (``org/llama`` would nest a folder no rule writes, ``..`` would write into
+    ``results/``), and the rules' wildcards match only such names."""
+    config = grid.config
+    named = [("models", name) for name in config["models"]]
+    named += [("variants", name) for name in config["variants"]]
+    if isinstance(config["grid"]["variants"], list):
+        named += [(f"grid/variants/{index}", name) for index, name in enumerate(config["grid"]["variants"])]
+    named += [(f"tasks/target/{index}", name) for index, name in enumerate(grid.target_tasks())]
+    for field, name in named:
+        if not SAFE_NAME.fullmatch(name):
+            raise ConfigError(
+                f"config error at `{field}`: name {name!r} is not one safe path part: the names of models, "
+                "variants and target tasks name the record folders (results/runs/<model>/<task>/<variant>/...); "
+                "use letters, digits and _ . + - starting with a letter or digit, e.g. 'qwen2.5-0.5b' "
+                "(a hub name such as org/name goes in a model's `path`)"
+            )
 
 
 # models
@@ -135,6 +232,12 @@ def check_tasks(grid: Grid) -> None:
     names = grid.target_tasks()
     if duplicates := sorted({name for name in names if names.count(name) > 1}):
         raise ConfigError(f"config error at `tasks/target`: task name(s) {duplicates} given more than once")
+    if overlap := [name for name in grid.config["tasks"]["source"] if name in names]:
+        raise ConfigError(
+            f"config error at `tasks/source`: {overlap} {'is' if len(overlap) == 1 else 'are'} also in `tasks/target`; "
+            "a source task is one the model should keep, so a target's own gain would be averaged into forgetting "
+            "as negative forgetting; list each task in only one of tasks.source and tasks.target"
+        )
     entries = grid.hub_tasks()
     for index, entry in enumerate(grid.config["tasks"]["target"]):
         if isinstance(entry, dict):
@@ -150,6 +253,27 @@ def check_tasks(grid: Grid) -> None:
             except ValueError as error:
                 raise ConfigError(f"{where}: {error}") from None
     _check_classification(grid)
+
+
+def check_local_files(grid: Grid) -> None:
+    """Every local file the jobs read exists (:meth:`Grid.local_files`): a missing one would fail every run, after
+    its model was loaded, under a headline about the model."""
+    import glob
+
+    for local in grid.local_files():
+        path = Path(local.path)
+        if local.folder:
+            found, kind = path.is_dir(), "folder"
+        elif glob.has_magic(local.path):
+            found, kind = any(Path(match).is_file() for match in glob.glob(str(path), recursive=True)), "pattern"
+        else:
+            found, kind = path.is_file(), "file"
+        if not found:
+            where = "" if path.is_absolute() else f" (relative to {Path.cwd()}, the working directory the jobs run in)"
+            what = "matches no file" if kind == "pattern" else "does not exist"
+            raise ConfigError(f"config error at `{local.field}`: {kind} {local.path!r}{where} {what}; give an "
+                              f"existing {'folder' if local.folder else 'file'}, relative to the working directory "
+                              "or absolute")
 
 
 def _check_classification(grid: Grid) -> None:
@@ -206,6 +330,10 @@ def check_values(grid: Grid) -> None:
     _check_record_names("grid/seeds", values["seeds"], str)
     _check_record_names("grid/ranks", values["ranks"], str)
     _check_record_names("grid/lrs", values["lrs"], format_lr)
+    if isinstance(values["variants"], list):
+        _check_record_names("grid/variants", values["variants"], str)
+    for model, spec in grid.config["models"].items():
+        _check_record_names(f"models/{model}/target_modules", spec["target_modules"], str)
     for name, entry in grid.config["variants"].items():
         if "lrs" in entry:
             _check_record_names(f"variants/{name}/lrs", entry["lrs"], format_lr)
@@ -249,6 +377,13 @@ def check_variant_entries(grid: Grid) -> None:
 
     registered = registry()
     for name, entry in grid.config["variants"].items():
+        if name in registered and entry.get("uses", name) != name:
+            raise ConfigError(
+                f"config error at `variants/{name}/uses`: {entry['uses']!r} under the registered variant's own name "
+                f"{name!r} would record {entry['uses']} runs as {name}; an entry named after a registered variant "
+                f"sets only that variant's options, lrs or optimizer: drop `uses`, or give the entry a new name "
+                f"(e.g. `my_{entry['uses']}: {{uses: {entry['uses']}}}`)"
+            )
         if (uses := grid.uses(name)) not in registered:
             raise ConfigError(
                 f"config error at `variants/{name}{'/uses' if 'uses' in entry else ''}`: {uses!r} is not a "
@@ -266,7 +401,13 @@ def check_grid_variants(grid: Grid) -> None:
     """Every name of ``grid.variants`` runs a registered variant, itself or through its entry's ``uses``."""
     from lorabench.variants import registry
 
-    registered = registry()
+    registered, chosen = registry(), grid.config["grid"]["variants"]
+    if isinstance(chosen, str) and chosen != "all":
+        raise ConfigError(
+            f"config error at `grid/variants`: {chosen!r} is neither `all` nor a list of variant names; give `all` "
+            f"(every registered variant plus the config's own) or a list, e.g. [lora, dora]. Registered variants: "
+            f"{', '.join(registered)}"
+        )
     for name in grid.variant_names():
         if grid.uses(name) not in registered:
             raise ConfigError(
@@ -406,4 +547,35 @@ def check_batching(grid: Grid) -> None:
             f"config error at `jobs/batch`: {grid.config['jobs']['batch']} batches axes whose values differ between "
             "jobs (per-variant `lrs`, or a variant without rank): add `variant` and `rank` to `jobs/batch`, "
             "or remove `lr` and `rank` from it"
+        )
+
+
+# devices
+
+
+def check_device(grid: Grid) -> None:
+    """float16 needs a GPU: without loss scaling, CPU runs in float16 diverge within the first steps, a config
+    mistake that would be recorded as results. ``device: cpu`` refuses it; ``auto`` refuses it when this machine
+    has no CUDA and the jobs ask for no GPU (``resources.gpus_per_train_job``: they may run on GPU nodes elsewhere).
+    ``device: cuda`` with no CUDA visible here gets a warning: the jobs may run elsewhere."""
+    import torch
+
+    config = grid.config
+    device, cuda = config["device"], torch.cuda.is_available()
+    gpus = config["resources"]["gpus_per_train_job"]
+    halves = (["dtype"] if config["dtype"] == "float16" else []) + [
+        f"models/{model}/dtype" for model, spec in config["models"].items() if spec.get("dtype") == "float16"]
+    if halves and (device == "cpu" or (device == "auto" and not cuda and not gpus)):
+        why = ("device is cpu" if device == "cpu" else "device is auto and this machine has no CUDA "
+               "(torch.cuda.is_available() is false) while resources.gpus_per_train_job is 0, so the jobs would run "
+               "on the CPU")
+        raise ConfigError(
+            f"config error at `{halves[0]}`: float16, but {why}: without loss scaling float16 training on a CPU "
+            "diverges within the first steps; use float32 or bfloat16 on a CPU, or float16 with device cuda (or "
+            "with resources.gpus_per_train_job > 0 where the jobs run on GPU nodes)"
+        )
+    if device == "cuda" and not cuda:
+        grid.warnings.append(
+            "`device`: cuda, but no CUDA device is visible on this machine (torch.cuda.is_available() is false): "
+            "every job must run where one is (a GPU node, a container with --nv), else each fails"
         )

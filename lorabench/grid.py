@@ -7,8 +7,11 @@ is read as validated: every default comes from the schema, so nothing here has a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import glob
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from lorabench.job import Forgetting, JobPoint, JobTraining, TrainJob
@@ -26,6 +29,22 @@ GRID_SETTINGS = ("uses", "lrs", "optimizer")
 MODEL_SOURCES = ("architecture", "path", "gguf", "package")
 JOB_TRAINING = ("steps", "batch_size", "weight_decay", "log_every")
 """Config ``train`` keys every point of a job shares (:class:`lorabench.job.JobTraining`)."""
+FILE_BUILDERS = ("json", "parquet", "csv", "text", "arrow")
+"""``datasets`` builders whose ``data_files`` are local files; with any other ``dataset`` (a hub name) they are
+files inside that dataset's repository."""
+INCLUDE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".csv", ".txt", ".parquet", ".py")
+"""Files of an lm-eval ``include_path`` folder a task may read: task definitions, their data and helpers."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A local file (or folder) the train jobs read, named in the config at ``field``; ``task``: the target task
+    that reads it (``None``: every job, a forgetting measure). Paths are relative to the working directory."""
+
+    field: str
+    path: str
+    task: str | None = None
+    folder: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class Grid:
     """The expansion of one validated config (:func:`lorabench.checks.load_grid`)."""
 
     config: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    """What the checks found doubtful but not wrong (``device: cuda`` with no CUDA visible here): printed, not refused."""
 
     # variants
 
@@ -133,6 +154,46 @@ class Grid:
     def generators(self) -> dict[str, dict[str, Any]]:
         """Target task name -> its ``generator`` entry, for the tasks whose data the pipeline generates."""
         return {name: fields["generator"] for name, fields in self._task_entries().items() if "generator" in fields}
+
+    def local_files(self) -> list[LocalFile]:
+        """Every local file the train jobs read: the hub tasks' local ``data_files`` (a generated task's are the
+        pipeline's own), ``forgetting.heldout_ce.texts``, ``forgetting.paraphrase_retrieval.pairs`` and the folder
+        ``forgetting.lm_eval.include_path``. Checked before any job; the train rule's inputs, so an edit re-runs."""
+        files = []
+        for index, entry in enumerate(self.config["tasks"]["target"]):
+            if not isinstance(entry, dict):
+                continue
+            name, fields = next(iter(entry.items()))
+            if "generator" in fields:
+                continue
+            for prefix, source in (("", fields), ("train_source/", fields.get("train_source") or {})):
+                if source.get("dataset") in (None, *FILE_BUILDERS) and isinstance(source.get("data_files"), dict):
+                    files += [LocalFile(f"tasks/target/{index}/{name}/{prefix}data_files/{split}", path, name)
+                              for split, path in source["data_files"].items() if isinstance(path, str)]
+        forgetting = self.config["forgetting"]
+        if "heldout_ce" in forgetting:
+            files.append(LocalFile("forgetting/heldout_ce/texts", forgetting["heldout_ce"]["texts"]))
+        if "paraphrase_retrieval" in forgetting:
+            files.append(LocalFile("forgetting/paraphrase_retrieval/pairs", forgetting["paraphrase_retrieval"]["pairs"]))
+        if (include := forgetting.get("lm_eval", {}).get("include_path")) is not None:
+            files.append(LocalFile("forgetting/lm_eval/include_path", include, folder=True))
+        return files
+
+    def job_input_files(self, tasks: Iterable[str]) -> list[str]:
+        """The local files a train job of target ``tasks`` reads (:meth:`local_files`; data files matched by a glob
+        pattern, an include folder's task files), as the train rule's inputs."""
+        tasks, paths = set(tasks), []
+        for local in self.local_files():
+            if local.task is not None and local.task not in tasks:
+                continue
+            if local.folder:
+                paths += sorted(str(path) for path in Path(local.path).rglob("*")
+                                if path.is_file() and path.suffix in INCLUDE_SUFFIXES)
+            elif glob.has_magic(local.path):
+                paths += sorted(glob.glob(local.path, recursive=True))
+            else:
+                paths.append(local.path)
+        return list(dict.fromkeys(paths))
 
     def classification_tasks(self) -> list[str]:
         """Target tasks with ``labels``: trained and scored through a sequence-classification head."""
@@ -237,11 +298,26 @@ class Grid:
             forgetting=Forgetting.from_dict(self.config["forgetting"]),
             data=self.config["data"],
             eval_batch_size=train["eval_batch_size"],
-            variant_modules=tuple(self.config["variant_modules"]),
+            variant_modules=self.variant_modules({point.variant for point in points}),
             save_adapters=train["save_adapters"],
             train=JobTraining(**{key: train[key] for key in JOB_TRAINING}),
             points=tuple(self.job_point(point) for point in points),
         )
+
+    def variant_modules(self, variants: Iterable[str]) -> tuple[str, ...]:
+        """The config's ``variant_modules`` that define ``variants`` or their parents (as the config spells them):
+        what a job of those variants imports. Only these, so adding a module for a new variant leaves every other
+        job's settings, and so its records, as they are."""
+        import inspect
+
+        defining = set()
+        for variant in variants:
+            for cls in self.variant_class(variant).__mro__:
+                try:
+                    defining.add(Path(inspect.getsourcefile(cls)).resolve())
+                except TypeError:  # a built-in class (object)
+                    continue
+        return tuple(path for path in self.config["variant_modules"] if Path(path).resolve() in defining)
 
     def job_point(self, point: Point) -> JobPoint:
         """One grid point's own settings: its variant (options, optimizer), rank, task, lr, seed and record."""

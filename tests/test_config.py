@@ -215,10 +215,11 @@ def test_schema_offers_exactly_the_supported_modules() -> None:
 
 
 def _classification(smoke: dict, **fields) -> dict:
-    data = {"train": "train.jsonl", "test": "test.jsonl"}
+    shipped = REPO / "workflow/data"  # files that exist: the jobs' local files are checked
+    data = {"train": str(shipped / "sentiment/train.jsonl"), "test": str(shipped / "sentiment/test.jsonl")}
     sentiment = {"data_files": data, "prompt": "{text}", "target": "{label}", "labels": ["negative", "positive"]}
     smoke["tasks"] = {"source": [], "target": [{"sentiment": sentiment | fields}]}
-    smoke["forgetting"] = {"paraphrase_retrieval": {"pairs": "pairs.jsonl"}}
+    smoke["forgetting"] = {"paraphrase_retrieval": {"pairs": str(shipped / "probes/paraphrases.jsonl")}}
     return smoke
 
 
@@ -276,3 +277,33 @@ def test_package_model_is_copied_by_its_own_rule_and_its_ranks_checked_from_the_
     smoke["grid"]["variants"], smoke["grid"]["ranks"] = ["lora"], [64]
     message = _refused(_classification(smoke))
     assert "rank 64" in message and "'minilm'" in message and "(32, 32)" in message
+
+
+def test_float16_with_device_auto_depends_on_cuda_here_and_the_gpus_asked_for(
+    smoke: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    smoke |= {"device": "auto", "dtype": "float16"}
+    assert "`dtype`: float16, but device is auto and this machine has no CUDA" in _refused(smoke)
+    smoke["resources"] = {"gpus_per_train_job": 1}  # the jobs run on GPU nodes: this host may have none
+    assert load_grid(copy.deepcopy(smoke), SCHEMA).warnings == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_grid(copy.deepcopy(smoke | {"resources": {}}), SCHEMA).points()
+
+
+def test_device_cuda_without_cuda_here_is_a_warning_not_an_error(
+    smoke: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from lorabench.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    smoke |= {"device": "cuda", "dtype": "float16"}
+    assert "no CUDA device is visible" in load_grid(copy.deepcopy(smoke), SCHEMA).warnings[0]
+    (tmp_path / "cuda.yaml").write_text(yaml.safe_dump(smoke))
+    main(["check", str(tmp_path / "cuda.yaml")])
+    printed = capsys.readouterr()
+    assert "ok, " in printed.out and "warning: `device`: cuda, but no CUDA device is visible" in printed.err

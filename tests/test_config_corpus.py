@@ -91,6 +91,48 @@ CASES = {
                                        "raise data.max_len"]),
     "unknown target task": ({"tasks.target": "[sortt]"}, ["`tasks/target/0`", "'sortt'", "'lookup'"]),
     "unknown source task": ({"tasks.source": "[copy, revers]"}, ["`tasks/source/1`", "'revers'", "'reverse'"]),
+    # a registered name may not run another variant; a task is source or target, not both
+    "registered name running another variant": ({"variants.lora": "{uses: full}"},
+                                                ["`variants/lora/uses`", "'full'", "drop `uses`", "new name"]),
+    "source task that is also a target": ({"tasks.source": "[copy, sort]"},
+                                          ["`tasks/source`", "['sort']", "`tasks/target`", "forgetting"]),
+    # names that are no single path part
+    "model name ..": ({"models": "{'..': {architecture: {family: gpt2, n_embd: 32, n_layer: 1, n_head: 2}, "
+                                 "target_modules: [c_attn]}}"}, ["`models`", "'..'", "one safe path part"]),
+    "model name with a slash": ({"models": "{org/llama: {path: org/llama, target_modules: [q_proj]}}",
+                                 "tasks.source": "[]"}, ["`models`", "'org/llama'", "`path`"]),
+    "variant entry with a slash": ({"variants.a/b": "{uses: lora}"}, ["`variants`", "'a/b'", "letters, digits"]),
+    "grid variant with a slash": ({"grid.variants": "[lora, a/b]"}, ["`grid/variants/1`", "'a/b'"]),
+    "target task name with a slash": ({"tasks.target": "[{my/task: {data_files: {train: t.jsonl, test: t.jsonl}}}]"},
+                                      ["`tasks/target/0`", "'my/task'"]),
+    # duplicates and the variant list
+    "duplicate grid variant": ({"grid.variants": "[lora, lora]"}, ["`grid/variants`", "'lora' is given twice"]),
+    "duplicate target module": ({"models.gpt2-tiny.target_modules": "[c_fc, c_fc]"},
+                                ["`models/gpt2-tiny/target_modules`", "'c_fc' is given twice"]),
+    "grid variants ALL": ({"grid.variants": "ALL"}, ["`grid/variants`", "'ALL'", "`all`", "frozen_a"]),
+    # numbers that are not finite
+    "nan learning rate": ({"grid.lrs": "[.nan]"}, ["`grid/lrs/0`", "nan", "finite"]),
+    "inf learning rate": ({"grid.lrs": "[.inf]"}, ["`grid/lrs/0`", "inf", "finite"]),
+    "inf in a variant's lrs": ({"variants.full.lrs": "[0.001, .inf]"}, ["`variants/full/lrs/1`", "inf", "finite"]),
+    # local files the jobs would read
+    "missing held-out texts": ({"forgetting": "{heldout_ce: {texts: no-such/heldout.txt}}"},
+                               ["`forgetting/heldout_ce/texts`", "'no-such/heldout.txt'", "does not exist",
+                                "relative to"]),
+    "missing paraphrase pairs": ({"forgetting": "{paraphrase_retrieval: {pairs: no-such/pairs.jsonl}}"},
+                                 ["`forgetting/paraphrase_retrieval/pairs`", "'no-such/pairs.jsonl'", "does not exist"]),
+    "missing lm-eval include folder": ({"forgetting": "{lm_eval: {tasks: [x], include_path: no-such/tasks}}"},
+                                       ["`forgetting/lm_eval/include_path`", "folder 'no-such/tasks'", "does not exist"]),
+    "missing task data file": ({"tasks.source": "[]",
+                                "tasks.target": "[{mine: {data_files: {train: no-such/train.jsonl, test: README.md}}}]"},
+                               ["`tasks/target/0/mine/data_files/train`", "'no-such/train.jsonl'", "does not exist"]),
+    "task data pattern matching nothing": ({"tasks.source": "[]",
+                                            "tasks.target": "[{mine: {dataset: json, data_files: "
+                                                            "{train: 'no-such/*.jsonl', test: README.md}}}]"},
+                                           ["`tasks/target/0/mine/data_files/train`", "matches no file"]),
+    # float16 where there is no GPU (the smoke config's device is cpu)
+    "float16 on the cpu": ({"dtype": "float16"}, ["`dtype`", "float16", "device is cpu", "bfloat16"]),
+    "a model's float16 on the cpu": ({"models.gpt2-tiny.dtype": "float16"},
+                                     ["`models/gpt2-tiny/dtype`", "float16", "device is cpu"]),
     # YAML's numbers
     "3e-3 is a string to YAML": ({"grid.lrs": "[3e-3]"}, ["`grid/lrs/0`", "'3e-3'", "3.0e-3", "0.003"]),
     "1e-4 in a variant's lrs": ({"variants.full.lrs": "[1e-4]"}, ["`variants/full/lrs/0`", "'1e-4'", "3.0e-3"]),
@@ -138,6 +180,11 @@ YAML_CASES = {
     "tab indentation": ("models:\n  a: 1\n\tb: 2\n", [":3:1: YAML syntax error", "tabs"]),
     "unclosed bracket": ("grid: {ranks: [2, 4}\n", [":1:20: YAML syntax error"]),
     "empty file": ("", ["the config is empty", "models, tasks, grid and train"]),
+    "top-level key given twice": ("train: {steps: 3}\ngrid: {ranks: [2]}\ntrain: {steps: 4}\n",
+                                  [":3:1: duplicate key 'train' (first given at line 1)", "give each key once"]),
+    "nested key given twice": ("pretrain: {steps: 60, steps: 6}\n", [":1:23: duplicate key 'steps'", "line 1"]),
+    "a list": ("- models\n- tasks\n", ["config error at `(top level)`", "must be a mapping", "not a list"]),
+    "a scalar": ("just some text\n", ["config error at `(top level)`", "must be a mapping", "not a str"]),
 }
 
 
@@ -188,6 +235,16 @@ def test_lorabench_check_works_outside_the_repository(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "lorabench.cli", "check", str(SMOKE)], cwd=tmp_path,
                             capture_output=True, text=True)
     assert result.returncode == 0 and f"{SMOKE}: ok, " in result.stdout, result.stderr
+
+
+def test_snakemake_refuses_a_key_given_twice_with_its_line(tmp_path: Path) -> None:
+    config = tmp_path / "twice.yaml"
+    config.write_text(SMOKE.read_text() + "train: {steps: 3, batch_size: 4}\n")
+    lines = len(SMOKE.read_text().splitlines())
+    result = snakemake(tmp_path, "--dry-run", config=config, check=False)
+    assert result.returncode != 0, result.stdout
+    assert f"{config}:{lines + 1}:1: duplicate key 'train'" in result.stdout + result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "results").exists()
 
 
 def test_snakemake_refuses_a_misspelt_option_before_any_job(tmp_path: Path) -> None:

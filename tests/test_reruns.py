@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lorabench.checks import load_grid
-from lorabench.grid import format_lr
+from lorabench.grid import RECORD_LIST, format_lr
 from lorabench.provenance import git_state
 from tests.pipeline import REPO, SMOKE
 
@@ -33,7 +33,7 @@ def planned_jobs(workdir: Path, config: Path = SMOKE, repo: Path = REPO, *args: 
     for line in result.stdout.splitlines():
         if match := re.match(r"(?:local)?rule (\w+):$", line):
             jobs.append({"rule": match[1]})
-        elif jobs and (match := re.match(r"\s+(wildcards|reason): (.*)", line)):
+        elif jobs and (match := re.match(r"\s+(wildcards|reason|threads): (.*)", line)):
             jobs[-1][match[1]] = match[2]
     return jobs
 
@@ -77,6 +77,38 @@ def test_a_pretrain_setting_reruns_pretraining_and_every_train_job(smoke_run: Pa
     jobs = planned_jobs(smoke_run, smoke_changed(tmp_path, {"pretrain": {"steps": 61}}))
     assert sum(job["rule"] == "pretrain" for job in jobs) == 2
     assert trained(jobs) == every_train_job()
+
+
+def test_adding_a_variant_module_plans_only_the_new_variants_jobs(smoke_run: Path, tmp_path: Path) -> None:
+    """README's "Add a variant": a module file and one config line; the existing jobs carry no module of theirs."""
+    from tests.test_user_variants import readme_steps
+
+    path, code, config_line = readme_steps()
+    module, listing = smoke_run / path, smoke_run / RECORD_LIST
+    module.parent.mkdir(parents=True)
+    module.write_text(code)
+    kept = listing.read_bytes(), listing.stat()
+    try:
+        config = tmp_path / "with-tied-a.yaml"
+        config.write_text(yaml.safe_dump(yaml.safe_load(SMOKE.read_text()) | config_line))  # `variants: all`
+        jobs = planned_jobs(smoke_run, config)
+    finally:  # the smoke run is shared with other test modules: its record list (the grid's, rewritten) too
+        shutil.rmtree(module.parent)
+        listing.write_bytes(kept[0])
+        os.utime(listing, ns=(kept[1].st_atime_ns, kept[1].st_mtime_ns))
+    assert trained(jobs) == {(model, "tied_a") for model in ("llama-tiny", "gpt2-tiny")}
+    assert "pretrain" not in {job["rule"] for job in jobs}
+
+
+def test_config_threads_set_the_jobs_threads_and_rerun_nothing(smoke_run: Path, tmp_path: Path) -> None:
+    config = tmp_path / "threads.yaml"
+    config.write_text(yaml.safe_dump(yaml.safe_load(SMOKE.read_text()) | {"threads": 3}, sort_keys=False))  # the
+    # models' order is the record list's: sorted keys would rewrite results/records.txt and re-run the aggregate
+    assert planned_jobs(smoke_run, config) == []  # threads are on the command line, not in a tracked param
+    jobs = planned_jobs(smoke_run, config, REPO, "--forceall")
+    assert {job["rule"] for job in jobs} >= {"pretrain", "train", "cost"}
+    threads = {job["rule"]: job.get("threads") for job in jobs}
+    assert threads["pretrain"] == threads["train"] == threads["cost"] == "2"  # 3, capped by --cores 2
 
 
 @pytest.fixture

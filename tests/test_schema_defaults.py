@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from lorabench.checks import load_grid
@@ -24,6 +25,15 @@ MINIMAL = {
     "forgetting": {"lm_eval": {"tasks": ["probe"]}, "heldout_ce": {"texts": "texts.txt"},
                    "paraphrase_retrieval": {"pairs": "pairs.jsonl"}},
 }
+
+
+@pytest.fixture(autouse=True)
+def local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files MINIMAL's forgetting measures read (and the other defaults' include folder), in a fresh folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("texts.txt", "pairs.jsonl"):
+        Path(name).write_text("a\n")
+    Path("tasks").mkdir()
 
 
 def schema_defaults(schema: dict[str, Any], path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

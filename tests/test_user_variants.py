@@ -63,6 +63,10 @@ def test_readme_variant_joins_the_grid_and_every_job_carries_its_module(user_fol
     job = grid.train_job({"model": point.model, "variant": point.variant, "rank": str(point.rank),
                           "lr": format_lr(point.lr)}, "cpu")
     assert job.variant_modules == (readme_steps()[0],) and point.record in [p.record for p in job.points]
+    lora = next(p for p in grid.points() if p.variant == "lora")
+    job = grid.train_job({"model": lora.model, "variant": "lora", "rank": str(lora.rank), "lr": format_lr(lora.lr)},
+                         "cpu")
+    assert job.variant_modules == ()  # only the modules defining the job's own variants: others' jobs stay as they are
 
 
 def test_the_shared_factor_counts_once_in_the_model(user_folder: Path) -> None:

@@ -4,16 +4,23 @@
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
-from lorabench.checks import ConfigError, load_grid
+from lorabench.checks import SAFE_NAME, ConfigError, duplicate_key_problem, load_grid
 from lorabench.grid import MODELS, RECORD, RECORD_LIST, generated_files
 
+
+for _configfile in workflow.configfiles:  # Snakemake's YAML loader keeps the last of a key given twice: refuse it
+    if problem := duplicate_key_problem(_configfile):
+        raise WorkflowError(f"config error: {problem}")
 
 try:
     GRID = load_grid(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+for _warning in GRID.warnings:  # doubtful but not wrong (device cuda with no CUDA visible here)
+    print(f"config warning at {_warning}", file=sys.stderr)
 
 
 def write_record_list(path):
@@ -30,10 +37,10 @@ def write_record_list(path):
 write_record_list(Path(RECORD_LIST))
 
 
-wildcard_constraints:
-    model=r"[^/]+",
-    variant=r"[^/]+",
-    task=r"[^/]+",
+wildcard_constraints:  # names: the pattern the checks hold every model, variant and target task name to
+    model=SAFE_NAME.pattern,
+    variant=SAFE_NAME.pattern,
+    task=SAFE_NAME.pattern,
     rank=r"\d+",
     lr=r"[0-9.e+-]+",
     seed=r"-?\d+",
@@ -62,7 +69,7 @@ def job_records():
 
     One target per job, not per grid point: Snakemake matches each target against all of the train rule's output
     patterns (one per batched point), so a target per point cost points x batch size matches (5,000 seeds over
-    the smoke grid: 110,000 x 5,000). `missing_records` covers the records that are not targets.
+    the smoke grid: 120,000 x 5,000). `missing_records` covers the records that are not targets.
     """
     return [records[0] for records in GRID.records_by_job()]
 
@@ -83,6 +90,13 @@ def data_input(wildcards):
     """The train rule's generated data: that of the job's generated tasks (its task, or all if tasks are batched)."""
     tasks = [wildcards.task] if "task" in dict(wildcards) else GRID.target_tasks()
     return [path for task in tasks if task in GRID.generators() for path in generated_files(task).values()]
+
+
+def local_input(wildcards):
+    """The train rule's local files: the job's hub tasks' data files, the held-out texts, the paraphrase pairs and
+    the lm-eval include folder's task files, so that editing one re-runs the jobs that read it."""
+    tasks = [wildcards.task] if "task" in dict(wildcards) else GRID.target_tasks()
+    return GRID.job_input_files(tasks)
 
 
 def train_job(wildcards):

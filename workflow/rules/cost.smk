@@ -15,7 +15,7 @@ rule cost:
         "results/logs/cost.log",
     benchmark:
         "results/benchmarks/cost.tsv"
-    threads: 1
+    threads: config["threads"]  # capped by --cores; on the command line only, so no rerun follows it
     resources:
         gpu=config["resources"]["gpus_per_train_job"],
     shell:

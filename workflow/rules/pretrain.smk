@@ -12,6 +12,6 @@ rule pretrain:
         "results/logs/pretrain/{model}.log",
     benchmark:
         "results/benchmarks/pretrain/{model}.tsv"
-    threads: 1
+    threads: config["threads"]  # capped by --cores; on the command line only, so no rerun follows it
     shell:
         "lorabench pretrain --settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"

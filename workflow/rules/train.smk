@@ -3,6 +3,7 @@ rule train:
     input:
         checkpoint=checkpoint_input,  # none for `path` models
         data=data_input,  # tasks with a `generator`
+        files=local_input,  # local data files, held-out texts, paraphrase pairs: an edit re-runs the jobs reading them
     output:
         job_outputs(),
     params:
@@ -13,7 +14,7 @@ rule train:
         job_file("logs", ".log"),
     benchmark:
         job_file("benchmarks", ".tsv"),
-    threads: 1
+    threads: config["threads"]  # capped by --cores; on the command line only, so no rerun follows it
     resources:
         gpu=config["resources"]["gpus_per_train_job"],
     shell:
