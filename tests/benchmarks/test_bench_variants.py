@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lorabench.cost import peak_of_step
 from lorabench.variants import AdapterSpec, get
 from lorabench.variants._layers import OneLayer
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse: tiny steps run best on one thread)
@@ -104,19 +101,9 @@ def test_bench_model_step(benchmark, name: str) -> None:
 
 
 def peak_step_mib(step: Step) -> float:
-    """Peak of memory allocated during one first step (activations, grads, optimizer state, temporaries).
-
-    The CPU allocator keeps no statistics, so this reads torch.profiler's memory timeline; weights that
-    exist before the step (the same for every variant) are not in it.
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        step()
-    with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA; still the only CPU timeline
-        path = Path(directory) / "timeline.json"
-        prof.export_memory_timeline(str(path), device="cpu")
-        _, sizes = json.loads(path.read_text())
-    return max(map(sum, sizes)) / 2**20
+    """Peak of memory allocated during one first step (activations, grads, optimizer state, temporaries), from
+    torch.profiler's memory timeline as the cost stage reads it; weights that exist before the step are not in it."""
+    return peak_of_step(step, torch.device("cpu"), profile_cpu=True) / 2**20
 
 
 def test_resampled_step_memory_stays_near_lora_and_far_below_full() -> None:
