@@ -181,7 +181,7 @@ def test_every_training_job_ran_through_apptainer(container_run):
     assert records, "no records written"
     assert trained == set(records), "a training job ran outside the container"
     subcommands = {re.search(r"lorabench (\w+)", call["command"][-1]).group(1) for call in calls}
-    assert subcommands == {"pretrain", "train", "aggregate", "report"}
+    assert subcommands == {"pretrain", "train", "cost", "aggregate", "report"}
 
 
 @pytest.mark.e2e

@@ -12,6 +12,7 @@ from torch import nn
 from lorabench.measure import saved_activation_bytes
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench import runner
+from lorabench.job import TrainJob
 from lorabench.runner import _memory_account
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, longest_batch, train
@@ -93,10 +94,14 @@ def test_a_job_leaves_nothing_of_one_grid_point_to_the_next(tmp_path: Path, monk
               for index, (variant, optimizer, lr, seed) in enumerate(
                   [("lora", "adamw", 3e-3, 0), ("resampled", "sgd", 0.1, 0), ("peft_lora", "adamw", 3e-3, 1),
                    ("full", "adamw", 5e-4, 1), ("lora", "adamw", 3e-3, 1)])]
-    job = {"model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
-           "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy"],
-           "data": {"seed": 0, "train": 32, "validation": 4, "test": 4, "min_len": 3, "max_len": 5},
-           "eval_batch_size": 8, "train": {"steps": 2, "batch_size": 8, "log_every": 1}, "points": points}
+    job = TrainJob.from_dict({
+        "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
+        "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy"],
+        "hub_tasks": {}, "forgetting": {}, "variant_modules": [], "save_adapters": False,
+        "data": {"seed": 0, "train": 32, "validation": 4, "test": 4, "min_len": 3, "max_len": 5},
+        "eval_batch_size": 8, "train": {"steps": 2, "batch_size": 8, "weight_decay": 0.0, "log_every": 1},
+        "points": points,
+    })
     after_each: list[tuple[int, int]] = []
     written = runner.records.write
     monkeypatch.setattr(runner.records, "write", lambda record, path: (written(record, path),

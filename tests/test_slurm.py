@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 # and a polling cycle. Inside the train allocation (2 GPUs, the CI node's fake ones) Snakemake
 # runs two training jobs at a time, each as an `srun --gpus=1` step.
 GROUPING = (
-    "--groups", "pretrain=pretrain", "train=train", "aggregate=report", "figures=report",
+    "--groups", "pretrain=pretrain", "train=train", "cost=cost", "aggregate=report", "figures=report",
     "--group-components", "pretrain=100", "train=100", "report=100",
     "--resources", "gpu=2",
 )
@@ -81,12 +81,12 @@ def test_smoke_grid_completes_under_slurm(slurm_run):
         records.validate(record)
 
 
-def test_only_training_asks_slurm_for_gpus(slurm_run):
+def test_only_training_and_the_cost_stage_ask_slurm_for_gpus(slurm_run):
     workdir, log = slurm_run
     calls = re.findall(r"sbatch call: (.*)", log)
     by_group = {re.search(r"slurm_logs/group_(\w+?)_", call).group(1): call for call in calls}
-    assert set(by_group) == {"pretrain", "train", "report"}, calls
-    assert "--gpus=2" in by_group["train"]
+    assert set(by_group) == {"pretrain", "train", "cost", "report"}, calls
+    assert "--gpus=2" in by_group["train"] and "--gpus=1" in by_group["cost"]
     assert "--gpus" not in by_group["pretrain"] and "--gpus" not in by_group["report"]
     steps = "".join(path.read_text() for path in (workdir / ".snakemake/slurm_logs").rglob("*.log"))
     train_steps = re.findall(r"The call for this job is: srun (.*?) --target-jobs 'train:", steps)

@@ -43,14 +43,18 @@ def register(name: str) -> Callable[[V], V]:
     return decorate
 
 
-@cache
 def _import_all() -> None:
-    """Import the package's variant modules and installed entry points, once per process: the Snakefile looks
-    variants up for every job of a grid (scanning the folder each time took half a minute for 10,000 jobs)."""
+    _import_package_modules()
+    _load_entry_points()
+
+
+@cache
+def _import_package_modules() -> None:
+    """Import the package's variant modules once per process: the Snakefile looks variants up for every job of a
+    grid (scanning the folder each time took half a minute for 10,000 jobs)."""
     for module in pkgutil.iter_modules(__path__):
         if not module.name.startswith("_") and module.name != "base":
             importlib.import_module(f"{__name__}.{module.name}")
-    _load_entry_points()
 
 
 @cache
