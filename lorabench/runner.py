@@ -12,7 +12,6 @@ import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -315,15 +314,9 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def _job_code(job: TrainJob) -> str:
-    """The hash of the code this job runs, for every variant of its points: the train rule's ``code`` param."""
-    return _code_of(frozenset(point.uses for point in job.points))
-
-
-@cache
-def _code_of(variants: frozenset[str]) -> str:
-    """Hashed once per process: it reads and parses the variants' modules and their imports, and every record of
-    the job carries it (the code cannot change while the job runs)."""
-    return train_code(*(get(name) for name in variants))
+    """The hash of the code this job runs, for every variant of its points: the train rule's ``code`` param (computed
+    once per process by :func:`lorabench.provenance.train_code`; every record of the job carries it)."""
+    return train_code(*(get(name) for name in sorted({point.uses for point in job.points})))
 
 
 def _empty_record(
