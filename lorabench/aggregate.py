@@ -24,7 +24,7 @@ SELECTION_GROUP = ["model", "task", "variant", "rank"]
 VALIDATION_COLUMN = "extra__validation_accuracy"
 ACCOUNT_COLUMNS = {
     "trainable_parameters": "mem_params_mb", "gradients": "mem_grads_mb", "optimizer_state": "mem_optimizer_mb",
-    "saved_activations": "mem_activations_mb", "total": "mem_account_mb",
+    "saved_activations": "mem_activations_mb", "variant_state": "mem_variant_state_mb", "total": "mem_account_mb",
 }
 """``memory.account`` part -> its column in MiB (exact byte counts, so identical across seeds)."""
 RESULT_COLUMNS = [
@@ -72,7 +72,8 @@ def _numeric_leaves(tree: dict[str, Any], prefix: str) -> Iterator[tuple[str, fl
 
 def _account_columns(account: dict[str, int] | None) -> dict[str, float | None]:
     """The memory account in MiB; None (NaN) where a run has none (stopped before its first step, older records)."""
-    return {column: None if account is None else account[part] / MIB for part, column in ACCOUNT_COLUMNS.items()}
+    return {column: None if account is None or part not in account else account[part] / MIB
+            for part, column in ACCOUNT_COLUMNS.items()}
 
 
 def _divergence_columns(divergence: dict[str, Any] | None) -> dict[str, Any]:

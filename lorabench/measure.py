@@ -8,7 +8,8 @@ peak belongs to the training phase and not to loading or evaluation. Where that 
 the lifetime peak (``ru_maxrss``) is reported and the record's ``memory.method`` says so.
 Both peaks carry noise (the allocator's cache, the runtime's resident pages), so beside them an exact
 account counts what training itself holds, in bytes of distinct storages: trainable parameters, their
-gradients, the optimizer's state and the activations autograd saves for backward. It depends only on
+gradients, the optimizer's state, the activations autograd saves for backward and the variant's own
+non-trainable state (buffers, frozen factors). It depends only on
 shapes and dtypes, so it is the same on every device, seed and rerun of a grid point.
 """
 
@@ -145,6 +146,20 @@ def saved_activation_bytes(model: torch.nn.Module, forward: Callable[[], torch.T
     counted = storage_bytes(saved, exclude=weights)
     del loss, saved
     return counted
+
+
+def variant_state_bytes(model: torch.nn.Module, before: frozenset[int]) -> int:
+    """Bytes of what the variant added to ``model`` and holds beside its trainable parameters: its buffers and frozen
+    factors (resampled's ``U0``/``V0``, frozen_a's ``A``, VeRA's shared projections), each storage once.
+
+    ``before``: the storage addresses of the model's parameters and buffers before the variant was applied. Not
+    counted: those, the trainable parameters (their own part), and the weights of the layers it wraps (a
+    ``base_layer``, which PiSSA rewrites in place of the original).
+    """
+    trainable = storage_addresses(p for p in model.parameters() if p.requires_grad)
+    held = [tensor for name, tensor in (*model.named_parameters(), *model.named_buffers())
+            if not tensor.requires_grad and "base_layer." not in name]
+    return storage_bytes(held, exclude=before | trainable)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lorabench.measure import saved_activation_bytes
+from lorabench.measure import saved_activation_bytes, storage_addresses, variant_state_bytes
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench import runner
 from lorabench.job import TrainJob
@@ -40,15 +40,17 @@ def test_the_activation_batch_is_the_widest_a_step_can_draw_even_from_fewer_exam
     assert [len(ids) for ids, _ in longest_batch(rows, 4)] == [5, 3, 2, 5]
 
 
-def account(variant: str, seed: int) -> dict[str, int]:
-    """The record's memory account of a short run of ``variant`` on a one-layer Llama (AdamW)."""
+def account(variant: str, seed: int, optimizer: str = "adamw") -> dict[str, int]:
+    """The record's memory account of a short run of ``variant`` on a one-layer Llama, as the runner takes it."""
     tokenizer = character_tokenizer()
     model = build_embedded(LLAMA, tokenizer, seed=0)
     spec = AdapterSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"), seed=seed)
+    before = storage_addresses([*model.parameters(), *model.buffers()])
     model = get(variant)(spec).apply(model)
     examples = AlgorithmicTask("sort", seed=0, sizes=(64, 1, 1), min_len=2, max_len=9).split("train")
-    settings = TrainSettings(steps=2, batch_size=8, lr=1e-3)
+    settings = TrainSettings(steps=2, batch_size=8, lr=1e-3, optimizer=optimizer)
     outcome = train(model, tokenizer, examples, settings, seed, torch.device("cpu"))
+    outcome.account["variant_state"] = variant_state_bytes(model, before)
     return _memory_account(outcome.account)
 
 
@@ -59,6 +61,19 @@ def test_account_orders_full_above_lora_above_frozen_a_as_their_state_sizes_say(
     assert lora["gradients"] == lora["trainable_parameters"]
     assert lora["optimizer_state"] > 2 * lora["trainable_parameters"]  # AdamW: two moments (and a step count)
     assert lora["saved_activations"] > frozen_a["saved_activations"]  # A's gradient needs the layer input
+
+
+def test_variant_state_counts_buffers_and_frozen_factors_but_no_base_weight() -> None:
+    """Resampled holds U0, V0 beside U, V (as large as them); frozen_a holds the frozen A (r x n per layer);
+    LoRA, additive (no fold or tile held) and full hold nothing beyond what trains. Layers: q (32x32),
+    v (32x32), down (32x64) at rank 4, float32."""
+    frozen_a = 4 * (32 + 32 + 64) * 4
+    resampled = account("resampled", seed=0, optimizer="sgd")
+    assert resampled["variant_state"] == resampled["trainable_parameters"] == 4 * (64 + 64 + 96) * 4
+    assert resampled["total"] == sum(value for part, value in resampled.items() if part != "total")
+    assert account("frozen_a", seed=0)["variant_state"] == frozen_a
+    for variant in ("lora", "additive", "full"):
+        assert account(variant, seed=0)["variant_state"] == 0, variant
 
 
 def test_account_is_the_same_for_every_seed() -> None:

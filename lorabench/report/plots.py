@@ -334,7 +334,7 @@ def plot_cost(results: pd.DataFrame, out_path: Path) -> None:
 
 MEMORY_PARTS = {
     "mem_params_mb": "trainable parameters", "mem_grads_mb": "gradients", "mem_optimizer_mb": "optimizer state",
-    "mem_activations_mb": "saved activations",
+    "mem_activations_mb": "saved activations", "mem_variant_state_mb": "variant state (buffers, frozen factors)",
 }
 """The memory account's parts (results.csv columns) -> legend label, stacked in this order."""
 
@@ -346,7 +346,7 @@ def plot_memory_account(results: pd.DataFrame, out_path: Path) -> None:
     runs = at_reference_rank(selected_ok(results), rank).dropna(subset=["mem_account_mb"])
     if runs.empty:
         return _no_data(out_path, title)
-    parts = runs.groupby(["model", "variant"])[list(MEMORY_PARTS)].mean()
+    parts = runs.groupby(["model", "variant"])[list(MEMORY_PARTS)].mean().fillna(0)  # records before a part existed
     models = sorted(runs["model"].unique())
     fig, axes = _grid(1, len(models), title, panel=(0.55 * runs["variant"].nunique() + 2, 3.4))
     colours = sns.color_palette("colorblind", len(MEMORY_PARTS))
