@@ -17,7 +17,8 @@ two steps' ratio within the round. CPU: the process's CPU time on one thread, wa
 CUDA: CUDA events around each step, read after the round's synchronisation.
 
 Memory: the exact account of :mod:`lorabench.measure` (trainable parameters, gradients and optimizer state after
-the first step, and the activations autograd saves in one forward; frozen weights not counted), and the peak of
+the first step, the activations autograd saves in one forward, and the variant's own buffers and frozen factors;
+the wrapped layers' weights not counted), and the peak of
 the first step (grads and optimizer state created, activations, temporaries): on CUDA ``max_memory_allocated``
 above what was allocated before the step, on the CPU torch.profiler's memory timeline.
 """
@@ -25,6 +26,7 @@ above what was allocated before the step, on the CPU torch.profiler's memory tim
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import random
@@ -40,7 +42,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorabench.measure import MIB, account_after_first_step, saved_activation_bytes
+from lorabench.measure import (
+    MIB,
+    account_after_first_step,
+    saved_activation_bytes,
+    storage_addresses,
+    variant_state_bytes,
+)
 
 FLOOR = "floor"
 REFERENCES = ("peft_lora", "lora")
@@ -153,16 +161,18 @@ def base_block(shapes: ShapeSet, device: torch.device, dtype: torch.dtype, seed:
 
 
 def make_step(model: nn.Module, inputs: dict, upstream: list, optimizer: Any = None,
-              after_step: Callable | None = None) -> Callable[[], None]:
-    """One training step as ``lorabench.train`` takes it: forward, backward, optimizer step, the variant's hook,
-    gradients dropped; without an optimizer, the floor's forward and backward. The inputs' gradients are dropped
-    too, so no step pays for accumulating into the previous one's."""
+              variant: Any = None) -> Callable[[], None]:
+    """One training step as ``lorabench.train`` takes it: forward, backward, the variant's ``transform_gradients``,
+    optimizer step, its ``after_step``, gradients dropped; without an optimizer, the floor's forward and backward.
+    The inputs' gradients are dropped too, so no step pays for accumulating into the previous one's."""
+    steps = itertools.count()
 
     def step() -> None:
         torch.autograd.backward(model(inputs), upstream)
         if optimizer is not None:
+            variant.transform_gradients(model, next(steps))
             optimizer.step()
-            after_step(model, optimizer)
+            variant.after_step(model, optimizer)
             optimizer.zero_grad(set_to_none=True)
         for x in inputs.values():
             x.grad = None
@@ -186,6 +196,7 @@ def variant_candidate(entry: VariantEntry, rank: int, role: str, block: ShapeBlo
             if problem := variant.layer_problem(name, getattr(block, name)):
                 candidate.reason = f"cannot adapt {name}: {problem}"
                 return candidate
+        before = storage_addresses([*block.parameters(), *block.buffers()])
         model = variant.apply(block)
         optimizer = make_optimizer(variant.parameter_groups(model, LR),
                                    TrainSettings(steps=total_steps, batch_size=1, lr=LR, optimizer=entry.optimizer))
@@ -193,8 +204,9 @@ def variant_candidate(entry: VariantEntry, rank: int, role: str, block: ShapeBlo
         candidate.reason = f"{type(error).__name__}: {error}"
         return candidate
     candidate.account["saved_activations"] = saved_activation_bytes(model, lambda: model(inputs))
+    candidate.account["variant_state"] = variant_state_bytes(model, before)
     account_after_first_step(optimizer, candidate.account)
-    candidate.step = make_step(model, inputs, upstream, optimizer, variant.after_step)
+    candidate.step = make_step(model, inputs, upstream, optimizer, variant)
     return candidate
 
 
@@ -340,8 +352,7 @@ def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], referen
     for c in candidates:
         at = c.rank or reference_rank
         peft, lora = by_key.get(("peft_lora", at)), by_key.get(("lora", at))
-        held = sum(c.account.get(k, 0) for k in ("trainable_parameters", "gradients", "optimizer_state",
-                                                 "saved_activations"))
+        held = sum(c.account.values())
         lora_held = sum(lora.account.values()) if lora and lora.step else math.nan
         rows.append({
             **common, "variant": c.name, "uses": c.uses, "rank": c.rank, "role": c.role, "optimizer": c.optimizer,
@@ -356,7 +367,8 @@ def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], referen
             "mem_account_mb": held / MIB if c.step is not None else math.nan,
             **{f"mem_{part}_mb": c.account.get(key, 0) / MIB if c.step is not None else math.nan
                for part, key in (("params", "trainable_parameters"), ("grads", "gradients"),
-                                 ("optimizer", "optimizer_state"), ("activations", "saved_activations"))},
+                                 ("optimizer", "optimizer_state"), ("activations", "saved_activations"),
+                                 ("variant_state", "variant_state"))},
             "mem_ratio_lora": held / lora_held if c.step is not None and lora_held else math.nan,
             "peak_mb": c.peak_bytes / MIB,
             "peak_ratio_lora": c.peak_bytes / lora.peak_bytes if lora and lora.peak_bytes else math.nan,

@@ -22,6 +22,7 @@ from lorabench.devices import device_info, select_device
 from lorabench.evaluation.exact_match import accuracy
 from lorabench.evaluation.weights import weight_forgetting
 from lorabench.job import Forgetting, JobPoint, TrainJob
+from lorabench.measure import storage_addresses, variant_state_bytes
 from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
 from lorabench.provenance import train_code
@@ -236,6 +237,7 @@ def _train_and_measure(
     )
     variant = get(point.uses)(spec)
     head = task_head(model) if target.labels is not None else []
+    before = storage_addresses([*model.parameters(), *model.buffers()])
     model = variant.apply(model).to(device)
     for parameter in head:  # new, so trained by every variant (variants freeze what they do not adapt)
         parameter.requires_grad_(True)
@@ -245,9 +247,11 @@ def _train_and_measure(
     }
     outcome = train(
         model, tokenizer, target.split("train"), job.train.for_point(point), point.seed, device,
-        after_step=variant.after_step, description=record["run_id"], labels=target.labels,
+        after_step=variant.after_step, before_step=variant.transform_gradients, description=record["run_id"],
+        labels=target.labels,
         parameter_groups=variant.parameter_groups(model, point.lr),
     )
+    outcome.account["variant_state"] = variant_state_bytes(model, before)
     _record_training(record, outcome)
     if outcome.status != "ok":
         return
@@ -299,11 +303,11 @@ def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
                         "baseline_mb": outcome.memory.baseline_mb, "account": _memory_account(outcome.account)}
 
 
-ACCOUNT_PARTS = ("trainable_parameters", "gradients", "optimizer_state", "saved_activations")
+ACCOUNT_PARTS = ("trainable_parameters", "gradients", "optimizer_state", "saved_activations", "variant_state")
 
 
 def _memory_account(counted: dict[str, int]) -> dict[str, int] | None:
-    """The four byte counts and their total; None when training stopped before its first optimizer step."""
+    """The byte counts of :data:`ACCOUNT_PARTS` and their total; None when training stopped before its first optimizer step."""
     if not all(part in counted for part in ACCOUNT_PARTS):
         return None
     return {part: counted[part] for part in ACCOUNT_PARTS} | {"total": sum(counted[part] for part in ACCOUNT_PARTS)}
