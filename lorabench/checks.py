@@ -395,6 +395,22 @@ def check_variant_entries(grid: Grid) -> None:
         except OptionError as error:
             field = _path(["variants", name, *([error.option] if error.option else [])])
             raise ConfigError(f"config error at `{field}`: {error}") from None
+        _check_optimizer(grid, name, entry, registered[uses])
+
+
+def _check_optimizer(grid: Grid, name: str, entry: dict[str, Any], variant: type) -> None:
+    """An entry's ``optimizer`` that contradicts the one its variant declares is refused, or warned about where
+    the variant's ``optimizer_policy`` says ``warn``."""
+    declared, chosen = variant.optimizer, entry.get("optimizer")
+    if declared is None or chosen is None or chosen == declared:
+        return
+    problem = (f"`variants/{name}/optimizer`: {chosen!r}, but {variant.name} declares {declared!r}, the optimizer "
+               f"its maths assumes (docs/variants.md)")
+    if variant.optimizer_policy == "warn":
+        grid.warnings.append(f"{problem}; running it with {chosen!r} as the config says")
+        return
+    raise ConfigError(f"config error at {problem}; drop the entry's optimizer ({declared} is its default) or "
+                      f"set it to {declared}")
 
 
 def check_grid_variants(grid: Grid) -> None:

@@ -21,7 +21,7 @@ LARGE_GRID = 100_000
 
 
 def _user_variants(args: argparse.Namespace) -> dict:
-    """Load ``--module`` files and the ``--config``'s ``variant_modules``; returns the config's variant entries."""
+    """Load ``--module`` files and the ``--config``'s ``variant_modules``; returns the config (empty without one)."""
     from lorabench.variants import load_modules
 
     config = _schema_checked(args.config) if args.config else None
@@ -29,7 +29,7 @@ def _user_variants(args: argparse.Namespace) -> dict:
         load_modules([*args.module, *(config["variant_modules"] if config else [])])
     except (OSError, SyntaxError, ImportError, ValueError) as error:
         sys.exit(f"variant modules: {type(error).__name__}: {error}")
-    return config["variants"] if config else {}
+    return config or {}
 
 
 def _schema_checked(path: Path) -> dict:
@@ -50,6 +50,8 @@ def _variants(args: argparse.Namespace) -> None:
     from lorabench.variants import registry
 
     _user_variants(args)
+    if args.name:
+        return _describe_variant(args.name)
     m, n, r = LISTING_SHAPE
     print(f"{'variant':<12} {'trainable @ (m,n,r)=' + str(LISTING_SHAPE):>28}  source")
     for name, cls in registry().items():
@@ -60,22 +62,58 @@ def _variants(args: argparse.Namespace) -> None:
         print(f"{name:<12} {count:>28}  {cls.source}")
 
 
-def _test_variant(args: argparse.Namespace) -> None:
-    from lorabench.grid import GRID_SETTINGS
-    from lorabench.contract import FAMILIES, check_variant
-    from lorabench.variants import registry
+def _describe_variant(name: str) -> None:
+    """``lorabench variants NAME``: where it comes from, its optimizer and hooks, its options."""
+    import dataclasses
 
-    entry = _user_variants(args).get(args.name, {})
+    from lorabench.variants import get
+    from lorabench.variants.base import Variant
+
+    try:
+        cls = get(name)
+    except KeyError as error:
+        sys.exit(f"variants: {error.args[0]}")
+    hooks = [hook for hook in ("parameter_groups", "transform_gradients", "after_step")
+             if getattr(cls, hook) is not getattr(Variant, hook)]
+    print(f"{name}: {cls.source}")
+    print(f"  optimizer: {cls.optimizer or 'any (train.optimizer)'}"
+          + (f" (another one in the config: {cls.optimizer_policy})" if cls.optimizer else ""))
+    print(f"  rank: {'the grid ranks' if cls.uses_rank else 'none (run once per rank set)'}; "
+          f"hooks: {', '.join(hooks) or 'none'}")
+    fields = dataclasses.fields(cls.Options)
+    print("  options:" if fields else "  options: none")
+    for line in cls.describe_options().removeprefix("its options: ").split("; ") if fields else []:
+        print(f"    {line}")
+
+
+def _test_variant(args: argparse.Namespace) -> None:
+    from lorabench.contract import FAMILIES, LEARN_STEPS, check_variant, contract_warnings, run_optimizer
+    from lorabench.grid import GRID_SETTINGS
+    from lorabench.variants import get, registry
+    from lorabench.variants.base import OptionError
+
+    config = _user_variants(args)
+    entry = config.get("variants", {}).get(args.name, {})
     name = entry.get("uses", args.name)
     if name not in registry():
         sys.exit(f"test-variant: unknown variant {args.name!r}; registered: {', '.join(registry())} "
                  "(a variant of your own: --module FILE or --config CONFIG with variant_modules)")
+    steps = LEARN_STEPS if args.steps is None else args.steps
+    if steps < 2:
+        sys.exit(f"test-variant: --steps {steps}: give at least 2 steps (the loss must fall between them)")
     options = {key: value for key, value in entry.items() if key not in GRID_SETTINGS} or None
+    optimizer = run_optimizer(get(name), entry, config.get("train", {}).get("optimizer", "adamw"))
+    try:
+        warnings = contract_warnings(name, options, steps)
+    except OptionError as error:
+        sys.exit(f"test-variant: {error}")
+    for warning in warnings:
+        print(f"warning: {args.name}: {warning}, e.g. with --steps")
     failed = False
     for family in FAMILIES:
-        problems = check_variant(name, family, options)
+        problems = check_variant(name, family, options, optimizer, steps)
         failed |= bool(problems)
-        print(f"{args.name} on tiny {family}: " + ("ok" if not problems else "FAILED"))
+        print(f"{args.name} on tiny {family} ({optimizer}, {steps} steps): " + ("ok" if not problems else "FAILED"))
         for problem in problems:
             print(f"  - {problem}")
     if failed:
@@ -197,12 +235,16 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lorabench", description=__doc__.splitlines()[0], fromfile_prefix_chars="@")
     commands = root.add_subparsers(required=True, metavar="COMMAND")
 
-    listing = commands.add_parser("variants", help="list registered variants")
+    listing = commands.add_parser("variants", help="list registered variants, or describe one")
+    listing.add_argument("name", nargs="?", help="a registered variant: its source, optimizer, hooks and options "
+                         "with their types, defaults and help")
     _user_variant_arguments(listing)
     listing.set_defaults(run=_variants)
 
     contract = commands.add_parser("test-variant", help="check a variant's contract on tiny models (seconds)")
     contract.add_argument("name", help="a registered variant, or a grid name of --config's `variants`")
+    contract.add_argument("--steps", type=int, help="optimizer steps of the learning check (default: the contract's "
+                          "20); more where an option's period (merge_every, resample_every) is longer")
     _user_variant_arguments(contract)
     contract.set_defaults(run=_test_variant)
 

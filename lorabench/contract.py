@@ -1,10 +1,12 @@
 """The contract every variant keeps, checked on tiny models in seconds.
 
 ``lorabench test-variant NAME`` runs it on one variant (yours too, with ``--config``), and the test suite
-runs it over the whole registry: the variant learns (the loss on a memorised batch falls), its optimizer
-groups hold exactly its trainable parameters and each of them receives a gradient, it merges into a plain
-model that computes the same outputs, and what it saves reloads to the same outputs where a loader exists
-(PEFT's adapter format, a transformers checkpoint).
+runs it over the whole registry: the variant learns (the loss on a memorised batch falls) under the optimizer
+its runs would use (the config entry's, else the one the variant declares, else AdamW), with its hooks
+(``transform_gradients`` before each optimizer step, ``after_step`` after it); its optimizer groups hold exactly
+its trainable parameters and each of them receives a gradient; it merges into a plain model that computes the
+same outputs; and what it saves reloads to the same outputs where a loader exists (PEFT's adapter format, a
+transformers checkpoint). docs/variants.md §6 describes the contract.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from lorabench.train import TrainSettings, make_optimizer
 from lorabench.variants import AdapterSpec, Variant, get
 from lorabench.variants._layers import find_targets, layer_shape
-from lorabench.variants.base import saves
+from lorabench.variants.base import period_warnings, saves
 
 VOCAB = 48
 TARGETS = {
@@ -35,9 +37,11 @@ GENERIC_PEFT = {
     "gpt2": {"peft_type": "RANDLORA"},
 }
 """The ``peft_config`` the generic ``peft`` variant is checked with when no config gives one, per family."""
-LEARNING_RATES = (1e-2, 3e-2)
-"""Tried in order until the loss falls: adapters that train few parameters (VeRA) need the larger one."""
+LEARNING_RATES = {"adamw": (1e-2, 3e-2), "sgd": (0.1, 0.3, 1.0)}
+"""Per optimizer, tried in order until the loss falls: adapters that train few parameters (VeRA) need the larger
+ones; plain SGD takes steps proportional to the gradient, far smaller than AdamW's at one lr."""
 LEARN_STEPS = 20
+"""The contract's default number of steps (``lorabench test-variant --steps`` runs more)."""
 MIN_LOSS_DROP = 0.1
 TOLERANCE = dict(atol=1e-4, rtol=1e-4)
 
@@ -68,15 +72,18 @@ def make_spec(family: str, variant: str = "lora", rank: int = 4, **changes: Any)
     return AdapterSpec(**(settings | changes))
 
 
-def train_steps(variant: Variant, model: nn.Module, steps: int = 30, lr: float = 1e-2) -> list[float]:
-    """The pipeline's loop in miniature: AdamW on the variant's parameter groups, its hook after each step."""
+def train_steps(variant: Variant, model: nn.Module, steps: int = 30, lr: float = 1e-2,
+                optimizer: str = "adamw") -> list[float]:
+    """The pipeline's loop in miniature: ``optimizer`` on the variant's parameter groups, its hooks around each
+    step."""
     batch = token_batch()
-    settings = TrainSettings(steps=steps, batch_size=len(batch["input_ids"]), lr=lr)
+    settings = TrainSettings(steps=steps, batch_size=len(batch["input_ids"]), lr=lr, optimizer=optimizer)
     optimizer = make_optimizer(variant.parameter_groups(model, lr), settings)
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         loss = model(**batch).loss
         loss.backward()
+        variant.transform_gradients(model, step)
         optimizer.step()
         variant.after_step(model, optimizer)
         optimizer.zero_grad()
@@ -84,26 +91,36 @@ def train_steps(variant: Variant, model: nn.Module, steps: int = 30, lr: float =
     return losses
 
 
-def check_variant(name: str, family: str, options: dict[str, Any] | None = None) -> list[str]:
+def run_optimizer(cls: type[Variant], entry: dict[str, Any] | None = None, default: str = "adamw") -> str:
+    """The optimizer a run of ``cls`` uses: its config ``entry``'s, else the one the variant declares, else
+    ``default`` (the config's ``train.optimizer``), as :meth:`lorabench.grid.Grid.optimizer` chooses it."""
+    return (entry or {}).get("optimizer") or cls.optimizer or default
+
+
+def check_variant(name: str, family: str, options: dict[str, Any] | None = None, optimizer: str | None = None,
+                  steps: int = LEARN_STEPS) -> list[str]:
     """Every contract violation of variant ``name`` on the tiny ``family`` model; empty when it keeps it all.
 
     ``options``: the variant's options (a config's entry); default: none (``peft``: :data:`GENERIC_PEFT`).
+    ``optimizer``: the one its runs use (:func:`run_optimizer`); default: the variant's own, else AdamW.
     """
     spec = make_spec(family, name) if options is None else make_spec(family, name, options=options)
+    spec = dataclasses.replace(spec, total_steps=steps)
     cls = get(name)
+    optimizer = optimizer or run_optimizer(cls)
     if not cls.ranked(spec.options):
         spec = dataclasses.replace(spec, rank=0)
     problems = _count_problems(cls, spec, family)
     losses, lr = [], None
-    for lr in LEARNING_RATES:
+    for lr in LEARNING_RATES[optimizer]:
         variant = cls(spec)
         model = variant.apply(tiny_model(family))
-        losses = train_steps(variant, model, steps=LEARN_STEPS, lr=lr)
+        losses = train_steps(variant, model, steps=steps, lr=lr, optimizer=optimizer)
         if losses[-1] < losses[0] - MIN_LOSS_DROP:
             break
     else:
-        problems.append(f"does not learn: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {LEARN_STEPS} AdamW steps "
-                        f"at lr {LEARNING_RATES} (expected a drop of at least {MIN_LOSS_DROP})")
+        problems.append(f"does not learn: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} {optimizer} steps "
+                        f"at lr {LEARNING_RATES[optimizer]} (expected a drop of at least {MIN_LOSS_DROP})")
     model.eval()  # GPT-2 has dropout
     with torch.no_grad():
         logits = model(**token_batch()).logits
@@ -111,6 +128,12 @@ def check_variant(name: str, family: str, options: dict[str, Any] | None = None)
             problems += _save_problems(variant, model, family, logits)
         problems += _merge_problems(variant, model, family, logits)
     return problems
+
+
+def contract_warnings(name: str, options: dict[str, Any] | None, steps: int = LEARN_STEPS) -> list[str]:
+    """What the contract's ``steps`` leave unchecked: options whose period they never reach."""
+    cls = get(name)
+    return period_warnings(cls, cls.parse_options(options or {}), steps)
 
 
 def _count_problems(cls: type[Variant], spec: AdapterSpec, family: str) -> list[str]:

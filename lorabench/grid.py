@@ -125,8 +125,10 @@ class Grid:
         return self.config["variants"].get(variant, {}).get("lrs", self.config["grid"]["lrs"])
 
     def optimizer(self, variant: str) -> str:
-        """The variant's own ``optimizer``, else ``train.optimizer``."""
-        return self.config["variants"].get(variant, {}).get("optimizer", self.config["train"]["optimizer"])
+        """The entry's own ``optimizer``, else the one its variant declares (``Variant.optimizer``: what its maths
+        assumes), else ``train.optimizer``."""
+        declared = self.variant_class(variant).optimizer or self.config["train"]["optimizer"]
+        return self.config["variants"].get(variant, {}).get("optimizer", declared)
 
     # tasks
 

@@ -143,6 +143,7 @@ def train(
     seed: int,
     device: torch.device,
     after_step: Callable[[torch.nn.Module, torch.optim.Optimizer], None] = lambda model, optimizer: None,
+    before_step: Callable[[torch.nn.Module, int], None] = lambda model, step: None,
     description: str = "train",
     labels: Sequence[str] | None = None,
     parameter_groups: list[dict] | None = None,
@@ -177,6 +178,7 @@ def train(
             _log_loss(outcome, step, loss)
             break
         output.loss.backward()
+        before_step(model, step)  # a variant's transform_gradients: what the optimizer applies
         optimizer.step()
         after_step(model, optimizer)  # before zero_grad: AdaLoRA's rank allocation reads the gradients
         optimizer.zero_grad(set_to_none=True)

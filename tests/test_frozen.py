@@ -1,4 +1,4 @@
-"""Frozen-A and frozen-B LoRA (MATH.md section 4): the frozen factor never moves, the other one learns."""
+"""Frozen-A and frozen-B LoRA (docs/variants.md §4): the frozen factor never moves, the other one learns."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Resampled random projections (MATH.md section 2): a zero forward, LoRA-sized gradients, exact merges."""
+"""Resampled random projections (docs/variants.md §2): a zero forward, LoRA-sized gradients, exact merges."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_gradients_are_those_of_the_explicit_zero_product(m: int, n: int, rank: 
 
 
 def test_one_sgd_step_through_the_training_optimizer_is_the_update_of_math_md() -> None:
-    """With ``optimizer: sgd`` a step changes W by -lr (U U^T G + G V^T V) + lr^2 G V^T U^T G (MATH.md 1), G = dL/dW."""
+    """With ``optimizer: sgd`` a step changes W by -lr (U U^T G + G V^T V) + lr^2 G V^T U^T G (docs/variants.md §1), G = dL/dW."""
     model, variant = resampled(OneLayer(6, 5, bias=True), rank=2)
     layer = model.layer
     W0, U, V = (t.detach().clone() for t in (dense_weight(layer.base_layer), layer.U, layer.V))

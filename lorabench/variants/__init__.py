@@ -3,7 +3,11 @@
 Adding a variant is one module with a ``@register("name")`` class: in this package, in a file of the
 user's own named by the config's ``variant_modules`` (:func:`load_modules`), or in an installed package
 that declares it under the entry point group :data:`ENTRY_POINT_GROUP`. Nothing else changes, because
-the grid's ``variants: all``, ``lorabench variants`` and every job read this registry.
+the grid's ``variants: all``, ``lorabench variants`` and every job read this registry. The helpers a variant
+of one's own needs are exported here too: :func:`find_targets` (the layers a spec targets), :func:`dense_weight`
+(a layer's weight as an ``(m, n)`` view, GPT-2's transposed ``Conv1D`` too), :func:`wrap_targets` and
+:func:`adapter_layers` (wrapping targets in an :class:`AdapterLayer` and finding the wrappers again),
+:func:`merge_adapters`, :func:`reset_optimizer_state` and :func:`save_adapter_tensors`; docs/variants.md §6 shows how they fit together.
 """
 
 from __future__ import annotations
@@ -19,8 +23,17 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from lorabench.variants._layers import AdapterLayer, layer_shape, merge_adapters, wrap_targets
-from lorabench.variants.base import AdapterSpec, Variant
+from lorabench.variants._layers import (
+    AdapterLayer,
+    adapter_layers,
+    dense_weight,
+    find_targets,
+    layer_shape,
+    merge_adapters,
+    save_adapter_tensors,
+    wrap_targets,
+)
+from lorabench.variants.base import AdapterSpec, Variant, reset_optimizer_state
 
 V = TypeVar("V", bound=type[Variant])
 _REGISTRY: dict[str, type[Variant]] = {}
@@ -112,5 +125,6 @@ def get(name: str) -> type[Variant]:
     return _REGISTRY[name]
 
 
-__all__ = ["ENTRY_POINT_GROUP", "AdapterLayer", "AdapterSpec", "Variant", "get", "layer_shape", "load_modules",
-           "merge_adapters", "register", "registry", "wrap_targets"]
+__all__ = ["ENTRY_POINT_GROUP", "AdapterLayer", "AdapterSpec", "Variant", "adapter_layers", "dense_weight",
+           "find_targets", "get", "layer_shape", "load_modules", "merge_adapters", "register", "registry",
+           "reset_optimizer_state", "save_adapter_tensors", "wrap_targets"]

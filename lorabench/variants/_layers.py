@@ -48,6 +48,7 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule called ``name``."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, new)
 
@@ -75,6 +76,8 @@ def wrap_targets(
 
 
 def adapter_layers(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
+    """The ``(name, wrapper)`` pairs of every :class:`AdapterLayer` in ``model``, in module order: what a variant's
+    hooks walk (merging, redrawing, projecting)."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, AdapterLayer)]
 
 

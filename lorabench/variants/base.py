@@ -4,7 +4,9 @@ A variant is one small module (in ``lorabench/variants/``, in a file of the user
 config's ``variant_modules``, or in an installed package's entry point) that subclasses :class:`Variant`
 and decorates it with ``@register("name")`` (see ``lorabench/variants/__init__.py``). The training loop
 only talks to this interface, so the grid picks a new module up by name; ``lorabench test-variant NAME``
-checks that a variant keeps it (:mod:`lorabench.contract`).
+checks that a variant keeps it (:mod:`lorabench.contract`). docs/variants.md §6 lists the hooks and the helpers
+a variant of one's own uses (``find_targets``, ``dense_weight``, ``adapter_layers``, ``reset_optimizer_state``,
+all exported by ``lorabench.variants``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import difflib
 import re
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -82,14 +84,23 @@ class Variant:
 
     name: ClassVar[str]
     source: ClassVar[str]
-    """Where the method comes from, shown by ``lorabench variants``: a paper, MATH.md §, or PEFT."""
+    """Where the method comes from, shown by ``lorabench variants``: a paper, a section of docs/variants.md, or PEFT."""
+    optimizer: ClassVar[str | None] = None
+    """The optimizer the variant's maths assumes (``sgd`` or ``adamw``): the default of its runs and of its contract
+    test. None: any, the config's ``train.optimizer``. A config entry naming another one meets
+    :attr:`optimizer_policy`."""
+    optimizer_policy: ClassVar[str] = "refuse"
+    """``refuse`` (a config entry with another optimizer is an error before any job) or ``warn`` (it runs, with a
+    warning): for variants that still work, only not as their maths says."""
     in_default_grid: ClassVar[bool] = True
     """False for generic entries that need settings from the config (``peft``): ``all`` skips them."""
     uses_rank: ClassVar[bool] = True
     """False for methods without a rank (full fine-tuning): the grid runs them once per rank set."""
     Options: ClassVar[type] = NoOptions
     """The variant's own config options: a frozen dataclass whose fields carry a default (or none: required)
-    and ``metadata={"help": ...}``, as PEFT's config dataclasses do; ``__post_init__`` refuses bad values."""
+    and ``metadata={"help": ...}``, as PEFT's config dataclasses do; ``__post_init__`` refuses bad values. A field
+    with ``metadata={"period": True}`` is a number of steps between events (a merge, a redraw): the contract test
+    warns when its steps never reach it."""
 
     def __init__(self, spec: AdapterSpec) -> None:
         self.spec = spec
@@ -125,7 +136,8 @@ class Variant:
         types = typing.get_type_hints(cls.Options)
         described = [
             f"{f.name} ({getattr(types[f.name], '__name__', types[f.name])}, "
-            f"{'required' if _required(f) else f'default {_default(f)!r}'}): {f.metadata.get('help', '')}"
+            f"{'required' if _required(f) else f'default {_default(f)!r}'}"
+            f"{', a period in steps' if f.metadata.get('period') else ''}): {f.metadata.get('help', '')}"
             for f in dataclasses.fields(cls.Options)
         ]
         accepted = f"its options: {'; '.join(described)}" if described else "it has no options"
@@ -140,9 +152,15 @@ class Variant:
         group sets its own (LoRA+ trains B faster than A)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
+    def transform_gradients(self, model: nn.Module, step: int) -> None:
+        """Called after the backward pass of optimizer step ``step`` (from 0) and before that step: change the
+        gradients (``p.grad``) the optimizer will apply, e.g. project them (``flora``). The update itself is then
+        the optimizer's, at its learning rate."""
+
     def after_step(self, model: nn.Module, optimizer: Any) -> None:
         """Called after every ``optimizer.step()``, while the step's gradients still exist (AdaLoRA reads
-        them to reallocate its rank); resampled variants merge and redraw here."""
+        them to reallocate its rank); resampled variants merge and redraw here, ``relora`` merges and restarts
+        (:func:`reset_optimizer_state` drops what the optimizer knew of re-initialised parameters)."""
 
     def record_extra(self, model: nn.Module) -> dict[str, float]:
         """Facts about the trained model the grid cannot know, for the record's ``extra`` (e.g. the rank a
@@ -191,6 +209,21 @@ class Variant:
 
         probe = type(self)(dataclasses.replace(self.spec, rank=r, target_modules=("layer",)))
         return sum(p.numel() for p in probe.apply(OneLayer(m, n)).parameters() if p.requires_grad)
+
+
+def period_warnings(variant: type[Variant], options: Any, steps: int) -> list[str]:
+    """The options of ``variant`` marked as periods (``metadata={"period": True}``: every so many steps) whose value
+    ``steps`` optimizer steps never reach, so that a check of that many steps never exercises them."""
+    return [f"option {f.name} = {getattr(options, f.name)} exceeds the {steps} steps run here: what it does every "
+            f"{getattr(options, f.name)} steps never happens (run at least {getattr(options, f.name) + 1} steps)"
+            for f in dataclasses.fields(options) if f.metadata.get("period") and getattr(options, f.name) > steps]
+
+
+def reset_optimizer_state(optimizer: Any, parameters: Iterable[nn.Parameter]) -> None:
+    """Forget what ``optimizer`` holds for ``parameters`` (AdamW's moments and step count), so that their next step
+    starts afresh, as after re-initialising them: a merge-and-restart (``relora``) or a redraw (``resampled``)."""
+    for parameter in parameters:
+        optimizer.state.pop(parameter, None)
 
 
 def _required(option: dataclasses.Field) -> bool:

@@ -1,4 +1,4 @@
-"""Frozen-A LoRA (MATH.md section 4, LoRA-FA): train B only, A stays at its random init."""
+"""Frozen-A LoRA (docs/variants.md §4, LoRA-FA): train B only, A stays at its random init."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from lorabench.variants._peft import PeftVariant, lora_config, lora_factors
 
 @register("frozen_a")
 class FrozenA(PeftVariant):
-    source = "MATH.md section 4; Zhang et al. 2023 (LoRA-FA); PEFT LoRA with lora_A frozen"
+    source = "docs/variants.md §4; Zhang et al. 2023 (LoRA-FA); PEFT LoRA with lora_A frozen"
 
     def peft_config(self) -> LoraConfig:
         return lora_config(self.spec)

@@ -1,4 +1,4 @@
-"""Frozen-B LoRA (MATH.md section 4, the reverse arm of Zhu et al. 2024): train A from zero, B frozen random."""
+"""Frozen-B LoRA (docs/variants.md §4, the reverse arm of Zhu et al. 2024): train A from zero, B frozen random."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lorabench.variants._peft import PeftVariant, lora_config, lora_factors
 
 @register("frozen_b")
 class FrozenB(PeftVariant):
-    source = "MATH.md section 4; Zhu et al. 2024 (asymmetry of LoRA factors); PEFT LoRA with lora_B frozen"
+    source = "docs/variants.md §4; Zhu et al. 2024 (asymmetry of LoRA factors); PEFT LoRA with lora_B frozen"
 
     def peft_config(self) -> LoraConfig:
         return lora_config(self.spec)

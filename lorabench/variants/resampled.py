@@ -1,4 +1,4 @@
-"""Resampled random projections (MATH.md section 2): full-rank SGD in expectation, LoRA-sized memory.
+"""Resampled random projections (docs/variants.md §2): full-rank SGD in expectation, LoRA-sized memory.
 
 Every ``resample_every`` steps (option, default 1) the factors ``U`` (m, r), ``V`` (r, n)
 are drawn afresh with i.i.d. N(0, 1/r) entries, so ``E[U U^T] = I_m``, ``E[V^T V] = I_n`` and the
@@ -12,7 +12,8 @@ passes the base output through untouched and only computes, in backward, the fac
 ``G V^T = delta^T (X V^T)`` and ``U^T G = (delta U)^T X`` from the layer input ``X`` the base layer
 saves anyway: no extra forward work, no m x n gradient and no m x n optimizer state. Merging every
 step is the same as merging once per redraw (the changes telescope) but keeps one code path.
-At a redraw the optimizer state of ``U``, ``V`` is dropped: it belonged to the old directions.
+At a redraw the optimizer state of ``U``, ``V`` is dropped: it belonged to the old directions. ``U0``, ``V0``
+are buffers: the memory account counts them as the variant's state.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lorabench.variants._layers import (
     save_adapter_tensors,
     wrap_targets,
 )
-from lorabench.variants.base import AdapterSpec, OptionError, Variant
+from lorabench.variants.base import AdapterSpec, OptionError, Variant, reset_optimizer_state
 
 
 def draw_factors(
@@ -124,9 +125,10 @@ class ResampledLayer(AdapterLayer):
 
 @dataclass(frozen=True)
 class ResampledOptions:
-    """What MATH.md section 2 leaves free: how often the random factors are redrawn."""
+    """What docs/variants.md §2 leaves free: how often the random factors are redrawn."""
 
-    resample_every: int = field(default=1, metadata={"help": "draw U, V afresh every this many optimizer steps"})
+    resample_every: int = field(default=1, metadata={"help": "draw U, V afresh every this many optimizer steps",
+                                                     "period": True})
 
     def __post_init__(self) -> None:
         if self.resample_every < 1:
@@ -136,8 +138,10 @@ class ResampledOptions:
 
 @register("resampled")
 class Resampled(Variant):
-    source = "MATH.md section 2 (seed 000): random U, V redrawn every step; cf. Flora, ReLoRA"
+    source = "docs/variants.md §2 (seed 000): random U, V redrawn every step; cf. flora, relora"
     Options = ResampledOptions
+    optimizer = "sgd"
+    optimizer_policy = "warn"  # runs under AdamW, but each step after a redraw is Adam's first: a sign update
 
     def __init__(self, spec: AdapterSpec) -> None:
         super().__init__(spec)
@@ -157,8 +161,7 @@ class Resampled(Variant):
             layer.merge_step()
             if redraw:
                 layer.redraw()
-                for factor in (layer.U, layer.V):
-                    optimizer.state.pop(factor, None)
+                reset_optimizer_state(optimizer, (layer.U, layer.V))
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_adapters(model)
