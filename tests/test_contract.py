@@ -93,3 +93,70 @@ def test_test_variant_command_reports_each_family(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out.splitlines() == ["frozen_a on tiny llama: ok", "frozen_a on tiny gpt2: ok"]
     with pytest.raises(SystemExit, match="unknown variant 'nope'"):
         main(["test-variant", "nope"])
+
+
+def test_a_declared_optimizer_is_the_default_and_a_contradiction_is_refused_or_warned() -> None:
+    """flora declares sgd (refuse), resampled sgd (warn); lora declares none: train.optimizer."""
+    import yaml
+
+    from lorabench.checks import ConfigError, load_grid
+    from tests.pipeline import SMOKE
+
+    config = yaml.safe_load(SMOKE.read_text())
+    config["variants"]["resampled"] = {"optimizer": "adamw"}
+    grid = load_grid(config)
+    assert (grid.optimizer("flora"), grid.optimizer("lora"), grid.optimizer("resampled")) == ("sgd", "adamw", "adamw")
+    assert any("`variants/resampled/optimizer`" in warning and "resampled declares 'sgd'" in warning
+               for warning in grid.warnings)
+    config["variants"]["flora"] = {"optimizer": "adamw"}
+    with pytest.raises(ConfigError, match=r"`variants/flora/optimizer`: 'adamw', but flora declares 'sgd'.*drop"):
+        load_grid(config)
+
+
+def test_the_contract_trains_with_the_optimizer_a_run_would_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lorabench import contract
+
+    used = []
+    made = contract.make_optimizer
+    monkeypatch.setattr(contract, "make_optimizer", lambda groups, settings: (used.append(settings.optimizer),
+                                                                             made(groups, settings))[1])
+    assert check_variant("flora", "llama") == [] and set(used) == {"sgd"}
+    used.clear()
+    assert check_variant("lora", "llama", optimizer="sgd") == [] and set(used) == {"sgd"}
+
+
+def test_transform_gradients_runs_between_backward_and_the_optimizer_step() -> None:
+    """A hook that zeroes every gradient leaves SGD nothing to apply; it sees steps 0, 1, 2 with gradients present."""
+    from lorabench.models import build_embedded, character_tokenizer
+    from lorabench.tasks.algorithmic import AlgorithmicTask
+    from lorabench.train import TrainSettings, train
+
+    tokenizer = character_tokenizer()
+    arch = {"family": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+    model = build_embedded(arch, tokenizer, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    seen = []
+
+    def zero(model: nn.Module, step: int) -> None:
+        seen.append((step, all(p.grad is not None for p in model.parameters())))
+        for p in model.parameters():
+            p.grad.zero_()
+
+    examples = AlgorithmicTask("sort", seed=0, sizes=(16, 1, 1), min_len=2, max_len=5).split("train")
+    train(model, tokenizer, examples, TrainSettings(steps=3, batch_size=4, lr=0.1, optimizer="sgd"), 0,
+          torch.device("cpu"), before_step=zero)
+    assert seen == [(0, True), (1, True), (2, True)]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_variants_name_lists_options_and_test_variant_warns_of_an_unreached_period(
+        capsys: pytest.CaptureFixture) -> None:
+    main(["variants", "relora"])
+    described = capsys.readouterr().out
+    assert "merge_every (int, default 50, a period in steps): merge B A into the weight" in described
+    assert "optimizer: any" in described and "after_step" in described
+    main(["test-variant", "relora"])
+    out = capsys.readouterr().out
+    assert "warning: relora: option merge_every = 50 exceeds the 20 steps run here" in out and "--steps" in out
+    assert "relora on tiny llama (adamw, 20 steps): ok" in out
