@@ -90,7 +90,8 @@ def test_loraplus_moves_b_further_than_lora_from_the_same_start() -> None:
 
 def test_test_variant_command_reports_each_family(capsys: pytest.CaptureFixture[str]) -> None:
     main(["test-variant", "frozen_a"])
-    assert capsys.readouterr().out.splitlines() == ["frozen_a on tiny llama: ok", "frozen_a on tiny gpt2: ok"]
+    assert capsys.readouterr().out.splitlines() == ["frozen_a on tiny llama (adamw, 20 steps): ok",
+                                                     "frozen_a on tiny gpt2 (adamw, 20 steps): ok"]
     with pytest.raises(SystemExit, match="unknown variant 'nope'"):
         main(["test-variant", "nope"])
 
@@ -154,7 +155,7 @@ def test_variants_name_lists_options_and_test_variant_warns_of_an_unreached_peri
         capsys: pytest.CaptureFixture) -> None:
     main(["variants", "relora"])
     described = capsys.readouterr().out
-    assert "merge_every (int, default 50, a period in steps): merge B A into the weight" in described
+    assert "merge_every (int, default 50), a period in steps: merge B A into the weight" in described
     assert "optimizer: any" in described and "after_step" in described
     main(["test-variant", "relora"])
     out = capsys.readouterr().out

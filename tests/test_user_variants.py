@@ -53,7 +53,8 @@ def test_readme_variant_is_checked_listed_and_keeps_the_contract(user_folder: Pa
     main(["variants", "--config", "my.yaml"])
     assert re.search(r"^tied_a\s+[\d,]+\s+my own", capsys.readouterr().out, re.M)
     main(["test-variant", "tied_a", "--config", "my.yaml"])
-    assert capsys.readouterr().out.splitlines() == ["tied_a on tiny llama: ok", "tied_a on tiny gpt2: ok"]
+    assert capsys.readouterr().out.splitlines() == ["tied_a on tiny llama (adamw, 20 steps): ok",
+                                                      "tied_a on tiny gpt2 (adamw, 20 steps): ok"]
 
 
 def test_readme_variant_joins_the_grid_and_every_job_carries_its_module(user_folder: Path) -> None:

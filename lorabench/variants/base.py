@@ -136,8 +136,8 @@ class Variant:
         types = typing.get_type_hints(cls.Options)
         described = [
             f"{f.name} ({getattr(types[f.name], '__name__', types[f.name])}, "
-            f"{'required' if _required(f) else f'default {_default(f)!r}'}"
-            f"{', a period in steps' if f.metadata.get('period') else ''}): {f.metadata.get('help', '')}"
+            f"{'required' if _required(f) else f'default {_default(f)!r}'})"
+            f"{', a period in steps' if f.metadata.get('period') else ''}: {f.metadata.get('help', '')}"
             for f in dataclasses.fields(cls.Options)
         ]
         accepted = f"its options: {'; '.join(described)}" if described else "it has no options"

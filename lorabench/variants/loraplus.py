@@ -28,7 +28,11 @@ class LoRAPlus(PeftLoRA):
     Options = LoRAPlusOptions
 
     def parameter_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        """Every ``lora_B`` at ``lr_ratio * lr``, every other trainable parameter (A, a new head) at ``lr``."""
+        """Every ``lora_B`` at ``lr_ratio * lr``, every other trainable parameter (A, a new head and its bias) at ``lr``.
+
+        PEFT's ``create_loraplus_optimizer`` puts 1-D parameters (a head's bias) at ``lr_ratio * lr`` too, a side
+        effect of grouping by dimension; the paper's argument concerns the two factors only, and keeping every
+        other parameter at ``lr`` trains a new head alike under every LoRA-like variant (docs/variants.md §1)."""
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         return [
             {"params": [p for name, p in trainable if "lora_B" not in name], "lr": lr},
