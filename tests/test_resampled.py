@@ -44,7 +44,7 @@ def test_gradients_are_those_of_the_explicit_zero_product(m: int, n: int, rank: 
     assert layer.base_layer.weight.grad is None  # no m x n gradient anywhere
 
 
-def test_one_sgd_step_through_the_training_optimizer_is_the_update_of_math_md() -> None:
+def test_one_sgd_step_through_the_training_optimizer_is_the_two_factor_update_with_its_square_term() -> None:
     """With ``optimizer: sgd`` a step changes W by -lr (U U^T G + G V^T V) + lr^2 G V^T U^T G (docs/variants.md §1), G = dL/dW."""
     model, variant = resampled(OneLayer(6, 5, bias=True), rank=2)
     layer = model.layer
