@@ -60,3 +60,12 @@ def test_training_merges_every_merge_every_steps_and_merges_into_a_model_with_th
     with torch.no_grad():
         before = model(**token_batch()).logits
         torch.testing.assert_close(variant.merge(model)(**token_batch()).logits, before, atol=1e-5, rtol=1e-5)
+
+
+def test_the_contract_holds_across_merges() -> None:
+    """With merges inside the contract's steps: it learns, and merge reproduces the outputs after two restarts."""
+    from lorabench.contract import check_variant, contract_warnings
+
+    assert contract_warnings("relora", {"merge_every": 5}, steps=12) == []
+    assert contract_warnings("relora", {}, steps=12)[0].startswith("option merge_every = 50 exceeds the 12 steps")
+    assert check_variant("relora", "llama", options={"merge_every": 5}, steps=12) == []
