@@ -241,6 +241,26 @@ def test_new_variants_get_distinct_colours_that_no_shipped_variant_has(n_new: in
     assert palette == plots.variant_palette(reversed(list(palette)))  # deterministic, whatever the order
 
 
+def test_variants_at_one_x_are_spread_so_none_hides_another() -> None:
+    """Seven variants with one parameter count (as in the default grid) and two at another: distinct x, in the
+    variants' order, within half the gap between two swept learning rates (a factor 3: 0.24 decades)."""
+    same = ["lora", "peft_lora", "rslora", "pissa", "loraplus", "additive", "resampled"]
+    points = pd.DataFrame({"variant": [*same, "frozen_a", "frozen_b"], "x": [8704.0] * 7 + [4608.0, 4608.0]})
+    at = plots._dodged(points, "x")
+    assert at.nunique() == len(points)
+    assert list(at[:7].sort_values().index) == sorted(range(7), key=lambda i: plots.variant_order(same).index(same[i]))
+    assert np.log10(at[:7].max() / at[:7].min()) < np.log10(3) / 2
+    assert np.allclose(np.log10(at[:7]).mean(), np.log10(8704.0))  # centred on the true value
+
+
+def test_every_shipped_variant_has_a_distinct_colour_and_its_family_marker() -> None:
+    colours = [matplotlib.colors.to_hex(c) for c in plots.VARIANT_COLOURS.values()]
+    assert len(set(colours)) == len(colours)
+    families = [members for _, members in plots.FAMILY_MARKERS.values()]
+    assert sorted(v for members in families for v in members) == sorted(plots.VARIANT_COLOURS)
+    assert plots.variant_marker("resampled") == "^" and plots.variant_marker("my_variant") == plots.OTHER_MARKER
+
+
 def test_figures_use_only_ok_runs_at_the_validation_lr(results: pd.DataFrame) -> None:
     used = plots.selected_ok(results)
     assert set(used["status"]) == {"ok"} and set(used["lr"]) == {GOOD_LR}
