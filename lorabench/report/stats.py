@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -157,18 +158,18 @@ class Comparison:
     def null(self) -> float:
         return -self.margin if self.non_inferior else 0.0
 
-    @property
+    @cached_property
     def p(self) -> float:
         """The paired t test's p-value: the one Holm adjusts (NaN below two seeds)."""
         return t_test(np.array(self.difference.values), self.null, self.alternative) if self.difference.n >= 2 \
             else math.nan
 
-    @property
+    @cached_property
     def wilcoxon(self) -> float:
         return wilcoxon_test(np.array(self.difference.values), self.null, self.alternative) \
             if self.difference.n >= 2 else math.nan
 
-    @property
+    @cached_property
     def seeds_needed(self) -> int | None:
         return seeds_for_power(self.difference.sd, self.margin, self.alternative)
 
