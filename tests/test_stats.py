@@ -28,7 +28,8 @@ def test_paired_difference_is_the_student_t_interval_of_per_seed_differences() -
 
 
 def _comparison(values: list[float], non_inferior: str | None = None) -> Comparison:
-    return Comparison("a − b", Difference.of(pd.Series(values)), "less", "more", MARGIN, f"{MARGIN:g}", non_inferior)
+    return Comparison("model", "a", "b", "accuracy", Difference.of(pd.Series(values)), "less", "more", MARGIN,
+                      f"{MARGIN:g}", non_inferior)
 
 
 def test_verdict_names_a_direction_only_when_the_holm_adjusted_test_rejects() -> None:

@@ -139,8 +139,12 @@ class Comparison:
     is also the difference the power line asks the test to detect.
     """
 
-    what: str
-    """What is compared, e.g. ``llama-tiny: frozen_a − lora, target accuracy``."""
+    scope: str
+    """Where: the model whose runs are compared."""
+    a: str
+    b: str
+    label: str
+    """What of a and b is compared, e.g. ``target accuracy``."""
     difference: Difference
     lower: str
     higher: str
@@ -149,6 +153,11 @@ class Comparison:
     """The margin in words, e.g. ``0.05`` or ``5% of lora's``."""
     non_inferior: str | None = None
     """The claim a non-inferiority reading makes when it holds, e.g. ``frozen_a matches lora``."""
+
+    @property
+    def what(self) -> str:
+        """``llama-tiny: frozen_a − lora, target accuracy``."""
+        return f"{self.scope}: {self.a} − {self.b}, {self.label}"
 
     @property
     def alternative(self) -> str:
@@ -182,16 +191,16 @@ class Comparison:
         return "n/a" if self.difference.n < 2 else f"over {MAX_SEEDS:,}" if needed is None else str(needed)
 
     def brief(self, adjusted: float) -> str:
-        """``+0.054 [-0.044, +0.152], not significant (Holm p 0.868)``: the reading in a few words."""
+        """``+0.05 [-0.04, +0.15] n.s.``: the reading in a few words (n.s.: not significant after Holm)."""
         d = self.difference
         if d.n < 2:
-            return f"{d.text(3)}: not tested"
+            return f"{d.mean:+.2f}, not tested ({d.n} seed{'s' * (d.n != 1)})"
         rejected = adjusted <= ALPHA
         if self.non_inferior:
-            reading = f"non-inferior within {self.margin_text}" if rejected else "non-inferiority not shown"
+            reading = "non-inferior" if rejected else "non-inferiority not shown"
         else:
-            reading = "significant" if rejected else "not significant"
-        return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}], {reading} (Holm p {adjusted:.3g})"
+            reading = "significant" if rejected else "n.s."
+        return f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {reading}"
 
     def verdict(self, adjusted: float) -> str:
         """The sentence's reading at Holm-adjusted p-value ``adjusted``: a direction (or a match) only where the

@@ -174,16 +174,16 @@ class ModelRuns:
         label, margin, margin_text = METRIC_MARGINS.get(metric, (metric, MARGIN, f"{MARGIN:g}"))
         if metric == "step_ms":  # no absolute scale: a share of b's own step
             margin, margin_text = STEP_SHARE * self.per_seed(b, metric).mean(), f"{STEP_SHARE:.0%} of {b}'s"
-        return Comparison(f"{self.model}: {a} − {b}, {label}", paired(self.per_seed(a, metric),
-                          self.per_seed(b, metric)), lower, higher, margin, margin_text, non_inferior)
+        difference = paired(self.per_seed(a, metric), self.per_seed(b, metric))
+        return Comparison(self.model, a, b, label, difference, lower, higher, margin, margin_text, non_inferior)
 
     def forgetting_at_matched_learning(self, a: str, b: str) -> Part:
         """Forgetting of a − b where both reach the same target accuracy, per seed, along their lr curves."""
         curves = {v: seed_curves(self.swept[self.swept["variant"] == v]) for v in (a, b)}
         matched = matched_learning(curves[a], curves[b])
-        what = f"{self.model}: {a} − {b}, forgetting at matched learning ({matched.level:.3f})"
         return [f"vs {b} (at accuracy {matched.level:.3f}): ",
-                Comparison(what, matched.difference, f"{a} forgets less", f"{a} forgets more", MARGIN, f"{MARGIN:g}")]
+                Comparison(self.model, a, b, "forgetting at matched learning", matched.difference,
+                           f"{a} forgets less", f"{a} forgets more", MARGIN, f"{MARGIN:g}")]
 
     def mib(self, variant: str) -> str:
         """The memory account's mean: exact, the same for every seed, so an interval would only say ± 0."""
@@ -559,19 +559,24 @@ QUESTION_FIGURES = {
 
 def write_description(answers: dict[str, list[Part]], adjusted: dict[int, float], out_path: Path) -> None:
     """The HTML report's first page, in reStructuredText: each question with this run's comparisons in brief
-    (difference, 95% interval, Holm decision) and links to its figures (Snakemake's ``name.png`_`` links)."""
-    family = [piece for parts in answers.values() for part in parts for piece in part if isinstance(piece, Comparison)]
-    lines = ["This run's answers", "------------------", "",
-             f"Per-seed paired differences a − b with their 95% intervals; Holm-adjusted over the {len(family)} "
-             f"comparisons of `summary.md`_ at α = {ALPHA:g}; non-inferiority: a − b > −{MARGIN:g}. Wilcoxon tests and "
-             "the seeds 80% power needs: `summary.md`_.", ""]
+    (difference, 95% interval, Holm decision) and links to its figures (Snakemake's ``name.png`_`` links). Short on
+    purpose: Snakemake centres the page beside the rule graph, so what does not fit one screen is cut off at the top."""
+    lines = [f"**The study's questions and this run's answers**: a − b per seed, 95% interval, Holm decision (n.s.: "
+             f"not significant; non-inferior: a − b > −{MARGIN:g}).", ""]
     for question, parts in answers.items():
-        comparisons = [piece for part in parts for piece in part if isinstance(piece, Comparison)]
-        lines += [f"**{question}**", ""]
-        lines += [f"- {c.what}: {c.brief(adjusted[id(c)])}" for c in comparisons] or [
-            f"- {''.join(piece for part in parts for piece in part if isinstance(piece, str)) or 'no ok runs.'}"]
         figures = ", ".join(f"`{name}`_" for name in QUESTION_FIGURES[question.split()[0]])
-        lines += [f"- figures: {figures}", ""]
+        lines += [f"**{question}** ({figures})", ""]
+        for part in parts:
+            comparisons = [piece for piece in part if isinstance(piece, Comparison)]
+            if not comparisons:
+                lines.append(f"- {''.join(piece for piece in part if isinstance(piece, str))}")
+                continue
+            groups: dict[tuple[str, str], list[str]] = {}
+            for c in comparisons:
+                groups.setdefault((c.a, c.label), []).append(f"{c.b} {c.brief(adjusted[id(c)])}")
+            lines.append(f"- *{comparisons[0].scope}*, " + "; ".join(
+                f"{label}: {a} vs {', vs '.join(against)}" for (a, label), against in groups.items()))
+        lines.append("")
     Path(out_path).write_text("\n".join(lines) + "\n")
 
 
