@@ -31,8 +31,8 @@ N_BOOT = 1000
 BOOT_SEED = 0
 """Fixed so the CIs in the figures and in summary.md are the same numbers on every rebuild."""
 VARIANT_COLOURS = {
-    "full": "black",
-    "full_sgd": "tab:gray",
+    "full": "dimgray",
+    "full_sgd": "darkgray",
     "lora": "tab:blue",
     "peft_lora": "tab:cyan",
     "rslora": "navy",
@@ -267,12 +267,12 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
     _save(fig, out_path)
 
 
-def _errorbar_point(ax, x: pd.Series, y: pd.Series, colour: str) -> None:
+def _errorbar_point(ax, x: pd.Series, y: pd.Series, colour: str, marker: str) -> None:
     """A mean point with asymmetric 95% CI bars in both directions (none where n < 2)."""
     (mx, lx, hx), (my, ly, hy) = ci95(x), ci95(y)
     xerr = None if np.isnan(lx) else [[mx - lx], [hx - mx]]
     yerr = None if np.isnan(ly) else [[my - ly], [hy - my]]
-    ax.errorbar(mx, my, xerr=xerr, yerr=yerr, fmt="o", color=colour, markersize=7, capsize=3)
+    ax.errorbar(mx, my, xerr=xerr, yerr=yerr, fmt=marker, color=colour, markersize=7, capsize=3)
 
 
 def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
@@ -304,7 +304,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
             curve = sweep.groupby("lr")[["target_acc_after", "forgetting", "chosen"]].mean().sort_index()
             ax.plot(curve["target_acc_after"], curve["forgetting"], "-", color=colour, alpha=0.6, linewidth=1.2)
             for lr, seeds in sweep.groupby("lr"):
-                _errorbar_point(ax, seeds["target_acc_after"], seeds["forgetting"], colour)
+                _errorbar_point(ax, seeds["target_acc_after"], seeds["forgetting"], colour, variant_marker(variant))
             best = curve[curve["chosen"] > 0]
             ax.plot(best["target_acc_after"], best["forgetting"], "*", color=colour, markersize=14,
                     markeredgecolor="black")
