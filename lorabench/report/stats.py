@@ -58,10 +58,6 @@ class Difference:
         """Standard deviation of the per-seed differences (NaN below two seeds)."""
         return float(np.std(self.values, ddof=1)) if self.n >= 2 else math.nan
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
     def text(self, digits: int) -> str:
         if self.n < 2:
             return f"{self.mean:+.{digits}f} ({self.n} paired seed{'s' * (self.n != 1)}, no interval)"
