@@ -537,9 +537,10 @@ def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
     ax.scatter(additive["expected"], additive["rank"], color=colour, s=50, label="measured", zorder=3)
     for (expected, rank), shapes in additive.groupby(["expected", "rank"]):
         label = "\n".join(f"({r.m:.0f},{r.n:.0f},r={r.r:.0f})" for r in shapes.itertuples())
-        ax.annotate(label, (expected, rank), textcoords="offset points", xytext=(-6, 6), ha="right", fontsize=7)
+        ax.annotate(label, (expected, rank), textcoords="offset points", xytext=(8, -4), ha="left", va="top",
+                    fontsize=7)
     _identity_line(ax, additive["expected"])
-    ax.margins(0.15)  # room for the shape labels at the ends
+    ax.margins(x=0.3, y=0.15)  # room for the shape labels right of the points
     ax.set(title="§3 additive: rank(ΔW) = 2r", xlabel="expected min(2r, m, n)", ylabel="numerical rank of ΔW")
     ax.legend(loc="upper left")
     _save(fig, out_path)
