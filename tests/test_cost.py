@@ -97,7 +97,9 @@ def test_report_draws_the_figure_and_the_tables_from_the_csv(table: pd.DataFrame
     assert (f"| {COST_TARGETS[1][0]} | tiny | 2 | {row['ratio_lora']:.3f} (rounds' quartiles "
             f"{row['ratio_lora_q1']:.3f}–{row['ratio_lora_q3']:.3f}) | {verdict} |") in text
     answer = cost_answer(table, "2.")
-    assert answer.startswith("Cost at real layer sizes, tiny (q_proj 64x64") and "additive at rank 2 (adamw) vs lora" in answer
+    assert answer.startswith("Cost at real layer sizes, tiny (") and "additive at rank 2 (adamw) vs lora" in answer
+    shapes = table["shapes"].iloc[0]  # the layer shapes: named once, in the cost section's table of shape sets
+    assert shapes not in answer and text.count(shapes) == 1 and f"| tiny | {shapes} |" in text
 
 
 def test_a_target_is_met_or_missed_only_where_the_rounds_agree() -> None:

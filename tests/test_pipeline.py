@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from html import escape as html_escape
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,7 @@ import pytest
 from lorabench import records
 from lorabench.checks import load_grid
 from lorabench.report import REPORT_ITEMS
+from lorabench.report.summary import QUESTIONS
 from tests.pipeline import REPO, SMOKE, snakemake
 
 pytestmark = pytest.mark.e2e
@@ -70,9 +73,16 @@ def test_deleting_one_record_reruns_one_train_job(smoke_run: Path) -> None:
     assert counts.get("train") == 1 and "pretrain" not in counts, out
 
 
-def test_snakemake_report_is_written(smoke_run: Path) -> None:
+def test_snakemake_report_is_written_and_opens_on_the_answers(smoke_run: Path) -> None:
     snakemake(smoke_run, "--report", "report.html")
-    assert (smoke_run / "report.html").stat().st_size > 10_000
+    html = (smoke_run / "report.html").read_text()
+    assert len(html) > 10_000
+    # the first page (workflow_desc): the questions, this run's intervals and decisions, links to the figures
+    description = json.loads(re.search(r"workflow_desc = (\".*?(?<!\\)\");", html).group(1))
+    for question in QUESTIONS:
+        assert html_escape(question, quote=False) in description, question
+    assert re.search(r"resampled vs lora [+-]\d\.\d\d \[[+-]\d\.\d\d, [+-]\d\.\d\d\] (n\.s\.|significant)", description)
+    assert "javascript:app.showResultInfo(" in description and "forgetting_vs_accuracy.png" in description
 
 
 def test_memory_account_is_the_same_for_every_seed_and_orders_full_lora_frozen_a(smoke_run: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import types
 from pathlib import Path
@@ -16,7 +17,7 @@ from test_aggregate import BAD_LR, GOOD_LR, write_grid
 
 import lorabench
 from lorabench.aggregate import aggregate, write_tables
-from lorabench.report import REPORT_ITEMS, plots, run_report
+from lorabench.report import DESCRIPTION, REPORT_ITEMS, plots, run_report
 from lorabench.records import run_reason
 from lorabench.report.summary import QUESTIONS, write_summary
 
@@ -77,8 +78,13 @@ def test_figures_are_readable_pngs(report_dir: Path) -> None:
 
 
 def test_every_report_item_has_a_caption() -> None:
-    for name, (category, caption) in REPORT_ITEMS.items():
+    for name, (category, caption, shows) in REPORT_ITEMS.items():
         assert category and (CAPTIONS / caption).read_text().strip(), name
+
+
+def _flat(path: Path) -> str:
+    """summary.md's text with its prose unwrapped (wrapped lines joined), so a sentence reads as one string."""
+    return " ".join(path.read_text().split())
 
 
 def test_summary_mentions_every_variant_and_question(report_dir: Path, results: pd.DataFrame) -> None:
@@ -86,13 +92,46 @@ def test_summary_mentions_every_variant_and_question(report_dir: Path, results: 
     for variant in results["variant"].unique():
         assert f"| {variant} |" in summary, variant
     for question in QUESTIONS:
-        assert question in summary
+        assert question in _flat(report_dir / "summary.md")
     for link in ("forgetting_vs_accuracy.png", "cost.png", "accuracy_vs_rank.png", "params_vs_accuracy.png"):
         assert f"]({link})" in summary and (report_dir / link).exists()
 
 
-def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
+def test_summary_opens_on_its_answers_in_short_lines(report_dir: Path) -> None:
     summary = (report_dir / "summary.md").read_text()
+    headings = [line for line in summary.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## Answers to the study's questions" and "## What was run" in headings
+    assert max(len(line) for line in summary.splitlines()) <= 200
+
+
+def test_summary_states_the_holm_family_and_every_verdict_carries_its_decision(report_dir: Path) -> None:
+    summary = (report_dir / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert f"The family: the {len(rows)} comparisons of the answers above" in _flat(report_dir / "summary.md")
+    answers = _flat(report_dir / "summary.md").split("## Answers")[1].split("### The comparisons")[0]
+    # every verdict in the answers carries its Holm-adjusted decision, its Wilcoxon test and its power line
+    assert answers.count("difference ") == answers.count("Holm-adjusted p ") == len(rows)
+    assert answers.count("Wilcoxon p ") == answers.count("seeds for 80% power at ±") == len(rows)
+    for row in rows:
+        assert row.split("|")[8].strip() in ("rejected", "not rejected"), row
+    assert any("non-inferiority, margin 0.05" in row for row in rows)
+
+
+def test_q1_reads_learning_differently_in_weight_space(tmp_path: Path) -> None:
+    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "full", "resampled"), lrs=(GOOD_LR,)))
+    # effective rank of dW: resampled 20 + seed, lora 3 + seed, full 25 + seed -> paired differences exactly +17, -5
+    base = results["variant"].map({"lora": 3.0, "full": 25.0, "resampled": 20.0})
+    results["extra__delta_effective_rank_mean"] = base + results["seed"]
+    results["extra__intruder_dimensions_mean"] = results["variant"].map({"lora": 2.0, "full": 1.0, "resampled": 1.0})
+    write_summary(results, tmp_path / "summary.md")
+    summary = _flat(tmp_path / "summary.md")
+    assert "effective rank of ΔW 21.0 vs lora 4.0: higher: difference +17.000 [95% CI +17.000, +17.000; 3 seeds]" in summary
+    assert "effective rank of ΔW 21.0 vs full 26.0: lower: difference -5.000" in summary
+    assert "intruder dimensions 1.0 vs full 1.0: not distinguishable at this sample size" in summary
+
+
+def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
+    summary = _flat(report_dir / "summary.md")
     # forgetting = base + 0.01 * seed over seeds 0..2 -> means 0.09 (resampled) and 0.21 (lora)
     # per-seed jitter is shared by all variants, so paired differences are exact: frozen_b - frozen_a = -0.14
     assert "frozen_b vs frozen_a: frozen_b falls behind: difference -0.140 [95% CI -0.140, -0.140; 3 seeds]" in summary
@@ -103,7 +142,19 @@ def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
     # memory account: 16 bytes per trainable parameter (weights, grads, two moments) + 1 MiB of activations
     assert "Training holds 1.244 vs lora 1.244 and full 153.588 MiB (exact account" in summary
     assert "| lora | 16,000 |" in summary and "| 1.244 ± 0.000 |" in summary
-    assert "- optimizers: adamw (full, lora," in summary and "; sgd (resampled)\n" in summary
+    assert "- optimizers: adamw (full, lora," in summary and "; sgd (resampled) - device" in summary
+
+
+def test_report_description_states_the_answers_with_links_to_the_figures(report_dir: Path) -> None:
+    description = (report_dir / DESCRIPTION).read_text()
+    for question in QUESTIONS:
+        assert f"**{question}**" in description
+    assert "target accuracy: frozen_b vs frozen_a -0.14 [-0.14, -0.14] significant" in description
+    page = (CAPTIONS / "workflow.rst").read_text()  # the report's first page: the answers, then where to look
+    assert page.startswith(f".. include:: reports/{DESCRIPTION}\n")
+    links = re.findall(r"`([\w.]+)`_", description + page)
+    assert "summary.md" in links and "forgetting_vs_accuracy.png" in links
+    assert set(links) <= set(REPORT_ITEMS)  # every link names a result the report holds
 
 
 def test_summary_lists_failed_and_diverged_runs_by_first_line(report_dir: Path) -> None:
@@ -155,9 +206,15 @@ def test_summary_words_follow_the_paired_interval(tmp_path: Path) -> None:
     rows = noisy["variant"] == "frozen_a"
     noisy.loc[rows, "target_acc_after"] = noisy.loc[rows, "target_acc_after"] + noisy.loc[rows, "seed"].map(shift)
     write_summary(noisy, tmp_path / "summary.md")
-    summary = (tmp_path / "summary.md").read_text()
-    assert "frozen_a's target accuracy is not distinguishable at this sample size: difference" in summary
-    assert "below lora" not in summary and "above lora" not in summary
+    summary = _flat(tmp_path / "summary.md")
+    assert "frozen_a's target accuracy vs lora's: not shown to be within 0.05 (non-inferiority): difference" in summary
+    assert "below lora" not in summary and "above lora" not in summary and "frozen_a matches lora" not in summary
+
+
+def test_a_clear_match_is_read_as_non_inferior(tmp_path: Path) -> None:
+    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "frozen_a", "frozen_b"), lrs=(GOOD_LR,)))
+    write_summary(results, tmp_path / "summary.md")
+    assert "frozen_a matches lora (within 0.05): difference" in _flat(tmp_path / "summary.md")
 
 
 def test_ci95_matches_seaborn_bootstrap_interval() -> None:
@@ -184,6 +241,26 @@ def test_new_variants_get_distinct_colours_that_no_shipped_variant_has(n_new: in
     colours = [matplotlib.colors.to_hex(colour) for colour in palette.values()]
     assert len(set(colours)) == len(palette) == n_new + len(plots.VARIANT_COLOURS)
     assert palette == plots.variant_palette(reversed(list(palette)))  # deterministic, whatever the order
+
+
+def test_variants_at_one_x_are_spread_so_none_hides_another() -> None:
+    """Seven variants with one parameter count (as in the default grid) and two at another: distinct x, in the
+    variants' order, within half the gap between two swept learning rates (a factor 3: 0.24 decades)."""
+    same = ["lora", "peft_lora", "rslora", "pissa", "loraplus", "additive", "resampled"]
+    points = pd.DataFrame({"variant": [*same, "frozen_a", "frozen_b"], "x": [8704.0] * 7 + [4608.0, 4608.0]})
+    at = plots._dodged(points, "x")
+    assert at.nunique() == len(points)
+    assert list(at[:7].sort_values().index) == sorted(range(7), key=lambda i: plots.variant_order(same).index(same[i]))
+    assert np.log10(at[:7].max() / at[:7].min()) < np.log10(3) / 2
+    assert np.allclose(np.log10(at[:7]).mean(), np.log10(8704.0))  # centred on the true value
+
+
+def test_every_shipped_variant_has_a_distinct_colour_and_its_family_marker() -> None:
+    colours = [matplotlib.colors.to_hex(c) for c in plots.VARIANT_COLOURS.values()]
+    assert len(set(colours)) == len(colours)
+    families = [members for _, members in plots.FAMILY_MARKERS.values()]
+    assert sorted(v for members in families for v in members) == sorted(plots.VARIANT_COLOURS)
+    assert plots.variant_marker("resampled") == "^" and plots.variant_marker("my_variant") == plots.OTHER_MARKER
 
 
 def test_figures_use_only_ok_runs_at_the_validation_lr(results: pd.DataFrame) -> None:

@@ -1,15 +1,20 @@
-"""Paired differences, matched-learning interpolation and the Pareto front behind the report's verdicts."""
+"""Paired differences, their tests (t, Wilcoxon, Holm, non-inferiority, power), matched-learning interpolation and
+the Pareto front behind the report's verdicts."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
 from lorabench.report.plots import pareto_front
-from lorabench.report.stats import Difference, forgetting_at, matched_learning, paired, seed_curves, verdict
+from lorabench.report.stats import (
+    ALPHA, MARGIN, POWER, Comparison, Difference, forgetting_at, holm, matched_learning, paired, seed_curves,
+    seeds_for_power, t_power,
+)  # fmt: skip
 
 
 def test_paired_difference_is_the_student_t_interval_of_per_seed_differences() -> None:
@@ -22,15 +27,75 @@ def test_paired_difference_is_the_student_t_interval_of_per_seed_differences() -
     assert (difference.low, difference.high) == (pytest.approx(low), pytest.approx(high))
 
 
-def test_verdict_names_a_direction_only_when_the_interval_excludes_zero() -> None:
-    clear_values = pd.Series([-0.10, -0.12, -0.09])
-    clear = Difference.of(clear_values)
-    unclear = Difference.of(pd.Series([-0.10, 0.12, -0.01]))
-    assert verdict(clear, "less", "more").startswith("less: difference -0.103 [95% CI")
-    assert verdict(Difference.of(-clear_values), "less", "more").startswith("more")
-    assert verdict(unclear, "less", "more").startswith("not distinguishable at this sample size")
-    assert verdict(Difference.of(pd.Series([0.3])), "less", "more").startswith("not distinguishable: one paired seed")
-    assert verdict(Difference.of(pd.Series([], dtype=float)), "less", "more").startswith("cannot be compared")
+def _comparison(values: list[float], non_inferior: str | None = None) -> Comparison:
+    return Comparison("model", "a", "b", "accuracy", Difference.of(pd.Series(values)), "less", "more", MARGIN,
+                      f"{MARGIN:g}", non_inferior)
+
+
+def test_verdict_names_a_direction_only_when_the_holm_adjusted_test_rejects() -> None:
+    clear = _comparison([-0.10, -0.12, -0.09])
+    assert clear.p < 0.01
+    assert clear.verdict(clear.p).startswith("less: difference -0.103 [95% CI")
+    assert "Holm-adjusted p" in clear.verdict(clear.p) and ", significant;" in clear.verdict(clear.p)
+    assert _comparison([0.10, 0.12, 0.09]).verdict(0.01).startswith("more")
+    # the same data, but the family's adjustment lifted its p-value above alpha: no direction is named
+    assert clear.verdict(0.2).startswith("not distinguishable at this sample size")
+    assert _comparison([-0.10, 0.12, -0.01]).verdict(0.9).startswith("not distinguishable at this sample size")
+    assert _comparison([0.3]).verdict(math.nan).startswith("not distinguishable: one paired seed")
+    assert _comparison([]).verdict(math.nan).startswith("cannot be compared")
+
+
+def test_holm_on_a_textbook_family() -> None:
+    # four hypotheses at alpha 0.05: sorted 0.005 x 4, 0.01 x 3 reject; 0.03 x 2 = 0.06 stops the procedure
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06), pytest.approx(0.02)]
+    assert [p <= ALPHA for p in adjusted] == [True, False, False, True]
+    assert holm([0.5, 0.6]) == [pytest.approx(1.0), pytest.approx(1.0)]  # capped at 1, monotone in the raw order
+    nan_kept = holm([0.01, math.nan, 0.02])  # an untestable comparison stays NaN and is not counted in m
+    assert math.isnan(nan_kept[1]) and nan_kept[0] == pytest.approx(0.02) and nan_kept[2] == pytest.approx(0.02)
+
+
+def test_non_inferiority_is_a_one_sided_test_against_the_margin() -> None:
+    # differences around -0.02: not worse than -0.05; the one-sided t test of mean > -0.05 is scipy's
+    values = [-0.03, -0.01, -0.02, -0.025, -0.015]
+    match = _comparison(values, non_inferior="a matches b")
+    expected = scipy_stats.ttest_1samp(values, -MARGIN, alternative="greater").pvalue
+    assert match.p == pytest.approx(expected) and match.p < ALPHA
+    assert match.verdict(match.p).startswith("a matches b: difference -0.020")
+    assert match.wilcoxon == pytest.approx(scipy_stats.wilcoxon(np.array(values) + MARGIN, alternative="greater").pvalue)
+    worse = _comparison([-0.06, -0.08, -0.07], non_inferior="a matches b")
+    assert worse.p > 0.5 and worse.verdict(worse.p).startswith("not shown to be within 0.05 (non-inferiority)")
+
+
+def test_t_and_wilcoxon_match_scipy_and_survive_zero_spread() -> None:
+    values = [0.05, -0.01, 0.03, 0.04, 0.02, 0.06]
+    two_sided = _comparison(values)
+    assert two_sided.p == pytest.approx(scipy_stats.ttest_1samp(values, 0).pvalue)
+    assert two_sided.wilcoxon == pytest.approx(scipy_stats.wilcoxon(values).pvalue)
+    assert _comparison([-0.14] * 3).p == 0.0 and _comparison([0.0] * 3).p == 1.0  # scipy would say NaN
+    assert _comparison([0.0] * 3).wilcoxon == 1.0
+
+
+def test_seeds_for_power_against_published_and_closed_form_values() -> None:
+    # paired t, two-sided alpha 0.05, power 0.80: d = 0.5 needs 34 and d = 0.8 needs 15 (as G*Power computes them)
+    assert seeds_for_power(sd=0.1, margin=0.05) == 34 and seeds_for_power(sd=0.0625, margin=0.05) == 15
+    # large samples: the normal closed form n = ((z_{1-a/2} + z_{power}) sd / margin)^2, plus about z^2/2 for t
+    z = scipy_stats.norm.ppf(1 - ALPHA / 2) + scipy_stats.norm.ppf(POWER)
+    closed = math.ceil((z * 1.0 / 0.1) ** 2)
+    assert closed <= seeds_for_power(sd=1.0, margin=0.1) <= closed + 3
+    one_sided = math.ceil(((scipy_stats.norm.ppf(1 - ALPHA) + scipy_stats.norm.ppf(POWER)) / 0.1) ** 2)
+    assert one_sided <= seeds_for_power(sd=1.0, margin=0.1, alternative="greater") <= one_sided + 3
+    assert seeds_for_power(sd=0.0, margin=0.05) == 2 and seeds_for_power(sd=math.nan, margin=0.05) is None
+    assert seeds_for_power(sd=100.0, margin=0.01) is None  # over MAX_SEEDS
+
+
+def test_power_of_the_chosen_seeds_is_reached_by_simulation() -> None:
+    """The noncentral-t power behind the seed counts, checked by Monte Carlo on normal differences."""
+    n, sd, margin = seeds_for_power(sd=0.1, margin=0.05), 0.1, 0.05
+    draws = np.random.default_rng(0).normal(margin, sd, size=(4000, n))
+    rejected = scipy_stats.ttest_1samp(draws, 0, axis=1).pvalue <= ALPHA
+    assert rejected.mean() == pytest.approx(float(t_power(np.array([n]), margin / sd, "two-sided")[0]), abs=0.02)
+    assert rejected.mean() >= POWER - 0.02
 
 
 def test_forgetting_at_interpolates_and_takes_the_least_where_the_curve_turns_back() -> None:

@@ -9,29 +9,43 @@ from __future__ import annotations
 from pathlib import Path
 
 REPORT_ITEMS = {
-    "accuracy_vs_rank.png": ("Accuracy and forgetting", "accuracy_vs_rank.rst"),
-    "forgetting_vs_accuracy.png": ("Accuracy and forgetting", "forgetting_vs_accuracy.rst"),
-    "lr_sweep.png": ("Training", "lr_sweep.rst"),
-    "params_vs_accuracy.png": ("Accuracy and forgetting", "params_vs_accuracy.rst"),
-    "cost.png": ("Cost", "cost.rst"),
-    "memory_account.png": ("Cost", "memory_account.rst"),
-    "cost_real_shapes.png": ("Cost", "cost_real_shapes.rst"),
-    "cost_real_shapes.csv": ("Cost", "cost_real_shapes_table.rst"),
-    "loss_curves.png": ("Training", "loss_curves.rst"),
-    "status.png": ("Training", "status.rst"),
-    "theory.png": ("Theory", "theory.rst"),
-    "theory.csv": ("Theory", "theory_table.rst"),
-    "results.csv": ("Tables", "results.rst"),
-    "summary.md": ("Tables", "summary.rst"),
+    "summary.md": ("Answers", "summary.rst", "the answers with their intervals and tests, then every table"),
+    "forgetting_vs_accuracy.png": ("Learning and forgetting", "forgetting_vs_accuracy.rst",
+                                   "learning vs forgetting along each lr sweep"),
+    "accuracy_vs_rank.png": ("Learning and forgetting", "accuracy_vs_rank.rst", "target accuracy vs rank"),
+    "params_vs_accuracy.png": ("Learning and forgetting", "params_vs_accuracy.rst",
+                               "trainable parameters vs target accuracy"),
+    "lr_sweep.png": ("Training", "lr_sweep.rst", "validation accuracy vs learning rate: the lr choice"),
+    "loss_curves.png": ("Training", "loss_curves.rst", "training loss per step"),
+    "status.png": ("Training", "status.rst", "runs by status: ok, diverged, failed"),
+    "cost_real_shapes.png": ("Cost", "cost_real_shapes.rst", "step time and peak memory at a real model's layer sizes"),
+    "cost_real_shapes.csv": ("Cost", "cost_real_shapes_table.rst", "the cost stage's table"),
+    "cost.png": ("Cost", "cost.rst", "the runs' own step time and memory held"),
+    "memory_account.png": ("Cost", "memory_account.rst", "memory training holds, by part"),
+    "theory.png": ("Theory", "theory.rst", "the variants' maths checked by Monte Carlo"),
+    "theory.csv": ("Theory", "theory_table.rst", "numbers behind the theory figure"),
+    "results.csv": ("Tables", "results.rst", "every run, one row each"),
 }
 """Every file :func:`run_report` leaves in the report directory (results.csv from aggregation, cost_real_shapes.csv
-from the cost stage)
--> (Snakemake report category, caption file in ``workflow/report/``)."""
+from the cost stage) -> (Snakemake report category, caption file in ``workflow/report/``, what it shows in a few
+words: the label the report lists it by). "Answers" sorts first among the report's categories, so the summary is
+the first result a reader finds."""
+DESCRIPTION = "answers.rst"
+"""The answers in brief, written beside summary.md for the report's first page (``workflow/report/workflow.rst``
+includes it)."""
+
+
+def report_flags(name: str) -> dict:
+    """Snakemake's ``report()`` arguments for the report item ``name``: its category, caption and labels (the file
+    and what it shows, so a category's list says what each item is without opening it)."""
+    category, caption, shows = REPORT_ITEMS[name]
+    return {"caption": f"../report/{caption}", "category": category, "labels": {"file": name, "shows": shows}}
 
 
 def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None = None,
                cost: Path | None = None) -> None:
-    """CLI entry: ``out_dir``/results.csv and loss_curves.csv -> every figure, theory.csv and summary.md; with
+    """CLI entry: ``out_dir``/results.csv and loss_curves.csv -> every figure, theory.csv, summary.md and the
+    report's answers in brief (:data:`DESCRIPTION`); with
     ``benchmarks`` (the pipeline's benchmark folder) and ``cores``, summary.md also gets the training share; with
     ``cost`` (the cost stage's CSV), the real-shape cost figure and table, and the cost answers come from it
     (without it, the figure says the stage did not run and the answers use the runs' own timings)."""
@@ -59,4 +73,4 @@ def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None 
     cost_table = pd.read_csv(cost) if cost else None
     plots.plot_cost_real_shapes(cost_table, out_dir / "cost_real_shapes.png")
     harness = section_harness(results, read_benchmarks(benchmarks), cores) if benchmarks else []
-    write_summary(results, out_dir / "summary.md", harness, cost_table)
+    write_summary(results, out_dir / "summary.md", harness, cost_table, out_dir / DESCRIPTION)

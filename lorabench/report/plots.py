@@ -31,23 +31,38 @@ N_BOOT = 1000
 BOOT_SEED = 0
 """Fixed so the CIs in the figures and in summary.md are the same numbers on every rebuild."""
 VARIANT_COLOURS = {
-    "full": "tab:gray",
-    "full_sgd": "darkslategray",
+    "full": "dimgray",
+    "full_sgd": "darkgray",
     "lora": "tab:blue",
-    "peft_lora": "midnightblue",
-    "rslora": "tab:cyan",
+    "peft_lora": "tab:cyan",
+    "rslora": "navy",
     "dora": "tab:purple",
     "pissa": "tab:pink",
+    "loraplus": "gold",
+    "peft": "darkkhaki",
     "vera": "tab:olive",
     "frozen_a": "tab:green",
     "frozen_b": "tab:brown",
     "additive": "tab:orange",
     "resampled": "tab:red",
-    "peft": "goldenrod",
-    "loraplus": "slateblue",
 }
-"""Known variants in their reading order: the practitioners' baselines first, MATH.md's last."""
-SPARE_COLOURS = ("teal", "magenta", "lime", "maroon", "indigo", "coral", "black", "darkkhaki")
+"""Known variants in their reading order, family by family (:data:`FAMILY_MARKERS`): the practitioners' baselines
+first, the study's own variants last. Colours that share a hue (lora, peft_lora, rslora) differ in lightness."""
+FAMILY_MARKERS = {
+    "full FT": ("s", ("full", "full_sgd")),
+    "LoRA-like": ("o", ("lora", "peft_lora", "rslora", "dora", "pissa", "loraplus", "peft")),
+    "VeRA": ("D", ("vera",)),
+    "this study's": ("^", ("frozen_a", "frozen_b", "additive", "resampled")),
+}
+"""Family -> (marker, its variants): with 13+ variants colour alone is not distinct at a glance, so a point's
+shape says its family. Variants of no family (user variants, config aliases) get :data:`OTHER_MARKER`."""
+OTHER_MARKER = "P"
+MARKER_GLYPHS = {"s": "■", "o": "●", "D": "◆", "^": "▲"}
+"""How the legend's title names each family's marker."""
+SPARE_COLOURS = ("teal", "magenta", "lime", "maroon", "indigo", "coral", "sienna", "slateblue")
+DODGE = 0.02
+"""Sideways spread between variants drawn at the same x, in decades of a log axis per variant (±0.12 decades for
+13 variants): no point hides another, and the spread stays under half the gap between swept learning rates."""
 STATUS_COLOURS = {"ok": "tab:green", "diverged": "tab:orange", "failed": "tab:red"}
 NO_RANK = 0
 """The rank recorded for a method without one (full fine-tuning, and configs that alias it)."""
@@ -75,6 +90,11 @@ def variant_palette(variants: Iterable[str]) -> dict[str, str]:
     hues = [matplotlib.colors.to_hex(rgb) for rgb in sns.color_palette("husl", max(0, len(unknown) - len(SPARE_COLOURS)))]
     spare = dict(zip(unknown, [*SPARE_COLOURS, *hues]))
     return {name: VARIANT_COLOURS.get(name) or spare[name] for name in order}
+
+
+def variant_marker(variant: str) -> str:
+    """The marker of ``variant``'s family (:data:`FAMILY_MARKERS`)."""
+    return next((marker for marker, members in FAMILY_MARKERS.values() if variant in members), OTHER_MARKER)
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -145,12 +165,41 @@ def _grid(n_rows: int, n_cols: int, title: str, panel: tuple[float, float] = (4.
 def _variant_legend(
     fig, variants: Iterable[str], palette: dict[str, str], extra: list[tuple[Line2D, str]] = ()
 ) -> None:
-    """One legend right of all panels for the ``variants`` shown, in their order, coloured by ``palette``."""
+    """One legend below all panels, outside the data, for the ``variants`` shown in their order (family by family),
+    each with its colour and its family's marker; the title says which marker is which family."""
     labels = variant_order(variants)
-    handles = [Line2D([], [], color=palette[name], marker="o", linewidth=2) for name in labels]
+    handles = [Line2D([], [], color=palette[name], marker=variant_marker(name), linewidth=2) for name in labels]
     handles += [handle for handle, _ in extra]
     labels += [label for _, label in extra]
-    fig.legend(handles, labels, title="variant", loc="outside center right")
+    families = " · ".join(f"{MARKER_GLYPHS[marker]} {name}" for name, (marker, members) in FAMILY_MARKERS.items()
+                          if set(members) & set(labels))
+    columns = max(2, min(len(labels), int(fig.get_figwidth() / 1.45)))
+    fig.legend(handles, labels, title=f"variant (marker: {families})", loc="outside lower center", ncols=columns,
+               fontsize="small", title_fontsize="small")
+
+
+def _dodged(points: pd.DataFrame, x: str) -> pd.Series:
+    """``points[x]`` spread sideways (multiplicatively, for a log axis) among the variants that share a value of
+    ``x``, in :func:`variant_order`, so that none hides another."""
+    factor = pd.Series(1.0, index=points.index)
+    for _, same_x in points.groupby(x):
+        order = variant_order(same_x["variant"])
+        slot = same_x["variant"].map(order.index)
+        factor[same_x.index] = 10 ** (DODGE * (slot - (len(order) - 1) / 2))
+    return points[x] * factor
+
+
+def _mean_ci_lines(ax, points: pd.DataFrame, x: str, y: str, palette: dict[str, str]) -> None:
+    """Per variant, the mean of ``y`` over seeds at each ``x`` with its 95% CI bars, joined in ``x`` order, drawn at
+    dodged x (:func:`_dodged`) with the variant's colour and family marker. ``points``: one row per seed."""
+    summary = points.groupby(["variant", x])[y].apply(lambda values: pd.Series(ci95(values), ["mean", "low", "high"]))
+    summary = summary.unstack().reset_index()
+    summary["at"] = _dodged(summary, x)
+    for variant in variant_order(summary["variant"]):
+        line = summary[summary["variant"] == variant].sort_values(x)
+        error = [line["mean"] - line["low"], line["high"] - line["mean"]]
+        ax.errorbar(line["at"], line["mean"], yerr=error, color=palette[variant], marker=variant_marker(variant),
+                    markersize=6, linewidth=1.2, capsize=2, markeredgecolor="white", markeredgewidth=0.5)
 
 
 def _save(fig, out_path: Path) -> None:
@@ -196,17 +245,15 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
     if runs.empty:
         return _no_data(out_path, title)
     tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
-    fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, bars: 95% CI; lr chosen on validation")
+    fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, bars: 95% CI; lr chosen on validation;"
+                      "\nvariants at one rank spread sideways so none hides another", panel=(5.6, 4.2))
     ranked = runs[runs["rank"] != NO_RANK]
     rank_free = runs[runs["rank"] == NO_RANK]
     palette = variant_palette(results["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = ranked[(ranked["task"] == task) & (ranked["model"] == model)]
         if not panel.empty:
-            sns.lineplot(
-                panel, x="rank", y="target_acc_after", hue="variant", palette=palette,
-                errorbar=ERRORBAR, err_style="bars", marker="o", ax=ax, legend=False,
-            )  # fmt: skip
+            _mean_ci_lines(ax, panel, "rank", "target_acc_after", palette)
             _log2_rank_axis(ax, panel["rank"])
         for variant, full in rank_free[(rank_free["task"] == task) & (rank_free["model"] == model)].groupby("variant"):
             mean, low, high = ci95(full["target_acc_after"])
@@ -220,12 +267,12 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
     _save(fig, out_path)
 
 
-def _errorbar_point(ax, x: pd.Series, y: pd.Series, colour: str) -> None:
+def _errorbar_point(ax, x: pd.Series, y: pd.Series, colour: str, marker: str) -> None:
     """A mean point with asymmetric 95% CI bars in both directions (none where n < 2)."""
     (mx, lx, hx), (my, ly, hy) = ci95(x), ci95(y)
     xerr = None if np.isnan(lx) else [[mx - lx], [hx - mx]]
     yerr = None if np.isnan(ly) else [[my - ly], [hy - my]]
-    ax.errorbar(mx, my, xerr=xerr, yerr=yerr, fmt="o", color=colour, markersize=7, capsize=3)
+    ax.errorbar(mx, my, xerr=xerr, yerr=yerr, fmt=marker, color=colour, markersize=7, capsize=3)
 
 
 def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
@@ -257,7 +304,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
             curve = sweep.groupby("lr")[["target_acc_after", "forgetting", "chosen"]].mean().sort_index()
             ax.plot(curve["target_acc_after"], curve["forgetting"], "-", color=colour, alpha=0.6, linewidth=1.2)
             for lr, seeds in sweep.groupby("lr"):
-                _errorbar_point(ax, seeds["target_acc_after"], seeds["forgetting"], colour)
+                _errorbar_point(ax, seeds["target_acc_after"], seeds["forgetting"], colour, variant_marker(variant))
             best = curve[curve["chosen"] > 0]
             ax.plot(best["target_acc_after"], best["forgetting"], "*", color=colour, markersize=14,
                     markeredgecolor="black")
@@ -290,22 +337,29 @@ def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
     choices = at_reference_rank(lr_choices(runs), rank)
     tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
     fig, axes = _grid(len(tasks), len(models), title + f"\nrank {rank}; line: mean over seeds, bars: 95% CI;\n"
-                      "● chosen, × chosen at an edge of the sweep", panel=(6.4, 4.4))
+                      "○ ringed: chosen, × chosen at an edge of the sweep; variants at one lr spread sideways", panel=(7.2, 4.8))
     palette = variant_palette(results["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = runs[(runs["task"] == task) & (runs["model"] == model)]
-        sns.lineplot(panel, x="lr", y=VALIDATION_COLUMN, hue="variant", palette=palette, errorbar=ERRORBAR,
-                     err_style="bars", ax=ax, legend=False, linewidth=1.2)
+        _mean_ci_lines(ax, panel, "lr", VALIDATION_COLUMN, palette)
         picked = choices[(choices["task"] == task) & (choices["model"] == model)]
         for row in picked.itertuples():
             value = panel.loc[(panel["variant"] == row.variant) & (panel["lr"] == row.chosen_lr), VALIDATION_COLUMN]
-            ax.plot(row.chosen_lr, value.mean(), "X" if row.at_edge else "o", color=palette[row.variant],
-                    markersize=10 if row.at_edge else 7, markeredgecolor="black")
+            ax.plot(_chosen_at(panel, row.variant, row.chosen_lr), value.mean(), "X" if row.at_edge else "o",
+                    color=palette[row.variant], markersize=12 if row.at_edge else 10, markeredgecolor="black",
+                    markerfacecolor="none" if not row.at_edge else palette[row.variant], markeredgewidth=1.5)
         ax.set_xscale("log")
         ax.set(title=f"{model} · {task}", xlabel="learning rate (log scale)", ylabel="validation accuracy")
         _accuracy_axis(ax)
     _variant_legend(fig, runs["variant"], palette)
     _save(fig, out_path)
+
+
+def _chosen_at(panel: pd.DataFrame, variant: str, lr: float) -> float:
+    """Where :func:`_mean_ci_lines` drew ``variant``'s point at ``lr``: its dodged x."""
+    points = panel.drop_duplicates(["variant", "lr"]).reset_index(drop=True)
+    at = _dodged(points, "lr")
+    return float(at[(points["variant"] == variant) & (points["lr"] == lr)].iloc[0])
 
 
 def plot_cost(results: pd.DataFrame, out_path: Path) -> None:
@@ -370,14 +424,11 @@ def plot_params_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
         return _no_data(out_path, title)
     points = seed_means(runs, ["model", "variant", "rank", "trainable_params"], ["target_acc_after"])
     models = sorted(points["model"].unique())
-    fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds, bars: 95% CI", panel=(4.8, 3.8))
+    fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds, bars: 95% CI; variants with equal parameter "
+                      "counts spread sideways so none hides another", panel=(7.2, 4.8))
     palette = variant_palette(results["variant"])
     for ax, model in zip(axes[0], models):
-        sns.lineplot(
-            points[points["model"] == model], x="trainable_params", y="target_acc_after", hue="variant",
-            palette=palette, errorbar=ERRORBAR, err_style="bars", marker="o",
-            ax=ax, legend=False,
-        )  # fmt: skip
+        _mean_ci_lines(ax, points[points["model"] == model], "trainable_params", "target_acc_after", palette)
         ax.set_xscale("log")
         ax.set(title=model, xlabel="trainable parameters (log scale)", ylabel="target test accuracy")
         _accuracy_axis(ax)
@@ -393,12 +444,14 @@ def plot_loss_curves(loss_curves: pd.DataFrame, out_path: Path) -> None:
     if curves.empty:
         return _no_data(out_path, title)
     tasks, models = sorted(curves["task"].unique()), sorted(curves["model"].unique())
-    fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, band: 95% CI")
+    fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, band: 95% CI; log scale, so the "
+                      "late differences show", panel=(7.2, 4.4))
     palette = variant_palette(loss_curves["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = curves[(curves["task"] == task) & (curves["model"] == model)]
         sns.lineplot(panel, x="step", y="loss", hue="variant", palette=palette, errorbar=ERRORBAR, ax=ax, legend=False)
-        ax.set(title=f"{model} · {task}", xlabel="optimizer step", ylabel="training loss (cross-entropy, nats)")
+        ax.set_yscale("log")
+        ax.set(title=f"{model} · {task}", xlabel="optimizer step", ylabel="training loss (cross-entropy, nats; log)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _variant_legend(fig, curves["variant"], palette)
     _save(fig, out_path)
@@ -484,8 +537,10 @@ def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
     ax.scatter(additive["expected"], additive["rank"], color=colour, s=50, label="measured", zorder=3)
     for (expected, rank), shapes in additive.groupby(["expected", "rank"]):
         label = "\n".join(f"({r.m:.0f},{r.n:.0f},r={r.r:.0f})" for r in shapes.itertuples())
-        ax.annotate(label, (expected, rank), textcoords="offset points", xytext=(-6, 6), ha="right", fontsize=7)
+        ax.annotate(label, (expected, rank), textcoords="offset points", xytext=(8, -4), ha="left", va="top",
+                    fontsize=7)
     _identity_line(ax, additive["expected"])
+    ax.margins(x=0.3, y=0.15)  # room for the shape labels right of the points
     ax.set(title="§3 additive: rank(ΔW) = 2r", xlabel="expected min(2r, m, n)", ylabel="numerical rank of ΔW")
     ax.legend(loc="upper left")
     _save(fig, out_path)

@@ -1,14 +1,16 @@
-"""``summary.md``: what was run, one table per model, and what this data says about MATH.md's questions.
+"""``summary.md``: the answers to the study's questions first, then what was run, one table per model and the costs.
 
 Every sentence is computed from the numbers. Two variants are compared paired by seed (the mean of per-seed
-differences with a Student-t 95% interval, :mod:`lorabench.report.stats`); a sentence says "higher", "less" and
-so on only when that interval excludes 0, and "not distinguishable at this sample size" otherwise. Forgetting is
+differences with a Student-t 95% interval, :mod:`lorabench.report.stats`), every comparison of the answers is one
+member of a family whose t tests are Holm-adjusted together; a sentence says "higher", "less", "matches" and so on
+only when its adjusted test rejects, and "not distinguishable at this sample size" otherwise. Forgetting is
 compared at matched learning, along each variant's learning-rate curve, not at one arbitrary learning rate.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,9 @@ from lorabench.records import run_reason
 from lorabench.report.plots import (
     NO_RANK, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
 )  # fmt: skip
-from lorabench.report.stats import matched_learning, paired, seed_curves, verdict
+from lorabench.report.stats import (
+    ALPHA, MARGIN, POWER, Comparison, holm, matched_learning, paired, seed_curves,
+)  # fmt: skip
 
 METRICS = ["target_acc_after", "forgetting", "step_ms", "peak_mem_added_mb", "mem_account_mb"]
 MAX_LISTED_FAILURES = 40
@@ -164,17 +168,22 @@ class ModelRuns:
         runs = self.selected[self.selected["variant"] == variant]
         return runs.groupby("seed")[metric].mean()
 
-    def compare(self, a: str, b: str, metric: str, lower: str, higher: str) -> str:
-        """The paired difference a − b of ``metric`` and its verdict."""
-        return verdict(paired(self.per_seed(a, metric), self.per_seed(b, metric)), lower, higher)
+    def compare(self, a: str, b: str, metric: str, lower: str, higher: str,
+                non_inferior: str | None = None) -> Comparison:
+        """The paired difference a − b of ``metric`` as one comparison of the family, at the metric's margin."""
+        label, margin, margin_text = METRIC_MARGINS.get(metric, (metric, MARGIN, f"{MARGIN:g}"))
+        if metric == "step_ms":  # no absolute scale: a share of b's own step
+            margin, margin_text = STEP_SHARE * self.per_seed(b, metric).mean(), f"{STEP_SHARE:.0%} of {b}'s"
+        difference = paired(self.per_seed(a, metric), self.per_seed(b, metric))
+        return Comparison(self.model, a, b, label, difference, lower, higher, margin, margin_text, non_inferior)
 
-    def forgetting_at_matched_learning(self, a: str, b: str) -> str:
+    def forgetting_at_matched_learning(self, a: str, b: str) -> Part:
         """Forgetting of a − b where both reach the same target accuracy, per seed, along their lr curves."""
         curves = {v: seed_curves(self.swept[self.swept["variant"] == v]) for v in (a, b)}
         matched = matched_learning(curves[a], curves[b])
-        return f"vs {b} (at accuracy {matched.level:.3f}): " + verdict(
-            matched.difference, f"{a} forgets less", f"{a} forgets more"
-        )
+        return [f"vs {b} (at accuracy {matched.level:.3f}): ",
+                Comparison(self.model, a, b, "forgetting at matched learning", matched.difference,
+                           f"{a} forgets less", f"{a} forgets more", MARGIN, f"{MARGIN:g}")]
 
     def mib(self, variant: str) -> str:
         """The memory account's mean: exact, the same for every seed, so an interval would only say ± 0."""
@@ -186,59 +195,100 @@ class ModelRuns:
         return f"not answered on {self.model}: no ok runs of {', '.join(absent)}." if absent else None
 
 
-def answer_resampling(runs: ModelRuns, staged: bool = False) -> str:
-    """Q1: does resampling forget less than LoRA and full FT (at matched learning), and what does it cost?
-    ``staged``: the cost stage ran, so the cost is its bullet (:func:`cost_answer`), not the runs' timings."""
+Part = list["str | Comparison"]
+"""A sentence in pieces: its comparisons are read only once the whole family's Holm adjustment is known."""
+METRIC_MARGINS = {
+    "target_acc_after": ("target accuracy", MARGIN, f"{MARGIN:g}"),
+    "extra__delta_effective_rank_mean": ("effective rank of ΔW", 1.0, "1"),
+    "extra__intruder_dimensions_mean": ("intruder dimensions", 1.0, "1"),
+}
+"""Metric -> (label, margin, margin in words). Weight-space margins are one unit: one more direction of the
+update, one more intruder dimension per layer on average."""
+STEP_SHARE = 0.05
+"""Step-time margin where the cost stage did not run: 5% of the comparator's step."""
+
+
+def _joined(parts: list[Part], separator: str) -> Part:
+    """``parts`` joined by ``separator``, as one sentence in pieces."""
+    out: Part = []
+    for i, part in enumerate(parts):
+        out += ([separator] if i else []) + part
+    return out
+
+
+def _weight_space(runs: ModelRuns, baselines: list[str]) -> Part:
+    """Q1's "learns differently", read in the weights: ΔW's effective rank and intruder dimensions of W + ΔW."""
+    metrics = [m for m in ("extra__delta_effective_rank_mean", "extra__intruder_dimensions_mean")
+               if m in runs.selected and runs.per_seed("resampled", m).notna().any()]
+    parts = []
+    for metric in metrics:
+        means = runs.selected.groupby("variant")[metric].mean()
+        for b in baselines:
+            if pd.isna(means.get(b)):
+                continue
+            parts.append([f"{METRIC_MARGINS[metric][0]} {means['resampled']:.1f} vs {b} {means[b]:.1f}: ",
+                          runs.compare("resampled", b, metric, "lower", "higher")])
+    return [" In weight space (mean over adapted layers): ", *_joined(parts, "; "), "."] if parts else []
+
+
+def answer_resampling(runs: ModelRuns, staged: bool = False) -> Part:
+    """Q1: does resampling forget less than LoRA and full FT (at matched learning), does it learn a different
+    update, and what does it cost? ``staged``: the cost stage ran, so the cost is its bullet (:func:`cost_answer`),
+    not the runs' timings."""
     baselines = [v for v in ("lora", "full", "full_sgd") if v in set(runs.selected["variant"])]
     if note := runs.missing(["resampled", "lora"]):
-        return note
-    forgetting = "; ".join(runs.forgetting_at_matched_learning("resampled", b) for b in baselines)
-    learning = "; ".join(
-        f"vs {b}: {runs.compare('resampled', b, 'target_acc_after', 'lower', 'higher')}" for b in baselines
-    )
-    answer = (f"On {runs.model}, forgetting at matched learning (per seed, at the highest target accuracy both curves "
-              f"reach) {forgetting}. Target accuracy at each one's chosen lr {learning}.")
+        return [note]
+    forgetting = _joined([runs.forgetting_at_matched_learning("resampled", b) for b in baselines], "; ")
+    learning = _joined([[f"vs {b}: ", runs.compare("resampled", b, "target_acc_after", "lower", "higher")]
+                        for b in baselines], "; ")
+    answer = [f"On {runs.model}, forgetting at matched learning (per seed, at the highest target accuracy both "
+              "curves reach) ", *forgetting, ". Target accuracy at each one's chosen lr ", *learning, ".",
+              *_weight_space(runs, [b for b in baselines if b != "full_sgd"])]
     if staged:
-        return answer + " ([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png))"
-    step = runs.compare("resampled", "lora", "step_ms", "faster", "slower")
-    return (
-        f"{answer} Step time (ms) vs lora: {step}. "
-        f"Training holds {runs.mib('resampled')} vs lora {runs.mib('lora')}"
+        return [*answer, " ([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png))"]
+    return [
+        *answer, " Step time (ms) vs lora: ", runs.compare("resampled", "lora", "step_ms", "faster", "slower"),
+        f". Training holds {runs.mib('resampled')} vs lora {runs.mib('lora')}"
         + "".join(f" and {b} {runs.mib(b)}" for b in baselines if b != "lora")
         + " MiB (exact account: parameters, gradients, optimizer state, saved activations; the same for every seed) "
         "([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png), "
-        "[memory_account.png](memory_account.png))."
-    )
+        "[memory_account.png](memory_account.png)).",
+    ]
 
 
-def answer_additive(runs: ModelRuns, staged: bool = False) -> str:
-    """Q2: does additive fit as well as LoRA at equal parameters, and is it cheaper per step?"""
+def answer_additive(runs: ModelRuns, staged: bool = False) -> Part:
+    """Q2: does additive fit as well as LoRA at equal parameters (non-inferiority), and is it cheaper per step?"""
     if note := runs.missing(["additive", "lora"]):
-        return note
+        return [note]
     params = runs.selected.groupby("variant")["trainable_params"].median()
     same = "the same" if params["additive"] == params["lora"] else f"{params['additive']:,.0f} vs {params['lora']:,.0f}"
-    acc = runs.compare("additive", "lora", "target_acc_after", "lower", "higher")
-    step = "" if staged else f"step time (ms): {runs.compare('additive', 'lora', 'step_ms', 'cheaper', 'dearer')}; "
-    return (
-        f"On {runs.model}, with {same} trainable parameters, additive's target accuracy vs lora's is {acc}; "
-        f"{step}forgetting at matched learning "
-        f"{runs.forgetting_at_matched_learning('additive', 'lora')} "
-        "([accuracy_vs_rank.png](accuracy_vs_rank.png), [forgetting_vs_accuracy.png](forgetting_vs_accuracy.png), [cost.png](cost.png))."
-    )
+    acc = runs.compare("additive", "lora", "target_acc_after", "lower", "higher",
+                       non_inferior=f"additive fits as well as lora (within {MARGIN:g})")
+    step = [] if staged else ["step time (ms): ", runs.compare("additive", "lora", "step_ms", "cheaper", "dearer"),
+                              "; "]
+    return [
+        f"On {runs.model}, with {same} trainable parameters, additive's target accuracy vs lora's: ", acc, "; ",
+        *step, "forgetting at matched learning ", *runs.forgetting_at_matched_learning("additive", "lora"),
+        " ([accuracy_vs_rank.png](accuracy_vs_rank.png), [forgetting_vs_accuracy.png](forgetting_vs_accuracy.png),"
+        " [cost.png](cost.png)).",
+    ]
 
 
-def answer_frozen(runs: ModelRuns, staged: bool = False) -> str:
-    """Q3: does frozen-A match LoRA with half the parameters (each at its own best lr), and does frozen-B fall behind?"""
+def answer_frozen(runs: ModelRuns, staged: bool = False) -> Part:
+    """Q3: does frozen-A match LoRA with half the parameters (non-inferiority, each at its own best lr), and does
+    frozen-B fall behind?"""
     if note := runs.missing(["frozen_a", "frozen_b", "lora"]):
-        return note
+        return [note]
     params = runs.selected.groupby("variant")["trainable_params"].median()
-    match = runs.compare("frozen_a", "lora", "target_acc_after", "below lora", "above lora")
+    match = runs.compare("frozen_a", "lora", "target_acc_after", "below lora", "above lora",
+                         non_inferior=f"frozen_a matches lora (within {MARGIN:g})")
     behind = runs.compare("frozen_b", "frozen_a", "target_acc_after", "frozen_b falls behind", "frozen_b is ahead")
-    return (
-        f"On {runs.model}, each at its own validation-chosen lr, frozen_a's target accuracy is {match}, with "
-        f"{params['frozen_a'] / params['lora']:.2f}× lora's trainable parameters; frozen_b vs frozen_a: {behind} "
-        "([params_vs_accuracy.png](params_vs_accuracy.png), [forgetting_vs_accuracy.png](forgetting_vs_accuracy.png))."
-    )
+    return [
+        f"On {runs.model}, each at its own validation-chosen lr, frozen_a's target accuracy vs lora's: ", match,
+        f", with {params['frozen_a'] / params['lora']:.2f}× lora's trainable parameters; frozen_b vs frozen_a: ",
+        behind, " ([params_vs_accuracy.png](params_vs_accuracy.png), "
+        "[forgetting_vs_accuracy.png](forgetting_vs_accuracy.png)).",
+    ]
 
 
 QUESTIONS = {
@@ -249,7 +299,48 @@ QUESTIONS = {
     "3. Does frozen-A match LoRA's accuracy with half the trainable parameters, and does frozen-B fall "
     "behind?": answer_frozen,
 }
-"""MATH.md's research questions, each with the function that answers it from one model's runs."""
+"""The study's research questions (docs/variants.md), each with the function that answers it from one model's
+runs."""
+
+
+def family_of(answers: list[Part]) -> tuple[list[Comparison], dict[int, float]]:
+    """Every comparison the answers make, in order, and each one's Holm-adjusted p-value (by ``id``)."""
+    family = [piece for part in answers for piece in part if isinstance(piece, Comparison)]
+    return family, {id(c): p for c, p in zip(family, holm([c.p for c in family]), strict=True)}
+
+
+def rendered(part: Part, adjusted: dict[int, float]) -> str:
+    """A sentence with each comparison read at its Holm-adjusted p-value."""
+    return "".join(piece.verdict(adjusted[id(piece)]) if isinstance(piece, Comparison) else piece for piece in part)
+
+
+def _p(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3g}"
+
+
+def section_family(family: list[Comparison], adjusted: dict[int, float]) -> list[str]:
+    """The family the Holm adjustment runs over: every comparison of the answers, with its tests and power."""
+    testable = sum(not math.isnan(c.p) for c in family)
+    lines = [
+        "### The comparisons, Holm-adjusted as one family", "",
+        f"The family: the {len(family)} comparisons of the answers above ({testable} with two or more paired seeds, "
+        f"the m of Holm's adjustment), at family-wise α = {ALPHA:g}. Each is the paired t test of the per-seed "
+        f"differences: two-sided, or for a \"matches\" question one-sided non-inferiority (the claim: a − b > "
+        f"−{MARGIN:g}; {MARGIN:g} of target accuracy is 5 test examples in 100, the tolerance within which "
+        "`lorabench compare` reads two runs as the same result). Beside it, the Wilcoxon signed-rank test (no "
+        f"normality assumed) and the seeds a paired t test needs for {POWER:.0%} power at α = {ALPHA:g} (before "
+        "Holm) to detect the margin, at the observed SD of the differences. With n seeds the smallest two-sided "
+        "Wilcoxon p is 2/2ⁿ (0.031 at 6 seeds): it can confirm a t test, not beat it.",
+        "",
+        "| # | comparison | test | difference [95% CI] | t p | Wilcoxon p | Holm p | decision | seeds for 80% power |",
+        "|---:|---|---|---|---:|---:|---:|---|---:|",
+    ]
+    for i, c in enumerate(family, 1):
+        d, p = c.difference, adjusted[id(c)]
+        decision = "n/a" if math.isnan(p) else "rejected" if p <= ALPHA else "not rejected"
+        lines.append(f"| {i} | {c.what} | {c.test} | {d.text(3)} | {_p(c.p)} | {_p(c.wilcoxon)} | {_p(p)} "
+                     f"| {decision} | {c.power_text()} |")
+    return lines + [""]
 
 
 COST_TARGETS = [
@@ -287,10 +378,11 @@ REAL_SHAPES = "llama-1b"
 
 
 def _cost_where(rows: pd.DataFrame) -> str:
-    """``llama-1b (q_proj 2048x2048, ...; 64 tokens, float32, cpu, perf_counter, 1 thread(s))``."""
+    """``llama-1b (32 tokens, float32, cpu AMD EPYC, process_time, 1 thread(s))``: the layer shapes are named once,
+    in the cost section's table of shape sets."""
     row = rows.iloc[0]
-    return (f"{row['shape_set']} ({row['shapes']}; {row['tokens']} tokens, {row['dtype']}, {row['device']} "
-            f"{row['device_name']}, {row['method']}, {row['threads']} thread(s))")
+    return (f"{row['shape_set']} ({row['tokens']} tokens, {row['dtype']}, {row['device']} {row['device_name']}, "
+            f"{row['method']}, {row['threads']} thread(s))")
 
 
 def _ok_cost(cost: pd.DataFrame, shape_set: str, variant: str, rank: int | None = None) -> pd.Series | None:
@@ -322,8 +414,9 @@ def cost_answer(cost: pd.DataFrame, question: str) -> str | None:
         )
     if not parts:
         return None
-    return (f"Cost at real layer sizes, {_cost_where(rows)}, medians of {rows.iloc[0]['rounds']} interleaved rounds: "
-            + "; ".join(parts) + " ([cost_real_shapes.png](cost_real_shapes.png), table below).")
+    return (f"Cost at real layer sizes, {_cost_where(rows)}, medians of {rows.iloc[0]['rounds']} interleaved rounds "
+            "(layer shapes in the cost section): " + "; ".join(parts)
+            + " ([cost_real_shapes.png](cost_real_shapes.png), table below).")
 
 
 def _ratio(a: pd.Series, b: pd.Series, column: str) -> str:
@@ -359,6 +452,11 @@ def section_cost(cost: pd.DataFrame | None) -> list[str]:
         "(cost_real_shapes.png), [cost_real_shapes.csv](cost_real_shapes.csv)).",
         "",
     ]
+    lines += ["| shape set | layers (out x in) | tokens | dtype | device | timing | threads |",
+              "|---|---|---:|---|---|---|---:|"]
+    lines += [f"| {row.shape_set} | {row.shapes} | {row.tokens} | {row.dtype} | {row.device} {row.device_name} "
+              f"| {row.method} | {row.threads} |" for row in cost.drop_duplicates("shape_set").itertuples()]
+    lines.append("")
     for shape_set, rows in cost.groupby("shape_set", sort=False):
         lines += [
             f"### {_cost_where(rows)}", "",
@@ -450,31 +548,89 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
     ]
 
 
+QUESTION_FIGURES = {
+    "1.": ["forgetting_vs_accuracy.png", "cost_real_shapes.png", "memory_account.png"],
+    "2.": ["accuracy_vs_rank.png", "forgetting_vs_accuracy.png", "cost_real_shapes.png"],
+    "3.": ["params_vs_accuracy.png", "forgetting_vs_accuracy.png"],
+}
+"""The figures that show each question's answer: linked from the report's first page."""
+
+
+def write_description(answers: dict[str, list[Part]], adjusted: dict[int, float], out_path: Path) -> None:
+    """The HTML report's first page, in reStructuredText: each question with this run's comparisons in brief
+    (difference, 95% interval, Holm decision) and links to its figures (Snakemake's ``name.png`_`` links). Short on
+    purpose: Snakemake centres the page beside the rule graph, so what does not fit one screen is cut off at the top."""
+    lines = [f"**The study's questions and this run's answers**: a − b per seed, 95% interval, Holm decision (n.s.: "
+             f"not significant; non-inferior: a − b > −{MARGIN:g}).", ""]
+    for question, parts in answers.items():
+        figures = ", ".join(f"`{name}`_" for name in QUESTION_FIGURES[question.split()[0]])
+        lines += [f"**{question}** ({figures})", ""]
+        for part in parts:
+            comparisons = [piece for piece in part if isinstance(piece, Comparison)]
+            if not comparisons:
+                lines.append(f"- {''.join(piece for piece in part if isinstance(piece, str))}")
+                continue
+            groups: dict[tuple[str, str], list[str]] = {}
+            for c in comparisons:
+                groups.setdefault((c.a, c.label), []).append(f"{c.b} {c.brief(adjusted[id(c)])}")
+            lines.append(f"- *{comparisons[0].scope}*, " + "; ".join(
+                f"{label}: {a} vs {', vs '.join(against)}" for (a, label), against in groups.items()))
+        lines.append("")
+    Path(out_path).write_text("\n".join(lines) + "\n")
+
+
+WIDTH = 120
+"""summary.md's prose is wrapped at this width; a table row stays one line (the longest, the family's and the
+cost stage's shape sets, stay under 200 characters)."""
+
+
+def wrapped(lines: list[str]) -> list[str]:
+    """Prose and bullets wrapped at :data:`WIDTH` (a bullet's continuation indented under its text); headings and
+    table rows as they are. Markdown joins the wrapped lines back into one paragraph."""
+    out = []
+    for line in lines:
+        if len(line) <= WIDTH or line.startswith(("|", "#")):
+            out.append(line)
+            continue
+        indent = "  " if line.startswith("- ") else ""
+        out += textwrap.wrap(line, WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+    return out
+
+
 def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = (),
-                  cost: pd.DataFrame | None = None) -> None:
+                  cost: pd.DataFrame | None = None, description: Path | None = None) -> None:
     """Write the markdown summary of ``results`` (all runs; comparisons use ok runs, at the chosen lr or along
-    the lr sweep); ``harness``: the lines of :func:`lorabench.report.harness.section_harness`, where the
-    pipeline's benchmarks are known; ``cost``: the cost stage's table, where it ran (the cost answers come from it)."""
+    the lr sweep), answers first; ``harness``: the lines of :func:`lorabench.report.harness.section_harness`, where
+    the pipeline's benchmarks are known; ``cost``: the cost stage's table, where it ran (the cost answers come from
+    it); ``description``: where to write the answers in brief for the HTML report's first page
+    (:func:`write_description`)."""
     rank = reference_rank(results)
     ok = results[results["status"] == "ok"]
     selected = at_reference_rank(selected_ok(results), rank)
     swept = at_reference_rank(ok, rank)
     tables = {model: variant_table(group) for model, group in selected.groupby("model")}
-    lines = ["# lorabench summary", "", *section_what_was_run(results), "", *section_lr_choice(results), "",
-             "## Results per model", ""]
-    for model, table in tables.items():
-        lines += section_model_table(model, table, rank)
-    lines += ["## What this data says about MATH.md's questions", "",
-              "Paired by seed: mean of per-seed differences (tasks averaged within each seed) with a Student-t 95% "
-              "interval; a direction is named only when the interval excludes 0.", ""]
     models = [ModelRuns(model, selected[selected["model"] == model], swept[swept["model"] == model])
               for model in tables]
-    for question, answer in QUESTIONS.items():
+    answers = {question: [answer(runs, cost is not None) for runs in models] for question, answer in QUESTIONS.items()}
+    family, adjusted = family_of([part for parts in answers.values() for part in parts])
+    lines = ["# lorabench summary", "",
+             "The answers first; how they were computed, what ran, the tables and the costs follow. Comparisons are "
+             "paired by seed (the mean of per-seed differences, tasks averaged within each seed, with a Student-t 95% "
+             "interval) and Holm-adjusted as one family (its table follows the answers); a sentence names a "
+             "direction, or a match, only where the adjusted test rejects.", "",
+             "## Answers to the study's questions", ""]
+    for question, parts in answers.items():
         lines += [f"**{question}**", ""]
-        lines += [f"- {answer(runs, cost is not None)}" for runs in models] or ["- no ok runs to answer from."]
+        lines += [f"- {rendered(part, adjusted)}" for part in parts] or ["- no ok runs to answer from."]
         if cost is not None and (line := cost_answer(cost, question.split()[0])):
             lines.append(f"- {line}")
         lines.append("")
+    lines += [*section_family(family, adjusted), *section_what_was_run(results), "", *section_lr_choice(results), "",
+              "## Results per model", ""]
+    for model, table in tables.items():
+        lines += section_model_table(model, table, rank)
     lines += [*section_cost(cost), *harness, *section_meaning(results)]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text("\n".join(lines) + "\n")
+    Path(out_path).write_text("\n".join(wrapped(lines)) + "\n")
+    if description:
+        write_description(answers, adjusted, description)

@@ -1,12 +1,11 @@
-from lorabench.report import REPORT_ITEMS
+from lorabench.report import report_flags
 
 
 rule cost:
     """Step time and memory of every variant of the grid at each of its ranks on a real model's layer shapes, beside
     the frozen forward+backward floor and PEFT's LoRA, interleaved (lorabench/cost.py); one job for the whole grid."""
     output:
-        report("reports/cost_real_shapes.csv", caption="../report/" + REPORT_ITEMS["cost_real_shapes.csv"][1],
-               category=REPORT_ITEMS["cost_real_shapes.csv"][0]),
+        report("reports/cost_real_shapes.csv", **report_flags("cost_real_shapes.csv")),
     params:
         # tracked: a changed cost setting, grid variant or their code re-runs the stage
         settings=json.dumps(GRID.cost_settings(config["device"]), sort_keys=True),

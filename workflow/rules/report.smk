@@ -1,11 +1,13 @@
 from lorabench.provenance import report_code
-from lorabench.report import REPORT_ITEMS
+from lorabench.report import DESCRIPTION, REPORT_ITEMS, report_flags
+
+
+report: "../report/workflow.rst"  # the report's first page: the questions and this run's answers (figures rule)
 
 
 def reported(name):
-    """A report output, with the category and caption the report package declares for it."""
-    category, caption = REPORT_ITEMS[name]
-    return report(f"reports/{name}", caption=f"../report/{caption}", category=category)
+    """A report output, with the category, caption and labels the report package declares for it."""
+    return report(f"reports/{name}", **report_flags(name))
 
 
 rule aggregate:
@@ -27,12 +29,14 @@ rule aggregate:
 
 
 rule figures:
-    """Seaborn figures with 95% CIs over seeds, the Monte Carlo checks of MATH.md, and summary.md."""
+    """Seaborn figures with 95% CIs over seeds, the Monte Carlo checks of the variants' maths, summary.md and the
+    answers in brief that the report's first page includes."""
     input:
         rules.aggregate.output,
         cost=rules.cost.output if config["cost"]["enabled"] else [],  # the cost stage's table, where it runs
     output:
         [reported(name) for name in REPORT_ITEMS if name not in ("results.csv", "cost_real_shapes.csv")],
+        f"reports/{DESCRIPTION}",
     params:
         code=report_code(),
         cores=workflow.cores,  # for the training share: training seconds / (cores x pipeline wall)
