@@ -123,7 +123,7 @@ def test_error_headline_of_a_traceback_is_the_exception() -> None:
 
 
 def test_summary_says_what_is_not_answered(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "full"), lrs=(GOOD_LR,), seeds=(0,)))
+    results, _, _ = aggregate(write_grid(tmp_path, variants=("lora", "full"), lrs=(GOOD_LR,), seeds=(0,)))
     write_summary(results, tmp_path / "summary.md")
     summary = (tmp_path / "summary.md").read_text()
     assert "not answered on tiny-a: no ok runs of resampled." in summary
@@ -132,7 +132,7 @@ def test_summary_says_what_is_not_answered(tmp_path: Path) -> None:
 
 
 def test_summary_of_a_grid_where_everything_failed(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), seeds=(0,)))
+    results, _, _ = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), seeds=(0,)))
     failed = results.assign(status="failed").drop(columns="extra__validation_accuracy")
     write_summary(failed, tmp_path / "summary.md")
     summary = (tmp_path / "summary.md").read_text()
@@ -148,7 +148,7 @@ def test_summary_counts_and_names_choices_at_a_sweep_edge(report_dir: Path, resu
 
 
 def test_summary_words_follow_the_paired_interval(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "frozen_a", "frozen_b"), lrs=(GOOD_LR,)))
+    results, _, _ = aggregate(write_grid(tmp_path, variants=("lora", "frozen_a", "frozen_b"), lrs=(GOOD_LR,)))
     noisy = results.copy()
     # frozen_a vs lora: per-seed differences +0.05, -0.05, +0.01: the interval includes 0
     shift = {0: 0.06, 1: -0.04, 2: 0.02}
@@ -194,7 +194,7 @@ def test_figures_use_only_ok_runs_at_the_validation_lr(results: pd.DataFrame) ->
 
 
 def test_figures_without_ok_runs_still_render(tmp_path: Path) -> None:
-    results, curves = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), lrs=(GOOD_LR,), seeds=(0,)))
+    results, curves, _ = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), lrs=(GOOD_LR,), seeds=(0,)))
     failed = results.assign(status="failed")
     plots.plot_forgetting_vs_accuracy(failed, tmp_path / "empty.png")
     plots.plot_loss_curves(curves.assign(status="failed"), tmp_path / "empty_curves.png")
