@@ -8,6 +8,7 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given
@@ -18,6 +19,7 @@ from lorabench.evaluation.exact_match import char_accuracy, scores
 from lorabench.evaluation.perplexity import answer_cross_entropy
 from lorabench.job import TrainJob
 from lorabench.models import build_embedded, character_tokenizer
+from lorabench.report.measures import choose, saturation
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, encode_batch, train
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
@@ -122,3 +124,22 @@ def test_a_run_records_graded_forgetting_and_its_trajectory(tmp_path: Path) -> N
     assert forgetting["ceiling"] == pytest.approx(
         sum(source["accuracy_before"] for source in record["source"].values()) / 2)
     assert record["timing"]["eval_seconds"] > 0
+
+
+def _runs(exact: list[float], char: list[float], ce: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"forgetting": exact, "forgetting_ceiling": 1.0, "forgetting_char": char,
+                         "forgetting_char_ceiling": 0.9, "forgetting_ce": ce, "forgetting_ce_ceiling": 4.0})
+
+
+def test_a_verdict_uses_the_first_measure_not_saturated_and_says_which_were_passed_by() -> None:
+    assert saturation(_runs([0.95, 1.0], [0.3, 0.8], [1, 2]), "forgetting") == "ceiling"
+    assert saturation(_runs([0.0, 0.05], [0.3, 0.8], [1, 2]), "forgetting") == "floor"
+    assert saturation(_runs([0.94, 1.0], [0.3, 0.8], [1, 2]), "forgetting") is None
+    assert saturation(_runs([1.0], [0.9], [1]).drop(columns="forgetting_ce_ceiling"), "forgetting_ce") == "unmeasured"
+    choice = choose(_runs([0.97, 1.0], [0.3, 0.8], [1, 2]))
+    assert choice.measure == "forgetting_char"
+    assert choice.text() == ("by per-character accuracy drop (exact-match accuracy drop saturated at its ceiling "
+                             "(every run ≥ 0.95 of it))")
+    assert choose(_runs([0.97, 1.0], [0.89, 0.9], [1, 2])).measure == "forgetting_ce"
+    every = choose(_runs([0.97, 1.0], [0.89, 0.9], [3.9, 5.0]))
+    assert every.measure is None and every.text().startswith("every forgetting measure is saturated in these runs")

@@ -96,7 +96,7 @@ def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
     # forgetting = base + 0.01 * seed over seeds 0..2 -> means 0.09 (resampled) and 0.21 (lora)
     # per-seed jitter is shared by all variants, so paired differences are exact: frozen_b - frozen_a = -0.14
     assert "frozen_b vs frozen_a: frozen_b falls behind: difference -0.140 [95% CI -0.140, -0.140; 3 seeds]" in summary
-    assert "vs lora (at accuracy 0.668): resampled forgets less: difference -" in summary  # lora's curve at its level
+    assert "vs lora by exact-match accuracy drop, at accuracy 0.668: resampled forgets less: difference -" in summary
     assert "| resampled | 16,000 | 0.618 ± 0.010 |" in summary  # the table: means over seeds at the chosen lr
     assert "0.50× lora's trainable parameters" in summary
     assert "Rank 8 (full FT: no rank)" in summary

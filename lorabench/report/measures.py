@@ -49,17 +49,17 @@ class Choice:
     """Measure -> its :func:`saturation` in the runs compared."""
 
     def text(self) -> str:
-        """``by per-character accuracy drop (exact-match accuracy drop: saturated at its ceiling)``."""
-        passed = [f"{MEASURES[column]}: {_state(state)}" for column, state in self.states.items()
-                  if column != self.measure and state != "unmeasured"]
+        """``by per-character accuracy drop (exact-match accuracy drop saturated at its ceiling ...)``."""
+        passed = [f"{MEASURES[column]} {_state(state)}" for column, state in self.states.items()
+                  if column != self.measure and state in ("ceiling", "floor")]
         reason = f" ({'; '.join(passed)})" if passed else ""
         if self.measure is None:
             return f"every forgetting measure is saturated in these runs{reason}"
         return f"by {MEASURES[self.measure]}{reason}"
 
 
-def _state(state: str | None) -> str:
-    return {None: "not saturated", "ceiling": f"saturated at its ceiling (every run ≥ {SATURATION:g} of it)",
+def _state(state: str) -> str:
+    return {"ceiling": f"saturated at its ceiling (every run ≥ {SATURATION:g} of it)",
             "floor": f"saturated at its floor (every run ≤ {1 - SATURATION:.2g} of its ceiling)"}[state]
 
 

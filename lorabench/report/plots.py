@@ -234,6 +234,7 @@ FAMILIES = {
 }
 """Panels of the learning-forgetting figure; every other variant goes in the panel of LoRA and its relatives."""
 LORA_FAMILY = "LoRA and its relatives"
+OVERVIEW = "every variant at its chosen lr"
 REFERENCES = ("lora", "full")
 """Drawn faintly in the panels they do not belong to, so every panel reads against them."""
 FIGURE_SIZE = (1400 / DPI, 1000 / DPI)
@@ -262,7 +263,8 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajector
     forgetting), each learning rate's evaluations during training joined in step order, each learning rate's
     final point with 95% CIs over seeds, ★ the lr chosen on validation. The forgetting measure is the first of
     :data:`lorabench.report.measures.MEASURES` not saturated in these runs, named on the axis. One panel per
-    variant family (rows: models), LoRA and full fine-tuning faint in the others' panels."""
+    variant family and one of every variant at its chosen lr, per model (one model: 2 x 2 panels at 1400 x 1000
+    pixels); LoRA and full fine-tuning faint in the other families' panels."""
     from lorabench.report.measures import MEASURES, choose
 
     rank = reference_rank(results)
@@ -277,7 +279,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajector
     palette = variant_palette(results["variant"])
     models = sorted(runs["model"].unique())
     families = [name for name in (*FAMILIES, LORA_FAMILY) if any(family(v) == name for v in runs["variant"].unique())]
-    panels = [(model, name) for model in models for name in families]
+    panels = [(model, name) for model in models for name in [*families, OVERVIEW]]
     n_cols = 2 if len(panels) > 1 else 1
     n_rows = -(-len(panels) // n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] * max(1, n_rows / 2)),
@@ -288,8 +290,13 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajector
                  fontsize=11)
     for ax, (model, name) in zip(axes.flat, panels):
         panel = points[points["model"] == model]
+        if name == OVERVIEW:
+            picked = chosen[(chosen["model"] == model) & (chosen["status"] == "ok")]
+            for variant, seeds in picked[picked["run_id"].isin(runs["run_id"])].groupby("variant"):
+                per_seed = seeds.groupby("seed")[["target_acc_after", measure]].mean()
+                _errorbar_point(ax, per_seed["target_acc_after"], per_seed[measure], palette[variant])
         members = [v for v in variant_order(panel["variant"]) if family(v) == name]
-        references = [v for v in REFERENCES if v in set(panel["variant"]) and v not in members]
+        references = [v for v in REFERENCES if v in set(panel["variant"]) and v not in members and name != OVERVIEW]
         for variant in references + members:
             _draw_variant(ax, panel[panel["variant"] == variant], runs[(runs["model"] == model) &
                           (runs["variant"] == variant)], chosen, measure, palette[variant], faint=variant in references)
