@@ -188,7 +188,17 @@ class Evaluation:
 def _evaluate(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str, Task], target: Task | None,
               device: torch.device) -> Evaluation:
     """Every measure of ``model`` as it is now, the generation of all splits and tasks in shared batches; with
-    ``target`` None (the base model) every generation task's test split instead of the target's two splits."""
+    ``target`` None (the base model) every generation task's test split instead of the target's two splits. The
+    model's train/eval mode is restored: mid-training evaluations hand it back to training as they found it."""
+    was_training = model.training
+    try:
+        return _evaluate_now(job, model, tokenizer, tasks, target, device)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate_now(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str, Task], target: Task | None,
+                  device: torch.device) -> Evaluation:
     sources = {name: tasks[name] for name in job.source_tasks}
     sets: dict = {(name, "test"): (task, task.split("test")) for name, task in sources.items()}
     if target is None:

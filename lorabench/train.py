@@ -204,11 +204,13 @@ def train(
 
 def _evaluate_aside(outcome: TrainOutcome, evaluate: Callable[[int], None], steps_done: int,
                     device: torch.device) -> None:
-    """``evaluate(steps_done)`` with its time and peak memory kept out of training's."""
+    """``evaluate(steps_done)`` with its time and peak memory kept out of training's, and the random state restored
+    after it, so a run's training is the same whatever its ``eval_at``."""
     outcome.memory.pause()
     clock = StepClock(device)
     clock.start()
-    evaluate(steps_done)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        evaluate(steps_done)
     clock.stop()
     outcome.eval_seconds += clock.step_seconds[0]
     outcome.memory.resume()

@@ -88,24 +88,38 @@ def test_evaluations_during_training_come_at_eval_at_and_stay_out_of_the_step_ti
     assert max(outcome.clock.step_seconds) < 0.3 and outcome.train_seconds < sum(outcome.clock.step_seconds) + 0.3
 
 
-def test_a_run_records_graded_forgetting_and_its_trajectory(tmp_path: Path) -> None:
+def _run(tmp_path: Path, eval_at: list[int], dropout: float = 0.0) -> dict:
     tokenizer = character_tokenizer()
     checkpoint = tmp_path / "model"
     build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
-    record_path = tmp_path / "lora.json"
+    record_path = tmp_path / f"lora{eval_at}.json"
     job = TrainJob.from_dict({
         "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
-        "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "source_tasks": ["copy", "reverse"],
+        "dropout": dropout, "target_modules": ["q_proj", "v_proj"], "source_tasks": ["copy", "reverse"],
         "hub_tasks": {}, "forgetting": {}, "variant_modules": [], "save_adapters": False,
         "data": {"seed": 0, "train": 32, "validation": 4, "test": 6, "min_len": 3, "max_len": 5},
         "eval_batch_size": 8,
-        "train": {"steps": 3, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": [1, 2]},
+        "train": {"steps": 3, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": eval_at},
         "points": [{"variant": "lora", "uses": "lora", "variant_options": {}, "optimizer": "adamw", "rank": 2,
                     "task": "sort", "lr": 0.01, "seed": 0, "record": str(record_path)}],
     })
     runner.run_job(job)
-    record = json.loads(record_path.read_text())
+    return json.loads(record_path.read_text())
+
+
+def test_evaluating_during_training_leaves_the_training_as_it_was(tmp_path: Path) -> None:
+    """Same losses, and same final scores, with dropout on: the evaluations neither draw from the random state
+    training uses nor leave the model in eval mode."""
+    observed, plain = _run(tmp_path, [1, 2], dropout=0.2), _run(tmp_path, [], dropout=0.2)
+    assert observed["loss_curve"] == plain["loss_curve"]
+    assert observed["forgetting"] == plain["forgetting"] and observed["target"] == plain["target"]
+    assert plain["trajectory"]["step"] == [3]
+
+
+def test_a_run_records_graded_forgetting_and_its_trajectory(tmp_path: Path) -> None:
+    tokenizer = character_tokenizer()
+    record = _run(tmp_path, [1, 2])
     records.validate(record)
     assert record["status"] == "ok"
     trajectory, forgetting = record["trajectory"], record["forgetting"]
@@ -143,3 +157,26 @@ def test_a_verdict_uses_the_first_measure_not_saturated_and_says_which_were_pass
     assert choose(_runs([0.97, 1.0], [0.89, 0.9], [1, 2])).measure == "forgetting_ce"
     every = choose(_runs([0.97, 1.0], [0.89, 0.9], [3.9, 5.0]))
     assert every.measure is None and every.text().startswith("every forgetting measure is saturated in these runs")
+
+
+def _swept(variant: str, accuracy: list[float], exact: list[float], ce: list[float]) -> pd.DataFrame:
+    return _runs(exact, [0.89] * len(exact), ce).assign(
+        variant=variant, model="m", seed=0, lr=range(len(exact)), run_id=[f"{variant}{i}" for i in range(len(exact))],
+        target_acc_after=accuracy)
+
+
+def test_the_summary_names_the_measure_and_says_when_ranges_do_not_overlap_or_all_measures_saturate() -> None:
+    from lorabench.report.summary import ModelRuns
+
+    saturated_exact = pd.concat([_swept("a", [0.5, 0.9], [1.0, 1.0], [1.0, 2.0]),
+                                 _swept("b", [0.6, 1.0], [0.98, 1.0], [1.5, 3.0])])
+    text = ModelRuns("m", saturated_exact, saturated_exact).forgetting_at_matched_learning("a", "b")
+    assert text.startswith("vs b by answer cross-entropy increase (nats/token) (exact-match accuracy drop saturated")
+    assert "per-character accuracy drop saturated at its ceiling" in text and "at accuracy 0.900" in text
+    apart = pd.concat([_swept("a", [0.1, 0.3], [0.2, 0.4], [1, 2]), _swept("b", [0.8, 1.0], [0.5, 0.6], [1, 2])])
+    text = ModelRuns("m", apart, apart).forgetting_at_matched_learning("a", "b")
+    assert "cannot be compared; in 1 seed(s) their measured target accuracies do not overlap" in text
+    assert "a 0.10–0.30, b 0.80–1.00" in text
+    everything = pd.concat([_swept("a", [0.5, 0.9], [1.0, 1.0], [3.9, 4.0]), _swept("b", [0.6, 1.0], [1.0, 1.0], [4, 5])])
+    text = ModelRuns("m", everything, everything).forgetting_at_matched_learning("a", "b")
+    assert text.startswith("vs b: no verdict, every forgetting measure is saturated in these runs")

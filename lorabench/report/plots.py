@@ -238,6 +238,7 @@ OVERVIEW = "every variant at its chosen lr"
 REFERENCES = ("lora", "full")
 """Drawn faintly in the panels they do not belong to, so every panel reads against them."""
 FIGURE_SIZE = (1400 / DPI, 1000 / DPI)
+"""The learning-forgetting figure of one model (2 x 2 panels), in inches: 1400 x 1000 pixels."""
 
 
 def family(variant: str) -> str:
@@ -282,7 +283,8 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajector
     panels = [(model, name) for model in models for name in [*families, OVERVIEW]]
     n_cols = 2 if len(panels) > 1 else 1
     n_rows = -(-len(panels) // n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] * max(1, n_rows / 2)),
+    height = FIGURE_SIZE[1] * (100 + 450 * n_rows) / 1000  # a title band and 450 pixels a row of panels
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(FIGURE_SIZE[0], height),
                              squeeze=False, layout="constrained", sharex=True, sharey=True)
     saturated = "" if choice.measure else " — every measure saturated in these runs: no ranking by forgetting"
     fig.suptitle(f"{title}{saturated}\nthin line: one lr along training (evaluations at train.eval_at); dashed: "
