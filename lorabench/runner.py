@@ -176,7 +176,8 @@ class Evaluation:
     """One evaluation of a model (:func:`_evaluate`): the target's accuracy and every forgetting measure's scores."""
 
     target: dict[str, Scores]
-    """Split (``test``, ``validation``) -> the target task's scores; empty for the base model (its own per task)."""
+    """Split (``test``, ``validation``) -> the target task's scores; for the base model instead, every generation
+    task (source and target) -> its test scores."""
     source: dict[str, Scores]
     """Source task -> its test split's exact-match and per-character accuracy."""
     source_ce: dict[str, float]
@@ -190,33 +191,25 @@ def _evaluate(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str,
     """Every measure of ``model`` as it is now, the generation of all splits and tasks in shared batches; with
     ``target`` None (the base model) every generation task's test split instead of the target's two splits. The
     model's train/eval mode is restored: mid-training evaluations hand it back to training as they found it."""
-    was_training = model.training
-    try:
-        return _evaluate_now(job, model, tokenizer, tasks, target, device)
-    finally:
-        model.train(was_training)
-
-
-def _evaluate_now(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str, Task], target: Task | None,
-                  device: torch.device) -> Evaluation:
     sources = {name: tasks[name] for name in job.source_tasks}
     sets: dict = {(name, "test"): (task, task.split("test")) for name, task in sources.items()}
     if target is None:
         sets |= {(name, "test"): (task, task.split("test")) for name, task in tasks.items() if task.labels is None}
     else:
         sets |= {(None, split): (target, target.split(split)) for split in ("test", "validation")}
-    scored = scores(model, tokenizer, sets, job.eval_batch_size, device)
+    examples = {name: task.split("test") for name, task in sources.items()}
+    was_training = model.training
+    try:
+        scored = scores(model, tokenizer, sets, job.eval_batch_size, device)
+        source_ce = answer_cross_entropy(model, tokenizer, examples, job.eval_batch_size, device) if examples else {}
+        benchmarks = _forgetting_measures(job.forgetting, model, tokenizer, device) if job.forgetting else {}
+    finally:
+        model.train(was_training)
     if target is None:
         target_scores = {name: value for (name, _), value in scored.items()}
     else:
         target_scores = {split: scored[None, split] for split in ("test", "validation")}
-    examples = {name: task.split("test") for name, task in sources.items()}
-    return Evaluation(
-        target=target_scores,
-        source={name: scored[name, "test"] for name in sources},
-        source_ce=answer_cross_entropy(model, tokenizer, examples, job.eval_batch_size, device) if examples else {},
-        benchmarks=_forgetting_measures(job.forgetting, model, tokenizer, device) if job.forgetting else {},
-    )
+    return Evaluation(target_scores, {name: scored[name, "test"] for name in sources}, source_ce, benchmarks)
 
 
 @dataclass(frozen=True)
@@ -277,8 +270,11 @@ def forgetting_of(base: BaseMeasures, after: Evaluation) -> dict[str, Any]:
 
 def _measure(per_task: dict[str, float], ceilings: list[float]) -> dict[str, Any]:
     """``mean`` and ``ceiling`` (means over the tasks; None without any) and ``per_task``."""
-    mean = (lambda values: sum(values) / len(values) if values else None)
-    return {"mean": mean(list(per_task.values())), "per_task": per_task, "ceiling": mean(ceilings)}
+    return {"mean": _mean(list(per_task.values())), "per_task": per_task, "ceiling": _mean(ceilings)}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def run_point(
