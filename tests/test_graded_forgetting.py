@@ -150,6 +150,7 @@ def test_a_verdict_uses_the_first_measure_not_saturated_and_says_which_were_pass
     assert saturation(_runs([0.0, 0.05], [0.3, 0.8], [1, 2]), "forgetting") == "floor"
     assert saturation(_runs([0.94, 1.0], [0.3, 0.8], [1, 2]), "forgetting") is None
     assert saturation(_runs([1.0], [0.9], [1]).drop(columns="forgetting_ce_ceiling"), "forgetting_ce") == "unmeasured"
+    assert saturation(_runs([0.0], [0.9], [1]).assign(forgetting_ceiling=0.0), "forgetting") == "no range"
     choice = choose(_runs([0.97, 1.0], [0.3, 0.8], [1, 2]))
     assert choice.measure == "forgetting_char"
     assert choice.text() == ("by per-character accuracy drop (exact-match accuracy drop saturated at its ceiling "

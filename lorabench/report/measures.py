@@ -26,13 +26,17 @@ MEASURES = {
 
 def saturation(runs: pd.DataFrame, column: str) -> str | None:
     """``ceiling`` or ``floor`` where ``column`` is saturated in ``runs`` (see the module docstring), ``unmeasured``
-    where no run has it and its ceiling, else None: the measure grades these runs."""
+    where no run has it and its ceiling, ``no range`` where every ceiling is 0 (the base model knew nothing of the
+    source tasks by this measure), else None: the measure grades these runs."""
     ceiling = f"{column}_ceiling"
     if column not in runs or ceiling not in runs:
         return "unmeasured"
-    share = (runs[column] / runs[ceiling]).dropna()
-    if share.empty:
+    measured = runs[[column, ceiling]].dropna()
+    if measured.empty:
         return "unmeasured"
+    if (measured[ceiling] <= 0).all():
+        return "no range"  # the base model scored 0: nothing to forget
+    share = measured[column] / measured[ceiling]
     if (share >= SATURATION).all():
         return "ceiling"
     if (share <= 1 - SATURATION).all():
