@@ -1,7 +1,8 @@
-"""Turn run records (one JSON file per grid point) into the two tidy tables the report reads.
+"""Turn run records (one JSON file per grid point) into the three tidy tables the report reads.
 
 ``results`` has one row per run, failed and diverged runs included (their metrics are NaN), so
-the report can show what did not work. ``loss_curves`` is long: one row per logged step.
+the report can show what did not work. ``loss_curves`` is long: one row per logged step; ``trajectories`` too:
+one row per evaluation during training (``train.eval_at``) and the final one.
 Every record is validated against ``record.schema.json`` first, because a silently missing
 field would otherwise surface as a blank cell in a figure.
 """
@@ -27,15 +28,22 @@ ACCOUNT_COLUMNS = {
     "saved_activations": "mem_activations_mb", "variant_state": "mem_variant_state_mb", "total": "mem_account_mb",
 }
 """``memory.account`` part -> its column in MiB (exact byte counts, so identical across seeds)."""
+FORGETTING_COLUMNS = {None: "forgetting", "char_accuracy_drop": "forgetting_char", "ce_increase": "forgetting_ce"}
+"""Forgetting measure (record ``forgetting``, or its ``graded`` entry) -> its column: the mean over source tasks
+(``forgetting``: and benchmarks); ``<column>__<task>`` per task and ``<column>_ceiling`` its value at total
+forgetting."""
 RESULT_COLUMNS = [
     "run_id", *GRID_COLUMNS, "status", "error",
     "trainable_params", "total_params",
     "train_seconds", "step_ms", "step_ms_mean", "steps_done", "timing_method",
     "peak_mem_mb", "baseline_mem_mb", "peak_mem_added_mb", "memory_method", *ACCOUNT_COLUMNS.values(),
-    "target_acc_before", "target_acc_after", "forgetting",
+    "target_acc_before", "target_acc_after", *FORGETTING_COLUMNS.values(),
+    *(f"{column}_ceiling" for column in FORGETTING_COLUMNS.values()),
     "device", "device_name",
 ]  # fmt: skip
 CURVE_COLUMNS = ["run_id", *GRID_COLUMNS, "status", "step", "loss"]
+TRAJECTORY_MEASURES = ["target_validation", "target_test", *FORGETTING_COLUMNS.values()]
+TRAJECTORY_COLUMNS = ["run_id", *GRID_COLUMNS, "status", "step", *TRAJECTORY_MEASURES]
 
 
 class RecordError(ValueError):
@@ -106,17 +114,37 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
         **_account_columns(memory.get("account")),
         "target_acc_before": target["accuracy_before"],
         "target_acc_after": target["accuracy_after"],
-        "forgetting": record["forgetting"]["mean"],
         "device": record["environment"]["device"],
         "device_name": record["environment"].get("device_name"),
     }
     for task, scores in record["source"].items():
-        row[f"source_acc_before__{task}"] = scores["accuracy_before"]
-        row[f"source_acc_after__{task}"] = scores["accuracy_after"]
-    for task, value in record["forgetting"]["per_task"].items():
-        row[f"forgetting__{task}"] = value
+        for key, name in SOURCE_COLUMNS.items():
+            row[f"{name}__{task}"] = scores.get(key)
+    for measure, column in FORGETTING_COLUMNS.items():
+        measured = record["forgetting"] if measure is None else record["forgetting"].get("graded", {}).get(measure, {})
+        row[column], row[f"{column}_ceiling"] = measured.get("mean"), measured.get("ceiling")
+        for task, value in measured.get("per_task", {}).items():
+            row[f"{column}__{task}"] = value
     row.update(_numeric_leaves(record.get("extra", {}), "extra"))
     return row
+
+
+SOURCE_COLUMNS = {
+    "accuracy_before": "source_acc_before", "accuracy_after": "source_acc_after",
+    "char_accuracy_before": "source_char_before", "char_accuracy_after": "source_char_after",
+    "ce_before": "source_ce_before", "ce_after": "source_ce_after",
+}
+"""A source task's record field -> its column prefix (``<prefix>__<task>``); NaN in records without it."""
+
+
+def trajectory_rows(record: dict[str, Any]) -> pd.DataFrame:
+    """The record's trajectory in long form (none in records written before it existed), tagged like a curve."""
+    trajectory = record.get("trajectory") or {"step": [], **{measure: [] for measure in TRAJECTORY_MEASURES}}
+    frame = pd.DataFrame({column: pd.array(trajectory[column], dtype="Float64") for column in TRAJECTORY_MEASURES})
+    frame["step"] = trajectory["step"]
+    for column, value in {"run_id": record["run_id"], **record["grid"], "status": record["status"]}.items():
+        frame[column] = value
+    return frame[TRAJECTORY_COLUMNS]
 
 
 def curve_rows(record: dict[str, Any]) -> pd.DataFrame:
@@ -133,9 +161,9 @@ def curve_rows(record: dict[str, Any]) -> pd.DataFrame:
     return frame[CURVE_COLUMNS]
 
 
-def aggregate(record_paths: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(results, loss_curves) of the records at ``record_paths``; duplicate run ids are an error."""
-    rows, curves, seen = [], [], {}
+def aggregate(record_paths: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(results, loss_curves, trajectories) of the records at ``record_paths``; duplicate run ids are an error."""
+    rows, curves, trajectories, seen = [], [], [], {}
     for path in record_paths:
         record = read_record(path)
         run_id = record["run_id"]
@@ -144,19 +172,23 @@ def aggregate(record_paths: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]
         seen[run_id] = path
         rows.append(result_row(record))
         curves.append(curve_rows(record))
+        trajectories.append(trajectory_rows(record))
     results = pd.DataFrame(rows)
     per_task_and_extra = [column for column in results.columns if column not in RESULT_COLUMNS]
     results = results.reindex(columns=RESULT_COLUMNS + per_task_and_extra)
     loss_curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
-    return results, loss_curves.astype({"loss": "float64"})
+    trajectory = pd.concat(trajectories, ignore_index=True) if trajectories else pd.DataFrame(columns=TRAJECTORY_COLUMNS)
+    return (results, loss_curves.astype({"loss": "float64"}),
+            trajectory.astype(dict.fromkeys(TRAJECTORY_MEASURES, "float64")))
 
 
-def write_tables(results: pd.DataFrame, loss_curves: pd.DataFrame, out_dir: Path) -> None:
-    """Write ``results.csv`` and ``loss_curves.csv`` into ``out_dir``."""
+def write_tables(results: pd.DataFrame, loss_curves: pd.DataFrame, trajectories: pd.DataFrame, out_dir: Path) -> None:
+    """Write ``results.csv``, ``loss_curves.csv`` and ``trajectories.csv`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results.to_csv(out_dir / "results.csv", index=False)
     loss_curves.to_csv(out_dir / "loss_curves.csv", index=False)
+    trajectories.to_csv(out_dir / "trajectories.csv", index=False)
 
 
 def _chosen_lr(key: tuple, group: pd.DataFrame) -> float:

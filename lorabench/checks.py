@@ -104,6 +104,7 @@ def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     check_grid_variants(grid)
     check_variant_settings(grid)
     check_saving(grid)
+    check_eval_at(grid)
     check_ranks(grid)
     check_batching(grid)
     check_device(grid)
@@ -459,6 +460,17 @@ def check_saving(grid: Grid) -> None:
         raise ConfigError(
             f"config error at `train/save_adapters`: true, but variant(s) {unsaved} implement no `save`; "
             "set it to false or leave those variants out of grid/variants"
+        )
+
+
+def check_eval_at(grid: Grid) -> None:
+    """``train.eval_at``: ascending step counts within the run, so the trajectory is in training order."""
+    train = grid.config["train"]
+    eval_at = train["eval_at"]
+    if eval_at != sorted(eval_at) or (eval_at and eval_at[-1] > train["steps"]):
+        raise ConfigError(
+            f"config error at `train/eval_at`: {eval_at} must be ascending step counts of at most train/steps "
+            f"({train['steps']}); e.g. [{max(1, train['steps'] // 4)}, {max(1, train['steps'] // 2)}, {train['steps']}]"
         )
 
 

@@ -200,8 +200,7 @@ def _cost(args: argparse.Namespace) -> None:
 def _aggregate(args: argparse.Namespace) -> None:
     from lorabench.aggregate import aggregate, write_tables
 
-    results, curves = aggregate(args.records)
-    write_tables(results, curves, args.out)
+    write_tables(*aggregate(args.records), args.out)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -282,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
     cost.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
     cost.set_defaults(run=_cost)
 
-    agg = commands.add_parser("aggregate", help="records -> results.csv and loss_curves.csv")
+    agg = commands.add_parser("aggregate", help="records -> results.csv, loss_curves.csv and trajectories.csv")
     agg.add_argument("records", nargs="+", type=Path, help="record files, or @FILE: a file listing them, one a line")
     agg.add_argument("--out", required=True, type=Path)
     agg.set_defaults(run=_aggregate)

@@ -40,6 +40,8 @@ class JobTraining:
     batch_size: int
     weight_decay: float
     log_every: int
+    eval_at: tuple[int, ...]
+    """Step counts after which a run evaluates mid-training (config ``train.eval_at``)."""
 
     def for_point(self, point: JobPoint) -> TrainSettings:
         return TrainSettings(lr=point.lr, optimizer=point.optimizer, **asdict(self))
@@ -136,7 +138,7 @@ class TrainJob:
         return cls(**{
             **{key: tuple(value) if key in sequences else value for key, value in job.items()},
             "forgetting": Forgetting.from_dict(job["forgetting"]),
-            "train": JobTraining(**job["train"]),
+            "train": JobTraining(**job["train"] | {"eval_at": tuple(job["train"]["eval_at"])}),
             "points": tuple(JobPoint(**point) for point in job["points"]),
         })
 

@@ -84,8 +84,10 @@ class PeakMemory:
     device: torch.device
     method: str = ""
     baseline_mb: float | None = None
+    _held: float = 0.0
 
     def start(self) -> None:
+        self._held = 0.0
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -99,6 +101,25 @@ class PeakMemory:
             self.baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def peak_mb(self) -> float:
+        """The peak since :meth:`start`, leaving out what ran between :meth:`pause` and :meth:`resume`."""
+        return max(self._held, self._live_peak_mb())
+
+    def pause(self) -> None:
+        """Keep the peak so far: work until :meth:`resume` (evaluation mid-training) is not training's.
+
+        With ``cpu_ru_maxrss`` (no reset possible) the lifetime peak includes that work anyway; the method says so.
+        """
+        self._held = max(self._held, self._live_peak_mb())
+
+    def resume(self) -> None:
+        """Reset the peak counter (not the baseline) after a :meth:`pause`."""
+        if self.method == "cuda_max_memory_allocated":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.method == "cpu_peak_rss":
+            _reset_cpu_peak()
+
+    def _live_peak_mb(self) -> float:
         if self.method == "cuda_max_memory_allocated":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / MIB

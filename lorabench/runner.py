@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,7 +20,8 @@ import torch
 
 from lorabench import records
 from lorabench.devices import device_info, select_device
-from lorabench.evaluation.exact_match import accuracy
+from lorabench.evaluation.exact_match import Scores, scores
+from lorabench.evaluation.perplexity import answer_cross_entropy
 from lorabench.evaluation.weights import weight_forgetting
 from lorabench.job import Forgetting, JobPoint, TrainJob
 from lorabench.measure import storage_addresses, variant_state_bytes
@@ -67,7 +69,7 @@ def _record_failures(
 ) -> None:
     """A ``failed`` record for each of ``points``, with ``error(task)`` as the reason."""
     for point in points:
-        record = _empty_record(job, point, {}, device)
+        record = _empty_record(job, point, None, device)
         record["error"] = error(point.task)
         log.error("%s failed: %s", record["run_id"], record["error"])
         records.write(record, Path(point.record))
@@ -171,15 +173,62 @@ def _benchmark_drops(before: dict[str, float], after: dict[str, float]) -> dict[
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a model (:func:`_evaluate`): the target's accuracy and every forgetting measure's scores."""
+
+    target: dict[str, Scores]
+    """Split (``test``, ``validation``) -> the target task's scores; for the base model instead, every generation
+    task (source and target) -> its test scores."""
+    source: dict[str, Scores]
+    """Source task -> its test split's exact-match and per-character accuracy."""
+    source_ce: dict[str, float]
+    """Source task -> mean token cross-entropy of its test answers under teacher forcing (nats)."""
+    benchmarks: dict[str, float]
+    """The config's ``forgetting`` measures (:func:`_forgetting_measures`)."""
+
+
+def _evaluate(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str, Task], target: Task | None,
+              device: torch.device) -> Evaluation:
+    """Every measure of ``model`` as it is now, the generation of all splits and tasks in shared batches; with
+    ``target`` None (the base model) every generation task's test split instead of the target's two splits. The
+    model's train/eval mode is restored: mid-training evaluations hand it back to training as they found it."""
+    sources = {name: tasks[name] for name in job.source_tasks}
+    sets: dict = {(name, "test"): (task, task.split("test")) for name, task in sources.items()}
+    if target is None:
+        sets |= {(name, "test"): (task, task.split("test")) for name, task in tasks.items() if task.labels is None}
+    else:
+        sets |= {(None, split): (target, target.split(split)) for split in ("test", "validation")}
+    examples = {name: task.split("test") for name, task in sources.items()}
+    was_training = model.training
+    try:
+        scored = scores(model, tokenizer, sets, job.eval_batch_size, device)
+        source_ce = answer_cross_entropy(model, tokenizer, examples, job.eval_batch_size, device) if examples else {}
+        benchmarks = _forgetting_measures(job.forgetting, model, tokenizer, device) if job.forgetting else {}
+    finally:
+        model.train(was_training)
+    if target is None:
+        target_scores = {name: value for (name, _), value in scored.items()}
+    else:
+        target_scores = {split: scored[None, split] for split in ("test", "validation")}
+    return Evaluation(target_scores, {name: scored[name, "test"] for name in sources}, source_ce, benchmarks)
+
+
+@dataclass(frozen=True)
 class BaseMeasures:
     """What every grid point of a job compares against, measured once on the base model."""
 
-    accuracies: dict[str, float]
-    """Test accuracy on every generation task (a classification task's is its point's: the head is new)."""
-    forgetting: dict[str, float]
-    """The config's ``forgetting`` measures (:func:`_forgetting_measures`)."""
+    evaluation: Evaluation
+    """Its ``target`` maps every generation task to its test scores (a classification task's is its point's: the
+    head is new)."""
+    uniform_ce: float
+    """ln |V|: the cross-entropy of a uniform guess over the model's vocabulary, the answer cross-entropy at which
+    nothing of a source task is left (the graded measure's ceiling)."""
     weights: dict[str, torch.Tensor]
     """The targeted layers' weights, ``(m, n)``, on the CPU: the reference of weight-space forgetting."""
+
+    def accuracy(self, task: str) -> float | None:
+        scored = self.evaluation.target.get(task)
+        return None if scored is None else scored.accuracy
 
 
 def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, warm_up: str) -> BaseMeasures:
@@ -194,20 +243,47 @@ def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, w
     examples = first.split("train")[: job.train.batch_size]
     model(**encode_batch(tokenizer, examples, device, labels=first.labels)).loss.backward()
     model.zero_grad(set_to_none=True)
-    accuracies = {
-        name: accuracy(model, tokenizer, task, task.split("test"), job.eval_batch_size, device)
-        for name, task in tasks.items() if task.labels is None
-    }
     weights = {name: w.cpu() for name, w in target_weights(model, list(job.target_modules)).items()}
-    return BaseMeasures(accuracies, _forgetting_measures(job.forgetting, model, tokenizer, device), weights)
+    evaluation = _evaluate(job, model, tokenizer, tasks, None, device)
+    return BaseMeasures(evaluation, math.log(model.config.vocab_size), weights)
+
+
+def forgetting_of(base: BaseMeasures, after: Evaluation) -> dict[str, Any]:
+    """The record's ``forgetting``: exact-match drops per source task and benchmark drops (``per_task``, ``mean``),
+    and the graded measures (``graded``): per-character accuracy drop and answer cross-entropy increase. Each
+    measure carries its ``ceiling``, its mean when everything is forgotten (score 0; a uniform guess for the
+    cross-entropy), against which the report judges whether a measure is saturated."""
+    before = base.evaluation
+    exact = {name: before.source[name].accuracy - scored.accuracy for name, scored in after.source.items()}
+    exact |= _benchmark_drops(before.benchmarks, after.benchmarks)
+    exact_ceiling = [before.source[name].accuracy for name in after.source]
+    exact_ceiling += [before.benchmarks[key] for key in exact if key not in after.source]
+    chars = {name: before.source[name].char_accuracy - scored.char_accuracy for name, scored in after.source.items()}
+    ce = {name: value - before.source_ce[name] for name, value in after.source_ce.items()}
+    return {
+        **_measure(exact, exact_ceiling),
+        "graded": {
+            "char_accuracy_drop": _measure(chars, [before.source[name].char_accuracy for name in chars]),
+            "ce_increase": _measure(ce, [base.uniform_ce - before.source_ce[name] for name in ce]),
+        },
+    }
+
+
+def _measure(per_task: dict[str, float], ceilings: list[float]) -> dict[str, Any]:
+    """``mean`` and ``ceiling`` (means over the tasks; None without any) and ``per_task``."""
+    return {"mean": _mean(list(per_task.values())), "per_task": per_task, "ceiling": _mean(ceilings)}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def run_point(
     job: TrainJob, point: JobPoint, tasks: dict[str, Task], base: BaseMeasures, device: torch.device
 ) -> dict[str, Any]:
     """Train one grid point and return its record; exceptions become a ``failed`` record."""
-    record = _empty_record(job, point, base.accuracies, device)
-    record["extra"] |= _prefixed(base.forgetting, "before")
+    record = _empty_record(job, point, base, device)
+    record["extra"] |= _prefixed(base.evaluation.benchmarks, "before")
     try:
         _train_and_measure(job, point, tasks, device, record, base)
     except Exception:  # recorded, not raised: one broken run must not take the rest of the grid down
@@ -226,11 +302,9 @@ def _train_and_measure(
     model, tokenizer = load(job.checkpoint, dtype=getattr(torch, job.dtype), labels=target.labels)
     model.to(device)
 
-    def evaluate(task: Task, split: str) -> float:  # of `model` as it is when called: base, then tuned
-        return accuracy(model, tokenizer, task, task.split(split), job.eval_batch_size, device)
-
     if target.labels is not None:  # base backbone under this point's new head: what its training starts from
-        record["target"]["accuracy_before"] = evaluate(target, "test")
+        record["target"]["accuracy_before"] = scores(model, tokenizer, {0: (target, target.split("test"))},
+                                                     job.eval_batch_size, device)[0].accuracy
     spec = AdapterSpec(
         rank=point.rank, alpha=job.alpha, target_modules=job.target_modules, seed=point.seed, dropout=job.dropout,
         options=point.variant_options, total_steps=job.train.steps,
@@ -245,32 +319,50 @@ def _train_and_measure(
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total": sum(p.numel() for p in model.parameters()),
     }
+    trajectory: list[tuple[int, Evaluation]] = []
+
+    def evaluate(steps_done: int) -> Evaluation:  # of `model` as it is when called
+        trajectory.append((steps_done, _evaluate(job, model, tokenizer, tasks, target, device)))
+        return trajectory[-1][1]
+
     outcome = train(
         model, tokenizer, target.split("train"), job.train.for_point(point), point.seed, device,
         after_step=variant.after_step, before_step=variant.transform_gradients, description=record["run_id"],
-        labels=target.labels,
-        parameter_groups=variant.parameter_groups(model, point.lr),
+        labels=target.labels, parameter_groups=variant.parameter_groups(model, point.lr), evaluate=evaluate,
     )
     outcome.account["variant_state"] = variant_state_bytes(model, before)
     _record_training(record, outcome)
     if outcome.status != "ok":
+        record["trajectory"] = _trajectory(base, trajectory)
         return
     record["extra"] |= variant.record_extra(model)
     if job.save_adapters:
         variant.save(model, adapter_directory(point.record))
-    record["target"]["accuracy_after"] = evaluate(target, "test")
-    record["extra"]["validation_accuracy"] = evaluate(target, "validation")
-    for name in job.source_tasks:
-        after = evaluate(tasks[name], "test")
-        record["source"][name]["accuracy_after"] = after
-        record["forgetting"]["per_task"][name] = record["source"][name]["accuracy_before"] - after
+    final = evaluate(job.train.steps)
+    record["trajectory"] = _trajectory(base, trajectory)
+    record["target"]["accuracy_after"] = final.target["test"].accuracy
+    record["extra"]["validation_accuracy"] = final.target["validation"].accuracy
+    for name, scored in final.source.items():
+        record["source"][name] |= {"accuracy_after": scored.accuracy, "char_accuracy_after": scored.char_accuracy,
+                                   "ce_after": final.source_ce[name]}
+    record["forgetting"] = forgetting_of(base, final)
     if job.forgetting:
-        after = _forgetting_measures(job.forgetting, model, tokenizer, device)
-        record["extra"] |= _forgetting_extras(base.forgetting, after)
-        record["forgetting"]["per_task"] |= _benchmark_drops(base.forgetting, after)
-    per_task = record["forgetting"]["per_task"].values()
-    record["forgetting"]["mean"] = sum(per_task) / len(per_task) if per_task else None
+        record["extra"] |= _forgetting_extras(base.evaluation.benchmarks, final.benchmarks)
     record["extra"] |= _weight_forgetting(base.weights, variant.merge(model), list(job.target_modules))
+
+
+def _trajectory(base: BaseMeasures, points: list[tuple[int, Evaluation]]) -> dict[str, list]:
+    """The record's ``trajectory``: target accuracy (validation, test) and each forgetting measure's mean after
+    each evaluated step count, in training order."""
+    forgetting = [forgetting_of(base, evaluation) for _, evaluation in points]
+    return {
+        "step": [steps for steps, _ in points],
+        "target_validation": [evaluation.target["validation"].accuracy for _, evaluation in points],
+        "target_test": [evaluation.target["test"].accuracy for _, evaluation in points],
+        "forgetting": [measured["mean"] for measured in forgetting],
+        "forgetting_char": [measured["graded"]["char_accuracy_drop"]["mean"] for measured in forgetting],
+        "forgetting_ce": [measured["graded"]["ce_increase"]["mean"] for measured in forgetting],
+    }
 
 
 def adapter_directory(record: str) -> Path:
@@ -296,6 +388,7 @@ def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
     record["timing"] = {
         "method": outcome.clock.method,
         "train_seconds": outcome.train_seconds,
+        "eval_seconds": outcome.eval_seconds,
         **outcome.clock.summary(),
         "steps_done": len(outcome.clock.step_seconds),
     }
@@ -324,8 +417,13 @@ def _job_code(job: TrainJob) -> str:
 
 
 def _empty_record(
-    job: TrainJob, point: JobPoint, before: dict[str, float], device: torch.device
+    job: TrainJob, point: JobPoint, base: BaseMeasures | None, device: torch.device
 ) -> dict[str, Any]:
+    before = base.evaluation if base else Evaluation({}, {}, {}, {})
+    source = {name: {"accuracy_before": before.source[name].accuracy, "accuracy_after": None,
+                     "char_accuracy_before": before.source[name].char_accuracy, "char_accuracy_after": None,
+                     "ce_before": before.source_ce[name], "ce_after": None} if name in before.source else
+              {"accuracy_before": None, "accuracy_after": None} for name in job.source_tasks}
     grid = {"model": job.model, "task": point.task, "variant": point.variant, "rank": point.rank,
             "lr": point.lr, "seed": point.seed}
     return {
@@ -347,8 +445,9 @@ def _empty_record(
                    "steps_done": 0},
         "memory": {"method": "cpu_peak_rss", "peak_mb": None, "baseline_mb": None, "account": None},
         "loss_curve": {"step": [], "loss": []},
-        "target": {"task": point.task, "accuracy_before": before.get(point.task), "accuracy_after": None},
-        "source": {name: {"accuracy_before": before.get(name), "accuracy_after": None} for name in job.source_tasks},
+        "target": {"task": point.task, "accuracy_before": base.accuracy(point.task) if base else None,
+                   "accuracy_after": None},
+        "source": source,
         "forgetting": {"mean": None, "per_task": {}},
         "extra": {},
         "environment": records.environment(device_info(device), _job_code(job)),

@@ -36,6 +36,9 @@ class TrainSettings:
     log_every: int = 10
     max_length: int | None = None
     """Truncate longer examples (hub datasets); None keeps every token."""
+    eval_at: tuple[int, ...] = ()
+    """Step counts after which :func:`train` calls its ``evaluate`` (those below ``steps``; the final evaluation,
+    after the last step, is the caller's)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class TrainOutcome:
     memory: PeakMemory | None = None
     peak_mb: float | None = None
     train_seconds: float = 0.0
+    """Wall-clock of the training loop, the mid-training evaluations (:attr:`eval_seconds`) left out."""
+    eval_seconds: float = 0.0
+    """Wall-clock of the mid-training evaluations (``TrainSettings.eval_at``)."""
     account: dict[str, int] = field(default_factory=dict)
     """Bytes of what training holds: ``saved_activations`` (before the loop), then ``trainable_parameters``,
     ``gradients`` and ``optimizer_state`` (at the first optimizer step; absent if training stopped before it)."""
@@ -147,11 +153,14 @@ def train(
     description: str = "train",
     labels: Sequence[str] | None = None,
     parameter_groups: list[dict] | None = None,
+    evaluate: Callable[[int], None] = lambda steps_done: None,
 ) -> TrainOutcome:
     """The settings' optimizer on ``parameter_groups`` (default: the parameters that require grad); measures
     every step and the phase's peak memory.
 
     ``labels``: the class names of a classification task (a sequence-classification model), else None.
+    ``evaluate(steps_done)``: called after each step count of ``settings.eval_at`` below ``settings.steps``; its
+    time is kept out of the step times and ``train_seconds`` (it is ``eval_seconds``) and its memory out of the peak.
     """
     optimizer = make_optimizer(parameter_groups or [p for p in model.parameters() if p.requires_grad], settings)
     sampler = random.Random(seed)
@@ -186,11 +195,27 @@ def train(
         if step % settings.log_every == 0 or step == settings.steps - 1:
             _log_loss(outcome, step, loss)
             progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if step + 1 in settings.eval_at and step + 1 < settings.steps:
+            _evaluate_aside(outcome, evaluate, step + 1, device)
     progress.close()
     loop_clock.stop()
-    outcome.train_seconds = loop_clock.step_seconds[0]
+    outcome.train_seconds = loop_clock.step_seconds[0] - outcome.eval_seconds
     outcome.peak_mb = outcome.memory.peak_mb()
     return outcome
+
+
+def _evaluate_aside(outcome: TrainOutcome, evaluate: Callable[[int], None], steps_done: int,
+                    device: torch.device) -> None:
+    """``evaluate(steps_done)`` with its time and peak memory kept out of training's, and the random state restored
+    after it, so a run's training is the same whatever its ``eval_at``."""
+    outcome.memory.pause()
+    clock = StepClock(device)
+    clock.start()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        evaluate(steps_done)
+    clock.stop()
+    outcome.eval_seconds += clock.step_seconds[0]
+    outcome.memory.resume()
 
 
 def longest_batch(tokenized: Sequence[TokenizedExample], batch_size: int) -> list[TokenizedExample]:

@@ -57,12 +57,26 @@ def make_record(model: str, task: str, variant: str, rank: int, lr: float, seed:
         "loss_curve": {"step": steps, "loss": [2.0 / (1 + s) + jitter if ok else None for s in steps]},
         "target": {"task": task, "accuracy_before": 0.1, "accuracy_after": min(target_after, 1.0) if ok else None},
         "source": {
-            name: {"accuracy_before": 0.9, "accuracy_after": 0.9 - forgetting if ok else None} for name in SOURCE_TASKS
+            name: {"accuracy_before": 0.9, "accuracy_after": 0.9 - forgetting if ok else None,
+                   "char_accuracy_before": 0.95, "char_accuracy_after": 0.95 - forgetting / 2 if ok else None,
+                   "ce_before": 0.1, "ce_after": 0.1 + 3 * forgetting if ok else None} for name in SOURCE_TASKS
         },
         "forgetting": {
             "mean": forgetting if ok else None,
             "per_task": {name: forgetting if ok else None for name in SOURCE_TASKS},
+            "ceiling": 0.9,
+            "graded": {
+                "char_accuracy_drop": {"mean": forgetting / 2 if ok else None, "ceiling": 0.95,
+                                       "per_task": {name: forgetting / 2 if ok else None for name in SOURCE_TASKS}},
+                "ce_increase": {"mean": 3 * forgetting if ok else None, "ceiling": 4.0,
+                                "per_task": {name: 3 * forgetting if ok else None for name in SOURCE_TASKS}},
+            },
         },
+        "trajectory": {"step": [25, 50] if ok else [], "target_validation": [validation / 2, validation] if ok else [],
+                       "target_test": [0.1, min(target_after, 1.0)] if ok else [],
+                       "forgetting": [forgetting / 2, forgetting] if ok else [],
+                       "forgetting_char": [forgetting / 4, forgetting / 2] if ok else [],
+                       "forgetting_ce": [forgetting, 3 * forgetting] if ok else []},
         "extra": {"validation_accuracy": validation, "note": "text is not a metric", "lm_eval": {"piqa": 0.6}},
         "environment": {"device": "cpu", "device_name": None, "torch": "2.13.0", "python": "3.11",
                         "commit": "0" * 40, "dirty": False, "code_sha256": "0" * 64},
@@ -100,12 +114,12 @@ def _write(directory: Path, record: dict) -> Path:
 
 
 @pytest.fixture
-def tables(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def tables(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return aggregate(write_grid(tmp_path))
 
 
 def test_results_have_one_row_per_run_with_flattened_columns(tables) -> None:
-    results, _ = tables
+    results, _, _ = tables
     assert len(results) == (1 + 5 * 2) * 2 * 3 + 2
     assert results["run_id"].is_unique
     for column in [
@@ -120,7 +134,7 @@ def test_results_have_one_row_per_run_with_flattened_columns(tables) -> None:
 
 
 def test_values_are_carried_over_and_memory_added_is_peak_minus_baseline(tables) -> None:
-    results, _ = tables
+    results, _, _ = tables
     row = results.set_index("run_id").loc["tiny-a/add/lora/r8/lr0.001/seed2"]
     assert row["step_ms"] == pytest.approx(182.0)
     assert row["peak_mem_added_mb"] == pytest.approx(108.0)
@@ -131,7 +145,7 @@ def test_values_are_carried_over_and_memory_added_is_peak_minus_baseline(tables)
 
 
 def test_memory_account_becomes_mib_columns_and_is_empty_without_one(tables, tmp_path: Path) -> None:
-    results, _ = tables
+    results, _, _ = tables
     row = results.set_index("run_id").loc["tiny-a/add/lora/r8/lr0.001/seed2"]
     assert row["mem_optimizer_mb"] == 8 * 16_000 / 2**20
     assert row["mem_activations_mb"] == 1.0
@@ -143,7 +157,7 @@ def test_memory_account_becomes_mib_columns_and_is_empty_without_one(tables, tmp
 
 
 def test_failed_and_diverged_runs_are_kept_with_null_metrics(tables) -> None:
-    results, curves = tables
+    results, curves, _ = tables
     bad = results[results["status"] != "ok"].set_index("status")
     assert sorted(bad.index) == ["diverged", "failed"]
     assert bad.loc["failed", "error"].startswith("RuntimeError: loss became nan")
@@ -154,7 +168,7 @@ def test_failed_and_diverged_runs_are_kept_with_null_metrics(tables) -> None:
 
 
 def test_loss_curves_are_long_with_grid_columns(tables) -> None:
-    results, curves = tables
+    results, curves, _ = tables
     grid = ["model", "task", "variant", "rank", "lr", "seed"]
     assert list(curves.columns) == ["run_id", *grid, "status", "step", "loss"]
     assert len(curves) == 5 * len(results)
@@ -163,12 +177,32 @@ def test_loss_curves_are_long_with_grid_columns(tables) -> None:
     assert one["loss"].iloc[1] == pytest.approx(2.0 / 11)
 
 
+def test_graded_forgetting_measures_get_columns_per_task_with_their_ceilings(tables) -> None:
+    results, _, _ = tables
+    row = results.set_index("run_id").loc["tiny-a/add/lora/r8/lr0.001/seed2"]
+    assert (row["forgetting"], row["forgetting_char"], row["forgetting_ce"]) == pytest.approx((0.22, 0.11, 0.66))
+    assert (row["forgetting_ceiling"], row["forgetting_char_ceiling"], row["forgetting_ce_ceiling"]) == (0.9, 0.95, 4.0)
+    assert row["forgetting_ce__copy"] == pytest.approx(0.66) and row["source_ce_after__arith"] == pytest.approx(0.76)
+    assert row["source_char_before__copy"] == 0.95 and row["forgetting_char__arith"] == pytest.approx(0.11)
+
+
+def test_trajectories_are_long_one_row_per_evaluation(tables) -> None:
+    results, _, trajectories = tables
+    ok = results[results["status"] == "ok"]
+    assert len(trajectories) == 2 * len(ok)
+    one = trajectories[trajectories["run_id"] == "tiny-a/add/lora/r8/lr0.001/seed2"].sort_values("step")
+    assert one["step"].tolist() == [25, 50]
+    assert one["forgetting_ce"].tolist() == pytest.approx([0.22, 0.66])
+    assert one["target_test"].iloc[-1] == ok.set_index("run_id").loc[one["run_id"].iloc[0], "target_acc_after"]
+
+
 def test_write_tables_round_trips_through_csv(tables, tmp_path: Path) -> None:
     write_tables(*tables, tmp_path / "reports")
     results = pd.read_csv(tmp_path / "reports" / "results.csv")
     assert len(results) == len(tables[0])
     assert results["peak_mem_added_mb"].max() == pytest.approx(108.0)
     assert len(pd.read_csv(tmp_path / "reports" / "loss_curves.csv")) == len(tables[1])
+    assert len(pd.read_csv(tmp_path / "reports" / "trajectories.csv")) == len(tables[2])
 
 
 def test_invalid_record_names_file_and_field(tmp_path: Path) -> None:
@@ -195,7 +229,7 @@ def test_duplicate_run_id_is_an_error(tmp_path: Path) -> None:
 
 
 def test_best_lr_chooses_on_validation_not_test(tables) -> None:
-    results, _ = tables
+    results, _, _ = tables
     assert results.groupby("lr")["target_acc_after"].mean().idxmax() == BAD_LR  # test prefers BAD_LR
     chosen = best_lr(results)
     assert set(chosen["lr"]) == {GOOD_LR}
@@ -203,7 +237,7 @@ def test_best_lr_chooses_on_validation_not_test(tables) -> None:
 
 
 def test_best_lr_with_one_lr_needs_no_validation(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, lrs=(BAD_LR,)))
+    results, _, _ = aggregate(write_grid(tmp_path, lrs=(BAD_LR,)))
     results = results.drop(columns="extra__validation_accuracy")
     assert len(best_lr(results)) == len(results)
 

@@ -54,6 +54,9 @@ CASES = {
     "option out of range": ({"variants.resampled.resample_every": "0"},
                             ["`variants/resampled/resample_every`", "not 0", "positive"]),
     "pissa init": ({"variants.pissa": "{pissa_init: svd}"}, ["`variants/pissa/pissa_init`", "'svd'", "pissa_niter_4"]),
+    "eval_at beyond the steps": ({"train.eval_at": "[4, 8, 20]"},
+                                 ["`train/eval_at`", "[4, 8, 20]", "at most train/steps (12)"]),
+    "eval_at out of order": ({"train.eval_at": "[8, 4]"}, ["`train/eval_at`", "ascending"]),
     # combinations a variant refuses
     "dropout with resampled": ({"train.dropout": "0.1"},
                                ["`variants/resampled`", "resampled refuses dropout", "0.1", "train.dropout to 0"]),

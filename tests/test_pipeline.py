@@ -38,6 +38,10 @@ def test_every_grid_point_has_a_valid_sane_record(smoke_run: Path) -> None:
         assert record["memory"]["peak_mb"] >= record["memory"]["baseline_mb"] > 0
         assert 0 <= record["target"]["accuracy_after"] <= 1
         assert set(record["forgetting"]["per_task"]) == {"copy", "reverse"}
+        for graded in record["forgetting"]["graded"].values():
+            assert set(graded["per_task"]) == {"copy", "reverse"} and graded["ceiling"] > 0
+        assert record["trajectory"]["step"] == [4, 8, 12]  # smoke's train.eval_at
+        assert record["trajectory"]["target_test"][-1] == record["target"]["accuracy_after"]
 
 
 def test_adapters_train_fewer_parameters_than_full_fine_tuning(smoke_run: Path) -> None:
@@ -52,6 +56,9 @@ def test_report_has_every_figure_and_one_row_per_run(smoke_run: Path) -> None:
         assert (smoke_run / "reports" / name).stat().st_size > 0, name
     results = pd.read_csv(smoke_run / "reports" / "results.csv")
     assert len(results) == len(_grid_points())
+    assert results[["forgetting_char", "forgetting_ce", "forgetting_ce_ceiling"]].notna().all().all()
+    trajectories = pd.read_csv(smoke_run / "reports" / "trajectories.csv")
+    assert len(trajectories) == 3 * len(results)
     summary = (smoke_run / "reports" / "summary.md").read_text()
     assert all(variant in summary for variant in results["variant"].unique())
 

@@ -118,7 +118,7 @@ def test_summary_states_the_holm_family_and_every_verdict_carries_its_decision(r
 
 
 def test_q1_reads_learning_differently_in_weight_space(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "full", "resampled"), lrs=(GOOD_LR,)))
+    results, _, _ = aggregate(write_grid(tmp_path, variants=("lora", "full", "resampled"), lrs=(GOOD_LR,)))
     # effective rank of dW: resampled 20 + seed, lora 3 + seed, full 25 + seed -> paired differences exactly +17, -5
     base = results["variant"].map({"lora": 3.0, "full": 25.0, "resampled": 20.0})
     results["extra__delta_effective_rank_mean"] = base + results["seed"]
@@ -135,7 +135,7 @@ def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
     # forgetting = base + 0.01 * seed over seeds 0..2 -> means 0.09 (resampled) and 0.21 (lora)
     # per-seed jitter is shared by all variants, so paired differences are exact: frozen_b - frozen_a = -0.14
     assert "frozen_b vs frozen_a: frozen_b falls behind: difference -0.140 [95% CI -0.140, -0.140; 3 seeds]" in summary
-    assert "vs lora (at accuracy 0.668): resampled forgets less: difference -" in summary  # lora's curve at its level
+    assert "vs lora by exact-match accuracy drop, at accuracy 0.668: resampled forgets less: difference -" in summary
     assert "| resampled | 16,000 | 0.618 ± 0.010 |" in summary  # the table: means over seeds at the chosen lr
     assert "0.50× lora's trainable parameters" in summary
     assert "Rank 8 (full FT: no rank)" in summary
@@ -174,7 +174,7 @@ def test_error_headline_of_a_traceback_is_the_exception() -> None:
 
 
 def test_summary_says_what_is_not_answered(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "full"), lrs=(GOOD_LR,), seeds=(0,)))
+    results, _, _ = aggregate(write_grid(tmp_path, variants=("lora", "full"), lrs=(GOOD_LR,), seeds=(0,)))
     write_summary(results, tmp_path / "summary.md")
     summary = (tmp_path / "summary.md").read_text()
     assert "not answered on tiny-a: no ok runs of resampled." in summary
@@ -183,7 +183,7 @@ def test_summary_says_what_is_not_answered(tmp_path: Path) -> None:
 
 
 def test_summary_of_a_grid_where_everything_failed(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), seeds=(0,)))
+    results, _, _ = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), seeds=(0,)))
     failed = results.assign(status="failed").drop(columns="extra__validation_accuracy")
     write_summary(failed, tmp_path / "summary.md")
     summary = (tmp_path / "summary.md").read_text()
@@ -199,7 +199,7 @@ def test_summary_counts_and_names_choices_at_a_sweep_edge(report_dir: Path, resu
 
 
 def test_summary_words_follow_the_paired_interval(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "frozen_a", "frozen_b"), lrs=(GOOD_LR,)))
+    results, _, _ = aggregate(write_grid(tmp_path, variants=("lora", "frozen_a", "frozen_b"), lrs=(GOOD_LR,)))
     noisy = results.copy()
     # frozen_a vs lora: per-seed differences +0.05, -0.05, +0.01: the interval includes 0
     shift = {0: 0.06, 1: -0.04, 2: 0.02}
@@ -212,7 +212,7 @@ def test_summary_words_follow_the_paired_interval(tmp_path: Path) -> None:
 
 
 def test_a_clear_match_is_read_as_non_inferior(tmp_path: Path) -> None:
-    results, _ = aggregate(write_grid(tmp_path, variants=("lora", "frozen_a", "frozen_b"), lrs=(GOOD_LR,)))
+    results, _, _ = aggregate(write_grid(tmp_path, variants=("lora", "frozen_a", "frozen_b"), lrs=(GOOD_LR,)))
     write_summary(results, tmp_path / "summary.md")
     assert "frozen_a matches lora (within 0.05): difference" in _flat(tmp_path / "summary.md")
 
@@ -271,7 +271,7 @@ def test_figures_use_only_ok_runs_at_the_validation_lr(results: pd.DataFrame) ->
 
 
 def test_figures_without_ok_runs_still_render(tmp_path: Path) -> None:
-    results, curves = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), lrs=(GOOD_LR,), seeds=(0,)))
+    results, curves, _ = aggregate(write_grid(tmp_path, variants=("lora",), ranks=(4,), lrs=(GOOD_LR,), seeds=(0,)))
     failed = results.assign(status="failed")
     plots.plot_forgetting_vs_accuracy(failed, tmp_path / "empty.png")
     plots.plot_loss_curves(curves.assign(status="failed"), tmp_path / "empty_curves.png")

@@ -1,5 +1,5 @@
-"""Paired differences, their tests (t, Wilcoxon, Holm, non-inferiority, power), matched-learning interpolation and
-the Pareto front behind the report's verdicts."""
+"""Paired differences, their tests (t, Wilcoxon, Holm, non-inferiority, power) and matched-learning interpolation
+(between measured points only) behind the report's verdicts."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from lorabench.report.plots import pareto_front
 from lorabench.report.stats import (
-    ALPHA, MARGIN, POWER, Comparison, Difference, forgetting_at, holm, matched_learning, paired, seed_curves,
-    seeds_for_power, t_power,
+    ALPHA, MARGIN, POWER, Comparison, Difference, accuracy_range, forgetting_at, holm, matched_learning, paired,
+    seed_curves, seeds_for_power, t_power,
 )  # fmt: skip
 
 
@@ -99,11 +100,59 @@ def test_power_of_the_chosen_seeds_is_reached_by_simulation() -> None:
 
 
 def test_forgetting_at_interpolates_and_takes_the_least_where_the_curve_turns_back() -> None:
-    # lr order: untrained (0, 0), then (0.5, 0.2), (0.9, 0.6), and too high an lr: back to 0.7 at 0.9 forgetting
-    curve = pd.DataFrame({"accuracy": [0.0, 0.5, 0.9, 0.7], "forgetting": [0.0, 0.2, 0.6, 0.9]})
-    assert forgetting_at(curve, 0.25) == pytest.approx(0.1)
+    # lr order: (0.1, 0.05), (0.5, 0.2), (0.9, 0.6), and too high an lr: back to 0.7 at 0.9 forgetting
+    curve = [pd.DataFrame({"accuracy": [0.1, 0.5, 0.9, 0.7], "forgetting": [0.05, 0.2, 0.6, 0.9]})]
+    assert forgetting_at(curve, 0.3) == pytest.approx(0.125)
     assert forgetting_at(curve, 0.7) == pytest.approx(0.4)  # not 0.9: the same learning came cheaper earlier
     assert math.isnan(forgetting_at(curve, 0.95))
+    assert math.isnan(forgetting_at(curve, 0.05))  # below the measured points: not toward an untrained model
+
+
+def test_forgetting_at_uses_the_training_axis_too() -> None:
+    lrs = pd.DataFrame({"accuracy": [0.6, 0.9], "forgetting": [0.5, 0.8]})
+    along = pd.DataFrame({"accuracy": [0.2, 0.5, 0.9], "forgetting": [0.1, 0.2, 0.8]})  # the 2nd lr's evaluations
+    assert math.isnan(forgetting_at([lrs], 0.4))
+    assert forgetting_at([lrs, along], 0.4) == pytest.approx(0.1 + 0.1 * 2 / 3)
+    assert forgetting_at([lrs, along], 0.7) == pytest.approx(min(0.6, 0.2 + 0.6 * 0.5))
+
+
+polylines = st.lists(
+    st.lists(st.tuples(st.floats(0, 1), st.floats(-1, 5)), min_size=1, max_size=6), min_size=1, max_size=4,
+).map(lambda lines: [pd.DataFrame(line, columns=["accuracy", "forgetting"]) for line in lines])
+
+
+@given(polylines, st.floats(0, 1))
+def test_forgetting_at_never_leaves_the_measured_points(curve, level) -> None:
+    """NaN outside the measured accuracies; inside, a value between the forgetting of two consecutive measured
+    points of one polyline (so within the measured forgetting range), and at most each point measured at it."""
+    found = forgetting_at(curve, level)
+    low, high = accuracy_range(curve)
+    reached = any(
+        min(a0, a1) <= level <= max(a0, a1)
+        for line in curve
+        for a0, a1 in zip(line["accuracy"], [*line["accuracy"][1:], line["accuracy"].iloc[-1]], strict=True)
+    )
+    if not reached:
+        assert math.isnan(found)
+        return
+    assert low <= level <= high
+    points = pd.concat(curve)
+    assert points["forgetting"].min() - 1e-9 <= found <= points["forgetting"].max() + 1e-9
+    at_level = points.loc[points["accuracy"] == level, "forgetting"]
+    assert (found <= at_level + 1e-9).all()
+
+
+@given(polylines, polylines)
+def test_matched_learning_compares_inside_both_measured_ranges_or_says_they_do_not_overlap(a, b) -> None:
+    matched = matched_learning({0: a}, {0: b})
+    (low_a, high_a), (low_b, high_b) = accuracy_range(a), accuracy_range(b)
+    if min(high_a, high_b) < max(low_a, low_b):
+        assert matched.disjoint == {0: ((low_a, high_a), (low_b, high_b))} and matched.difference.n == 0
+        return
+    assert not matched.disjoint
+    assert max(low_a, low_b) <= matched.level <= min(high_a, high_b)
+    reverse = matched_learning({0: b}, {0: a})
+    assert reverse.difference.mean == pytest.approx(-matched.difference.mean, nan_ok=True)
 
 
 def test_matched_learning_pairs_seeds_at_the_accuracy_both_reach() -> None:
@@ -114,13 +163,27 @@ def test_matched_learning_pairs_seeds_at_the_accuracy_both_reach() -> None:
         "forgetting": [0.2, 0.4, 0.2, 0.4, 0.5, 1.0, 0.6, 1.0],
     })  # fmt: skip
     curves = {v: seed_curves(runs[runs["variant"] == v]) for v in ("a", "b")}
+    assert all(len(curve) == 1 and len(curve[0]) == 2 for by_seed in curves.values() for curve in by_seed.values())
     matched = matched_learning(curves["a"], curves["b"])
     # seed 0: level 0.8 -> a 0.4, b 0.8; seed 1: level 0.9 -> a 0.4, b 0.6 + 0.4 * (0.9 - 0.5) / 0.5 = 0.92
     assert matched.level == pytest.approx(0.85)
     assert matched.difference.n == 2 and matched.difference.mean == pytest.approx(((0.4 - 0.8) + (0.4 - 0.92)) / 2)
 
 
-def test_pareto_front_keeps_only_undominated_points() -> None:
-    points = pd.DataFrame({"accuracy": [0.0, 0.5, 0.6, 0.9, 0.8], "forgetting": [0.0, 0.3, 0.2, 0.7, 0.9]})
-    front = pareto_front(points)
-    assert list(zip(front["accuracy"], front["forgetting"])) == [(0.0, 0.0), (0.6, 0.2), (0.9, 0.7)]
+def test_seed_curves_take_only_measured_points_and_add_the_trajectories() -> None:
+    runs = pd.DataFrame({"run_id": ["r1", "r2"], "variant": "a", "seed": 0, "lr": [1, 2], "target_acc_before": 0.0,
+                         "target_acc_after": [0.5, 0.9], "forgetting": [0.3, 0.7]})
+    trajectories = pd.DataFrame({"run_id": ["r1", "r1", "r2", "r2"], "lr": [1, 1, 2, 2], "step": [5, 10, 5, 10],
+                                 "target_test": [0.2, 0.5, 0.6, 0.9], "forgetting": [0.1, 0.3, 0.4, 0.7]})
+    curve = seed_curves(runs, trajectories)[0]
+    measured = {(a, f) for line in curve for a, f in zip(line["accuracy"], line["forgetting"], strict=True)}
+    assert measured == {(0.5, 0.3), (0.9, 0.7), (0.2, 0.1), (0.6, 0.4)}  # no (0, 0): the untrained model is not run
+    assert forgetting_at(curve, 0.4) == pytest.approx(0.1 + 0.2 * 2 / 3)
+
+
+def test_matched_learning_says_when_measured_ranges_do_not_overlap() -> None:
+    low = [pd.DataFrame({"accuracy": [0.1, 0.3], "forgetting": [0.2, 0.4]})]
+    high = [pd.DataFrame({"accuracy": [0.8, 1.0], "forgetting": [0.9, 1.0]})]
+    matched = matched_learning({0: low, 1: low}, {0: high, 1: low})
+    assert matched.disjoint == {0: ((0.1, 0.3), (0.8, 1.0))}
+    assert matched.difference.n == 1 and matched.difference.mean == 0.0

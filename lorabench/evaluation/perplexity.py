@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorabench.train import pad_right
+from lorabench.tasks.base import Example
+from lorabench.train import IGNORE_INDEX, collate, pad_right, tokenize_examples
 
 
 def mean_token_cross_entropy(
@@ -50,3 +51,34 @@ def _batch_loss(model: nn.Module, sequences: list[list[int]], device: str) -> tu
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
     loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
     return float(loss), int((targets != -100).sum())
+
+
+def answer_cross_entropy(
+    model: nn.Module, tokenizer, sets: dict[str, list[Example]], batch_size: int, device: torch.device | str
+) -> dict[str, float]:
+    """Per set of examples: the mean cross-entropy (nats per token) of each answer and its eos given its prompt,
+    under teacher forcing, as training scores them (:func:`lorabench.train.tokenize_examples`).
+
+    A graded forgetting measure of a source task: it rises as the model's belief in the right answer falls, long
+    before, and long after, the greedy answer stops matching. Every set's examples share batches (one forward per
+    batch); the mean weighs tokens and ignores padding, so it does not depend on ``batch_size``.
+    """
+    names = [name for name, examples in sets.items() for _ in examples]
+    rows = tokenize_examples(tokenizer, [example for examples in sets.values() for example in examples])
+    totals, counts = dict.fromkeys(sets, 0.0), dict.fromkeys(sets, 0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id, device)
+                labels = batch.pop("labels")[:, 1:]
+                logits = model(**batch).logits[:, :-1].float()
+                losses = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+                tokens = (labels != IGNORE_INDEX).sum(1).tolist()
+                for name, loss, n in zip(names[start : start + batch_size], losses.sum(1).tolist(), tokens, strict=True):
+                    totals[name] += loss
+                    counts[name] += n
+    finally:
+        model.train(was_training)
+    return {name: totals[name] / counts[name] for name in sets}

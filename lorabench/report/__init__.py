@@ -44,8 +44,8 @@ def report_flags(name: str) -> dict:
 
 def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None = None,
                cost: Path | None = None) -> None:
-    """CLI entry: ``out_dir``/results.csv and loss_curves.csv -> every figure, theory.csv, summary.md and the
-    report's answers in brief (:data:`DESCRIPTION`); with
+    """CLI entry: ``out_dir``/results.csv, loss_curves.csv and trajectories.csv (where written) -> every figure,
+    theory.csv, summary.md and the report's answers in brief (:data:`DESCRIPTION`); with
     ``benchmarks`` (the pipeline's benchmark folder) and ``cores``, summary.md also gets the training share; with
     ``cost`` (the cost stage's CSV), the real-shape cost figure and table, and the cost answers come from it
     (without it, the figure says the stage did not run and the answers use the runs' own timings)."""
@@ -58,9 +58,9 @@ def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None 
     out_dir = Path(out_dir)
     results = pd.read_csv(out_dir / "results.csv")
     loss_curves = pd.read_csv(out_dir / "loss_curves.csv")
+    trajectories = pd.read_csv(out_dir / "trajectories.csv") if (out_dir / "trajectories.csv").exists() else None
     for name, draw in {
         "accuracy_vs_rank.png": plots.plot_accuracy_vs_rank,
-        "forgetting_vs_accuracy.png": plots.plot_forgetting_vs_accuracy,
         "cost.png": plots.plot_cost,
         "memory_account.png": plots.plot_memory_account,
         "params_vs_accuracy.png": plots.plot_params_vs_accuracy,
@@ -69,8 +69,9 @@ def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None 
     }.items():
         draw(results, out_dir / name)
     plots.plot_loss_curves(plots.curves_of(loss_curves, results), out_dir / "loss_curves.png")
+    plots.plot_forgetting_vs_accuracy(results, out_dir / "forgetting_vs_accuracy.png", trajectories)
     plots.plot_theory(plots.theory_table(out_dir / "theory.csv"), out_dir / "theory.png")
     cost_table = pd.read_csv(cost) if cost else None
     plots.plot_cost_real_shapes(cost_table, out_dir / "cost_real_shapes.png")
     harness = section_harness(results, read_benchmarks(benchmarks), cores) if benchmarks else []
-    write_summary(results, out_dir / "summary.md", harness, cost_table, out_dir / DESCRIPTION)
+    write_summary(results, out_dir / "summary.md", harness, cost_table, out_dir / DESCRIPTION, trajectories)

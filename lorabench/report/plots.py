@@ -275,53 +275,124 @@ def _errorbar_point(ax, x: pd.Series, y: pd.Series, colour: str, marker: str) ->
     ax.errorbar(mx, my, xerr=xerr, yerr=yerr, fmt=marker, color=colour, markersize=7, capsize=3)
 
 
-def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
-    """The points no other point beats on both axes (higher accuracy and lower forgetting), by accuracy."""
-    ordered = points.sort_values(["accuracy", "forgetting"], ascending=[False, True])
-    front = ordered[ordered["forgetting"] < ordered["forgetting"].cummin().shift(fill_value=np.inf)]
-    return front.sort_values("accuracy")
+FAMILIES = {
+    "full fine-tuning": ("full", "full_sgd"),
+    "MATH.md's variants": ("resampled", "additive", "frozen_a", "frozen_b"),
+}
+"""Panels of the learning-forgetting figure; every other variant goes in the panel of LoRA and its relatives."""
+LORA_FAMILY = "LoRA and its relatives"
+OVERVIEW = "every variant at its chosen lr"
+REFERENCES = ("lora", "full")
+"""Drawn faintly in the panels they do not belong to, so every panel reads against them."""
+FIGURE_SIZE = (1400 / DPI, 1000 / DPI)
+"""The learning-forgetting figure of one model (2 x 2 panels), in inches: 1400 x 1000 pixels."""
 
 
-def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
-    """The learning-forgetting trade-off: each variant's curve over its learning-rate sweep, with the Pareto front."""
+def family(variant: str) -> str:
+    """The panel of ``variant`` in the learning-forgetting figure."""
+    return next((name for name, members in FAMILIES.items() if variant in members), LORA_FAMILY)
+
+
+def _trade_off_points(runs: pd.DataFrame, trajectories: pd.DataFrame | None, measure: str) -> pd.DataFrame:
+    """Per (model, variant, lr, step) the mean over seeds (tasks averaged per seed) of target test accuracy and
+    ``measure``: every evaluation during training where recorded, else each run's final one."""
+    finals = runs.assign(step=runs["steps_done"])[["run_id", "model", "variant", "lr", "seed", "step",
+                                                    "target_acc_after", measure]]
+    if trajectories is not None:
+        along = trajectories[trajectories["run_id"].isin(runs["run_id"])].rename(columns={"target_test": "target_acc_after"})
+        finals = pd.concat([finals[~finals["run_id"].isin(along["run_id"])], along[finals.columns]], ignore_index=True)
+    per_seed = finals.groupby(["model", "variant", "lr", "step", "seed"], as_index=False)[["target_acc_after", measure]].mean()
+    return per_seed.groupby(["model", "variant", "lr", "step"], as_index=False)[["target_acc_after", measure]].mean()
+
+
+def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajectories: pd.DataFrame | None = None) -> None:
+    """Learning (target test accuracy) vs forgetting from measured points only, as Biderman et al. (2024, "LoRA
+    Learns Less and Forgets Less") draw it: the base model top left (forgetting axis inverted: up = less
+    forgetting), each learning rate's evaluations during training joined in step order, each learning rate's
+    final point with 95% CIs over seeds, ★ the lr chosen on validation. The forgetting measure is the first of
+    :data:`lorabench.report.measures.MEASURES` not saturated in these runs, named on the axis. One panel per
+    variant family and one of every variant at its chosen lr, per model (one model: 2 x 2 panels at 1400 x 1000
+    pixels); LoRA and full fine-tuning faint in the other families' panels."""
+    from lorabench.report.measures import MEASURES, choose
+
     rank = reference_rank(results)
-    title = f"Learning vs forgetting along each variant's learning-rate sweep, rank {rank} (full FT: no rank)"
+    title = f"Learning vs forgetting, measured points only (rank {rank}; full FT: no rank)"
     runs = at_reference_rank(results[results["status"] == "ok"], rank)
     if runs.empty:
         return _no_data(out_path, title)
-    chosen = set(best_lr(results)["run_id"])
-    points = seed_means(runs.assign(chosen=runs["run_id"].isin(chosen)), ["model", "variant", "lr"],
-                        ["target_acc_after", "forgetting", "target_acc_before", "chosen"])
-    models = sorted(points["model"].unique())
-    fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds (tasks averaged per seed), bars: 95% CI; "
-                      "line: lr order; ★ chosen on validation; dotted: Pareto front", panel=(5.6, 4.6))
+    choice = choose(runs)
+    measure = choice.measure or "forgetting"
+    points = _trade_off_points(runs, trajectories, measure)
+    chosen = best_lr(results)
     palette = variant_palette(results["variant"])
-    for ax, model in zip(axes[0], models):
+    models = sorted(runs["model"].unique())
+    families = [name for name in (*FAMILIES, LORA_FAMILY) if any(family(v) == name for v in runs["variant"].unique())]
+    panels = [(model, name) for model in models for name in [*families, OVERVIEW]]
+    n_cols = 2 if len(panels) > 1 else 1
+    n_rows = -(-len(panels) // n_cols)
+    height = FIGURE_SIZE[1] * (100 + 450 * n_rows) / 1000  # a title band and 450 pixels a row of panels
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(FIGURE_SIZE[0], height),
+                             squeeze=False, layout="constrained", sharex=True, sharey=True)
+    saturated = "" if choice.measure else " — every measure saturated in these runs: no ranking by forgetting"
+    fig.suptitle(f"{title}{saturated}\nthin line: one lr along training (evaluations at train.eval_at); dashed: "
+                 "final points in lr order; bars: 95% CI over seeds; ★ lr chosen on validation; ■ base model",
+                 fontsize=11)
+    for ax, (model, name) in zip(axes.flat, panels):
         panel = points[points["model"] == model]
-        means = []
-        for variant, sweep in panel.groupby("variant"):
-            colour = palette[variant]
-            curve = sweep.groupby("lr")[["target_acc_after", "forgetting", "chosen"]].mean().sort_index()
-            ax.plot(curve["target_acc_after"], curve["forgetting"], "-", color=colour, alpha=0.6, linewidth=1.2)
-            for lr, seeds in sweep.groupby("lr"):
-                _errorbar_point(ax, seeds["target_acc_after"], seeds["forgetting"], colour, variant_marker(variant))
-            best = curve[curve["chosen"] > 0]
-            ax.plot(best["target_acc_after"], best["forgetting"], "*", color=colour, markersize=14,
-                    markeredgecolor="black")
-            means.append(curve.rename(columns={"target_acc_after": "accuracy"}))
-        base = pd.DataFrame({"accuracy": [panel["target_acc_before"].mean()], "forgetting": [0.0]})
-        ax.plot(base["accuracy"], base["forgetting"], "s", color="black", markersize=6)
-        front = pareto_front(pd.concat([base, *means], ignore_index=True)[["accuracy", "forgetting"]])
-        ax.step(front["accuracy"], front["forgetting"], where="post", color="black", linestyle=":", linewidth=1.5)
-        ax.axhline(0, color="black", linewidth=0.6)
-        ax.set(
-            title=model, xlabel="target test accuracy after (higher is better →)",
-            ylabel="forgetting: mean score drop on source\ntasks and probes (↓ lower is better)",
-        )  # fmt: skip
-        _accuracy_axis(ax, "x")
-    base_handle = Line2D([], [], color="black", marker="s", linestyle="none")
-    _variant_legend(fig, points["variant"], palette, [(base_handle, "untrained model")])
+        if name == OVERVIEW:
+            picked = chosen[(chosen["model"] == model) & (chosen["status"] == "ok")]
+            for variant, seeds in picked[picked["run_id"].isin(runs["run_id"])].groupby("variant"):
+                per_seed = seeds.groupby("seed")[["target_acc_after", measure]].mean()
+                _errorbar_point(ax, per_seed["target_acc_after"], per_seed[measure], palette[variant], variant_marker(variant))
+        members = [v for v in variant_order(panel["variant"]) if family(v) == name]
+        references = [v for v in REFERENCES if v in set(panel["variant"]) and v not in members and name != OVERVIEW]
+        for variant in references + members:
+            _draw_variant(ax, panel[panel["variant"] == variant], runs[(runs["model"] == model) &
+                          (runs["variant"] == variant)], chosen, measure, palette[variant], faint=variant in references,
+                          marker=variant_marker(variant))
+        base = runs[runs["model"] == model]
+        ax.plot(base["target_acc_before"].mean(), 0.0, "s", color="black", markersize=7, zorder=5)
+        ax.set_title(f"{model} · {name}", fontsize=11)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"forgetting: {MEASURES[measure]}\n(mean over source tasks; ↑ less forgetting)")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("learning: target test accuracy (→ more learning)")
+    axes[0, 0].invert_yaxis()  # shared: up = less forgetting, as Biderman et al.'s source-score axis
+    axes[0, 0].set_xlim(-0.03, 1.03)
+    extra = [(Line2D([], [], color="black", marker="s", linestyle="none"), "base model"),
+             (Line2D([], [], color="black", marker="*", markersize=12, linestyle="none"), "chosen lr"),
+             (Line2D([], [], color="grey", alpha=0.35, linewidth=2), "faint: reference\n(lora, full)")]
+    _variant_legend(fig, runs["variant"], palette, extra)
     _save(fig, out_path)
+
+
+def _draw_variant(ax, points: pd.DataFrame, runs: pd.DataFrame, chosen: pd.DataFrame, measure: str, colour: str,
+                  faint: bool, marker: str) -> None:
+    """One variant's measured points: a line per lr along training, its final points (CIs over seeds) joined in lr
+    order, the chosen lr starred."""
+    alpha = 0.3 if faint else 1.0
+    finals = []
+    for lr, along in points.groupby("lr"):
+        along = along.sort_values("step")
+        ax.plot(along["target_acc_after"], along[measure], "-", marker=".", color=colour, alpha=0.6 * alpha,
+                linewidth=1.0, markersize=4)
+        finals.append(along.iloc[-1])
+    if not finals:
+        return
+    finals = pd.DataFrame(finals).sort_values("lr")
+    ax.plot(finals["target_acc_after"], finals[measure], "--", color=colour, alpha=0.8 * alpha, linewidth=1.4)
+    if faint:
+        return
+    for lr, seeds in runs.groupby("lr"):
+        per_seed = seeds.groupby("seed")[["target_acc_after", measure]].mean()
+        _errorbar_point(ax, per_seed["target_acc_after"], per_seed[measure], colour, marker)
+    picked = runs[runs["run_id"].isin(chosen["run_id"])]
+    if not picked.empty:
+        star = picked.groupby("seed")[["target_acc_after", measure]].mean().mean()
+        ax.plot(star["target_acc_after"], star[measure], "*", color=colour, markersize=15, markeredgecolor="black",
+                zorder=6)
 
 
 def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:

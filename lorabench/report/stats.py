@@ -217,51 +217,77 @@ class Comparison:
         return f"not distinguishable at this sample size: difference {d.text(3)} ({tests})"
 
 
-def forgetting_at(curve: pd.DataFrame, accuracy: float) -> float:
-    """The least forgetting at ``accuracy`` along a learning-rate curve; NaN where the curve never reaches it.
+Curve = list[pd.DataFrame]
+"""One seed's measured learning-forgetting points as polylines (columns ``accuracy``, ``forgetting``, in order):
+the final points in learning-rate order, and each learning rate's trajectory in training order."""
 
-    ``curve`` has columns ``accuracy`` and ``forgetting`` in learning-rate order, starting from the untrained
-    model (lr → 0: accuracy before, no forgetting); consecutive points are joined by straight segments. Where the
-    curve passes ``accuracy`` more than once (accuracy falls again at too high an lr) the least forgetting counts:
-    the best that variant can do at that level of learning.
+
+def forgetting_at(curve: Curve, accuracy: float) -> float:
+    """The least forgetting at ``accuracy`` on the straight segments between consecutive measured points of
+    ``curve``'s polylines; NaN where no segment reaches it: nothing is extrapolated, not even toward the untrained
+    model (accuracy before, no forgetting), which no run measures. Where ``accuracy`` is reached more than once
+    (accuracy falls again at too high an lr) the least forgetting counts: the best that variant did at that level.
     """
-    acc, forget = curve["accuracy"].to_numpy(float), curve["forgetting"].to_numpy(float)
-    found = [forget[i] for i in range(len(acc)) if acc[i] == accuracy]
-    for i in range(len(acc) - 1):
-        a0, a1, f0, f1 = acc[i], acc[i + 1], forget[i], forget[i + 1]
-        if a0 != a1 and min(a0, a1) <= accuracy <= max(a0, a1):
-            found.append(f0 + (accuracy - a0) * (f1 - f0) / (a1 - a0))
+    found = []
+    for line in curve:
+        acc, forget = line["accuracy"].to_numpy(float), line["forgetting"].to_numpy(float)
+        found += [forget[i] for i in range(len(acc)) if acc[i] == accuracy]
+        for i in range(len(acc) - 1):
+            a0, a1, f0, f1 = acc[i], acc[i + 1], forget[i], forget[i + 1]
+            if a0 != a1 and min(a0, a1) <= accuracy <= max(a0, a1):
+                found.append(f0 + (accuracy - a0) * (f1 - f0) / (a1 - a0))
     found = [f for f in found if not np.isnan(f)]
     return min(found) if found else math.nan
 
 
+def accuracy_range(curve: Curve) -> tuple[float, float]:
+    """The lowest and highest measured accuracy of ``curve`` (points with a forgetting value)."""
+    points = pd.concat(curve).dropna()
+    return float(points["accuracy"].min()), float(points["accuracy"].max())
+
+
 @dataclass(frozen=True)
 class Matched:
-    """Forgetting of a vs b at matched learning: per seed, at the highest target accuracy both curves reach."""
+    """Forgetting of a vs b at matched learning: per seed, at the highest target accuracy both measured curves
+    reach; seeds whose measured accuracy ranges do not overlap are not compared, and listed."""
 
     difference: Difference
     level: float
-    """Mean over seeds of the matched accuracy level."""
+    """Mean over the compared seeds of the matched accuracy level."""
+    disjoint: dict[int, tuple[tuple[float, float], tuple[float, float]]]
+    """Seed -> (a's, b's) measured accuracy range, where they do not overlap."""
 
 
-def matched_learning(curves_a: dict[int, pd.DataFrame], curves_b: dict[int, pd.DataFrame]) -> Matched:
-    """Per seed, forgetting of a and b interpolated at min(max accuracy of a, of b), paired over the seeds."""
-    levels, diffs = {}, {}
+def matched_learning(curves_a: dict[int, Curve], curves_b: dict[int, Curve]) -> Matched:
+    """Per seed, forgetting of a and b interpolated at min(max accuracy of a, of b) where that level lies in both
+    measured ranges, paired over the seeds; the others are :attr:`Matched.disjoint`."""
+    levels, diffs, disjoint = {}, {}, {}
     for seed in sorted(set(curves_a) & set(curves_b)):
-        a, b = curves_a[seed], curves_b[seed]
-        level = min(a["accuracy"].max(), b["accuracy"].max())
+        (low_a, high_a), (low_b, high_b) = accuracy_range(curves_a[seed]), accuracy_range(curves_b[seed])
+        level = min(high_a, high_b)
+        if level < max(low_a, low_b):
+            disjoint[seed] = ((low_a, high_a), (low_b, high_b))
+            continue
         levels[seed] = level
-        diffs[seed] = forgetting_at(a, level) - forgetting_at(b, level)
+        diffs[seed] = forgetting_at(curves_a[seed], level) - forgetting_at(curves_b[seed], level)
     level = float(np.mean(list(levels.values()))) if levels else math.nan
-    return Matched(Difference.of(pd.Series(diffs, dtype=float)), level)
+    return Matched(Difference.of(pd.Series(diffs, dtype=float)), level, disjoint)
 
 
-def seed_curves(runs: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    """One variant's ok runs -> per seed, its learning-rate curve (tasks averaged), from the untrained model on."""
+def seed_curves(runs: pd.DataFrame, trajectories: pd.DataFrame | None = None,
+                measure: str = "forgetting") -> dict[int, Curve]:
+    """One variant's ok runs -> per seed, its measured curve (tasks averaged) in forgetting ``measure``: the final
+    points in learning-rate order, and each learning rate's ``trajectories`` rows (evaluations during training, the
+    final one last) in step order. Only measured points: no untrained start."""
+    columns = ["accuracy", "forgetting"]
     curves = {}
     for seed, group in runs.groupby("seed"):
-        points = group.groupby("lr")[["target_acc_after", "forgetting", "target_acc_before"]].mean().sort_index()
-        start = pd.DataFrame({"accuracy": [points["target_acc_before"].mean()], "forgetting": [0.0]})
-        trained = points.rename(columns={"target_acc_after": "accuracy"})[["accuracy", "forgetting"]]
-        curves[int(seed)] = pd.concat([start, trained], ignore_index=True)
+        finals = group.groupby("lr")[["target_acc_after", measure]].mean().sort_index()
+        curve = [finals.set_axis(columns, axis=1).reset_index(drop=True)]
+        if trajectories is not None:
+            along = trajectories[trajectories["run_id"].isin(group["run_id"])]
+            for _, steps in along.groupby("lr"):
+                line = steps.groupby("step")[["target_test", measure]].mean().sort_index()
+                curve.append(line.set_axis(columns, axis=1).reset_index(drop=True))
+        curves[int(seed)] = curve
     return curves

@@ -4,7 +4,9 @@ Every sentence is computed from the numbers. Two variants are compared paired by
 differences with a Student-t 95% interval, :mod:`lorabench.report.stats`), every comparison of the answers is one
 member of a family whose t tests are Holm-adjusted together; a sentence says "higher", "less", "matches" and so on
 only when its adjusted test rejects, and "not distinguishable at this sample size" otherwise. Forgetting is
-compared at matched learning, along each variant's learning-rate curve, not at one arbitrary learning rate.
+compared at matched learning, along each variant's measured points (learning rates and evaluations during
+training), not at one arbitrary learning rate, by the first forgetting measure not saturated in the runs compared
+(:mod:`lorabench.report.measures`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from lorabench.records import run_reason
 from lorabench.report.plots import (
     NO_RANK, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
 )  # fmt: skip
+from lorabench.report.measures import MEASURES, SATURATION, choose, saturation
 from lorabench.report.stats import (
-    ALPHA, MARGIN, POWER, Comparison, holm, matched_learning, paired, seed_curves,
+    ALPHA, MARGIN, POWER, Comparison, Matched, holm, matched_learning, paired, seed_curves,
 )  # fmt: skip
 
-METRICS = ["target_acc_after", "forgetting", "step_ms", "peak_mem_added_mb", "mem_account_mb"]
+METRICS = ["target_acc_after", *MEASURES, "step_ms", "peak_mem_added_mb", "mem_account_mb"]
 MAX_LISTED_FAILURES = 40
 TIMING_MEANING = {
     "perf_counter": "`time.perf_counter` around each step on the CPU",
@@ -73,11 +76,13 @@ class Estimate:
 
 def variant_table(runs: pd.DataFrame) -> dict[str, dict[str, Estimate | float]]:
     """Per variant of one model: trainable params and an :class:`Estimate` per metric (tasks averaged per seed)."""
-    points = seed_means(runs, ["variant"], METRICS)
+    metrics = [metric for metric in METRICS if metric in runs]  # results of older records lack the graded ones
+    points = seed_means(runs, ["variant"], metrics)
     params = runs.groupby("variant")["trainable_params"].median()
     by_variant = dict(tuple(points.groupby("variant")))
     return {
-        variant: {"params": params[variant], **{m: Estimate.of(by_variant[variant][m]) for m in METRICS}}
+        variant: {"params": params[variant], **{m: Estimate.of(by_variant[variant].get(m, pd.Series(dtype=float)))
+                                                for m in METRICS}}
         for variant in variant_order(points["variant"])
     }
 
@@ -142,12 +147,14 @@ def section_model_table(model: str, table: dict[str, dict], rank: int) -> list[s
         "",
         f"Rank {rank} (full FT: no rank); tasks averaged within each seed; mean ± 95% CI half-width over seeds.",
         "",
-        "| variant | trainable params | target acc | forgetting | step ms | peak MiB added | MiB held (exact) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | trainable params | target acc | forgetting: exact match | per-character | cross-entropy "
+        "| step ms | peak MiB added | MiB held (exact) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant, row in table.items():
         lines.append(
             f"| {variant} | {row['params']:,.0f} | {row['target_acc_after'].text(3)} | {row['forgetting'].text(3)} "
+            f"| {row['forgetting_char'].text(3)} | {row['forgetting_ce'].text(3)} "
             f"| {row['step_ms'].text(1)} | {row['peak_mem_added_mb'].text(1)} | {row['mem_account_mb'].text(3)} |"
         )
     return lines + [""]
@@ -162,6 +169,8 @@ class ModelRuns:
     """At each variant's validation-chosen lr."""
     swept: pd.DataFrame
     """At every lr of the sweep: the learning-rate curves."""
+    trajectories: pd.DataFrame | None = None
+    """Evaluations during training (trajectories.csv), where recorded: the curves' points along training."""
 
     def per_seed(self, variant: str, metric: str) -> pd.Series:
         """``metric`` of ``variant`` per seed, tasks averaged within the seed."""
@@ -178,12 +187,20 @@ class ModelRuns:
         return Comparison(self.model, a, b, label, difference, lower, higher, margin, margin_text, non_inferior)
 
     def forgetting_at_matched_learning(self, a: str, b: str) -> Part:
-        """Forgetting of a − b where both reach the same target accuracy, per seed, along their lr curves."""
-        curves = {v: seed_curves(self.swept[self.swept["variant"] == v]) for v in (a, b)}
+        """Forgetting of a − b where both reach the same target accuracy, per seed, between their measured points
+        (learning rates and evaluations during training), by the first measure not saturated in their runs."""
+        choice = choose(self.swept[self.swept["variant"].isin([a, b])])
+        if choice.measure is None:
+            return [f"vs {b}: no verdict, {choice.text()}"]
+        curves = {v: seed_curves(self.swept[self.swept["variant"] == v], self.trajectories, choice.measure)
+                  for v in (a, b)}
         matched = matched_learning(curves[a], curves[b])
-        return [f"vs {b} (at accuracy {matched.level:.3f}): ",
-                Comparison(self.model, a, b, "forgetting at matched learning", matched.difference,
-                           f"{a} forgets less", f"{a} forgets more", MARGIN, f"{MARGIN:g}")]
+        if matched.difference.n == 0:
+            return [f"vs {b} {choice.text()}: cannot be compared{_disjoint_text(matched, a, b)}"]
+        return [f"vs {b} {choice.text()}, at accuracy {matched.level:.3f}: ",
+                Comparison(self.model, a, b, f"forgetting at matched learning ({MEASURES[choice.measure]})",
+                           matched.difference, f"{a} forgets less", f"{a} forgets more", MARGIN, f"{MARGIN:g}"),
+                _disjoint_text(matched, a, b)]
 
     def mib(self, variant: str) -> str:
         """The memory account's mean: exact, the same for every seed, so an interval would only say ± 0."""
@@ -193,6 +210,40 @@ class ModelRuns:
     def missing(self, needed: list[str]) -> str | None:
         absent = [v for v in needed if v not in set(self.selected["variant"])]
         return f"not answered on {self.model}: no ok runs of {', '.join(absent)}." if absent else None
+
+
+def _disjoint_text(matched: Matched, a: str, b: str) -> str:
+    """Said where seeds were left out because a's and b's measured target accuracies do not overlap."""
+    if not matched.disjoint:
+        return ""
+    seed, ((low_a, high_a), (low_b, high_b)) = next(iter(matched.disjoint.items()))
+    return (f"; in {len(matched.disjoint)} seed(s) their measured target accuracies do not overlap (seed {seed}: "
+            f"{a} {low_a:.2f}–{high_a:.2f}, {b} {low_b:.2f}–{high_b:.2f}), so they are not compared there, rather "
+            "than extrapolated")
+
+
+def section_forgetting_measures(swept: pd.DataFrame, selected: pd.DataFrame) -> list[str]:
+    """Each forgetting measure's saturation over all ok runs and at the chosen lrs, per model."""
+    lines = [
+        "## Forgetting measures", "",
+        f"Three measures per source task: exact-match accuracy drop, per-character accuracy drop (the greedy answers' "
+        f"aligned characters), and the increase of the answers' mean token cross-entropy under teacher forcing. Each "
+        f"has a ceiling, its value when everything is forgotten (accuracy 0; cross-entropy: a uniform guess, ln |V|). "
+        f"A measure is *saturated* in a set of runs when every run lies at ≥ {SATURATION:g} of its ceiling, or every "
+        f"run at ≤ {1 - SATURATION:.2g} of it: it cannot rank them. Each verdict on forgetting below uses the first of "
+        "these (in this order) not saturated in the runs it compares, and names it.", "",
+        "| model | runs | " + " | ".join(MEASURES.values()) + " |",
+        "|---|---|" + "---|" * len(MEASURES),
+    ]
+    for model, runs in swept.groupby("model"):
+        for label, subset in (("all lrs", runs), ("chosen lrs", selected[selected["model"] == model])):
+            states = [saturation(subset, column) for column in MEASURES]
+            cells = ["not saturated" if state is None else state for state in states]
+            lines.append(f"| {model} | {label} | " + " | ".join(cells) + " |")
+            if label == "all lrs" and all(state is not None for state in states):
+                lines += ["", f"**Every forgetting measure is saturated (or unmeasured) in {model}'s runs: no verdict "
+                          "on forgetting can be drawn from them.**", ""]
+    return lines
 
 
 Part = list["str | Comparison"]
@@ -540,9 +591,12 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
         "examples (the model's frozen weights, temporaries inside one operation and the allocator's cache are not "
         "in it); it depends only on shapes and dtypes, so it is the same for every seed, rerun and device. Accuracy "
         "is exact match on the test split (for a classification task: the share of "
-        "examples whose argmax label is right); forgetting is the mean over source tasks (and lm-eval tasks and "
-        "paraphrase retrieval, where the config names them) of the score before minus after fine-tuning (0 = "
-        "nothing forgotten). In the tables, ± is the half-width of a 95% percentile-bootstrap CI of one "
+        "examples whose argmax label is right); forgetting (exact match) is the mean over source tasks (and lm-eval "
+        "tasks and paraphrase retrieval, where the config names them) of the score before minus after fine-tuning "
+        "(0 = nothing forgotten); per-character is the same for the share of the greedy answers' characters that "
+        "match, cross-entropy the rise of the source answers' mean token cross-entropy (nats) under teacher "
+        "forcing. Forgetting at matched learning interpolates only between measured points: each learning rate's "
+        "final evaluation and its evaluations during training (train.eval_at), never toward the untrained model. In the tables, ± is the half-width of a 95% percentile-bootstrap CI of one "
         "variant's mean over seeds (1000 resamples), the interval the figures draw; with few seeds it is "
         "optimistic. Comparisons between variants do not use it: they use the paired Student-t interval above.",
     ]
@@ -598,7 +652,8 @@ def wrapped(lines: list[str]) -> list[str]:
 
 
 def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = (),
-                  cost: pd.DataFrame | None = None, description: Path | None = None) -> None:
+                  cost: pd.DataFrame | None = None, description: Path | None = None,
+                  trajectories: pd.DataFrame | None = None) -> None:
     """Write the markdown summary of ``results`` (all runs; comparisons use ok runs, at the chosen lr or along
     the lr sweep), answers first; ``harness``: the lines of :func:`lorabench.report.harness.section_harness`, where
     the pipeline's benchmarks are known; ``cost``: the cost stage's table, where it ran (the cost answers come from
@@ -609,7 +664,7 @@ def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = ()
     selected = at_reference_rank(selected_ok(results), rank)
     swept = at_reference_rank(ok, rank)
     tables = {model: variant_table(group) for model, group in selected.groupby("model")}
-    models = [ModelRuns(model, selected[selected["model"] == model], swept[swept["model"] == model])
+    models = [ModelRuns(model, selected[selected["model"] == model], swept[swept["model"] == model], trajectories)
               for model in tables]
     answers = {question: [answer(runs, cost is not None) for runs in models] for question, answer in QUESTIONS.items()}
     family, adjusted = family_of([part for parts in answers.values() for part in parts])
@@ -626,7 +681,7 @@ def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = ()
             lines.append(f"- {line}")
         lines.append("")
     lines += [*section_family(family, adjusted), *section_what_was_run(results), "", *section_lr_choice(results), "",
-              "## Results per model", ""]
+              *section_forgetting_measures(swept, selected), "", "## Results per model", ""]
     for model, table in tables.items():
         lines += section_model_table(model, table, rank)
     lines += [*section_cost(cost), *harness, *section_meaning(results)]

@@ -11,13 +11,15 @@ def reported(name):
 
 
 rule aggregate:
-    """All records into one tidy table (one row per run) and the loss curves (one row per logged step)."""
+    """All records into one tidy table (one row per run), the loss curves (one row per logged step) and the
+    trajectories (one row per evaluation during training)."""
     input:
         records=job_records(),  # the first of each train job: one target per job keeps large grids quick
         listing=RECORD_LIST,  # every record, read by the command
     output:
         results=reported("results.csv"),
         curves="reports/loss_curves.csv",
+        trajectories="reports/trajectories.csv",
     params:
         code=report_code(),  # tracked: an edit to the aggregation or report code re-draws, without re-training
     log:
