@@ -40,6 +40,7 @@ class JobTraining:
     batch_size: int
     weight_decay: float
     log_every: int
+    replay: float
 
     def for_point(self, point: JobPoint) -> TrainSettings:
         return TrainSettings(lr=point.lr, optimizer=point.optimizer, **asdict(self))

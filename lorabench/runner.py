@@ -247,6 +247,7 @@ def _train_and_measure(
         model, tokenizer, target.split("train"), job.train.for_point(point), point.seed, device,
         after_step=variant.after_step, description=record["run_id"], labels=target.labels,
         parameter_groups=variant.parameter_groups(model, point.lr),
+        replay=[example for name in job.source_tasks for example in tasks[name].split("train")],
     )
     _record_training(record, outcome)
     if outcome.status != "ok":

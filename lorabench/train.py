@@ -36,6 +36,8 @@ class TrainSettings:
     log_every: int = 10
     max_length: int | None = None
     """Truncate longer examples (hub datasets); None keeps every token."""
+    replay: float = 0.0
+    """Share of each batch drawn from the replayed (source) examples (:func:`replay_count` of them)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ def make_optimizer(params: list[torch.nn.Parameter] | list[dict], settings: Trai
     raise ValueError(f"unknown optimizer {settings.optimizer!r}; use adamw or sgd")
 
 
+def replay_count(settings: TrainSettings) -> int:
+    """Replayed examples per batch: ``round(replay x batch_size)``, the rest of the batch is the target task's."""
+    return round(settings.replay * settings.batch_size)
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -146,18 +153,26 @@ def train(
     description: str = "train",
     labels: Sequence[str] | None = None,
     parameter_groups: list[dict] | None = None,
+    replay: Sequence[Example] = (),
 ) -> TrainOutcome:
     """The settings' optimizer on ``parameter_groups`` (default: the parameters that require grad); measures
     every step and the phase's peak memory.
 
     ``labels``: the class names of a classification task (a sequence-classification model), else None.
+    ``replay``: examples of the tasks the model should keep (the source tasks' train splits), of which each batch
+    mixes in :func:`replay_count`, drawn by a generator of their own seeded from ``seed``: the batches depend on the
+    seed and the settings only, so every variant of one seed sees the same ones.
     """
     optimizer = make_optimizer(parameter_groups or [p for p in model.parameters() if p.requires_grad], settings)
-    sampler = random.Random(seed)
+    sampler, replay_sampler = random.Random(seed), random.Random(f"replay:{seed}")
     tokenized = tokenize_examples(tokenizer, examples, settings.max_length, labels)
+    replayed = replay_count(settings)
+    if replayed and not replay:
+        raise ValueError(f"replay {settings.replay} asks for {replayed} replayed examples per batch; none were given")
+    replay_rows = tokenize_examples(tokenizer, replay, settings.max_length) if replayed else []
     outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
     model.train()
-    outcome.account["saved_activations"] = _saved_activations(model, tokenized, settings.batch_size,
+    outcome.account["saved_activations"] = _saved_activations(model, tokenized + replay_rows, settings.batch_size,
                                                                tokenizer.pad_token_id, device)
     account_after_first_step(optimizer, outcome.account)
     outcome.memory.start()
@@ -166,7 +181,8 @@ def train(
     progress = tqdm(range(settings.steps), desc=description, file=sys.stderr, mininterval=2.0, ascii=True)
     initial = math.nan
     for step in progress:
-        batch = collate(sampler.choices(tokenized, k=settings.batch_size), tokenizer.pad_token_id, device)
+        rows = sampler.choices(tokenized, k=settings.batch_size - replayed)
+        batch = collate(rows + replay_sampler.choices(replay_rows, k=replayed), tokenizer.pad_token_id, device)
         outcome.clock.start()
         output = model(**batch)
         loss = output.loss.item()
