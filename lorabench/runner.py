@@ -26,7 +26,7 @@ from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
 from lorabench.provenance import train_code
 from lorabench.tasks.base import Task
-from lorabench.train import TrainOutcome, encode_batch, train
+from lorabench.train import TokenizedExample, TrainOutcome, encode_batch, tokenize_examples, train
 from lorabench.variants import AdapterSpec, get, load_modules
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _benchmark_drops(before: dict[str, float], after: dict[str, float]) -> dict[
 
 @dataclass(frozen=True)
 class BaseMeasures:
-    """What every grid point of a job compares against, measured once on the base model."""
+    """What every grid point of a job compares against, measured once on the base model, and the rows it replays."""
 
     accuracies: dict[str, float]
     """Test accuracy on every generation task (a classification task's is its point's: the head is new)."""
@@ -179,6 +179,9 @@ class BaseMeasures:
     """The config's ``forgetting`` measures (:func:`_forgetting_measures`)."""
     weights: dict[str, torch.Tensor]
     """The targeted layers' weights, ``(m, n)``, on the CPU: the reference of weight-space forgetting."""
+    replay: list[TokenizedExample]
+    """The source tasks' train examples, tokenized once per job (a run draws a few hundred of them): the pool of
+    ``train.replay``; empty when it is 0."""
 
 
 def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, warm_up: str) -> BaseMeasures:
@@ -198,7 +201,9 @@ def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, w
         for name, task in tasks.items() if task.labels is None
     }
     weights = {name: w.cpu() for name, w in target_weights(model, list(job.target_modules)).items()}
-    return BaseMeasures(accuracies, _forgetting_measures(job.forgetting, model, tokenizer, device), weights)
+    pool = [example for name in job.source_tasks for example in tasks[name].split("train")] if job.train.replay else []
+    return BaseMeasures(accuracies, _forgetting_measures(job.forgetting, model, tokenizer, device), weights,
+                        tokenize_examples(tokenizer, pool) if pool else [])
 
 
 def run_point(
@@ -247,7 +252,7 @@ def _train_and_measure(
         model, tokenizer, target.split("train"), job.train.for_point(point), point.seed, device,
         after_step=variant.after_step, description=record["run_id"], labels=target.labels,
         parameter_groups=variant.parameter_groups(model, point.lr),
-        replay=[example for name in job.source_tasks for example in tasks[name].split("train")],
+        replay=base.replay,
     )
     _record_training(record, outcome)
     if outcome.status != "ok":

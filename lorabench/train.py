@@ -153,15 +153,16 @@ def train(
     description: str = "train",
     labels: Sequence[str] | None = None,
     parameter_groups: list[dict] | None = None,
-    replay: Sequence[Example] = (),
+    replay: Sequence[TokenizedExample] = (),
 ) -> TrainOutcome:
     """The settings' optimizer on ``parameter_groups`` (default: the parameters that require grad); measures
     every step and the phase's peak memory.
 
     ``labels``: the class names of a classification task (a sequence-classification model), else None.
-    ``replay``: examples of the tasks the model should keep (the source tasks' train splits), of which each batch
-    mixes in :func:`replay_count`, drawn by a generator of their own seeded from ``seed``: the batches depend on the
-    seed and the settings only, so every variant of one seed sees the same ones.
+    ``replay``: rows of the tasks the model should keep (the source tasks' train splits), tokenized by the caller
+    (:func:`tokenize_examples`, once per job: a run draws few of them); each batch mixes in :func:`replay_count`
+    of them, drawn by a generator of their own seeded from ``seed``, so the batches depend on the seed and the
+    settings only and every variant of a seed sees the same ones.
     """
     optimizer = make_optimizer(parameter_groups or [p for p in model.parameters() if p.requires_grad], settings)
     sampler, replay_sampler = random.Random(seed), random.Random(f"replay:{seed}")
@@ -169,7 +170,7 @@ def train(
     replayed = replay_count(settings)
     if replayed and not replay:
         raise ValueError(f"replay {settings.replay} asks for {replayed} replayed examples per batch; none were given")
-    replay_rows = tokenize_examples(tokenizer, replay, settings.max_length) if replayed else []
+    replay_rows = list(replay) if replayed else []
     outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
     model.train()
     outcome.account["saved_activations"] = _saved_activations(model, tokenized + replay_rows, settings.batch_size,

@@ -110,7 +110,9 @@ def drawn_batches(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, setti
         return collate(rows, pad_token_id, device)
 
     monkeypatch.setattr(loop, "collate", recording)
-    train(model, character_tokenizer(), examples, settings, seed=seed, device=torch.device("cpu"), replay=replay)
+    tokenizer = character_tokenizer()
+    train(model, tokenizer, examples, settings, seed=seed, device=torch.device("cpu"),
+          replay=tokenize_examples(tokenizer, replay))
     return batches[1:]  # the first is the memory account's longest batch
 
 
