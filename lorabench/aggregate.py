@@ -100,6 +100,7 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
         "error": record["error"],
         **_divergence_columns(record["divergence"]),
         "optimizer": record["hyperparameters"]["train"].get("optimizer", "adamw"),  # records before it was a setting
+        "replay": record["hyperparameters"]["train"].get("replay", 0.0),  # records before it was a setting: none
         "trainable_params": record["parameters"]["trainable"],
         "total_params": record["parameters"]["total"],
         "train_seconds": timing["train_seconds"],

@@ -99,6 +99,7 @@ def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     check_local_files(grid)
     load_variant_modules(grid)
     check_data(grid)
+    check_replay(grid)
     check_values(grid)
     check_variant_entries(grid)
     check_grid_variants(grid)
@@ -298,6 +299,25 @@ def _check_classification(grid: Grid) -> None:
         raise ConfigError(
             f"config error at `forgetting/{lm_only[0]}`: it scores a causal LM's predictions, and this grid's "
             f"tasks {classifying} put a classification head on the model; use `forgetting.paraphrase_retrieval`"
+        )
+
+
+def check_replay(grid: Grid) -> None:
+    """``train.replay`` has source examples to draw and draws at least one per batch but not the whole batch."""
+    train = grid.config["train"]
+    replay, batch = train["replay"], train["batch_size"]
+    if not replay:
+        return
+    if not grid.config["tasks"]["source"]:
+        raise ConfigError(
+            f"config error at `train/replay`: replay {replay:g} mixes examples of the source tasks into each batch, "
+            "and `tasks/source` is empty (a classification grid has none); set `train.replay: 0` or list source tasks"
+        )
+    if not 0 < round(replay * batch) < batch:
+        raise ConfigError(
+            f"config error at `train/replay`: replay {replay:g} x batch_size {batch} rounds to "
+            f"{round(replay * batch)} replayed examples per batch; give a share that leaves between 1 and "
+            f"{batch - 1} of the {batch} (above {0.5 / batch:.3g}), or 0 for none"
         )
 
 

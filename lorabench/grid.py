@@ -27,7 +27,7 @@ BATCHABLE = ("variant", "rank", "lr", "task", "seed")
 GRID_SETTINGS = ("uses", "lrs", "optimizer")
 """Per-variant config keys the grid and the training loop read; every other key is the variant's own option."""
 MODEL_SOURCES = ("architecture", "path", "gguf", "package")
-JOB_TRAINING = ("steps", "batch_size", "weight_decay", "log_every", "eval_at")
+JOB_TRAINING = ("steps", "batch_size", "weight_decay", "log_every", "eval_at", "replay")
 """Config ``train`` keys every point of a job shares (:class:`lorabench.job.JobTraining`)."""
 FILE_BUILDERS = ("json", "parquet", "csv", "text", "arrow")
 """``datasets`` builders whose ``data_files`` are local files; with any other ``dataset`` (a hub name) they are

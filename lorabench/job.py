@@ -42,6 +42,7 @@ class JobTraining:
     log_every: int
     eval_at: tuple[int, ...]
     """Step counts after which a run evaluates mid-training (config ``train.eval_at``)."""
+    replay: float
 
     def for_point(self, point: JobPoint) -> TrainSettings:
         return TrainSettings(lr=point.lr, optimizer=point.optimizer, **asdict(self))

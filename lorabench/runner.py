@@ -29,7 +29,7 @@ from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
 from lorabench.provenance import train_code
 from lorabench.tasks.base import Task
-from lorabench.train import TrainOutcome, encode_batch, train
+from lorabench.train import TokenizedExample, TrainOutcome, encode_batch, tokenize_examples, train
 from lorabench.variants import AdapterSpec, get, load_modules
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def _evaluate(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str,
 
 @dataclass(frozen=True)
 class BaseMeasures:
-    """What every grid point of a job compares against, measured once on the base model."""
+    """What every grid point of a job compares against, measured once on the base model, and the rows it replays."""
 
     evaluation: Evaluation
     """Its ``target`` maps every generation task to its test scores (a classification task's is its point's: the
@@ -225,6 +225,9 @@ class BaseMeasures:
     nothing of a source task is left (the graded measure's ceiling)."""
     weights: dict[str, torch.Tensor]
     """The targeted layers' weights, ``(m, n)``, on the CPU: the reference of weight-space forgetting."""
+    replay: list[TokenizedExample]
+    """The source tasks' train examples, tokenized once per job (a run draws a few hundred of them): the pool of
+    ``train.replay``; empty when it is 0."""
 
     def accuracy(self, task: str) -> float | None:
         scored = self.evaluation.target.get(task)
@@ -245,7 +248,9 @@ def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, w
     model.zero_grad(set_to_none=True)
     weights = {name: w.cpu() for name, w in target_weights(model, list(job.target_modules)).items()}
     evaluation = _evaluate(job, model, tokenizer, tasks, None, device)
-    return BaseMeasures(evaluation, math.log(model.config.vocab_size), weights)
+    pool = [example for name in job.source_tasks for example in tasks[name].split("train")] if job.train.replay else []
+    return BaseMeasures(evaluation, math.log(model.config.vocab_size), weights,
+                        tokenize_examples(tokenizer, pool) if pool else [])
 
 
 def forgetting_of(base: BaseMeasures, after: Evaluation) -> dict[str, Any]:
@@ -329,6 +334,7 @@ def _train_and_measure(
         model, tokenizer, target.split("train"), job.train.for_point(point), point.seed, device,
         after_step=variant.after_step, before_step=variant.transform_gradients, description=record["run_id"],
         labels=target.labels, parameter_groups=variant.parameter_groups(model, point.lr), evaluate=evaluate,
+        replay=base.replay,
     )
     outcome.account["variant_state"] = variant_state_bytes(model, before)
     _record_training(record, outcome)

@@ -39,6 +39,8 @@ class TrainSettings:
     eval_at: tuple[int, ...] = ()
     """Step counts after which :func:`train` calls its ``evaluate`` (those below ``steps``; the final evaluation,
     after the last step, is the caller's)."""
+    replay: float = 0.0
+    """Share of each batch drawn from the replayed (source) examples (:func:`replay_count` of them)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,11 @@ def make_optimizer(params: list[torch.nn.Parameter] | list[dict], settings: Trai
     raise ValueError(f"unknown optimizer {settings.optimizer!r}; use adamw or sgd")
 
 
+def replay_count(settings: TrainSettings) -> int:
+    """Replayed examples per batch: ``round(replay x batch_size)``, the rest of the batch is the target task's."""
+    return round(settings.replay * settings.batch_size)
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -154,6 +161,7 @@ def train(
     labels: Sequence[str] | None = None,
     parameter_groups: list[dict] | None = None,
     evaluate: Callable[[int], None] = lambda steps_done: None,
+    replay: Sequence[TokenizedExample] = (),
 ) -> TrainOutcome:
     """The settings' optimizer on ``parameter_groups`` (default: the parameters that require grad); measures
     every step and the phase's peak memory.
@@ -161,13 +169,21 @@ def train(
     ``labels``: the class names of a classification task (a sequence-classification model), else None.
     ``evaluate(steps_done)``: called after each step count of ``settings.eval_at`` below ``settings.steps``; its
     time is kept out of the step times and ``train_seconds`` (it is ``eval_seconds``) and its memory out of the peak.
+    ``replay``: rows of the tasks the model should keep (the source tasks' train splits), tokenized by the caller
+    (:func:`tokenize_examples`, once per job: a run draws few of them); each batch mixes in :func:`replay_count`
+    of them, drawn by a generator of their own seeded from ``seed``, so the batches depend on the seed and the
+    settings only and every variant of a seed sees the same ones.
     """
     optimizer = make_optimizer(parameter_groups or [p for p in model.parameters() if p.requires_grad], settings)
-    sampler = random.Random(seed)
+    sampler, replay_sampler = random.Random(seed), random.Random(f"replay:{seed}")
     tokenized = tokenize_examples(tokenizer, examples, settings.max_length, labels)
+    replayed = replay_count(settings)
+    if replayed and not replay:
+        raise ValueError(f"replay {settings.replay} asks for {replayed} replayed examples per batch; none were given")
+    replay_rows = list(replay) if replayed else []
     outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
     model.train()
-    outcome.account["saved_activations"] = _saved_activations(model, tokenized, settings.batch_size,
+    outcome.account["saved_activations"] = _saved_activations(model, tokenized + replay_rows, settings.batch_size,
                                                                tokenizer.pad_token_id, device)
     account_after_first_step(optimizer, outcome.account)
     outcome.memory.start()
@@ -176,7 +192,8 @@ def train(
     progress = tqdm(range(settings.steps), desc=description, file=sys.stderr, mininterval=2.0, ascii=True)
     initial = math.nan
     for step in progress:
-        batch = collate(sampler.choices(tokenized, k=settings.batch_size), tokenizer.pad_token_id, device)
+        rows = sampler.choices(tokenized, k=settings.batch_size - replayed)
+        batch = collate(rows + replay_sampler.choices(replay_rows, k=replayed), tokenizer.pad_token_id, device)
         outcome.clock.start()
         output = model(**batch)
         loss = output.loss.item()

@@ -99,7 +99,7 @@ def _job(assets: dict[str, Path], variant: str, record: Path) -> dict:
         "forgetting": {"paraphrase_retrieval": {"pairs": str(assets["pairs"]), "batch_size": 3}},
         "data": {"seed": 0, "train": 1, "validation": 1, "test": 1, "min_len": 3, "max_len": 6}, "eval_batch_size": 8,
         "variant_modules": [], "save_adapters": False,
-        "train": {"steps": 3, "batch_size": 4, "weight_decay": 0.0, "log_every": 1, "eval_at": [2]},
+        "train": {"steps": 3, "batch_size": 4, "weight_decay": 0.0, "log_every": 1, "eval_at": [2], "replay": 0.0},
         "points": [{"variant": variant, "uses": variant, "variant_options": {}, "optimizer": "adamw", "rank": 2,
                     "task": "sentiment", "lr": 0.01, "seed": 0, "record": str(record)}],
     }

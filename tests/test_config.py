@@ -307,3 +307,23 @@ def test_device_cuda_without_cuda_here_is_a_warning_not_an_error(
     main(["check", str(tmp_path / "cuda.yaml")])
     printed = capsys.readouterr()
     assert "ok, " in printed.out and "warning: `device`: cuda, but no CUDA device is visible" in printed.err
+
+
+def test_the_preview_passes_lorabench_check_and_is_the_default_s_regime_in_small(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's first command: a config `lorabench check` accepts from any directory, of a few variants and two
+    seeds, on the default's model, tasks, pretraining and replay (so it pretrains the model the default grid reuses
+    and shows the default's graded forgetting)."""
+    from lorabench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["check", str(REPO / "workflow/config/preview.yaml")])
+    assert "ok, " in capsys.readouterr().out
+    preview, default = (yaml.safe_load((REPO / f"workflow/config/{name}.yaml").read_text())
+                        for name in ("preview", "default"))
+    grid = load_grid(copy.deepcopy(preview), SCHEMA)
+    assert len(grid.variants()) <= 4 and len(preview["grid"]["seeds"]) == 2 and len(grid.points()) <= 24
+    for key in ("models", "tasks", "data", "pretrain"):
+        assert preview[key] == default[key], key
+    assert preview["train"]["replay"] == default["train"]["replay"] > 0

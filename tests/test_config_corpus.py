@@ -97,6 +97,12 @@ CASES = {
                                        "raise data.max_len"]),
     "unknown target task": ({"tasks.target": "[sortt]"}, ["`tasks/target/0`", "'sortt'", "'lookup'"]),
     "unknown source task": ({"tasks.source": "[copy, revers]"}, ["`tasks/source/1`", "'revers'", "'reverse'"]),
+    "replay without source tasks": ({"train.replay": "0.25", "tasks.source": "[]"},
+                                    ["`train/replay`", "replay 0.25", "`tasks/source` is empty", "train.replay: 0"]),
+    "replay of no example per batch": ({"train.replay": "0.01"},
+                                       ["`train/replay`", "batch_size 16 rounds to 0", "above 0.0312"]),
+    "replay of the whole batch": ({"train.replay": "0.99"}, ["`train/replay`", "rounds to 16", "between 1 and 15"]),
+    "replay of 1": ({"train.replay": "1"}, ["`train/replay`", "1"]),
     # a registered name may not run another variant; a task is source or target, not both
     "registered name running another variant": ({"variants.lora": "{uses: full}"},
                                                 ["`variants/lora/uses`", "'full'", "drop `uses`", "new name"]),

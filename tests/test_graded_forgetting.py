@@ -100,7 +100,7 @@ def _run(tmp_path: Path, eval_at: list[int], dropout: float = 0.0) -> dict:
         "hub_tasks": {}, "forgetting": {}, "variant_modules": [], "save_adapters": False,
         "data": {"seed": 0, "train": 32, "validation": 4, "test": 6, "min_len": 3, "max_len": 5},
         "eval_batch_size": 8,
-        "train": {"steps": 3, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": eval_at},
+        "train": {"steps": 3, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": eval_at, "replay": 0.0},
         "points": [{"variant": "lora", "uses": "lora", "variant_options": {}, "optimizer": "adamw", "rank": 2,
                     "task": "sort", "lr": 0.01, "seed": 0, "record": str(record_path)}],
     })

@@ -114,7 +114,8 @@ def test_a_job_leaves_nothing_of_one_grid_point_to_the_next(tmp_path: Path, monk
         "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy"],
         "hub_tasks": {}, "forgetting": {}, "variant_modules": [], "save_adapters": False,
         "data": {"seed": 0, "train": 32, "validation": 4, "test": 4, "min_len": 3, "max_len": 5},
-        "eval_batch_size": 8, "train": {"steps": 2, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": [1]},
+        "eval_batch_size": 8,
+        "train": {"steps": 2, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": [1], "replay": 0.0},
         "points": points,
     })
     after_each: list[tuple[int, int]] = []

@@ -142,7 +142,8 @@ def test_summary_numbers_come_from_the_data(report_dir: Path) -> None:
     # memory account: 16 bytes per trainable parameter (weights, grads, two moments) + 1 MiB of activations
     assert "Training holds 1.244 vs lora 1.244 and full 153.588 MiB (exact account" in summary
     assert "| lora | 16,000 |" in summary and "| 1.244 ± 0.000 |" in summary
-    assert "- optimizers: adamw (full, lora," in summary and "; sgd (resampled) - device" in summary
+    assert "- optimizers: adamw (full, lora," in summary and "; sgd (resampled) - replay: none" in summary
+    assert "- replay: none (fine-tuning batches hold target examples only) - device" in summary  # no replay
 
 
 def test_report_description_states_the_answers_with_links_to_the_figures(report_dir: Path) -> None:
@@ -155,6 +156,13 @@ def test_report_description_states_the_answers_with_links_to_the_figures(report_
     links = re.findall(r"`([\w.]+)`_", description + page)
     assert "summary.md" in links and "forgetting_vs_accuracy.png" in links
     assert set(links) <= set(REPORT_ITEMS)  # every link names a result the report holds
+
+
+def test_the_summary_says_forgetting_was_measured_under_replay() -> None:
+    from lorabench.report.summary import _replay
+
+    assert _replay(pd.DataFrame({"replay": [0.05, 0.05]})).startswith("0.05 of each fine-tuning batch drawn from")
+    assert "under that rehearsal" in _replay(pd.DataFrame({"replay": [0.0, 0.1]}))
 
 
 def test_summary_lists_failed_and_diverged_runs_by_first_line(report_dir: Path) -> None:

@@ -59,8 +59,11 @@ def every_train_job() -> set[tuple[str, str]]:
     return {(point.model, point.variant) for point in grid.points()}
 
 
-def test_a_train_setting_reruns_every_train_job_and_no_pretraining(smoke_run: Path, tmp_path: Path) -> None:
-    jobs = planned_jobs(smoke_run, smoke_changed(tmp_path, {"train": {"steps": 13}}))
+@pytest.mark.parametrize("change", [{"steps": 13}, {"replay": 0.25}])
+def test_a_train_setting_reruns_every_train_job_and_no_pretraining(
+    smoke_run: Path, tmp_path: Path, change: dict
+) -> None:
+    jobs = planned_jobs(smoke_run, smoke_changed(tmp_path, {"train": change}))
     assert trained(jobs) == every_train_job()
     assert all("Params have changed" in job["reason"] for job in jobs if job["rule"] == "train")
     assert "pretrain" not in {job["rule"] for job in jobs}

@@ -66,6 +66,7 @@ OTHER_DEFAULTS = {
     ("train", "alpha"): 3, ("train", "dropout"): 0.25, ("train", "weight_decay"): 0.5, ("train", "optimizer"): "sgd",
     ("train", "log_every"): 3, ("train", "eval_batch_size"): 7, ("train", "save_adapters"): True,
     ("train", "eval_at"): [1],
+    ("train", "replay"): 0.5,
     ("data", "seed"): 5, ("data", "train"): 100, ("pretrain", "seed"): 6,
     ("forgetting", "lm_eval", "include_path"): "tasks", ("forgetting", "lm_eval", "limit"): 4,
     ("forgetting", "lm_eval", "batch_size"): 5, ("forgetting", "heldout_ce", "n"): 9,
@@ -94,7 +95,8 @@ def test_the_jobs_read_the_schema_s_defaults_and_keep_no_copy(tmp_path: Path) ->
     job = grid.train_job({"model": "tiny", "seed": "0"}, "cpu").to_dict()
     assert {key: job[key] for key in ("dtype", "alpha", "dropout", "eval_batch_size", "save_adapters")} == {
         "dtype": "bfloat16", "alpha": 3, "dropout": 0.25, "eval_batch_size": 7, "save_adapters": True}
-    assert job["train"] == {"steps": 2, "batch_size": 4, "weight_decay": 0.5, "log_every": 3, "eval_at": (1,)}
+    assert job["train"] == {"steps": 2, "batch_size": 4, "weight_decay": 0.5, "log_every": 3, "eval_at": (1,),
+                            "replay": 0.5}
     assert {point["optimizer"] for point in job["points"]} == {"sgd"}
     assert job["data"]["seed"] == 5 and job["data"]["train"] == 100
     for path, default in OTHER_DEFAULTS.items():

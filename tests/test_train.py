@@ -96,3 +96,69 @@ def test_blown_up_learning_rate_is_diverged_with_step_and_reason(
     assert 0 < outcome.divergence.step < settings.steps and outcome.steps[-1] == outcome.divergence.step
     assert math.isnan(outcome.divergence.loss) or outcome.losses[-1] == outcome.divergence.loss
     assert rule is None or rule in outcome.divergence.reason, outcome.divergence.reason
+
+
+def drawn_batches(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, settings: TrainSettings, seed: int,
+                  examples: list, replay: list) -> list[list[tuple[int, ...]]]:
+    """The rows (input ids) of every batch the loop trains ``model`` on."""
+    import lorabench.train as loop
+
+    batches: list[list[tuple[int, ...]]] = []
+
+    def recording(rows, pad_token_id, device):
+        batches.append([tuple(ids) for ids, _ in rows])
+        return collate(rows, pad_token_id, device)
+
+    monkeypatch.setattr(loop, "collate", recording)
+    tokenizer = character_tokenizer()
+    train(model, tokenizer, examples, settings, seed=seed, device=torch.device("cpu"),
+          replay=tokenize_examples(tokenizer, replay))
+    return batches[1:]  # the first is the memory account's longest batch
+
+
+@pytest.fixture(scope="module")
+def replay_data() -> tuple[list, list]:
+    """Shift examples to fine-tune on, and copy and reverse examples to replay (each row tells its task by marker)."""
+    tasks = [AlgorithmicTask(name, seed=0, sizes=(200, 1, 1)) for name in ("shift", "copy", "reverse")]
+    return tasks[0].split("train"), [example for task in tasks[1:] for example in task.split("train")]
+
+
+@pytest.mark.parametrize(("replay", "replayed"), [(0.0, 0), (0.1, 2), (0.25, 4), (0.9, 14)])
+def test_each_batch_replays_its_share_of_source_rows(
+    sort_model: tuple, replay_data: tuple, monkeypatch: pytest.MonkeyPatch, replay: float, replayed: int
+) -> None:
+    model, tokenizer, _ = sort_model
+    target, source = replay_data
+    source_ids = {tuple(ids) for ids, _ in tokenize_examples(tokenizer, source)}
+    settings = TrainSettings(steps=5, batch_size=16, lr=1e-3, replay=replay)
+    batches = drawn_batches(monkeypatch, copy.deepcopy(model), settings, 0, target, source)
+    assert len(batches) == 5 and all(len(rows) == 16 for rows in batches)
+    assert [sum(row in source_ids for row in rows) for rows in batches] == [replayed] * 5
+
+
+def test_replayed_batches_depend_on_the_seed_only_and_replay_0_draws_as_before(
+    sort_model: tuple, replay_data: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Equal for every variant of one seed (data order is part of the paired comparison); another seed draws
+    others; without replay the target's rows are those the loop drew before replay existed."""
+    import random
+
+    model, tokenizer, _ = sort_model
+    target, source = replay_data
+    settings = TrainSettings(steps=4, batch_size=16, lr=1e-3, replay=0.25)
+    spec = AdapterSpec(rank=2, alpha=8, target_modules=("q_proj", "v_proj"))
+    by_variant = [drawn_batches(monkeypatch, get(name)(spec).apply(copy.deepcopy(model)), settings, 3, target, source)
+                  for name in ("full", "lora")]
+    assert by_variant[0] == by_variant[1]
+    assert drawn_batches(monkeypatch, copy.deepcopy(model), settings, 4, target, source) != by_variant[0]
+    plain = drawn_batches(monkeypatch, copy.deepcopy(model), TrainSettings(steps=4, batch_size=16, lr=1e-3), 3, target,
+                          source)
+    sampler, rows = random.Random(3), [tuple(ids) for ids, _ in tokenize_examples(tokenizer, target)]
+    assert plain == [sampler.choices(rows, k=16) for _ in range(4)]
+
+
+def test_replay_without_examples_to_replay_is_an_error(sort_model: tuple, replay_data: tuple) -> None:
+    model, tokenizer, _ = sort_model
+    with pytest.raises(ValueError, match="replay 0.5 asks for 8 replayed examples per batch; none were given"):
+        train(copy.deepcopy(model), tokenizer, replay_data[0], TrainSettings(steps=1, batch_size=16, lr=1e-3,
+              replay=0.5), seed=0, device=torch.device("cpu"))

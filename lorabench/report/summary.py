@@ -110,6 +110,15 @@ def _sweeps(results: pd.DataFrame) -> str:
     return "; ".join(f"{v} {'/'.join(f'{lr:g}' for lr in sorted(lrs[v]))}" for v in variant_order(lrs.index))
 
 
+def _replay(results: pd.DataFrame) -> str:
+    """``train.replay`` in words: forgetting read under rehearsal is not forgetting without it."""
+    shares = sorted(results["replay"].unique()) if "replay" in results else [0.0]
+    if shares == [0.0]:
+        return "none (fine-tuning batches hold target examples only)"
+    return (f"{'/'.join(f'{share:g}' for share in shares)} of each fine-tuning batch drawn from the source tasks' train "
+            "splits (train.replay), so forgetting is measured under that rehearsal")
+
+
 def section_what_was_run(results: pd.DataFrame) -> list[str]:
     devices = results[["device", "device_name"]].astype("string").fillna("").drop_duplicates()
     device_text = "; ".join(f"{d} {n}".strip() for d, n in devices.itertuples(index=False))
@@ -124,6 +133,7 @@ def section_what_was_run(results: pd.DataFrame) -> list[str]:
         f"- learning rates swept: {_sweeps(results)}",
         f"- seeds: {_values(results, 'seed')}",
         f"- optimizers: {_optimizers(results)}",
+        f"- replay: {_replay(results)}",
         f"- device: {device_text}",
         f"- runs: {len(results)} — " + ", ".join(f"{s} {counts.get(s, 0)}" for s in ("ok", "diverged", "failed"))
         + " ([status.png](status.png))",
