@@ -107,12 +107,14 @@ def _read_yaml(path: Path) -> object:
     and column."""
     import yaml
 
-    from lorabench.checks import DuplicateKeyError, read_yaml
+    from lorabench.checks import ConfigFileError, DuplicateKeyError, read_yaml
 
     try:
         return read_yaml(path)
     except DuplicateKeyError as error:
         sys.exit(error.located(path))
+    except ConfigFileError as error:
+        sys.exit(str(error))
     except OSError as error:
         sys.exit(f"{path}: cannot read the config: {error.strerror}")
     except yaml.YAMLError as error:
@@ -150,7 +152,7 @@ def _train(args: argparse.Namespace) -> None:
     from lorabench.job import TrainJob
     from lorabench.runner import run_job
 
-    run_job(TrainJob.from_json(args.job), args.threads)
+    run_job(TrainJob.from_json(args.job), args.threads, args.inputs)
 
 
 def _cost(args: argparse.Namespace) -> None:
@@ -232,6 +234,10 @@ def parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run one job of grid points (pipeline rule)")
     train.add_argument("--job", required=True, help="JSON written by the Snakefile")
     train.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
+    train.add_argument("--inputs", nargs="*", metavar="PATH",
+                       help="the files the pipeline gave the job (the rule's inputs); given, finished records are "
+                            "kept under results/kept and restored instead of retrained when settings, code and "
+                            "these files are unchanged")
     train.set_defaults(run=_train)
 
     cost = commands.add_parser("cost", help="step time and memory of every variant at real layer sizes (pipeline rule)")
