@@ -11,7 +11,9 @@ import torch
 
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench.tasks.algorithmic import AlgorithmicTask
-from lorabench.train import IGNORE_INDEX, TrainSettings, collate, divergence, tokenize_examples, train
+from lorabench.train import (
+    IGNORE_INDEX, TrainSettings, collate, divergence, ended_above_start, tokenize_examples, train,
+)
 from lorabench.variants import AdapterSpec, get
 
 
@@ -62,6 +64,22 @@ def test_divergence_rules(loss: float, initial: float, uniform: float, rule: str
     assert (reason is None) if rule is None else (rule in reason)
 
 
+@pytest.mark.parametrize(
+    ("losses", "flagged"),
+    [
+        ([2.0] + [2.5] * 38 + [1.9], True),  # one lucky last batch does not clear a run that got worse
+        ([2.0] * 36 + [1.8, 1.9, 2.0, 2.1], False),  # the mean of the last tenth of the steps, not the last batch
+        ([2.0, 2.1] + [1.0] * 18, False),  # learned
+        ([2.0] + [2.01] * 19, True),  # ended above: worse, however little
+        ([2.0], False),  # nothing to compare
+    ],
+)
+def test_a_run_whose_loss_ends_above_its_start_is_flagged(losses: list[float], flagged: bool) -> None:
+    reason = ended_above_start(losses)
+    assert (reason is not None) == flagged
+    assert reason is None or "above the first step's 2" in reason
+
+
 @pytest.fixture(scope="module")
 def sort_model() -> tuple[torch.nn.Module, object, list]:
     """A tiny Llama taught to copy, as the pipeline pretrains, and the sort examples it is fine-tuned on: its loss on
@@ -79,7 +97,8 @@ def sort_model() -> tuple[torch.nn.Module, object, list]:
 
 @pytest.mark.parametrize(
     ("variant", "lr", "status", "rule"),
-    [("full", 1e4, "diverged", None), ("lora", 1e30, "diverged", "uniform guess"), ("lora", 3e-3, "ok", None)],
+    [("full", 1e4, "diverged", None), ("lora", 1e30, "diverged", "uniform guess"),
+     ("lora", 1.0, "diverged", "ended at"), ("lora", 3e-3, "ok", None)],
 )
 def test_blown_up_learning_rate_is_diverged_with_step_and_reason(
     sort_model: tuple, variant: str, lr: float, status: str, rule: str | None
