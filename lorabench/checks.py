@@ -33,9 +33,22 @@ class ConfigError(ValueError):
 # the YAML file
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB; the shipped ones are under 10 KiB) is refused before it is parsed."""
+MAX_CONFIG_VALUES = 100_000
+"""A config whose values, every alias (``*name``) expanded, number more than this is refused before anything walks
+it: a few KiB of nested aliases (a "billion laughs") expand to millions, which hung the checks for 15 minutes."""
+
+
+class ConfigFileError(ValueError):
+    """A config file refused before its settings are read: too large, not UTF-8 text, or aliases expanding beyond
+    :data:`MAX_CONFIG_VALUES`."""
+
+
 def read_yaml(path: Path) -> Any:
     """The YAML document at ``path``, refusing a key given twice in one mapping (:class:`DuplicateKeyError`), which
-    plain YAML loaders resolve silently by keeping the last (a second ``train:`` would replace the first)."""
+    plain YAML loaders resolve silently by keeping the last (a second ``train:`` would replace the first), and a file
+    no config needs to be (:class:`ConfigFileError`): so that no file can make the checks hang."""
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
@@ -53,7 +66,35 @@ def read_yaml(path: Path) -> Any:
                     raise DuplicateKeyError(key, first, key_node.start_mark)
             return super().construct_mapping(node, deep)
 
-    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=StrictLoader)  # noqa: S506 -- a SafeLoader
+    if (size := Path(path).stat().st_size) > MAX_CONFIG_BYTES:
+        raise ConfigFileError(f"{path}: {size:,} bytes, more than a config needs ({MAX_CONFIG_BYTES:,}); is it the "
+                              "right file?")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"{path}: not UTF-8 text (a binary file, or saved as UTF-16?); save the config as "
+                              "UTF-8 YAML") from None
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and (values := _expanded_size(node, {})) > MAX_CONFIG_VALUES:
+            raise ConfigFileError(f"{path}: its aliases (*name) expand to {values:,} values, more than "
+                                  f"{MAX_CONFIG_VALUES:,}; write the settings out instead of nesting aliases")
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias expanded, counted once per distinct node (an alias is
+    the node it names, so a bomb is counted in time linear in its text); a recursive alias counts as one."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that contains itself
+    children = node.value if isinstance(node.value, list) else []
+    items = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+    sizes[id(node)] = 1 + sum(_expanded_size(item, sizes) for item in items)
+    return sizes[id(node)]
 
 
 class DuplicateKeyError(ValueError):
@@ -68,16 +109,20 @@ class DuplicateKeyError(ValueError):
         return f"{path}:{self.mark.line + 1}:{self.mark.column + 1}: {self}"
 
 
-def duplicate_key_problem(path: Path | str) -> str | None:
-    """``file:line:column: duplicate key ...`` when the YAML (or JSON) file at ``path`` gives a key twice, else None
-    (also for a file the strict loader cannot parse: whoever read it first reports that)."""
+def config_file_problem(path: Path | str) -> str | None:
+    """What is wrong with the YAML (or JSON) config file at ``path`` that Snakemake's own loader lets pass, else
+    None: a key given twice (``file:line:column: duplicate key ...``), or a file too large, not UTF-8, or with
+    aliases expanding too far (:class:`ConfigFileError`). A file that does not parse gives None: whoever read it
+    first reports that."""
     import yaml
 
     try:
         read_yaml(Path(path))
     except DuplicateKeyError as error:
         return error.located(path)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except ConfigFileError as error:
+        return str(error)
+    except (OSError, yaml.YAMLError):
         return None
     return None
 

@@ -198,6 +198,38 @@ def test_lorabench_check_names_file_line_and_column_of_yaml_errors(text: str, ex
     assert all(words in message for words in expected), message
 
 
+def alias_bomb(levels: int = 9) -> bytes:
+    """A config of 9 x 9 x ... nested aliases: under 1 KiB of text, 9**levels values once expanded."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+FILE_CASES = {
+    "alias bomb": (alias_bomb(), ["aliases (*name) expand to", "values, more than 100,000"]),
+    "UTF-16": (SMOKE.read_text().encode("utf-16"), ["not UTF-8 text", "save the config as UTF-8"]),
+    "binary": (bytes(range(256)) * 4, ["not UTF-8 text"]),
+    "too large": (b"# padding\n" * 120_000, ["1,200,000 bytes", "more than a config needs"]),
+}
+
+
+@pytest.mark.parametrize("content, expected", FILE_CASES.values(), ids=FILE_CASES.keys())
+def test_lorabench_check_refuses_a_file_no_config_is_at_once(content: bytes, expected: list[str],
+                                                             tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_bytes(content)
+    message = _check(config)  # at once: the bomb is counted, never expanded (it hung for 15 minutes before)
+    assert message.startswith(str(config)) and all(words in message for words in expected), message
+
+
+def test_snakemake_refuses_an_alias_bomb_before_any_job(tmp_path: Path) -> None:
+    config = tmp_path / "bomb.yaml"
+    config.write_bytes(SMOKE.read_bytes() + alias_bomb().replace(b"a", b"bomb_"))
+    result = snakemake(tmp_path, "--dry-run", config=config, check=False)
+    assert result.returncode != 0 and "values, more than 100,000" in result.stdout + result.stderr, result.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_the_corpus_edits_the_smoke_config_that_is_accepted() -> None:
     """Each case fails for its own edit, not for a broken base."""
     assert load_grid(_edited({})).points()
