@@ -355,6 +355,11 @@ def check_data(grid: Grid) -> None:
     if low > high:
         raise ConfigError(f"config error at `data/min_len`: min_len {low} is above max_len {high}; "
                           "give min_len <= max_len")
+    embedded_targets = [name for name in grid.target_tasks() if name in RULES]
+    if embedded_targets and (batch := grid.config["train"]["batch_size"]) > data["train"]:
+        raise ConfigError(f"config error at `train/batch_size`: {batch} is more than the {data['train']} examples "
+                          "of the train split (data.train): every batch would repeat examples; lower "
+                          "train.batch_size or raise data.train")
     needed = data["train"] + data["validation"] + data["test"]
     embedded = [name for name in grid.config["tasks"]["source"] + grid.target_tasks() if name in RULES]
     for name in dict.fromkeys(embedded):
@@ -364,14 +369,50 @@ def check_data(grid: Grid) -> None:
                 f"fewer than the {needed} its disjoint splits need (train + validation + test); raise "
                 "data.max_len or lower data.train, data.validation or data.test"
             )
+    _check_positions(grid, list(dict.fromkeys(embedded)))
+
+
+POSITION_SETTINGS = ("max_position_embeddings", "n_positions")
+"""Architecture settings that bound a model's sequence length (Llama and BERT, GPT-2)."""
+
+
+def _check_positions(grid: Grid, tasks: list[str]) -> None:
+    """Every embedded model has a position for each token of the longest example of the embedded ``tasks``
+    (prompt, answer and end-of-sequence, one token a character): beyond them training fails, or silently reads
+    garbage positions."""
+    from lorabench.pretrain import embedded_tasks
+
+    if not tasks:
+        return
+    longest = max(len(example.prompt) + len(example.answer) + 1
+                  for task in embedded_tasks(tasks, grid.config["data"])
+                  for split in ("train", "validation", "test") for example in task.split(split))
+    for model, spec in grid.config["models"].items():
+        architecture = spec.get("architecture", {})
+        for key in POSITION_SETTINGS:
+            if key in architecture and architecture[key] < longest:
+                raise ConfigError(
+                    f"config error at `models/{model}/architecture/{key}`: {architecture[key]} positions, fewer than "
+                    f"the {longest} tokens of the longest example (data.max_len {grid.config['data']['max_len']}); "
+                    f"raise {key} to at least {longest} or lower data.max_len"
+                )
 
 
 # grid values and variants
 
 
+MAX_SEED = 2**32 - 1
+"""Seeds go to ``torch.manual_seed``, ``random.Random`` and the data generators: 0..2**32-1 is what all of them
+take alike (NumPy's legacy seeding refuses more, torch refuses 2**64 and beyond)."""
+
+
 def check_values(grid: Grid) -> None:
-    """Every seed, rank and lr names its own records."""
+    """Every seed is in 0..:data:`MAX_SEED`, and every seed, rank and lr names its own records."""
     values = grid.config["grid"]
+    for index, seed in enumerate(values["seeds"]):
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"config error at `grid/seeds/{index}`: {seed} is not a seed from 0 to {MAX_SEED} "
+                              "(2**32 - 1), what every random generator here takes; give one in that range")
     _check_record_names("grid/seeds", values["seeds"], str)
     _check_record_names("grid/ranks", values["ranks"], str)
     _check_record_names("grid/lrs", values["lrs"], format_lr)
@@ -503,6 +544,9 @@ def check_ranks(grid: Grid) -> None:
         layers = _target_layers(grid, model)
         if layers is None:  # a hub name not resolvable here (offline): the train job reports it
             continue
+        if not layers and (zero := _zero_layer_setting(spec)):
+            raise ConfigError(f"config error at `models/{model}/architecture/{zero}`: 0 layers leaves nothing to "
+                              "adapt or train; give at least 1")
         if missing := unmatched_targets(layers, spec["target_modules"]):
             matched = sorted({name.rsplit(".", 1)[-1] for name in layers})
             raise ConfigError(
@@ -514,6 +558,15 @@ def check_ranks(grid: Grid) -> None:
         for variant in grid.variants():
             _check_layer_shapes(grid, model, variant, layers)
             _check_layer_types(grid, model, variant, layers)
+
+
+LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers")
+"""Architecture settings that count a model's blocks (Llama and BERT, GPT-2, others)."""
+
+
+def _zero_layer_setting(spec: dict[str, Any]) -> str | None:
+    """The architecture setting that gives the model 0 blocks, if that is why it has no layer to adapt."""
+    return next((key for key in LAYER_COUNTS if spec.get("architecture", {}).get(key) == 0), None)
 
 
 def _check_layer_shapes(grid: Grid, model: str, variant: str, layers: dict[str, Any]) -> None:

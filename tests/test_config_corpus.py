@@ -133,6 +133,17 @@ CASES = {
     "float16 on the cpu": ({"dtype": "float16"}, ["`dtype`", "float16", "device is cpu", "bfloat16"]),
     "a model's float16 on the cpu": ({"models.gpt2-tiny.dtype": "float16"},
                                      ["`models/gpt2-tiny/dtype`", "float16", "device is cpu"]),
+    # values accepted before without a word (the audit's)
+    "negative seed": ({"grid.seeds": "[0, -1]"}, ["`grid/seeds/1`", "-1 is not a seed from 0 to 4294967295"]),
+    "seed of 2**70": ({"grid.seeds": f"[{2**70}]"}, ["`grid/seeds/0`", f"{2**70} is not a seed", "in that range"]),
+    "batch larger than the train split": ({"train.batch_size": "301"},
+                                          ["`train/batch_size`", "301 is more than the 300 examples", "data.train"]),
+    "fewer positions than the longest example": (
+        {"models.llama-tiny.architecture.max_position_embeddings": "8"},
+        ["`models/llama-tiny/architecture/max_position_embeddings`", "8 positions, fewer than the 13 tokens",
+         "at least 13"]),
+    "no layers": ({"models.gpt2-tiny.architecture.n_layer": "0"},
+                  ["`models/gpt2-tiny/architecture/n_layer`", "0 layers leaves nothing to adapt"]),
     # YAML's numbers
     "3e-3 is a string to YAML": ({"grid.lrs": "[3e-3]"}, ["`grid/lrs/0`", "'3e-3'", "3.0e-3", "0.003"]),
     "1e-4 in a variant's lrs": ({"variants.full.lrs": "[1e-4]"}, ["`variants/full/lrs/0`", "'1e-4'", "3.0e-3"]),
@@ -228,6 +239,18 @@ def test_snakemake_refuses_an_alias_bomb_before_any_job(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "--dry-run", config=config, check=False)
     assert result.returncode != 0 and "values, more than 100,000" in result.stdout + result.stderr, result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_variant_of_ones_own_under_a_built_in_name_is_refused_by_name(tmp_path: Path) -> None:
+    module = tmp_path / "mine.py"
+    module.write_text("from lorabench.variants import register\nfrom lorabench.variants.lora import LoRA\n\n\n"
+                      "@register('lora')\nclass Mine(LoRA):\n    pass\n")
+    config = _edited({"variant_modules": f"[{module}]"})
+    with pytest.raises(ConfigError) as refused:
+        load_grid(config)
+    message = str(refused.value)
+    assert "`variant_modules/0`" in message and "'lora' is taken (by lorabench.variants.lora.LoRA)" in message
+    assert "give yours a name of its own" in message
 
 
 def test_the_corpus_edits_the_smoke_config_that_is_accepted() -> None:
