@@ -70,14 +70,15 @@ def test_divergence_rules(loss: float, initial: float, uniform: float, rule: str
         ([2.0] + [2.5] * 38 + [1.9], True),  # one lucky last batch does not clear a run that got worse
         ([2.0] * 36 + [1.8, 1.9, 2.0, 2.1], False),  # the mean of the last tenth of the steps, not the last batch
         ([2.0, 2.1] + [1.0] * 18, False),  # learned
-        ([2.0] + [2.01] * 19, True),  # ended above: worse, however little
+        ([2.0] + [2.12] * 19, True),  # ended 6% above: worse
+        ([2.0] + [2.06] * 19, False),  # 3% above: a run that barely learns, in batch noise (the smoke grid: 1.6%)
         ([2.0], False),  # nothing to compare
     ],
 )
 def test_a_run_whose_loss_ends_above_its_start_is_flagged(losses: list[float], flagged: bool) -> None:
     reason = ended_above_start(losses)
     assert (reason is not None) == flagged
-    assert reason is None or "above the first step's 2" in reason
+    assert reason is None or "above 1.05 x the first step's 2" in reason
 
 
 @pytest.fixture(scope="module")
