@@ -1,12 +1,13 @@
-"""A kill -9 in the middle of a batched train job loses no finished record: the next run puts every record the
+"""Faults that lose nothing and poison nothing. A kill -9 in the middle of a batched train job loses no finished record: the next run puts every record the
 job had finished back in place from results/kept (byte for byte: the same timings, which a run trained again
 never repeats), trains only the rest, and ends with the results of a run that was never interrupted. (Snakemake
 touches every output of a job that ran, so a record's own modification time is not the evidence; its kept copy's
-is.)"""
+is.) A checkpoint or record cut short is set aside when the Snakefile is parsed and written again."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -48,10 +49,23 @@ def run_until_first_record(workdir: Path, config: Path, timeout: float = 600) ->
     process.wait()
 
 
-def test_a_killed_job_keeps_its_finished_records_and_trains_only_the_rest(tmp_path: Path) -> None:
-    config = one_job_of_four_points(tmp_path)
-    reference = tmp_path / "uninterrupted"
-    snakemake(reference, config=config)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The one-job config and a finished run of it (read only)."""
+    folder = tmp_path_factory.mktemp("one-job")
+    config = one_job_of_four_points(folder)
+    snakemake(folder / "uninterrupted", config=config)
+    return config, folder / "uninterrupted"
+
+
+def cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_killed_job_keeps_its_finished_records_and_trains_only_the_rest(
+    uninterrupted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, reference = uninterrupted
     workdir = tmp_path / "killed"
     run_until_first_record(workdir, config)
     finished = {path: path.read_bytes() for path in (workdir / "results" / "runs").rglob("*.json")}
@@ -74,3 +88,25 @@ def test_a_killed_job_keeps_its_finished_records_and_trains_only_the_rest(tmp_pa
     records = load_records(workdir)
     assert len(records) == len(SEEDS)
     assert_same_results(records, load_records(reference))
+
+
+def test_a_checkpoint_and_a_record_cut_short_are_set_aside_and_made_again(
+    uninterrupted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from lorabench.integrity import safetensors_problem
+
+    config, reference = uninterrupted
+    workdir = tmp_path / "damaged"
+    shutil.copytree(reference, workdir)  # with the modification times, so Snakemake sees a finished run
+    record = next((workdir / "results" / "runs").rglob("seed1.json"))
+    weights = workdir / "results" / "models" / "llama-tiny" / "model.safetensors"
+    cut_short(record)
+    cut_short(weights)
+    result = snakemake(workdir, config=config)
+    said = result.stdout + result.stderr
+    assert f"{record.relative_to(workdir)} is damaged: not a whole JSON object" in said, said[-3000:]
+    assert f"{weights.parent.relative_to(workdir)} is damaged: model.safetensors: " in said, said[-3000:]
+    assert "rule pretrain:" in said and "rule train:" in said
+    assert safetensors_problem(weights) is None
+    assert record.with_name("seed1.json.damaged").exists()
+    assert_same_results(load_records(workdir), load_records(reference))
