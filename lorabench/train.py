@@ -26,11 +26,11 @@ starts at the uniform guess, and its noise around it is not divergence."""
 ENDING_SHARE = 0.1
 """The share of the last steps whose mean loss is the run's end (:func:`ended_above_start`): a mean over several
 steps, so one noisy batch neither flags nor clears a run."""
-ENDED_ABOVE_FACTOR = 1.05
+ENDED_ABOVE_FACTOR = 1.2
 """A run whose loss ends above this multiple of its first step's got worse (:func:`ended_above_start`). Not 1: a
-run that barely learns ends near its start, and batch noise puts it above (the smoke grid's 12-step runs of 16
-examples: up to 1.016x, vera and resampled); a run made worse by its learning rate ends well above (lora at lr 1 on
-the smoke model: 1.08x; at lr 1e6: 1.37x)."""
+run that barely learns ends near its start, and batch noise puts it above: the smoke grid's 48 runs (12 steps of 16
+examples, where nothing learns) end at up to 1.079x (resampled on gpt2-tiny), 10 of them above 1x; a run that a
+learning rate made worse ends further up (an audit saw lora at lr 1e6 end at 1.37x, recorded ok)."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ def _ending(losses: Sequence[float]) -> float:
 def ended_above_start(losses: Sequence[float]) -> str | None:
     """Why a finished run whose every step passed :func:`divergence` still diverged, or None: its training loss
     ended (:func:`_ending`) above :data:`ENDED_ABOVE_FACTOR` x its first step's, so training made the model worse
-    (LoRA at lr 1e6 on the smoke grid: 2.00 -> 2.74, each step under 4x the first). A run that learns ends well
+    (an audit saw LoRA at lr 1e6 go 2.00 -> 2.74, each step under 4x the first). A run that learns ends well
     below (the default grid's 264 reference runs: at most 0.27x the first loss)."""
     if len(losses) < 2 or (ending := _ending(losses)) <= ENDED_ABOVE_FACTOR * losses[0]:
         return None
