@@ -54,8 +54,8 @@ def read_record(path: Path) -> dict[str, Any]:
     """The parsed record at ``path``; a :class:`RecordError` names the file and the bad field."""
     try:
         record = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise RecordError(f"{path}: not valid JSON: {error}") from error
+    except (OSError, ValueError) as error:  # missing, cut short (JSONDecodeError), not text (UnicodeDecodeError)
+        raise RecordError(f"{path}: not a readable JSON record: {error}") from None
     try:
         records.validate(record)
     except jsonschema.ValidationError as problem:

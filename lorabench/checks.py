@@ -33,9 +33,22 @@ class ConfigError(ValueError):
 # the YAML file
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB; the shipped ones are under 10 KiB) is refused before it is parsed."""
+MAX_CONFIG_VALUES = 100_000
+"""A config whose values, every alias (``*name``) expanded, number more than this is refused before anything walks
+it: a few KiB of nested aliases (a "billion laughs") expand to millions, which hung the checks for 15 minutes."""
+
+
+class ConfigFileError(ValueError):
+    """A config file refused before its settings are read: too large, not UTF-8 text, or aliases expanding beyond
+    :data:`MAX_CONFIG_VALUES`."""
+
+
 def read_yaml(path: Path) -> Any:
     """The YAML document at ``path``, refusing a key given twice in one mapping (:class:`DuplicateKeyError`), which
-    plain YAML loaders resolve silently by keeping the last (a second ``train:`` would replace the first)."""
+    plain YAML loaders resolve silently by keeping the last (a second ``train:`` would replace the first), and a file
+    no config needs to be (:class:`ConfigFileError`): so that no file can make the checks hang."""
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
@@ -53,7 +66,35 @@ def read_yaml(path: Path) -> Any:
                     raise DuplicateKeyError(key, first, key_node.start_mark)
             return super().construct_mapping(node, deep)
 
-    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=StrictLoader)  # noqa: S506 -- a SafeLoader
+    if (size := Path(path).stat().st_size) > MAX_CONFIG_BYTES:
+        raise ConfigFileError(f"{path}: {size:,} bytes, more than a config needs ({MAX_CONFIG_BYTES:,}); is it the "
+                              "right file?")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"{path}: not UTF-8 text (a binary file, or saved as UTF-16?); save the config as "
+                              "UTF-8 YAML") from None
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and (values := _expanded_size(node, {})) > MAX_CONFIG_VALUES:
+            raise ConfigFileError(f"{path}: its aliases (*name) expand to {values:,} values, more than "
+                                  f"{MAX_CONFIG_VALUES:,}; write the settings out instead of nesting aliases")
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias expanded, counted once per distinct node (an alias is
+    the node it names, so a bomb is counted in time linear in its text); a recursive alias counts as one."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that contains itself
+    children = node.value if isinstance(node.value, list) else []
+    items = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+    sizes[id(node)] = 1 + sum(_expanded_size(item, sizes) for item in items)
+    return sizes[id(node)]
 
 
 class DuplicateKeyError(ValueError):
@@ -68,16 +109,20 @@ class DuplicateKeyError(ValueError):
         return f"{path}:{self.mark.line + 1}:{self.mark.column + 1}: {self}"
 
 
-def duplicate_key_problem(path: Path | str) -> str | None:
-    """``file:line:column: duplicate key ...`` when the YAML (or JSON) file at ``path`` gives a key twice, else None
-    (also for a file the strict loader cannot parse: whoever read it first reports that)."""
+def config_file_problem(path: Path | str) -> str | None:
+    """What is wrong with the YAML (or JSON) config file at ``path`` that Snakemake's own loader lets pass, else
+    None: a key given twice (``file:line:column: duplicate key ...``), or a file too large, not UTF-8, or with
+    aliases expanding too far (:class:`ConfigFileError`). A file that does not parse gives None: whoever read it
+    first reports that."""
     import yaml
 
     try:
         read_yaml(Path(path))
     except DuplicateKeyError as error:
         return error.located(path)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except ConfigFileError as error:
+        return str(error)
+    except (OSError, yaml.YAMLError):
         return None
     return None
 
@@ -331,6 +376,11 @@ def check_data(grid: Grid) -> None:
     if low > high:
         raise ConfigError(f"config error at `data/min_len`: min_len {low} is above max_len {high}; "
                           "give min_len <= max_len")
+    embedded_targets = [name for name in grid.target_tasks() if name in RULES]
+    if embedded_targets and (batch := grid.config["train"]["batch_size"]) > data["train"]:
+        raise ConfigError(f"config error at `train/batch_size`: {batch} is more than the {data['train']} examples "
+                          "of the train split (data.train): every batch would repeat examples; lower "
+                          "train.batch_size or raise data.train")
     needed = data["train"] + data["validation"] + data["test"]
     embedded = [name for name in grid.config["tasks"]["source"] + grid.target_tasks() if name in RULES]
     for name in dict.fromkeys(embedded):
@@ -340,14 +390,50 @@ def check_data(grid: Grid) -> None:
                 f"fewer than the {needed} its disjoint splits need (train + validation + test); raise "
                 "data.max_len or lower data.train, data.validation or data.test"
             )
+    _check_positions(grid, list(dict.fromkeys(embedded)))
+
+
+POSITION_SETTINGS = ("max_position_embeddings", "n_positions")
+"""Architecture settings that bound a model's sequence length (Llama and BERT, GPT-2)."""
+
+
+def _check_positions(grid: Grid, tasks: list[str]) -> None:
+    """Every embedded model has a position for each token of the longest example of the embedded ``tasks``
+    (prompt, answer and end-of-sequence, one token a character): beyond them training fails, or silently reads
+    garbage positions."""
+    from lorabench.pretrain import embedded_tasks
+
+    if not tasks:
+        return
+    longest = max(len(example.prompt) + len(example.answer) + 1
+                  for task in embedded_tasks(tasks, grid.config["data"])
+                  for split in ("train", "validation", "test") for example in task.split(split))
+    for model, spec in grid.config["models"].items():
+        architecture = spec.get("architecture", {})
+        for key in POSITION_SETTINGS:
+            if key in architecture and architecture[key] < longest:
+                raise ConfigError(
+                    f"config error at `models/{model}/architecture/{key}`: {architecture[key]} positions, fewer than "
+                    f"the {longest} tokens of the longest example (data.max_len {grid.config['data']['max_len']}); "
+                    f"raise {key} to at least {longest} or lower data.max_len"
+                )
 
 
 # grid values and variants
 
 
+MAX_SEED = 2**32 - 1
+"""Seeds go to ``torch.manual_seed``, ``random.Random`` and the data generators: 0..2**32-1 is what all of them
+take alike (NumPy's legacy seeding refuses more, torch refuses 2**64 and beyond)."""
+
+
 def check_values(grid: Grid) -> None:
-    """Every seed, rank and lr names its own records."""
+    """Every seed is in 0..:data:`MAX_SEED`, and every seed, rank and lr names its own records."""
     values = grid.config["grid"]
+    for index, seed in enumerate(values["seeds"]):
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"config error at `grid/seeds/{index}`: {seed} is not a seed from 0 to {MAX_SEED} "
+                              "(2**32 - 1), what every random generator here takes; give one in that range")
     _check_record_names("grid/seeds", values["seeds"], str)
     _check_record_names("grid/ranks", values["ranks"], str)
     _check_record_names("grid/lrs", values["lrs"], format_lr)
@@ -506,6 +592,9 @@ def check_ranks(grid: Grid) -> None:
         layers = _target_layers(grid, model)
         if layers is None:  # a hub name not resolvable here (offline): the train job reports it
             continue
+        if not layers and (zero := _zero_layer_setting(spec)):
+            raise ConfigError(f"config error at `models/{model}/architecture/{zero}`: 0 layers leaves nothing to "
+                              "adapt or train; give at least 1")
         if missing := unmatched_targets(layers, spec["target_modules"]):
             matched = sorted({name.rsplit(".", 1)[-1] for name in layers})
             raise ConfigError(
@@ -517,6 +606,15 @@ def check_ranks(grid: Grid) -> None:
         for variant in grid.variants():
             _check_layer_shapes(grid, model, variant, layers)
             _check_layer_types(grid, model, variant, layers)
+
+
+LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers")
+"""Architecture settings that count a model's blocks (Llama and BERT, GPT-2, others)."""
+
+
+def _zero_layer_setting(spec: dict[str, Any]) -> str | None:
+    """The architecture setting that gives the model 0 blocks, if that is why it has no layer to adapt."""
+    return next((key for key in LAYER_COUNTS if spec.get("architecture", {}).get(key) == 0), None)
 
 
 def _check_layer_shapes(grid: Grid, model: str, variant: str, layers: dict[str, Any]) -> None:

@@ -10,9 +10,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lorabench.checks import SCHEMA
 from lorabench.image import check_image_matches_tree
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LISTING_SHAPE = (64, 64, 4)
 LARGE_GRID = 100_000
@@ -145,12 +149,14 @@ def _read_yaml(path: Path) -> object:
     and column."""
     import yaml
 
-    from lorabench.checks import DuplicateKeyError, read_yaml
+    from lorabench.checks import ConfigFileError, DuplicateKeyError, read_yaml
 
     try:
         return read_yaml(path)
     except DuplicateKeyError as error:
         sys.exit(error.located(path))
+    except ConfigFileError as error:
+        sys.exit(str(error))
     except OSError as error:
         sys.exit(f"{path}: cannot read the config: {error.strerror}")
     except yaml.YAMLError as error:
@@ -188,7 +194,7 @@ def _train(args: argparse.Namespace) -> None:
     from lorabench.job import TrainJob
     from lorabench.runner import run_job
 
-    run_job(TrainJob.from_json(args.job), args.threads)
+    run_job(TrainJob.from_json(args.job), args.threads, args.inputs)
 
 
 def _cost(args: argparse.Namespace) -> None:
@@ -198,9 +204,14 @@ def _cost(args: argparse.Namespace) -> None:
 
 
 def _aggregate(args: argparse.Namespace) -> None:
-    from lorabench.aggregate import aggregate, write_tables
+    from lorabench.aggregate import RecordError, aggregate, write_tables
 
-    write_tables(*aggregate(args.records), args.out)
+    try:
+        tables = aggregate(args.records)
+    except RecordError as error:
+        sys.exit(f"aggregate: {error}. Run snakemake again: it re-creates a missing record and one cut short (delete "
+                 "any other damaged one first), restoring it from results/kept or training it again")
+    write_tables(*tables, args.out)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -215,13 +226,52 @@ def _compare(args: argparse.Namespace) -> None:
     from lorabench.reference import DEFAULT_TOLERANCE, compare
 
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    comparison = compare(pd.read_csv(args.results), pd.read_csv(args.reference), tolerance)
+    comparison = compare(
+        _results_table(args.results, "run the pipeline first (snakemake --cores all writes reports/results.csv)"),
+        _results_table(args.reference, "run compare from the repository's root, or give --reference"), tolerance,
+    )
     for line in comparison.differences:
         print(line)
     if not comparison.agrees:
         sys.exit(f"{args.results}: {len(comparison.differences)} difference(s) from {args.reference}")
     print(f"{args.results}: agrees with {args.reference} ({comparison.points} grid points; same statuses and lr "
           f"choices; mean target accuracy and forgetting per variant within {tolerance})")
+
+
+RESULTS_NEEDED = ("run_id", "model", "task", "variant", "rank", "lr", "seed", "status")
+"""Columns of a results table (``lorabench aggregate``) that every row must fill: a row without them is cut short."""
+
+
+def _results_table(path: Path, when_missing: str) -> pd.DataFrame:
+    """The results table at ``path``; exits with one line naming the file and what to do when it is missing, not
+    a CSV, lacks a column, or is cut short (a copy interrupted mid-row would read as a bogus grid point)."""
+    import pandas as pd
+
+    if not path.is_file():
+        sys.exit(f"{path}: no such file (relative to {Path.cwd()}); {when_missing}")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        sys.exit(f"{path}: not a results table ({type(error).__name__}: {str(error).strip()}); write it again with "
+                 "lorabench aggregate or snakemake")
+    if missing := [column for column in RESULTS_NEEDED if column not in table.columns]:
+        sys.exit(f"{path}: no column {', '.join(missing)}: not a results table of lorabench aggregate")
+    if problem := _short_row(path):
+        sys.exit(f"{path}: {problem} (cut short?); write the table again with lorabench aggregate or snakemake")
+    return table
+
+
+def _short_row(path: Path) -> str | None:
+    """Where a CSV table is cut short: a row with fewer fields than its header, or no newline at its end."""
+    import csv
+
+    with path.open(newline="") as file:
+        rows = csv.reader(file)
+        width = len(next(rows, []))
+        for row in rows:
+            if len(row) != width:
+                return f"line {rows.line_num} has {len(row)} fields where the header has {width}"
+    return None if path.read_bytes().endswith(b"\n") else "its last line does not end"
 
 
 def _user_variant_arguments(command: argparse.ArgumentParser) -> None:
@@ -232,7 +282,7 @@ def _user_variant_arguments(command: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lorabench", description=__doc__.splitlines()[0], fromfile_prefix_chars="@")
-    commands = root.add_subparsers(required=True, metavar="COMMAND")
+    commands = root.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     listing = commands.add_parser("variants", help="list registered variants, or describe one")
     listing.add_argument("name", nargs="?", help="a registered variant: its source, optimizer, hooks and options "
@@ -248,13 +298,13 @@ def parser() -> argparse.ArgumentParser:
     contract.set_defaults(run=_test_variant)
 
     check = commands.add_parser("check", help="validate a grid config without running anything")
-    check.add_argument("config", type=Path)
+    check.add_argument("config", type=Path, help="the grid config (YAML) to validate")
     check.add_argument("--schema", type=Path, default=SCHEMA, help="default: the schema shipped with lorabench")
     check.set_defaults(run=_check)
 
     pre = commands.add_parser("pretrain", help="build and pretrain an embedded model (pipeline rule)")
     pre.add_argument("--settings", required=True, help="JSON written by the Snakefile")
-    pre.add_argument("--out", required=True, type=Path)
+    pre.add_argument("--out", required=True, type=Path, help="the checkpoint folder to write")
     pre.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
     pre.set_defaults(run=_pretrain)
 
@@ -262,17 +312,21 @@ def parser() -> argparse.ArgumentParser:
     source = cache.add_mutually_exclusive_group(required=True)
     source.add_argument("--gguf", help="a .gguf file or an installed package holding one: dequantized")
     source.add_argument("--package", help="an installed package holding one checkpoint folder: copied")
-    cache.add_argument("--out", required=True, type=Path)
+    cache.add_argument("--out", required=True, type=Path, help="the checkpoint folder to write")
     cache.set_defaults(run=_cache_model)
 
     data = commands.add_parser("generate-data", help="write a generated task's train/test JSONL (pipeline rule)")
     data.add_argument("--generator", required=True, help="the task's `generator` entry as JSON")
-    data.add_argument("--out", required=True, type=Path)
+    data.add_argument("--out", required=True, type=Path, help="the folder to write the splits' JSONL files to")
     data.set_defaults(run=_generate_data)
 
     train = commands.add_parser("train", help="run one job of grid points (pipeline rule)")
     train.add_argument("--job", required=True, help="JSON written by the Snakefile")
     train.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
+    train.add_argument("--inputs", nargs="*", metavar="PATH",
+                       help="the files the pipeline gave the job (the rule's inputs); given, finished records are "
+                            "kept under results/kept and restored instead of retrained when settings, code and "
+                            "these files are unchanged")
     train.set_defaults(run=_train)
 
     cost = commands.add_parser("cost", help="step time and memory of every variant at real layer sizes (pipeline rule)")
@@ -283,18 +337,21 @@ def parser() -> argparse.ArgumentParser:
 
     agg = commands.add_parser("aggregate", help="records -> results.csv, loss_curves.csv and trajectories.csv")
     agg.add_argument("records", nargs="+", type=Path, help="record files, or @FILE: a file listing them, one a line")
-    agg.add_argument("--out", required=True, type=Path)
+    agg.add_argument("--out", required=True, type=Path, help="the folder to write the two tables to")
     agg.set_defaults(run=_aggregate)
 
     comp = commands.add_parser("compare", help="compare a run's results.csv with the shipped reference")
-    comp.add_argument("results", type=Path, nargs="?", default=Path("reports/results.csv"))
-    comp.add_argument("--reference", type=Path, default=Path("reports/reference/results.csv"))
+    comp.add_argument("results", type=Path, nargs="?", default=Path("reports/results.csv"),
+                      help="your run's results table (default: %(default)s, what the pipeline writes)")
+    comp.add_argument("--reference", type=Path, default=Path("reports/reference/results.csv"),
+                      help="the table to compare with (default: %(default)s, the shipped default grid's)")
     comp.add_argument("--tolerance", type=float,
                       help="largest absolute difference of a variant's mean accuracy or forgetting (default 0.05)")
     comp.set_defaults(run=_compare)
 
     report = commands.add_parser("report", help="figures and summary.md from the tables")
-    report.add_argument("--out", required=True, type=Path)
+    report.add_argument("--out", required=True, type=Path,
+                        help="the folder holding results.csv and loss_curves.csv, where the figures go")
     report.add_argument("--benchmarks", type=Path, help="the pipeline's benchmark folder: adds the training share")
     report.add_argument("--cores", type=int, help="cores the pipeline ran with (with --benchmarks)")
     report.add_argument("--cost", type=Path, help="the cost stage's CSV: its figure, table and the cost answers")
@@ -306,7 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     check_image_matches_tree()  # in a container: its dependencies must be the ones this tree pins
-    args.run(args)
+    try:
+        args.run(args)
+    except FileNotFoundError as error:  # a path given on the command line (or read from one) that is not there
+        sys.exit(f"lorabench {args.command}: {error.filename}: no such file or folder (paths are relative to "
+                 f"{Path.cwd()}); see lorabench {args.command} --help")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Which code produced a result: the git commit, whether the checkout had uncommitted edits, and a hash of the
 source files a job runs.
 
-The hash covers the files a job's numbers depend on and nothing else, so the Snakefile passes it as a tracked
-param: an edit to a variant's module re-runs that variant's train jobs, an edit to training code they share
+The hash covers the code (not comments or docstrings) of the files a job's numbers depend on and nothing else, so
+the Snakefile passes it as a tracked param: an edit to a variant's module re-runs that variant's train jobs, an edit to training code they share
 re-runs every train job, and an edit to the report or the grid expansion (whose output, the job's settings, is
 tracked itself) re-runs none. Records carry the same hash, computed by the job itself.
 """
@@ -106,12 +106,35 @@ def _module_file(name: str) -> Path | None:
 
 @cache
 def _digest(files: frozenset[Path]) -> str:
-    """SHA-256 over the files' names and contents, in a fixed order; names are relative to the package so
-    moving the checkout changes nothing (a file outside it, e.g. a user's variant module, counts by name)."""
+    """SHA-256 over the files' names and code (:func:`_code`), in a fixed order; names are relative to the package
+    so moving the checkout changes nothing (a file outside it, e.g. a user's variant module, counts by name)."""
     digest = hashlib.sha256()
     for path in sorted(files, key=_label):
-        digest.update(_label(path).encode() + b"\0" + _content(path) + b"\0")
+        digest.update(_label(path).encode() + b"\0" + _code(path) + b"\0")
     return digest.hexdigest()
+
+
+@cache
+def _code(path: Path) -> bytes:
+    """What a file does: a Python module's syntax tree without its docstrings (comments, blank lines and layout are
+    not in a syntax tree), so editing those re-runs nothing; any other file's bytes. No code here reads a
+    docstring (``__doc__``) of a module a job runs, which would make a docstring part of what the job does."""
+    if path.suffix != ".py":
+        return _content(path)
+    tree = ast.parse(_content(path))
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            statements = getattr(node, field, None)
+            if isinstance(statements, list) and statements and isinstance(statements[0], ast.stmt):
+                kept = [statement for statement in statements if not _is_string_statement(statement)]
+                setattr(node, field, kept or [ast.Pass()])
+    return ast.dump(tree).encode()
+
+
+def _is_string_statement(statement: ast.stmt) -> bool:
+    """A bare string: a docstring, or an attribute's docstring under its assignment; it does nothing."""
+    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(
+        statement.value.value, str)
 
 
 def _label(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 Each grid point loads its model afresh, is measured, and writes its own record as soon as it ends.
 A grid point that raises or diverges is recorded with that status instead of stopping the job, so
-one bad run never takes the grid down and finished runs are never lost.
+one bad run never takes the grid down; a finished record is also kept where Snakemake does not delete it
+(:mod:`lorabench.kept`), so a job re-run after an interrupt or failure trains only the points it lacks.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lorabench import records
+from lorabench import kept, records
 from lorabench.devices import device_info, select_device
 from lorabench.evaluation.exact_match import Scores, scores
 from lorabench.evaluation.perplexity import answer_cross_entropy
@@ -35,21 +36,27 @@ from lorabench.variants import AdapterSpec, get, load_modules
 log = logging.getLogger(__name__)
 
 
-def run_job(job: TrainJob, threads: int | None = None) -> None:
+def run_job(job: TrainJob, threads: int | None = None, inputs: list[str] | None = None) -> None:
     """Run every grid point of ``job`` (built by :meth:`lorabench.grid.Grid.train_job`) on ``threads`` CPU threads.
 
     A target task whose data cannot be loaded fails its own points only, naming the missing files; a base model
     that cannot be loaded or measured fails every point. Either way each point gets a record that says why.
+    ``inputs``: the files the pipeline gave the job; given, finished records are kept and a point with a kept
+    record for the same settings, code and inputs is restored instead of trained (:mod:`lorabench.kept`).
     """
     load_modules(list(job.variant_modules))  # the user's variants: registered here as on the host
+    keys = _kept_keys(job, inputs) if inputs is not None else {}
+    todo = [point for point in job.points if not _restored(point, keys)]  # the job's code hash stays the whole job's
+    if not todo:
+        return
     if threads:
         torch.set_num_threads(threads)
     device = select_device(job.device)
     tasks = _job_tasks(job)
     unloadable = _unloadable_targets(job, tasks)
     tasks = {name: task for name, task in tasks.items() if name not in unloadable}
-    points = [point for point in job.points if point.task not in unloadable]
-    _record_failures(job, [p for p in job.points if p.task in unloadable], device, unloadable.get)
+    points = [point for point in todo if point.task not in unloadable]
+    _record_failures(job, [p for p in todo if p.task in unloadable], device, unloadable.get)
     if not points:
         return
     try:
@@ -60,8 +67,26 @@ def run_job(job: TrainJob, threads: int | None = None) -> None:
         return
     for point in points:
         record = run_point(job, point, tasks, base, device)
-        records.write(record, Path(point.record))
+        if keys:
+            kept.keep(record, point, keys[point.record])
+        else:
+            records.write(record, Path(point.record))
         log.info("%s: %s", record["run_id"], record["status"])
+
+
+def _kept_keys(job: TrainJob, inputs: list[str]) -> dict[str, str]:
+    """Each point's record path -> its key in the kept store (:func:`lorabench.kept.key`)."""
+    code, fingerprint = _job_code(job), kept.inputs_fingerprint(inputs)
+    return {point.record: kept.key(job, point, code, fingerprint) for point in job.points}
+
+
+def _restored(point: JobPoint, keys: dict[str, str]) -> bool:
+    """Whether ``point``'s kept record was put back in place (then it is not trained again)."""
+    if point.record not in keys or (record := kept.restore(point, keys[point.record])) is None:
+        return False
+    log.info("%s: %s, restored from %s (trained before)", record["run_id"], record["status"],
+             kept.kept_path(point, keys[point.record]))
+    return True
 
 
 def _record_failures(

@@ -23,6 +23,14 @@ UNIFORM_REACHED = 0.98
 UNIFORM_CLEARLY_BELOW = 0.8
 """The uniform-guess rule applies to runs whose first loss is below this share of ln|V|: a new classification head
 starts at the uniform guess, and its noise around it is not divergence."""
+ENDING_SHARE = 0.1
+"""The share of the last steps whose mean loss is the run's end (:func:`ended_above_start`): a mean over several
+steps, so one noisy batch neither flags nor clears a run."""
+ENDED_ABOVE_FACTOR = 1.2
+"""A run whose loss ends above this multiple of its first step's got worse (:func:`ended_above_start`). Not 1: a
+run that barely learns ends near its start, and batch noise puts it above: the smoke grid's 48 runs (12 steps of 16
+examples, where nothing learns) end at up to 1.079x (resampled on gpt2-tiny), 10 of them above 1x; a run that a
+learning rate made worse ends further up (an audit saw lora at lr 1e6 end at 1.37x, recorded ok)."""
 
 
 @dataclass(frozen=True)
@@ -191,12 +199,14 @@ def train(
     loop_clock.start()
     progress = tqdm(range(settings.steps), desc=description, file=sys.stderr, mininterval=2.0, ascii=True)
     initial = math.nan
+    step_losses = []
     for step in progress:
         rows = sampler.choices(tokenized, k=settings.batch_size - replayed)
         batch = collate(rows + replay_sampler.choices(replay_rows, k=replayed), tokenizer.pad_token_id, device)
         outcome.clock.start()
         output = model(**batch)
         loss = output.loss.item()
+        step_losses.append(loss)
         if step == 0:
             initial = loss
         if reason := divergence(loss, initial, math.log(output.logits.shape[-1])):
@@ -215,6 +225,9 @@ def train(
         if step + 1 in settings.eval_at and step + 1 < settings.steps:
             _evaluate_aside(outcome, evaluate, step + 1, device)
     progress.close()
+    if outcome.status == "ok" and (reason := ended_above_start(step_losses)):
+        outcome.status = "diverged"
+        outcome.divergence = Divergence(len(step_losses) - 1, step_losses[-1], reason)
     loop_clock.stop()
     outcome.train_seconds = loop_clock.step_seconds[0] - outcome.eval_seconds
     outcome.peak_mb = outcome.memory.peak_mb()
@@ -269,6 +282,23 @@ def divergence(loss: float, initial: float, uniform: float) -> str | None:
         return (f"loss {loss:.4g} is back at the uniform guess ln|V| = {uniform:.4g} from the initial loss "
                 f"{initial:.4g}")
     return None
+
+
+def _ending(losses: Sequence[float]) -> float:
+    """Mean loss of the last :data:`ENDING_SHARE` of ``losses`` (at least the last one)."""
+    tail = losses[-max(1, round(ENDING_SHARE * len(losses))):]
+    return sum(tail) / len(tail)
+
+
+def ended_above_start(losses: Sequence[float]) -> str | None:
+    """Why a finished run whose every step passed :func:`divergence` still diverged, or None: its training loss
+    ended (:func:`_ending`) above :data:`ENDED_ABOVE_FACTOR` x its first step's, so training made the model worse
+    (an audit saw LoRA at lr 1e6 go 2.00 -> 2.74, each step under 4x the first). A run that learns ends well
+    below (the default grid's 264 reference runs: at most 0.27x the first loss)."""
+    if len(losses) < 2 or (ending := _ending(losses)) <= ENDED_ABOVE_FACTOR * losses[0]:
+        return None
+    return (f"the training loss ended at {ending:.4g} (mean of its last steps), above {ENDED_ABOVE_FACTOR:g} x the "
+            f"first step's {losses[0]:.4g}")
 
 
 def _log_loss(outcome: TrainOutcome, step: int, loss: float) -> None:

@@ -23,12 +23,18 @@ EXACT = ("grid", "status", "target", "source", "forgetting")
 def snakemake(workdir: Path, *args: str, config: Path = SMOKE, check: bool = True,
               snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
     """Run the repo's Snakefile (or another tree's) on ``config`` with ``workdir`` as working directory."""
-    command = ["snakemake", "-s", str(snakefile), "--directory", str(workdir),
-               "--configfile", str(config), "--cores", "2", *args]
+    command = snakemake_command(workdir, *args, config=config, snakefile=snakefile)
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def snakemake_command(workdir: Path, *args: str, config: Path = SMOKE,
+                      snakefile: Path = REPO / "Snakefile") -> list[str]:
+    """The command line :func:`snakemake` runs (from the repo root)."""
+    return ["snakemake", "-s", str(snakefile), "--directory", str(workdir), "--configfile", str(config),
+            "--cores", "2", *args]
 
 
 @contextmanager

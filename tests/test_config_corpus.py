@@ -145,6 +145,17 @@ CASES = {
     "float16 on the cpu": ({"dtype": "float16"}, ["`dtype`", "float16", "device is cpu", "bfloat16"]),
     "a model's float16 on the cpu": ({"models.gpt2-tiny.dtype": "float16"},
                                      ["`models/gpt2-tiny/dtype`", "float16", "device is cpu"]),
+    # values accepted before without a word (the audit's)
+    "negative seed": ({"grid.seeds": "[0, -1]"}, ["`grid/seeds/1`", "-1 is not a seed from 0 to 4294967295"]),
+    "seed of 2**70": ({"grid.seeds": f"[{2**70}]"}, ["`grid/seeds/0`", f"{2**70} is not a seed", "in that range"]),
+    "batch larger than the train split": ({"train.batch_size": "301"},
+                                          ["`train/batch_size`", "301 is more than the 300 examples", "data.train"]),
+    "fewer positions than the longest example": (
+        {"models.llama-tiny.architecture.max_position_embeddings": "8"},
+        ["`models/llama-tiny/architecture/max_position_embeddings`", "8 positions, fewer than the 13 tokens",
+         "at least 13"]),
+    "no layers": ({"models.gpt2-tiny.architecture.n_layer": "0"},
+                  ["`models/gpt2-tiny/architecture/n_layer`", "0 layers leaves nothing to adapt"]),
     # YAML's numbers
     "3e-3 is a string to YAML": ({"grid.lrs": "[3e-3]"}, ["`grid/lrs/0`", "'3e-3'", "3.0e-3", "0.003"]),
     "1e-4 in a variant's lrs": ({"variants.full.lrs": "[1e-4]"}, ["`variants/full/lrs/0`", "'1e-4'", "3.0e-3"]),
@@ -208,6 +219,50 @@ def test_lorabench_check_names_file_line_and_column_of_yaml_errors(text: str, ex
     message = _check(config)
     assert message.startswith(str(config)) and "Traceback" not in message
     assert all(words in message for words in expected), message
+
+
+def alias_bomb(levels: int = 9) -> bytes:
+    """A config of 9 x 9 x ... nested aliases: under 1 KiB of text, 9**levels values once expanded."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+FILE_CASES = {
+    "alias bomb": (alias_bomb(), ["aliases (*name) expand to", "values, more than 100,000"]),
+    "UTF-16": (SMOKE.read_text().encode("utf-16"), ["not UTF-8 text", "save the config as UTF-8"]),
+    "binary": (bytes(range(256)) * 4, ["not UTF-8 text"]),
+    "too large": (b"# padding\n" * 120_000, ["1,200,000 bytes", "more than a config needs"]),
+}
+
+
+@pytest.mark.parametrize("content, expected", FILE_CASES.values(), ids=FILE_CASES.keys())
+def test_lorabench_check_refuses_a_file_no_config_is_at_once(content: bytes, expected: list[str],
+                                                             tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_bytes(content)
+    message = _check(config)  # at once: the bomb is counted, never expanded (it hung for 15 minutes before)
+    assert message.startswith(str(config)) and all(words in message for words in expected), message
+
+
+def test_snakemake_refuses_an_alias_bomb_before_any_job(tmp_path: Path) -> None:
+    config = tmp_path / "bomb.yaml"
+    config.write_bytes(SMOKE.read_bytes() + alias_bomb().replace(b"a", b"bomb_"))
+    result = snakemake(tmp_path, "--dry-run", config=config, check=False)
+    assert result.returncode != 0 and "values, more than 100,000" in result.stdout + result.stderr, result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_variant_of_ones_own_under_a_built_in_name_is_refused_by_name(tmp_path: Path) -> None:
+    module = tmp_path / "mine.py"
+    module.write_text("from lorabench.variants import register\nfrom lorabench.variants.lora import LoRA\n\n\n"
+                      "@register('lora')\nclass Mine(LoRA):\n    pass\n")
+    config = _edited({"variant_modules": f"[{module}]"})
+    with pytest.raises(ConfigError) as refused:
+        load_grid(config)
+    message = str(refused.value)
+    assert "`variant_modules/0`" in message and "'lora' is taken (by lorabench.variants.lora.LoRA)" in message
+    assert "give yours a name of its own" in message
 
 
 def test_the_corpus_edits_the_smoke_config_that_is_accepted() -> None:

@@ -126,16 +126,25 @@ def edited_copy(tmp_path: Path) -> Path:
 
 def test_editing_a_variants_code_reruns_its_jobs_only(smoke_run: Path, edited_copy: Path) -> None:
     with (edited_copy / "lorabench/variants/resampled.py").open("a") as module:
-        module.write("\n# an edit\n")
+        module.write("\nEDITED = True\n")  # code: a comment or docstring re-runs nothing (test below)
     jobs = planned_jobs(smoke_run, repo=edited_copy)
     assert trained(jobs) == {(model, "resampled") for model in ("llama-tiny", "gpt2-tiny")}
     assert "pretrain" not in {job["rule"] for job in jobs}
     assert "cost" in {job["rule"] for job in jobs}  # the cost stage measures every variant: its code is tracked
 
 
+def test_editing_comments_and_docstrings_reruns_nothing(smoke_run: Path, edited_copy: Path) -> None:
+    for name in ("variants/resampled.py", "runner.py", "report/plots.py"):
+        module = edited_copy / "lorabench" / name
+        text = module.read_text().replace('"""', '"""Edited. ', 1)  # the module's docstring
+        module.write_text(f"# an edit\n{text}\n# another edit\n\n")
+    jobs = planned_jobs(smoke_run, SMOKE, edited_copy, "--set-threads", "train=2", "pretrain=2", "cost=2")
+    assert not jobs, jobs
+
+
 def test_editing_the_report_redraws_it_and_reruns_no_training(smoke_run: Path, edited_copy: Path) -> None:
     with (edited_copy / "lorabench/report/plots.py").open("a") as module:
-        module.write("\n# an edit\n")
+        module.write("\nEDITED = True\n")
     jobs = planned_jobs(smoke_run, SMOKE, edited_copy, "--set-threads", "train=2", "pretrain=2", "cost=2")
     assert {job["rule"] for job in jobs} == {"aggregate", "figures", "all"}, jobs
     assert "Params have changed" in next(job["reason"] for job in jobs if job["rule"] == "aggregate")
@@ -162,3 +171,24 @@ def test_deleting_a_record_that_is_not_a_target_reruns_its_job(smoke_run: Path) 
         kept.rename(record)  # the smoke run is shared with other test modules
     assert trained(jobs) == {(point.model, point.variant)}
     assert sum(job["rule"] == "train" for job in jobs) == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "same"),
+    [
+        (lambda text: text.replace("\nimport torch", "\n# a comment\nimport torch", 1), True),
+        (lambda text: text.replace('"""', '"""More words. ', 1), True),  # the module docstring
+        (lambda text: text.replace("\n    @staticmethod", '\n    """A bare string."""\n    @staticmethod', 1), True),
+        (lambda text: text + "\n\n\n", True),
+        (lambda text: text + "\nEDITED = 1\n", False),
+        (lambda text: text.replace("import torch", "import torch as torch", 1), False),
+        (lambda text: text.replace("import torch", "import  torch", 1), True),  # layout
+    ],
+)
+def test_the_code_hash_ignores_comments_docstrings_and_layout(tmp_path: Path, edit, same: bool) -> None:
+    from lorabench.provenance import _code
+
+    original = REPO / "lorabench/variants/resampled.py"
+    edited = tmp_path / "resampled.py"
+    edited.write_text(edit(original.read_text()))
+    assert (_code(edited) == _code(original)) == same

@@ -11,7 +11,9 @@ import torch
 
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench.tasks.algorithmic import AlgorithmicTask
-from lorabench.train import IGNORE_INDEX, TrainSettings, collate, divergence, tokenize_examples, train
+from lorabench.train import (
+    IGNORE_INDEX, TrainSettings, collate, divergence, ended_above_start, tokenize_examples, train,
+)
 from lorabench.variants import AdapterSpec, get
 
 
@@ -62,6 +64,23 @@ def test_divergence_rules(loss: float, initial: float, uniform: float, rule: str
     assert (reason is None) if rule is None else (rule in reason)
 
 
+@pytest.mark.parametrize(
+    ("losses", "flagged"),
+    [
+        ([2.0] + [2.6] * 38 + [1.9], True),  # one lucky last batch does not clear a run that got worse
+        ([2.0] * 36 + [1.8, 1.9, 2.0, 2.1], False),  # the mean of the last tenth of the steps, not the last batch
+        ([2.0, 2.1] + [1.0] * 18, False),  # learned
+        ([2.0] + [2.5] * 19, True),  # ended 25% above: worse
+        ([2.0] + [2.16] * 19, False),  # 8% above: a run that barely learns, in batch noise (the smoke grid: 7.9%)
+        ([2.0], False),  # nothing to compare
+    ],
+)
+def test_a_run_whose_loss_ends_above_its_start_is_flagged(losses: list[float], flagged: bool) -> None:
+    reason = ended_above_start(losses)
+    assert (reason is not None) == flagged
+    assert reason is None or "above 1.2 x the first step's 2" in reason
+
+
 @pytest.fixture(scope="module")
 def sort_model() -> tuple[torch.nn.Module, object, list]:
     """A tiny Llama taught to copy, as the pipeline pretrains, and the sort examples it is fine-tuned on: its loss on
@@ -79,7 +98,8 @@ def sort_model() -> tuple[torch.nn.Module, object, list]:
 
 @pytest.mark.parametrize(
     ("variant", "lr", "status", "rule"),
-    [("full", 1e4, "diverged", None), ("lora", 1e30, "diverged", "uniform guess"), ("lora", 3e-3, "ok", None)],
+    [("full", 1e4, "diverged", None), ("lora", 1e30, "diverged", "uniform guess"),
+     ("lora", 3e-3, "ok", None)],
 )
 def test_blown_up_learning_rate_is_diverged_with_step_and_reason(
     sort_model: tuple, variant: str, lr: float, status: str, rule: str | None
@@ -162,3 +182,17 @@ def test_replay_without_examples_to_replay_is_an_error(sort_model: tuple, replay
     with pytest.raises(ValueError, match="replay 0.5 asks for 8 replayed examples per batch; none were given"):
         train(copy.deepcopy(model), tokenizer, replay_data[0], TrainSettings(steps=1, batch_size=16, lr=1e-3,
               replay=0.5), seed=0, device=torch.device("cpu"))
+
+
+def test_a_run_made_worse_is_diverged_at_its_last_step(sort_model: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training loop applies :func:`ended_above_start` after its last step. LoRA at lr 1 ends 1.08x above its
+    first loss here, inside the smoke grid's noise (1.2x is the rule), so the factor is lowered to see it flagged."""
+    import lorabench.train
+
+    monkeypatch.setattr(lorabench.train, "ENDED_ABOVE_FACTOR", 1.05)
+    model, tokenizer, examples = sort_model
+    adapted = get("lora")(AdapterSpec(rank=2, alpha=8, target_modules=("q_proj", "v_proj"))).apply(copy.deepcopy(model))
+    settings = TrainSettings(steps=12, batch_size=16, lr=1.0, log_every=4)
+    outcome = train(adapted, tokenizer, examples, settings, seed=0, device=torch.device("cpu"))
+    assert outcome.status == "diverged" and outcome.divergence.step == settings.steps - 1
+    assert "ended at" in outcome.divergence.reason and outcome.steps[-1] == settings.steps - 1

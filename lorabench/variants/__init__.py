@@ -48,7 +48,9 @@ def register(name: str) -> Callable[[V], V]:
 
     def decorate(cls: V) -> V:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"variant {name!r} is registered twice: {_REGISTRY[name]} and {cls}")
+            raise ValueError(f"variant {name!r} is taken (by {_REGISTRY[name].__module__}.{_REGISTRY[name].__name__}), "
+                             f"so {cls.__module__}.{cls.__name__} cannot be registered under it: give yours a name of "
+                             "its own in @register(...)")
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -7,12 +7,13 @@ import re
 import sys
 from pathlib import Path
 
-from lorabench.checks import SAFE_NAME, ConfigError, duplicate_key_problem, load_grid
+from lorabench.checks import SAFE_NAME, ConfigError, config_file_problem, load_grid
 from lorabench.grid import MODELS, RECORD, RECORD_LIST, generated_files
+from lorabench.integrity import checkpoint_problem, record_problem, set_aside_if_damaged
 
 
-for _configfile in workflow.configfiles:  # Snakemake's YAML loader keeps the last of a key given twice: refuse it
-    if problem := duplicate_key_problem(_configfile):
+for _configfile in workflow.configfiles:  # what Snakemake's YAML loader lets pass: a key given twice, an alias bomb
+    if problem := config_file_problem(_configfile):
         raise WorkflowError(f"config error: {problem}")
 
 try:
@@ -74,10 +75,27 @@ def job_records():
     return [records[0] for records in GRID.records_by_job()]
 
 
+CHECK_OUTPUTS = workflow.is_main_process and not any(Path(".snakemake/locks").glob("*"))
+"""Whether damaged checkpoints and records are set aside (lorabench/integrity.py): not in a job's own parse of the
+Snakefile, nor while another run holds the lock (a checkpoint it is writing would look cut short)."""
+
+
+def damaged(path, problem_of, rerun):
+    """Whether the checkpoint or record at `path` was damaged and has been set aside, so that it is missing now."""
+    return CHECK_OUTPUTS and set_aside_if_damaged(Path(path), problem_of, rerun)
+
+
+for _model in GRID.models_given_as("architecture", "gguf", "package"):  # built here: a damaged one is rebuilt
+    damaged(MODELS.format(model=_model), checkpoint_problem, "so the rule that builds it runs again")
+
+
 def missing_records():
-    """The first missing record of each train job that lacks one: a target of the rule `all`, so a deleted record
-    re-runs its job (Snakemake re-runs a job for a missing output only if something requests it)."""
-    missing = ([record for record in records if not Path(record).exists()] for records in GRID.records_by_job())
+    """The first missing (or damaged, now set aside) record of each train job that lacks one: a target of the rule
+    `all`, so a deleted record re-runs its job (Snakemake re-runs a job for a missing output only if something
+    requests it); a finished record the job kept (lorabench/kept.py) is restored, not trained again."""
+    rerun = "so its train job runs again"
+    missing = ([record for record in records if damaged(record, record_problem, rerun) or not Path(record).exists()]
+               for records in GRID.records_by_job())
     return [records[0] for records in missing if records]
 
 

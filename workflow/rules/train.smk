@@ -18,4 +18,6 @@ rule train:
     resources:
         gpu=config["resources"]["gpus_per_train_job"],
     shell:
-        "lorabench train --job {params.job:q} --threads {threads} > {log} 2>&1"
+        # --inputs: finished records are kept under results/kept (never deleted by Snakemake) and restored when the
+        # job re-runs after an interrupt or failure with the same settings, code and inputs (lorabench/kept.py)
+        "lorabench train --job {params.job:q} --threads {threads} --inputs {input:q} > {log} 2>&1"

@@ -1,0 +1,61 @@
+"""Every command a user types fails on a missing or malformed input with one line that says what to do, never a
+traceback; ``--help`` describes every argument."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorabench.cli import parser
+from tests.pipeline import REPO
+
+REFERENCE = REPO / "reports" / "reference" / "results.csv"
+
+
+def lorabench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lorabench.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def cut_mid_row(folder: Path) -> Path:
+    path = folder / "cut.csv"
+    path.write_bytes(REFERENCE.read_bytes()[:3000])
+    return path
+
+
+CASES = {
+    "compare without a results file": (["compare"], ["reports/results.csv: no such file", "run the pipeline first"]),
+    "compare away from the reference": (["compare", str(REFERENCE)],
+                                        ["reports/reference/results.csv: no such file", "give --reference"]),
+    "compare on a table cut mid-row": (["compare", "cut.csv", "--reference", str(REFERENCE)],
+                                       ["cut.csv: line 7 has 18 fields where the header has 46", "cut short?"]),
+    "compare on a CSV of something else": (["compare", "other.csv", "--reference", str(REFERENCE)],
+                                           ["other.csv: no column run_id", "not a results table"]),
+    "aggregate a missing record": (["aggregate", "no-such.json", "--out", "out"],
+                                   ["no-such.json: not a readable JSON record", "Run snakemake again"]),
+    "aggregate a record cut short": (["aggregate", "cut.json", "--out", "out"],
+                                     ["cut.json: not a readable JSON record", "Run snakemake again"]),
+    "report on a missing folder": (["report", "--out", "no-such"],
+                                   ["lorabench report: no-such/results.csv: no such file or folder"]),
+}
+
+
+@pytest.mark.parametrize("args, expected", CASES.values(), ids=CASES.keys())
+def test_a_bad_input_gets_one_line_that_says_what_to_do(args: list[str], expected: list[str], tmp_path: Path) -> None:
+    cut_mid_row(tmp_path)
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "cut.json").write_text('{"schema_version": 1, "run_id": "x/y')
+    result = lorabench(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert all(words in result.stderr for words in expected), result.stderr
+
+
+def test_every_argument_of_every_command_has_help() -> None:
+    commands = next(action for action in parser()._actions if action.dest == "command").choices
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.dest != "help":
+                assert action.help, f"lorabench {name}: {'/'.join(action.option_strings) or action.dest} has no help"
