@@ -1,0 +1,46 @@
+"""workflow/config/encoder_study.yaml is a study: every variant swept over log-spaced learning rates, enough
+seeds, the study's core variants, and a test set where one review is at most 0.005 of accuracy."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+
+import yaml
+
+from lorabench.grid import Grid
+from tests.pipeline import REPO
+
+STUDY = REPO / "workflow" / "config" / "encoder_study.yaml"
+CORE = {"full", "lora", "frozen_a", "frozen_b", "additive", "resampled", "dora", "vera"}
+
+
+def _lrs_per_variant() -> dict[str, list[float]]:
+    """Each variant's learning rates as the grid expands them (no package needed: the config is not checked)."""
+    lrs: dict[str, set[float]] = defaultdict(set)
+    for point in Grid(yaml.safe_load(STUDY.read_text())).points():
+        lrs[point.variant].add(point.lr)
+    return {variant: sorted(values) for variant, values in lrs.items()}
+
+
+def test_every_core_variant_sweeps_at_least_three_log_spaced_lrs() -> None:
+    lrs = _lrs_per_variant()
+    assert set(lrs) == CORE
+    for variant, values in lrs.items():
+        ratios = [b / a for a, b in zip(values, values[1:])]
+        assert len(values) >= 3, variant
+        # neighbours a factor of about 2-3.3 apart: fine enough that an interior optimum is findable
+        assert all(1.9 <= ratio <= 3.4 for ratio in ratios), (variant, values)
+        assert math.log10(values[-1] / values[0]) >= 0.6, (variant, values)
+
+
+def test_study_has_five_or_more_seeds_and_a_fine_test_set() -> None:
+    config = yaml.safe_load(STUDY.read_text())
+    assert len(config["grid"]["seeds"]) >= 5
+    task = config["tasks"]["target"][0]["sentiment"]
+    test = (REPO / task["data_files"]["test"]).read_text().splitlines()
+    train = (REPO / task["data_files"]["train"]).read_text().splitlines()
+    assert 1 / len(test) <= 0.005
+    assert task["validation_size"] >= 100 and len(train) - task["validation_size"] >= 160
+    assert {json.loads(line)["label"] for line in test} == set(task["labels"])
