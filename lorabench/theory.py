@@ -1,4 +1,4 @@
-"""Monte Carlo checks of the claims in MATH.md, shared by the tests and the report figures.
+"""Monte Carlo checks of the claims in docs/variants.md, shared by the tests and the report figures.
 
 Each function returns a tidy DataFrame and runs in well under 3 s on one CPU core with its defaults.
 """
@@ -18,7 +18,7 @@ def resampled_update_error(
     m: int = 32, n: int = 24, r: int = 4, samples: Sequence[int] = (16, 64, 256, 1024, 4096), seed: int = 0,
     lr: float = 1e-2,
 ) -> pd.DataFrame:
-    """Relative Frobenius error of the mean first-order resampled update against ``-2 lr G`` (MATH.md 2).
+    """Relative Frobenius error of the mean first-order resampled update against ``-2 lr G`` (docs/variants.md §2).
 
     Uses the ``resampled`` variant's own draw, gradient and merge code; the means are running means
     over one stream of draws, so the error at ``N`` samples should fall like ``1/sqrt(N)``.
@@ -40,7 +40,7 @@ def frozen_a_residual(
 ) -> pd.DataFrame:
     """Mean ``||(I - P) A*||_F^2`` over Gaussian ``A0``, ``A*`` (m, r), ``P`` the projector on ``A0``'s columns.
 
-    MATH.md 4 expects ``r (m - r)``: each column of ``A*`` keeps ``m - r`` chi-square dimensions.
+    docs/variants.md §4 expects ``r (m - r)``: each column of ``A*`` keeps ``m - r`` chi-square dimensions.
     """
     generator = torch.Generator().manual_seed(seed)
     rows = []
@@ -56,7 +56,7 @@ def frozen_a_residual(
 def additive_rank(
     shapes: Sequence[tuple[int, int, int]] = ((8, 12, 1), (16, 24, 4), (64, 32, 8), (12, 8, 4)), seed: int = 0
 ) -> pd.DataFrame:
-    """Numerical rank of the additive ``dW`` (MATH.md 3) for random factors, against ``min(2r, m, n)``."""
+    """Numerical rank of the additive ``dW`` (docs/variants.md §3) for random factors, against ``min(2r, m, n)``."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for m, n, r in shapes:

@@ -40,7 +40,7 @@ class TrainSettings:
     lr: float
     weight_decay: float = 0.0
     optimizer: str = "adamw"
-    """``adamw``, or ``sgd`` (plain, no momentum: what MATH.md's expected updates assume)."""
+    """``adamw``, or ``sgd`` (plain, no momentum: what docs/variants.md's expected updates assume)."""
     log_every: int = 10
     max_length: int | None = None
     """Truncate longer examples (hub datasets); None keeps every token."""

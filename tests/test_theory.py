@@ -1,4 +1,4 @@
-"""The Monte Carlo claims of MATH.md, through the functions the report figures use."""
+"""The Monte Carlo claims of docs/variants.md, through the functions the report figures use."""
 
 from __future__ import annotations
 

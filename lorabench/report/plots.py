@@ -277,7 +277,7 @@ def _errorbar_point(ax, x: pd.Series, y: pd.Series, colour: str, marker: str) ->
 
 FAMILIES = {
     "full fine-tuning": ("full", "full_sgd"),
-    "MATH.md's variants": ("resampled", "additive", "frozen_a", "frozen_b"),
+    "this study's variants": ("resampled", "additive", "frozen_a", "frozen_b"),
 }
 """Panels of the learning-forgetting figure; every other variant goes in the panel of LoRA and its relatives."""
 LORA_FAMILY = "LoRA and its relatives"
@@ -553,7 +553,7 @@ def plot_status(results: pd.DataFrame, out_path: Path) -> None:
 
 
 def theory_table(out_csv: Path, seed: int = 0) -> pd.DataFrame:
-    """The Monte Carlo checks of MATH.md from :mod:`lorabench.theory`, long form with a ``panel`` column.
+    """The Monte Carlo checks of docs/variants.md from :mod:`lorabench.theory`, long form with a ``panel`` column.
 
     Sizes are ``lorabench.theory``'s defaults, which its author keeps small enough for a CPU.
     """
@@ -577,7 +577,7 @@ def _identity_line(ax, values: pd.Series) -> None:
 
 def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
     """Three panels: 1/√N convergence of resampling, frozen-A residual, additive rank."""
-    fig, axes = _grid(1, 3, "MATH.md claims checked numerically (Monte Carlo, small random matrices)", panel=(4.4, 3.8))
+    fig, axes = _grid(1, 3, "docs/variants.md claims checked numerically (Monte Carlo, small random matrices)", panel=(4.4, 3.8))
     resampled, frozen, additive = (table[table["panel"] == name] for name in ("resampled", "frozen_a", "additive"))
 
     ax = axes[0, 0]

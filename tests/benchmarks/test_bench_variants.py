@@ -4,7 +4,7 @@ Figures, not assertions on time: ``pytest tests/benchmarks --benchmark-enable`` 
 (``--benchmark-disable``) every benchmark runs once as a smoke test. Timings use one CPU thread; on a
 shared machine add ``--benchmark-timer=time.process_time`` (CPU time, blind to waiting for a core)
 and trust :func:`test_step_time_ratios`, which interleaves the variants it compares. The memory
-check is deterministic (allocation sizes, not timings), so it does assert the MATH.md target:
+check is deterministic (allocation sizes, not timings), so it does assert the docs/variants.md target:
 resampled peaks near LoRA, far below full fine-tuning.
 """
 
