@@ -41,7 +41,9 @@ rule figures:
         f"reports/{DESCRIPTION}",
     params:
         code=report_code(),
-        cores=workflow.cores,  # for the training share: training seconds / (cores x pipeline wall)
+        # for the training share: training seconds / (cores x pipeline wall); read from the settings, not
+        # workflow.cores, which raises under `snakemake --report` (no --cores there, and no job runs)
+        cores=workflow.resource_settings.cores,
         cost=lambda wildcards, input: f"--cost {input.cost}" if input.cost else "",
     log:
         "results/logs/figures.log",
