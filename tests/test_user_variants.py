@@ -94,7 +94,7 @@ def test_a_module_that_reuses_a_shipped_name_is_refused(user_folder: Path) -> No
     Path("clash.py").write_text("from lorabench.variants import register\nfrom lorabench.variants.lora import LoRA\n\n"
                                 "@register('lora')\nclass Mine(LoRA):\n    pass\n")
     config = yaml.safe_load(Path("my.yaml").read_text()) | {"variant_modules": ["clash.py"]}
-    with pytest.raises(ConfigError, match="registered twice"):
+    with pytest.raises(ConfigError, match=r"variant 'lora' is taken \(by lorabench\.variants\.lora\.LoRA\)"):
         load_grid(config, SCHEMA)
 
 
