@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorabench.cost import peak_of_step
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants._layers import OneLayer
+from lorabench.variants.base import OneLayer
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse: tiny steps run best on one thread)
 
 RANK = 8
