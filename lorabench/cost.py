@@ -133,15 +133,18 @@ def base_block(shapes: ShapeSet, device: torch.device, dtype: torch.dtype, seed:
     return ShapeBlock(shapes).to(device=device, dtype=dtype).requires_grad_(False)
 
 
-def make_step(model: nn.Module, inputs: dict, upstream: list, optimizer: Any = None,
-              variant: Any = None) -> Callable[[], None]:
+def make_step(model: nn.Module, inputs: dict, upstream: list, optimizer: Any = None, variant: Any = None,
+              forward: Callable[[dict], list[torch.Tensor]] | None = None) -> Callable[[], None]:
     """One training step as ``lorabench.train`` takes it: forward, backward, the variant's ``transform_gradients``,
     optimizer step, its ``after_step``, gradients dropped; without an optimizer, the floor's forward and backward.
-    The inputs' gradients are dropped too, so no step pays for accumulating into the previous one's."""
+    The inputs' gradients are dropped too, so no step pays for accumulating into the previous one's. ``forward``
+    (default ``model``) maps ``inputs`` to the outputs ``upstream`` is the gradient of: a loss, say; the variant's
+    hooks get ``model``."""
     steps = itertools.count()
+    forward = forward or model
 
     def step() -> None:
-        torch.autograd.backward(model(inputs), upstream)
+        torch.autograd.backward(forward(inputs), upstream)
         if optimizer is not None:
             variant.transform_gradients(model, next(steps))
             optimizer.step()

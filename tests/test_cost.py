@@ -16,9 +16,14 @@ import yaml
 
 from lorabench.checks import ConfigError, load_grid
 from lorabench.cost import Candidate, Rounds, median_interval, run_cost, run_rounds
-from lorabench.cost_targets import SHAPE_SETS, TARGETS, flop_bound
+from lorabench.cost_targets import SHAPE_SETS, TARGETS, Target, flop_bound
 from lorabench.report import plots
-from lorabench.report.summary import cost_answer, section_cost, section_cost_targets, target_verdict
+from lorabench.report.summary import (
+    cost_answer,
+    section_cost,
+    section_cost_targets,
+    target_verdict,
+)
 from tests.pipeline import SMOKE
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
@@ -159,12 +164,16 @@ def test_the_median_interval_covers_the_median_as_stated() -> None:
     for _ in range(2000):
         lo, hi = median_interval([draw.expovariate(1.0) for _ in range(20)])
         hits += lo <= median <= hi
-    assert 0.95 <= hits / 2000 < 0.99  # at n = 20 the exact coverage is 95.9%
+    assert 0.945 <= hits / 2000 < 0.99  # at n = 20 the exact coverage is 95.9% (k = 6); k = 7 would give 88.5%
+
+
+def _target(variant: str, column: str) -> Target:
+    return next(t for t in TARGETS if (t.variant, t.column) == (variant, column))
 
 
 def test_flop_bound_is_the_ratio_of_gemm_flops() -> None:
-    lora_floor, lora_peft, additive_lora, memory = (next(t for t in TARGETS if (t.variant, t.column) == key) for key in
-        [("lora", "ratio_floor"), ("lora", "ratio_peft_lora"), ("additive", "ratio_lora"), ("resampled", "peak_ratio_lora")])  # noqa: E501
+    lora_floor, lora_peft = _target("lora", "ratio_floor"), _target("lora", "ratio_peft_lora")
+    additive_lora, memory = _target("additive", "ratio_lora"), _target("resampled", "peak_ratio_lora")
     assert flop_bound(lora_floor, SHAPE_SETS["square-1024"], 64) == 1 + 6 * 64 * 2048 / (4 * 1024 * 1024) == 1.1875
     llama = SHAPE_SETS["llama-1b"].layers.values()
     assert flop_bound(lora_floor, SHAPE_SETS["llama-1b"], 8) == pytest.approx(

@@ -79,17 +79,14 @@ def small_llama() -> LlamaForCausalLM:
                                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128))
 
 
-class LanguageModelLoss(nn.Module):
-    """``model``'s next-token loss on a fixed batch, as :func:`lorabench.cost.make_step` steps a block: inputs in
-    (the embeddings, for the floor, whose weights take no gradient), outputs (the loss) out."""
+def lm_loss(model: nn.Module, batch: torch.Tensor) -> Callable[[dict], list[torch.Tensor]]:
+    """``model``'s next-token loss on a fixed batch, as :func:`lorabench.cost.make_step`'s ``forward``: from the
+    embeddings given as input (the floor, whose weights take no gradient), else from the tokens."""
+    def forward(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        embeds = {"inputs_embeds": inputs["embeds"]} if inputs else {"input_ids": batch}
+        return [model(**embeds, labels=batch).loss]
 
-    def __init__(self, model: nn.Module, batch: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.batch = model, batch
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        embeds = {"inputs_embeds": inputs["embeds"]} if inputs else {"input_ids": self.batch}
-        return [self.model(**embeds, labels=self.batch).loss]
+    return forward
 
 
 def model_step(name: str) -> Step:
@@ -97,9 +94,9 @@ def model_step(name: str) -> Step:
     if name == "floor":
         frozen = small_llama().requires_grad_(False)
         embeds = frozen.get_input_embeddings()(batch).detach().requires_grad_()
-        return make_step(LanguageModelLoss(frozen, batch), {"embeds": embeds}, [torch.ones(())])
+        return make_step(frozen, {"embeds": embeds}, [torch.ones(())], forward=lm_loss(frozen, batch))
     variant, model, optimizer = adapted(entry(name), RANK, small_llama(), LLAMA_TARGETS, 2 * RANK, STEPS)
-    return make_step(LanguageModelLoss(model, batch), {}, [torch.ones(())], optimizer, variant)
+    return make_step(model, {}, [torch.ones(())], optimizer, variant, forward=lm_loss(model, batch))
 
 
 @pytest.mark.parametrize("name", ["floor", *VARIANTS])
