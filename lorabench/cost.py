@@ -272,7 +272,7 @@ class Clock:
 class Rounds:
     """How many rounds the stage runs (the config's ``cost`` section): every candidate steps in ``rounds`` timed
     rounds after ``warmup`` untimed ones; then the candidates of target ratios not yet within ``halfwidth`` go on
-    until they are, or ``max_rounds`` rounds or ``max_seconds`` of rounds have passed."""
+    until they are, or ``max_rounds`` rounds in all or ``max_seconds`` of these further rounds have passed."""
 
     rounds: int
     warmup: int
@@ -313,8 +313,8 @@ def open_pairs(pairs: list[Pair], halfwidth: float) -> list[tuple[Pair, float]]:
     for a, b in pairs:
         ratios = round_ratios(a, b)
         interval = median_interval(ratios)
-        half = (math.inf if interval is None else
-                max(statistics.median(ratios) - interval[0], interval[1] - statistics.median(ratios)))
+        median = statistics.median(ratios) if ratios else math.nan
+        half = math.inf if interval is None else max(median - interval[0], interval[1] - median)
         if not half <= halfwidth:
             still.append(((a, b), half))
     return still
@@ -333,10 +333,12 @@ def run_rounds(candidates: list[Candidate], plan: Rounds, clock: Clock, where: s
     started = logged = time.perf_counter()
     for index in range(-plan.warmup, max(plan.rounds, plan.max_rounds)):
         still = open_pairs(pairs, plan.halfwidth) if index >= plan.rounds else []
+        if index == plan.rounds:
+            narrowing = time.perf_counter()
         if index >= plan.rounds:
             if not still:
                 return "converged"
-            if time.perf_counter() - started > plan.max_seconds:
+            if time.perf_counter() - narrowing > plan.max_seconds:
                 return "max_seconds"
             active = list({id(c): c for pair, _ in still for c in pair}.values())
         for candidate in shuffle.sample(active, len(active)):
@@ -381,12 +383,6 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
         return None
     ordered = sorted(values)
     return ordered[k - 1], ordered[n - k]
-
-
-def paired_ratio(a: Candidate, b: Candidate | None) -> float:
-    """Median over rounds of ``a``'s step time over ``b``'s in the same round (NaN if either was not measured)."""
-    ratios = round_ratios(a, b)
-    return statistics.median(ratios) if ratios else math.nan
 
 
 def ratio_columns(name: str, a: Candidate, b: Candidate | None) -> dict[str, float]:

@@ -220,6 +220,7 @@ def test_report_draws_the_figure_and_the_tables_from_the_csv(table: pd.DataFrame
     assert f"| additive | 2 | adamw | {MAX_ROUNDS} |" in text and f"| lora (reference) | 2 | adamw | {MAX_ROUNDS} |" in text
     assert "| additive (target rank) | 4 | adamw |" in text and "| resampled | 2 | sgd | 2 |" in text
     assert "| broken | 2 | adamw | not measured:" in text
+    assert f"targets' variants at ranks {TARGET_RANK} too" in text and "| tiny | " in text and "| max_rounds |" in text
     row = table.set_index(["variant", "rank"]).loc[("additive", RANK)]
     verdict = target_verdict(row["ratio_lora"], (row["ratio_lora_lo"], row["ratio_lora_hi"]), 1.0)
     assert (f"| additive's step ≤ 1.0× lora's | tiny | 2 | {row['ratio_lora']:.3f} [{row['ratio_lora_lo']:.3f}, "

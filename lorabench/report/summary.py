@@ -497,15 +497,15 @@ def section_cost(cost: pd.DataFrame | None) -> list[str]:
                         "the runs' own step times and memory account, on the grid's models.", ""]
     first = cost.iloc[0]
     lines += [
-        "Every variant of the grid at each of its ranks (and lora, PEFT's LoRA and the targets' variants at ranks "
-        f"{_target_ranks(cost)} too), applied to the linear layers of a real model's block as a run applies it, one "
+        f"Every variant of the grid at each of its ranks{_target_ranks_note(cost)}, applied to the linear layers "
+        "of a real model's block as a run applies it, one "
         "training step (forward, backward given upstream gradients with the layers' input requiring grad, the "
         "variant's optimizer step and hook), beside the frozen forward+backward floor of the same layers and PEFT's "
         f"LoRA at the same rank. Rounds step every candidate once in a fresh random order, so load and cache state hit "
         f"all alike: {first['warmup']} warm-up and {first['min_rounds']} timed rounds of all, then rounds of only the "
         "candidates of a timed target until each target ratio's 95% interval lies within "
-        f"±{first['target_halfwidth']:g} of it, or {first['max_rounds']} rounds or {first['max_seconds']:g} s "
-        "(`rounds` per row). A ratio is the median over rounds of the ratio within a round; [lo, hi] is the "
+        f"±{first['target_halfwidth']:g} of it, or {first['max_rounds']} rounds in all or {first['max_seconds']:g} s "
+        "of these further rounds stop them (`rounds` per row). A ratio is the median over rounds of the ratio within a round; [lo, hi] is the "
         "distribution-free 95% interval of that median (order statistics). "
         f"Timing: {first['method']} on {first['threads']} thread(s), {first['device']} "
         f"{first['device_name']}, {first['dtype']}. Memory held: the exact account (trainable parameters, gradients, "
@@ -545,9 +545,13 @@ ROLE_MARKS = {"reference": " (reference)", "target_rank": " (target rank)"}
 """How the cost table marks a candidate the grid does not have at that rank."""
 
 
-def _target_ranks(cost: pd.DataFrame) -> str:
-    ranks = sorted(cost.loc[cost["role"] != "grid", "rank"].unique())
-    return ", ".join(str(r) for r in ranks if r) or "none"
+def _target_ranks_note(cost: pd.DataFrame) -> str:
+    """`` (and lora, ... at ranks 8, 64 too)``: the stage's ``target_ranks`` the grid lacks, if any."""
+    extra = set(cost.loc[cost["role"] != "grid", "rank"]) - set(cost.loc[cost["role"] == "grid", "rank"]) - {0}
+    if not extra:
+        return ""
+    return (" (and lora, PEFT's LoRA and the targets' variants at ranks "
+            f"{', '.join(str(r) for r in sorted(extra))} too)")
 
 
 def section_cost_targets(cost: pd.DataFrame) -> list[str]:
@@ -556,7 +560,7 @@ def section_cost_targets(cost: pd.DataFrame) -> list[str]:
     narrowed it to the stage's half-width or a cap stopped them, and met or missed."""
     lines = ["### Targets for our own implementations", "",
              "FLOP bound: the least ratio the step could show if every multiply-add ran at the floor's rate "
-             "(per token, floor 4 Σ m·n, a LoRA-shaped update 6 r Σ (m + n) more; `lorabench.cost.flop_bound`); "
+             "(per token, floor 4 Σ m·n, a LoRA-shaped update 6 r Σ (m + n) more; docs/variants.md §7); "
              "where it exceeds the target, no implementation can meet it.", "",
              "| target | shape set | rank | measured [95% interval] | FLOP bound | rounds | met |",
              "|---|---|---:|---|---:|---|---|"]
@@ -591,7 +595,8 @@ def _rounds_note(row: Any, target: Target, interval: tuple[float, float] | None)
     half = max(value - interval[0], interval[1] - value)
     if half <= row.target_halfwidth:
         return f"converged, {rounds}"
-    return f"**not converged: {row.stopped if row.stopped != 'converged' else 'cap'} (±{half:.3f})**, {rounds}"
+    why = row.stopped if row.stopped != "converged" else "not a ratio the rounds narrowed"
+    return f"**not converged: {why} (±{_number(half, 3)})**, {rounds}"
 
 
 def target_verdict(value: float, interval: tuple[float, float] | None, limit: float) -> str:
