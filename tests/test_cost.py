@@ -227,6 +227,8 @@ def test_report_draws_the_figure_and_the_tables_from_the_csv(table: pd.DataFrame
             f"{row['ratio_lora_hi']:.3f}] | 1.000 | ") in text and f"| {verdict} |" in text
     answer = cost_answer(table, "2.")
     assert answer.startswith("Cost at real layer sizes, tiny (") and "additive at rank 2 (adamw) vs lora" in answer
+    assert f"vs lora (adamw): step {row['ratio_lora']:.3g}× [{row['ratio_lora_lo']:.3f}, {row['ratio_lora_hi']:.3f}]" \
+        in answer
     shapes = table["shapes"].iloc[0]  # the layer shapes: named once, in the cost section's table of shape sets
     assert shapes not in answer and text.count(shapes) == 1 and f"| tiny | {shapes} |" in text
 

@@ -464,15 +464,16 @@ def cost_answer(cost: pd.DataFrame, question: str) -> str | None:
         # against a reference the stage paired each round with: its median ratio; else the ratio of the medians
         paired = {"lora": "ratio_lora", "peft_lora": "ratio_peft_lora"}.get(against)
         step = mine[paired] if paired else mine["step_ms"] / theirs["step_ms"]
+        interval = f" [{_number(mine[paired + '_lo'], 3)}, {_number(mine[paired + '_hi'], 3)}]" if paired else ""
         parts.append(
-            f"{variant}{rank} ({mine['optimizer']}) vs {against} ({theirs['optimizer']}): step {step:.3g}× "
+            f"{variant}{rank} ({mine['optimizer']}) vs {against} ({theirs['optimizer']}): step {step:.3g}×{interval} "
             f"({mine['step_ms']:.1f} vs {theirs['step_ms']:.1f} ms; {mine['ratio_floor']:.3g}× the frozen floor), "
             f"memory held {_ratio(mine, theirs, 'mem_account_mb')}×, peak {_ratio(mine, theirs, 'peak_mb')}×"
         )
     if not parts:
         return None
     return (f"Cost at real layer sizes, {_cost_where(rows)}, medians of ≥ {rows.iloc[0]['min_rounds']} interleaved rounds "
-            "(layer shapes in the cost section): " + "; ".join(parts)
+            "with their 95% intervals (layer shapes in the cost section): " + "; ".join(parts)
             + " ([cost_real_shapes.png](cost_real_shapes.png), table below).")
 
 
