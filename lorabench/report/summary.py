@@ -560,9 +560,9 @@ def section_cost_targets(cost: pd.DataFrame) -> list[str]:
     measured ratio with its interval, the FLOP bound (:func:`lorabench.cost.flop_bound`), whether the rounds
     narrowed it to the stage's half-width or a cap stopped them, and met or missed."""
     lines = ["### Targets for our own implementations", "",
-             "FLOP bound: the least ratio the step could show if every multiply-add ran at the floor's rate "
-             "(per token, floor 4 Σ m·n, a LoRA-shaped update 6 r Σ (m + n) more; docs/variants.md §7); "
-             "where it exceeds the target, no implementation can meet it.", "",
+             ("FLOP bound: the least ratio the step could show if every multiply-add ran at the floor's rate "
+              "(per token, floor 4 Σ m·n, a LoRA-shaped update 6 r Σ (m + n) more; docs/variants.md §7); "
+              "where it exceeds the target, no implementation can meet it."), "",
              "| target | shape set | rank | measured [95% interval] | FLOP bound | rounds | met |",
              "|---|---|---:|---|---:|---|---|"]
     missed = []
