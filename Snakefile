@@ -5,7 +5,6 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 # This working tree's lorabench (and variant modules) checks the config and runs every job, in the
@@ -18,9 +17,6 @@ TREE_IN_JOBS = "/lorabench-tree"
 sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
-    if Path.cwd() == Path("/") or Path.cwd().is_relative_to(TREE_IN_JOBS):
-        raise WorkflowError(f"the working directory {Path.cwd()} would shadow or hold {TREE_IN_JOBS}, where "
-                            "container jobs see lorabench's code: run Snakemake from another directory")
     _tree = f" --bind {workflow.basedir}:{TREE_IN_JOBS}:ro --env PYTHONPATH={TREE_IN_JOBS}"
     if _tree not in workflow.deployment_settings.apptainer_args:  # a SLURM job's snakemake parses this again
         workflow.deployment_settings.apptainer_args += _tree
