@@ -1,7 +1,8 @@
 """The container path: pins agree across pyproject, lock and image definitions; the CPU image is built
 from its definition (containers/sandbox.py) and the smoke grid (two variants: the path is the same for
 all) runs under --use-singularity with the GPU profile, every job inside that image through a bubblewrap
-`apptainer` stand-in, with the host's Python out of sight and the records a local run gives.
+`apptainer` stand-in, with the host's Python out of sight and the records a local run gives; one run also
+goes from the root of a checkout, whose working directory is the tree the jobs get (read-only elsewhere).
 
 Building needs root, mmdebstrap and bubblewrap (skipped without them; LORABENCH_REQUIRE_CONTAINERS=1,
 set by .ci/run, makes that a failure) and takes minutes: the image is kept in $LORABENCH_IMAGE_CACHE
