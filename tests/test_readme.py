@@ -14,7 +14,8 @@ What is made cheap, outside the command text, and why:
   minutes to hours; ``reports/reference/`` records what they give.
 
 The quick start's test command is what ``.ci/run`` runs (checked here verbatim), so CI runs it as written; running
-the suite from inside the suite would not terminate.
+the suite from inside the suite would not terminate. The recovery command of "Interrupted runs and damaged files"
+runs as written after the quick start.
 """
 
 from __future__ import annotations
@@ -36,21 +37,21 @@ from tests.pipeline import REPO, fresh_copy
 PREVIEW_VARIANTS, DEFAULT_VARIANTS = ["lora"], ["lora", "frozen_a"]
 
 
-def quick_start_commands() -> list[str]:
-    """The command lines of README.md's quick start: its indented code blocks, in order."""
-    section = (REPO / "README.md").read_text().split("\n## Quick start\n")[1].split("\n## ")[0]
-    return [line.strip() for line in section.splitlines() if line.startswith("    ") and line.strip()]
+def readme_commands(section: str = "Quick start") -> list[str]:
+    """The command lines of a README.md section: its indented code blocks, in order."""
+    text = (REPO / "README.md").read_text().split(f"\n## {section}\n")[1].split("\n## ")[0]
+    return [line.strip() for line in text.splitlines() if line.startswith("    ") and line.strip()]
 
 
-def command(*fragments: str) -> str:
-    """The one quick-start command that contains every fragment."""
-    found = [line for line in quick_start_commands() if all(fragment in line for fragment in fragments)]
-    assert len(found) == 1, f"README's quick start has {len(found)} commands with {fragments}: {quick_start_commands()}"
+def command(*fragments: str, section: str = "Quick start") -> str:
+    """The one command of the README's ``section`` that contains every fragment."""
+    found = [line for line in readme_commands(section) if all(fragment in line for fragment in fragments)]
+    assert len(found) == 1, f"README's {section} has {len(found)} commands with {fragments}: {readme_commands(section)}"
     return found[0]
 
 
 def test_the_quick_start_has_the_preview_the_default_grid_and_the_tests():
-    assert len(quick_start_commands()) == 3
+    assert len(readme_commands()) == 3
     command("--configfile workflow/config/preview.yaml")
     command("snakemake --cores all && snakemake --report reports/report.html")
     command("python -m pytest")
@@ -131,3 +132,10 @@ def test_the_quick_start_runs_as_written(tmp_path: Path):
     results = (tree / "reports" / "results.csv").read_text()
     assert all(f",{variant}," in results for variant in DEFAULT_VARIANTS)
     assert (tree / "reports" / "report.html").stat().st_size > 100_000
+
+    # the recovery after an interrupt (tests/test_interrupts.py kills a job before it), in the shell the quick start
+    # left (its venv active): after a finished run it releases nothing and re-runs nothing
+    activated = environment | {"VIRTUAL_ENV": str(tree / ".venv"),
+                               "PATH": os.pathsep.join([str(tree / ".venv" / "bin"), environment["PATH"]])}
+    recovery = run_as_written(command("--unlock", section="Interrupted runs and damaged files"), tree, activated)
+    assert "Nothing to be done" in recovery
