@@ -12,9 +12,30 @@ from __future__ import annotations
 import os
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 TREE = Path(__file__).resolve().parent.parent
 CONSTRAINTS = TREE / "containers" / "constraints.txt"
+TREE_IN_JOBS = "/lorabench-tree"
+"""Where a container job sees the working tree (read-only). Not at the tree's own path: run from the repository
+root, that is the working directory, which Apptainer binds writable and a read-only bind of the same path would
+replace (Read-only file system)."""
+
+
+def jobs_import_tree(basedir: str, deployment_settings: Any) -> None:
+    """Make every job import lorabench (and variant modules) from the tree at ``basedir``, in a container too.
+
+    The images carry only the dependencies, so the tree goes first on PYTHONPATH, and under Apptainer each job's
+    container gets it read-only at :data:`TREE_IN_JOBS`, first on its PYTHONPATH. A SLURM job's Snakemake parses
+    the Snakefile again, so the bind is added once.
+    """
+    from snakemake.settings.types import DeploymentMethod
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [basedir, os.environ.get("PYTHONPATH")]))
+    if DeploymentMethod.APPTAINER in deployment_settings.deployment_method:
+        tree = f" --bind {basedir}:{TREE_IN_JOBS}:ro --env PYTHONPATH={TREE_IN_JOBS}"
+        if tree not in deployment_settings.apptainer_args:
+            deployment_settings.apptainer_args += tree
 
 
 def container() -> str | None:

@@ -10,6 +10,8 @@ from pathlib import Path
 from lorabench.checks import SAFE_NAME, ConfigError, config_file_problem, load_grid
 from lorabench.grid import MODELS, RECORD, RECORD_LIST, generated_files
 from lorabench.integrity import checkpoint_problem, record_problem, set_aside_if_damaged
+from lorabench.records import bad_runs_note
+from lorabench.report import report_flags
 
 
 for _configfile in workflow.configfiles:  # what Snakemake's YAML loader lets pass: a key given twice, an alias bomb
@@ -30,7 +32,7 @@ def write_record_list(path):
     text = "".join(f"{point.record}\n" for point in GRID.points())
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")  # renamed into place: a reader never sees half a list
+        partial = path.with_name(f"{path.name}.partial")  # renamed into place: a reader never sees half a list
         partial.write_text(text)
         os.replace(partial, path)
 
@@ -62,7 +64,8 @@ def job_outputs():
 
 def job_file(folder, suffix):
     """One file per train job under results/<folder>/train/ (its log, its benchmark), named by its wildcards."""
-    return f"results/{folder}/train/" + "/".join(f"{axis}{{{axis}}}" for axis in GRID.unbatched()) + suffix
+    name = os.path.join(*(f"{axis}{{{axis}}}" for axis in GRID.unbatched()))
+    return f"results/{folder}/train/{name}{suffix}"
 
 
 def job_records():
@@ -140,3 +143,14 @@ def generator(wildcards):
 def model_source(wildcards):
     """How the model is given (`gguf` or `package` for the cache_model rule)."""
     return GRID.model_source(wildcards.model)
+
+
+def note_bad_runs():
+    """The pipeline's last lines name the grid's failed and diverged runs (it still exits 0: they are results)."""
+    if note := bad_runs_note([Path(point.record) for point in GRID.points()]):
+        print(note, file=sys.stderr)
+
+
+def reported(name):
+    """A report output, with the category, caption and labels the report package declares for it."""
+    return report(f"reports/{name}", **report_flags(name))

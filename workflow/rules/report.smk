@@ -1,13 +1,8 @@
 from lorabench.provenance import report_code
-from lorabench.report import DESCRIPTION, REPORT_ITEMS, report_flags
+from lorabench.report import DESCRIPTION, REPORT_ITEMS
 
 
 report: "../report/workflow.rst"  # the report's first page: the questions and this run's answers (figures rule)
-
-
-def reported(name):
-    """A report output, with the category, caption and labels the report package declares for it."""
-    return report(f"reports/{name}", **report_flags(name))
 
 
 rule aggregate:
