@@ -13,6 +13,7 @@ from lorabench.variants.base import Variant
 @register("full")
 class Full(Variant):
     source = "full fine-tuning baseline (every parameter, embeddings and norms included)"
+    unstackable = None
     uses_rank = False
 
     def apply(self, model: nn.Module) -> nn.Module:
