@@ -14,7 +14,7 @@ variant's hooks, under its own random state, exactly as the lone loop does (:fun
 So a member's record equals its lone record up to float rounding (the GEMMs' shapes differ), which
 tests/test_stack.py checks for every stackable variant. What cannot be reproduced is refused before training and
 the points run alone: dropout (its draws would interleave), a classification target, members whose frozen
-weights differ (VeRA's projections across seeds), and variants that declare themselves unstackable
+weights differ outside their adapted modules, and variants that declare themselves unstackable
 (:attr:`lorabench.variants.base.Variant.unstackable`).
 """
 
@@ -48,7 +48,7 @@ from lorabench.train import (
     replay_count,
     tokenize_examples,
 )
-from lorabench.variants._layers import AdapterLayer, fusable, replace_module
+from lorabench.variants._layers import AdapterLayer, dense_weight, fusable, replace_module
 from lorabench.variants.base import Variant
 from lorabench.variants.lora import LoRALayer
 
@@ -160,10 +160,47 @@ class StackedLayer(nn.Module):
             return torch.cat([layer(part, *args, **kwargs) for layer, part in zip(layers, x.chunk(len(layers)),
                                                                                   strict=True)])
         factors = [_low_rank(layer) for layer in layers]
-        A = torch.stack([a for a, _, _ in factors])
-        B = torch.stack([b for _, b, _ in factors])
-        h = torch.bmm(x.reshape(len(layers), -1, x.shape[-1]), A.mT) * factors[0][2]
-        return layers[0].base_layer(x) + torch.bmm(h, B.mT).view(*x.shape[:-1], B.shape[1])
+        base = layers[0].base_layer
+        return _StackedLowRank.apply(x, dense_weight(base), base.bias, factors[0][2], *(a for a, _, _ in factors),
+                                     *(b for _, b, _ in factors))
+
+
+class _StackedLowRank(torch.autograd.Function):
+    """:class:`lorabench.variants._layers._LowRankLinear` for ``K`` members' factors, ``K`` ``A`` s (r, n) then ``K``
+    ``B`` s (m, r), over one frozen ``W`` (m, n), the rows in ``K`` equal blocks: the frozen GEMM once on every row,
+    the skinny products batched, each in the orientation the lone function found fastest on a CPU thread. Each
+    member's factor gradient is a tensor of its own (a view of a stacked one would make the memory account count
+    every member's gradient as each one's)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float,
+                *factors: torch.Tensor) -> torch.Tensor:
+        members = len(factors) // 2
+        A, B = torch.stack(factors[:members]), torch.stack(factors[members:])
+        x3 = x.reshape(members, -1, x.shape[-1])
+        h = torch.bmm(x3, A.mT) * scale
+        y = torch.bmm(h, B.mT).view(-1, B.shape[1])
+        y.addmm_(x3.view(-1, x.shape[-1]), weight.mT)
+        if bias is not None:
+            y.add_(bias)
+        ctx.save_for_backward(x3, h, weight, A, B)
+        ctx.scale, ctx.has_bias, ctx.shape = scale, bias is not None, x.shape
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x3, h, weight, A, B = ctx.saved_tensors
+        members = A.shape[0]
+        needs_A, needs_B = ctx.needs_input_grad[4:4 + members], ctx.needs_input_grad[4 + members:]
+        g3 = grad.reshape(members, -1, grad.shape[-1])
+        gh_t = torch.bmm(B.mT, g3.mT) * ctx.scale  # (K, r, tokens): (s g B)^T per member
+        grad_A = torch.bmm(gh_t, x3).unbind() if any(needs_A) else [None] * members
+        grad_B = torch.bmm(h.mT, g3).mT.unbind() if any(needs_B) else [None] * members
+        grad_x = torch.bmm(gh_t.mT.contiguous(), A).view(-1, A.shape[-1]).addmm_(g3.view(-1, g3.shape[-1]), weight)
+        grad_b = g3.view(-1, g3.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        own = [g.clone() if needed else None for g, needed in zip((*grad_A, *grad_B), (*needs_A, *needs_B),
+                                                                    strict=True)]
+        return grad_x.view(ctx.shape), None, grad_b, None, *own
 
 
 def _adapted(module: nn.Module) -> bool:
@@ -216,7 +253,7 @@ def stack_problem(members: list[Member]) -> str | None:
     for model in models[1:]:
         rest = _frozen_rest(model, adapted)
         if rest.keys() != first.keys() or not all(torch.equal(rest[k], first[k]) for k in first):
-            return "the members' frozen weights differ (e.g. projections drawn from each seed)"
+            return "the members' frozen weights differ outside their adapted modules"
     return None
 
 

@@ -1,0 +1,152 @@
+"""Stacked training (config ``jobs.stack``, lorabench/stack.py): a stacked member's record equals the record of the
+same grid point run alone, for every registered variant that stacks; what cannot stack runs alone, saying why."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lorabench import aggregate, records, runner
+from lorabench.job import TrainJob
+from lorabench.models import build_embedded, character_tokenizer
+from lorabench.variants import get, registry
+from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
+
+LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+LOSS_RTOL = 1e-5
+"""A logged loss of a stacked member within this relative distance of its lone run's: float32 GEMMs of other
+shapes round differently (observed: at most 3e-7 over 12 steps)."""
+MEASURE_TOL = {"rel": 1e-5, "abs": 1e-6}
+"""Cross-entropies, their differences and weight-space measures: rounding as above."""
+OPTIONS = {"relora": {"merge_every": 4}, "peft": {"peft_config": {"peft_type": "LOHA"}}}
+"""Options that make a variant's hooks act within the test's 12 steps (relora merges twice), or that it needs."""
+LRS = {"sgd": [0.05, 0.3], "adamw": [1e-3, 1e-2]}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("stack") / "model"
+    tokenizer = character_tokenizer()
+    build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _job(checkpoint: Path, folder: Path, variant: str, points: list[tuple[float, int]], stack: bool,
+         dropout: float = 0.0) -> TrainJob:
+    optimizer = get(variant).optimizer or "adamw"
+    return TrainJob.from_dict({
+        "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
+        "dropout": dropout, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy", "reverse"],
+        "hub_tasks": {}, "forgetting": {}, "variant_modules": [], "save_adapters": False,
+        "data": {"seed": 0, "train": 64, "validation": 8, "test": 12, "min_len": 3, "max_len": 5},
+        "eval_batch_size": 16,
+        "train": {"steps": 12, "batch_size": 8, "weight_decay": 0.01, "log_every": 1, "eval_at": [4, 8],
+                  "replay": 0.25},
+        "points": [{"variant": variant, "uses": variant, "variant_options": OPTIONS.get(variant, {}),
+                    "optimizer": optimizer, "rank": 2, "task": "sort", "lr": lr, "seed": seed,
+                    "record": str(folder / f"lr{lr:g}_seed{seed}.json")} for lr, seed in points],
+        "stack": stack,
+    })
+
+
+def _records(job: TrainJob) -> list[dict[str, Any]]:
+    runner.run_job(job)
+    return [json.loads(Path(point.record).read_text()) for point in job.points]
+
+
+def _lone_and_stacked(checkpoint: Path, tmp_path: Path, variant: str, points: list[tuple[float, int]],
+                      **settings: Any) -> tuple[list[dict], list[dict]]:
+    return (_records(_job(checkpoint, tmp_path / "lone", variant, points, False, **settings)),
+            _records(_job(checkpoint, tmp_path / "stacked", variant, points, True, **settings)))
+
+
+def assert_same_run(lone: dict[str, Any], stacked: dict[str, Any]) -> None:
+    """Everything a run measures of its model is its lone run's: statuses, step counts and accuracies exactly,
+    losses and cross-entropies up to rounding; only times and peak memory (the stack's) differ."""
+    for key in ("status", "grid", "parameters", "hyperparameters", "error"):
+        assert stacked[key] == lone[key], key
+    assert stacked["memory"]["account"] == lone["memory"]["account"]
+    assert stacked["timing"]["steps_done"] == lone["timing"]["steps_done"]
+    assert stacked["loss_curve"]["step"] == lone["loss_curve"]["step"]
+    losses = lone["loss_curve"]["loss"]  # None: not finite
+    assert [loss is None for loss in stacked["loss_curve"]["loss"]] == [loss is None for loss in losses]
+    assert [loss for loss in stacked["loss_curve"]["loss"] if loss is not None] == pytest.approx(
+        [loss for loss in losses if loss is not None], rel=LOSS_RTOL)
+    if lone["divergence"]:
+        assert stacked["divergence"] | {"loss": None} == lone["divergence"] | {"loss": None}
+    assert stacked["target"] == lone["target"]
+    assert stacked["trajectory"]["step"] == lone["trajectory"]["step"]
+    if lone["status"] != "ok":  # nothing measured after training
+        assert (stacked["source"], stacked["forgetting"], stacked["extra"]) == (lone["source"], lone["forgetting"],
+                                                                              lone["extra"])
+        return
+    for name, source in lone["source"].items():
+        assert {k: v for k, v in stacked["source"][name].items() if not k.startswith("ce")} == {
+            k: v for k, v in source.items() if not k.startswith("ce")}
+        assert stacked["source"][name] == pytest.approx(source, **MEASURE_TOL)
+    trajectory = lone["trajectory"]
+    for measure in ("step", "target_validation", "target_test", "forgetting", "forgetting_char"):
+        assert stacked["trajectory"][measure] == trajectory[measure], measure
+    assert stacked["trajectory"]["forgetting_ce"] == pytest.approx(trajectory["forgetting_ce"], **MEASURE_TOL)
+    assert stacked["forgetting"]["per_task"] == lone["forgetting"]["per_task"]
+    graded = lone["forgetting"].get("graded", {})
+    assert stacked["forgetting"].get("graded", {}).keys() == graded.keys()
+    for measure, measured in graded.items():
+        assert stacked["forgetting"]["graded"][measure]["per_task"] == pytest.approx(measured["per_task"],
+                                                                                     **MEASURE_TOL)
+    assert stacked["extra"] == pytest.approx(lone["extra"], **MEASURE_TOL)
+
+
+STACKED = [name for name, cls in registry().items() if not cls.unstackable]
+
+
+@pytest.mark.parametrize("variant", STACKED)
+def test_a_stacked_member_records_what_it_records_alone(checkpoint: Path, tmp_path: Path, variant: str) -> None:
+    """Two seeds by two learning rates, one stack: each member's own data order, initialisation (VeRA's projections
+    too), optimizer state, learning rate and variant hooks."""
+    points = [(lr, seed) for lr in LRS[get(variant).optimizer or "adamw"] for seed in (0, 1)]
+    lone, stacked = _lone_and_stacked(checkpoint, tmp_path, variant, points)
+    for alone, member in zip(lone, stacked, strict=True):
+        records.validate(member)
+        assert member["timing"]["stacked_members"] == len(points)
+        assert "stacked_members" not in alone["timing"]
+        assert member["status"] == "ok", member["error"]
+        assert_same_run(alone, member)
+
+
+def test_a_diverged_member_stops_alone_and_leaves_the_others_as_they_were(checkpoint: Path, tmp_path: Path) -> None:
+    points = [(1e-3, 0), (1e30, 0), (1e-2, 1)]
+    lone, stacked = _lone_and_stacked(checkpoint, tmp_path, "lora", points)
+    assert [record["status"] for record in stacked] == ["ok", "diverged", "ok"]
+    assert stacked[1]["timing"]["steps_done"] < stacked[0]["timing"]["steps_done"] == 12
+    for alone, member in zip(lone, stacked, strict=True):
+        assert_same_run(alone, member)
+
+
+def test_what_cannot_stack_runs_alone_and_says_why(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Dropout draws would interleave across members; a variant not shown to stack stays alone."""
+    caplog.set_level(logging.INFO, logger="lorabench.runner")
+    points = [(1e-3, 0), (1e-2, 0)]
+    dropped = _records(_job(checkpoint, tmp_path / "dropout", "lora", points, True, dropout=0.1))
+    monkeypatch.setattr(get("lora"), "unstackable", "its hooks were never checked")
+    unproven = _records(_job(checkpoint, tmp_path / "unproven", "lora", points, True))
+    assert all("stacked_members" not in record["timing"] for record in dropped + unproven)
+    assert all(record["status"] == "ok" for record in dropped + unproven)
+    assert "not stacked: the model draws dropout" in caplog.text
+    assert "not stacked: variant 'lora': its hooks were never checked" in caplog.text
+
+
+def test_a_stacked_runs_times_are_not_its_cost_in_the_results(checkpoint: Path, tmp_path: Path) -> None:
+    """Its step time and peak memory are the stack's: left empty in results.csv; its train_seconds a share."""
+    member = _records(_job(checkpoint, tmp_path, "lora", [(1e-3, 0), (1e-2, 0)], True))[0]
+    row = aggregate.result_row(member)
+    assert row["stacked_members"] == 2 and row["step_ms"] is None and row["peak_mem_mb"] is None
+    assert row["train_seconds"] == pytest.approx(member["timing"]["train_seconds"] / 2)
