@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from lorabench import kept, records, stack
 from lorabench.devices import device_info, select_device
@@ -32,6 +33,7 @@ from lorabench.provenance import train_code
 from lorabench.tasks.base import Task
 from lorabench.train import TokenizedExample, TrainOutcome, encode_batch, tokenize_examples, train
 from lorabench.variants import AdapterSpec, get, load_modules
+from lorabench.variants.base import Variant
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +346,15 @@ def run_point(
     try:
         _train_and_measure(job, point, tasks, device, record, base)
     except Exception:  # recorded, not raised: one broken run must not take the rest of the grid down
-        record["status"] = "failed"
-        record["error"] = traceback.format_exc(limit=-8)
-        log.exception("%s failed", record["run_id"])
+        _failed(record)
     return record
+
+
+def _failed(record: dict[str, Any]) -> None:
+    """Mark ``record`` failed with the exception being handled."""
+    record["status"] = "failed"
+    record["error"] = traceback.format_exc(limit=-8)
+    log.exception("%s failed", record["run_id"])
 
 
 @dataclass
@@ -355,8 +362,8 @@ class Prepared:
     """A grid point's model, adapted and ready to train (:func:`prepare_point`), and what its record needs later."""
 
     model: torch.nn.Module
-    tokenizer: Any
-    variant: Any
+    tokenizer: PreTrainedTokenizerBase
+    variant: Variant
     target: Task
     before: set[int]
     """Storage addresses of the model before the variant applied: the rest is the variant's state."""
@@ -403,16 +410,16 @@ def run_stack(
     """Train ``points`` (one variant, rank and task; their seeds and learning rates differ) as one computation
     (:mod:`lorabench.stack`) and return their records, each marked ``timing.stacked_members``. Points that cannot be
     stacked exactly, or a stack that raises, run alone instead (:func:`run_point`), saying why in the log."""
-    target = tasks[points[0].task]
-    problem = "a classification target (its new head draws from the global seed)" if target.labels else None
+    started = [_started_record(job, point, base, device) for point in points]
     try:
-        started = [_started_record(job, point, base, device) for point in points]
+        if tasks[points[0].task].labels is not None:
+            raise _Unstackable("a classification target: its loss and scores are not the stack's")
         runs, members = [], []
         for point, record in zip(points, started, strict=True):
             runs.append(run := prepare_point(job, point, tasks, device, record))
             members.append(stack.Member(run.model, run.variant, job.train.for_point(point), point.seed,
                                         run.variant.parameter_groups(run.model, point.lr)))
-        if problem or (problem := stack.stack_problem(members)):
+        if problem := stack.stack_problem(members):
             raise _Unstackable(problem)
         _train_stacked(job, runs, members, tasks, base, device)
     except _Unstackable as reason:
@@ -422,7 +429,10 @@ def run_stack(
         log.exception("the stack of %s failed; its points run alone", ", ".join(r["run_id"] for r in started))
         return [run_point(job, point, tasks, base, device) for point in points]
     for point, record, run, member in zip(points, started, runs, members, strict=True):
-        finish_point(job, point, record, base, run, member.outcome)
+        try:
+            finish_point(job, point, record, base, run, member.outcome)
+        except Exception:  # as in run_point: this member's record says so, the others are unharmed
+            _failed(record)
         record["timing"]["stacked_members"] = len(points)
     return started
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -114,19 +115,16 @@ class Member:
             self.outcome.divergence = Divergence(len(self.losses) - 1, self.losses[-1], reason)
 
 
-class _random_state:
-    """The global (and CUDA) random state of ``member`` while inside; its state is saved back on leaving."""
-
-    def __init__(self, member: Member) -> None:
-        self.member = member
-
-    def __enter__(self) -> None:
-        self.saved = torch.get_rng_state()
-        torch.set_rng_state(self.member.rng_state)
-
-    def __exit__(self, *exc: object) -> None:
-        self.member.rng_state = torch.get_rng_state()
-        torch.set_rng_state(self.saved)
+@contextmanager
+def _random_state(member: Member) -> Iterator[None]:
+    """``member``'s global random state while inside, saved back to it on leaving (the caller's restored)."""
+    saved = torch.get_rng_state()
+    torch.set_rng_state(member.rng_state)
+    try:
+        yield
+    finally:
+        member.rng_state = torch.get_rng_state()
+        torch.set_rng_state(saved)
 
 
 def _low_rank(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | None:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from lorabench import aggregate, records, runner
 from lorabench.job import TrainJob
