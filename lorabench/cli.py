@@ -57,16 +57,16 @@ def _variants(args: argparse.Namespace) -> None:
     if args.name:
         return _describe_variant(args.name)
     m, n, r = LISTING_SHAPE
-    print(f"{'variant':<12} {'trainable @ (m,n,r)=' + str(LISTING_SHAPE):>28}  {'stacks':<6}  source")
+    print(f"{'variant':<12} {'trainable @ (m,n,r)=' + str(LISTING_SHAPE):>28}  source")
     for name, cls in registry().items():
         try:
             count = f"{cls.trainable_parameters(m, n, r if cls.uses_rank else 0):,}"
         except (NotImplementedError, ValueError):  # `peft`, or a variant that needs options: counts depend on them
             count = "per config"
-        print(f"{name:<12} {count:>28}  {'no' if cls.unstackable else 'yes':<6}  {cls.source}")
+        print(f"{name:<12} {count:>28}  {cls.source}")
     alone = {name: cls.unstackable for name, cls in registry().items() if cls.unstackable}
-    print("\nstacks: whether jobs.stack trains its runs of one job that differ in seed and lr as one computation"
-          + "".join(f"\n  {name} runs alone: {why}" for name, why in alone.items()))
+    print("\njobs.stack (a job's runs that differ only in seed and lr as one computation): every variant stacks"
+          + (", except:" if alone else "") + "".join(f"\n  {name}: {why}" for name, why in alone.items()))
 
 
 def _describe_variant(name: str) -> None:
