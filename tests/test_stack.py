@@ -38,12 +38,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _job(checkpoint: Path, folder: Path, variant: str, points: list[tuple[float, int]], stack: bool,
-         dropout: float = 0.0) -> TrainJob:
+         dropout: float = 0.0, forgetting: dict | None = None) -> TrainJob:
     optimizer = get(variant).optimizer or "adamw"
     return TrainJob.from_dict({
         "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
         "dropout": dropout, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy", "reverse"],
-        "hub_tasks": {}, "forgetting": {}, "variant_modules": [], "save_adapters": False,
+        "hub_tasks": {}, "forgetting": forgetting or {}, "variant_modules": [], "save_adapters": False,
         "data": {"seed": 0, "train": 64, "validation": 8, "test": 12, "min_len": 3, "max_len": 5},
         "eval_batch_size": 16,
         "train": {"steps": 12, "batch_size": 8, "weight_decay": 0.01, "log_every": 1, "eval_at": [4, 8],
@@ -126,6 +126,17 @@ def test_a_diverged_member_stops_alone_and_leaves_the_others_as_they_were(checkp
     assert [record["status"] for record in stacked] == ["ok", "diverged", "ok"]
     assert stacked[1]["timing"]["steps_done"] < stacked[0]["timing"]["steps_done"] == 12
     for alone, member in zip(lone, stacked, strict=True):
+        assert_same_run(alone, member)
+
+
+def test_a_stacked_member_takes_the_configs_forgetting_measures_as_it_does_alone(checkpoint: Path,
+                                                                                  tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("abc:cba\nhello:olleh\nsort:orst\n")
+    heldout = {"heldout_ce": {"texts": str(texts), "n": 3, "max_length": 16, "batch_size": 2}}
+    lone, stacked = _lone_and_stacked(checkpoint, tmp_path, "lora", [(1e-3, 0), (1e-2, 1)], forgetting=heldout)
+    for alone, member in zip(lone, stacked, strict=True):
+        assert {"heldout_ce_before", "heldout_ce_after", "heldout_ce_increase"} <= member["extra"].keys()
         assert_same_run(alone, member)
 
 
