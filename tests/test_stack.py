@@ -14,6 +14,7 @@ from lorabench import aggregate, records, runner
 from lorabench.job import TrainJob
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench.variants import get, registry
+from tests.test_memory_account import live_tensors
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
 LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -138,6 +139,21 @@ def test_a_stacked_member_takes_the_configs_forgetting_measures_as_it_does_alone
     for alone, member in zip(lone, stacked, strict=True):
         assert {"heldout_ce_before", "heldout_ce_after", "heldout_ce_increase"} <= member["extra"].keys()
         assert_same_run(alone, member)
+
+
+def test_a_stack_leaves_nothing_to_the_next(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host, its members and their graphs are gone when a stack's records are written, as a lone point's are
+    (tests/test_memory_account.py): else each stack would start higher than the one before."""
+    job = _job(checkpoint, tmp_path, "lora", [(1e-3, 0), (1e-2, 0)], True)
+    jobs = [TrainJob.from_dict(job.to_dict() | {"points": [point | {"variant": variant, "uses": variant,
+                                                                    "record": f"{point['record']}.{variant}.json"}
+                                                           for point in job.to_dict()["points"]]})
+            for variant in ("lora", "peft_lora", "lora")]
+    after: list[tuple[int, int]] = []
+    for each in jobs:
+        runner.run_job(each)
+        after.append(live_tensors())
+    assert after[2] == after[0], f"(tensors, bytes) after each stack: {after}"
 
 
 def test_what_cannot_stack_runs_alone_and_says_why(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
