@@ -65,7 +65,7 @@ def _variants(args: argparse.Namespace) -> None:
             count = "per config"
         print(f"{name:<12} {count:>28}  {cls.source}")
     alone = {name: cls.unstackable for name, cls in registry().items() if cls.unstackable}
-    print("\njobs.stack (a job's runs that differ only in seed and lr as one computation): every variant stacks"
+    print("\njobs.stack (a job's runs that differ only in lr as one computation): every variant stacks"
           + (", except:" if alone else "") + "".join(f"\n  {name}: {why}" for name, why in alone.items()))
 
 

@@ -126,7 +126,7 @@ class TrainJob:
     train: JobTraining
     points: tuple[JobPoint, ...]
     stack: bool = False
-    """Config ``jobs.stack``: points that differ only in seed and learning rate train as one computation
+    """Config ``jobs.stack``: points that differ only in learning rate train as one computation
     (:mod:`lorabench.stack`). Defaults to False here only so that jobs written before it existed still load."""
 
     def to_dict(self) -> dict[str, Any]:

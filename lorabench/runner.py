@@ -79,11 +79,13 @@ def run_job(job: TrainJob, threads: int | None = None, inputs: list[str] | None 
 
 
 def _stacks(points: list[JobPoint]) -> list[list[JobPoint]]:
-    """``points`` grouped by all but learning rate and seed (config ``jobs.stack``), in the job's order."""
+    """``points`` grouped by all but learning rate (config ``jobs.stack``), in the job's order. One seed: its
+    points draw the same batches, so the stack's batch is each one's, unpadded (padding a member's rows to another
+    seed's longer ones would change the rounding of its attention)."""
     groups: dict[tuple, list[JobPoint]] = {}
     for point in points:
         key = (point.variant, point.uses, json.dumps(point.variant_options, sort_keys=True), point.optimizer,
-               point.rank, point.task)
+               point.rank, point.task, point.seed)
         groups.setdefault(key, []).append(point)
     return list(groups.values())
 
@@ -407,7 +409,7 @@ def _started_record(job: TrainJob, point: JobPoint, base: BaseMeasures, device: 
 def run_stack(
     job: TrainJob, points: list[JobPoint], tasks: dict[str, Task], base: BaseMeasures, device: torch.device
 ) -> list[dict[str, Any]]:
-    """Train ``points`` (one variant, rank and task; their seeds and learning rates differ) as one computation
+    """Train ``points`` (one variant, rank, task and seed; their learning rates differ) as one computation
     (:mod:`lorabench.stack`) and return their records, each marked ``timing.stacked_members``. Points that cannot be
     stacked exactly, or a stack that raises, run alone instead (:func:`run_point`), saying why in the log."""
     started = [_started_record(job, point, base, device) for point in points]

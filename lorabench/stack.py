@@ -1,4 +1,4 @@
-"""Stacked training (config ``jobs.stack``): the grid points of one job that differ only in seed and learning rate
+"""Stacked training (config ``jobs.stack``): the grid points of one job that differ only in learning rate
 train as one computation, and are evaluated as one.
 
 Each member is built exactly as its lone run builds it (:func:`lorabench.runner.prepare_point`: its own seeded
@@ -6,16 +6,20 @@ model, adapter and optimizer). A *host*, a copy of the first member's model that
 the members' batches concatenated along the batch axis: the frozen model is shared, and each adapted module
 (a variant's wrapper, or a module that owns a trainable parameter) is a :class:`StackedLayer` that sends each
 member's rows through that member's own module, or, for plain low-rank adapters over a shared frozen weight, does
-one GEMM of the frozen weight on every row and one batched GEMM per factor. Each member's loss is its lone run's
-(the model's own loss function on its rows); the backward of their sum gives each member its own gradients, since
-no row of one member meets another member's parameters. Each member then steps its own optimizer and its
-variant's hooks, under its own random state, exactly as the lone loop does (:func:`lorabench.train.train`).
+the frozen GEMM once on every row. Each member's loss is its lone run's (the model's own loss function on its
+rows); the backward of their sum gives each member its own gradients, since no row of one member meets another
+member's parameters. Each member then steps its own optimizer and its variant's hooks, under its own random state,
+as the lone loop does (:func:`lorabench.train.train`).
 
-So a member's record equals its lone record up to float rounding (the GEMMs' shapes differ), which
-tests/test_stack.py checks for every stackable variant. What cannot be reproduced is refused before training and
-the points run alone: dropout (its draws would interleave), a classification target, members whose frozen
-weights differ outside their adapted modules, and variants that declare themselves unstackable
-(:attr:`lorabench.variants.base.Variant.unstackable`).
+A member's arithmetic is its lone run's, in the same order, so its record equals its lone record to the bit, which
+tests/test_stack.py checks for every stackable variant. This matters: a float rounded otherwise grows over a long run
+into other accuracies (seen in a 150-step preview). So a stack is one seed's learning rates (the same batches: no
+member's rows padded to another's), PEFT's skinny products run per member through PEFT's own modules, our LoRA's
+batched function takes each product in the lone function's orientation, and a variant whose layers are several
+autograd steps (their gradients a stack would sum in another order) declares itself unstackable
+(:attr:`lorabench.variants.base.Variant.unstackable`). What else cannot be reproduced is refused before training
+and the points run alone: dropout (its draws would interleave), a classification target, members whose frozen
+weights differ outside their adapted modules.
 
 What it saves is per-call work: kernel launches and Python per layer, once for the stack instead of once per run.
 The arithmetic is the same. On a CPU thread the default grid's lone step is not dominated by per-call work, so
@@ -148,7 +152,7 @@ def _low_rank(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | No
 class StackedLayer(nn.Module):
     """The members' versions of one adapted module: the rows of each active member (equal blocks along the first
     axis, in member order) go through that member's module; with ``shared_base``, plain low-rank adapters over one
-    frozen weight, as one GEMM of that weight on every row plus one batched GEMM per factor."""
+    frozen weight, that weight's GEMM once on every row (row by row the same numbers as on fewer rows)."""
 
     def __init__(self, members: list[nn.Module], shared_base: bool) -> None:
         super().__init__()
@@ -165,8 +169,14 @@ class StackedLayer(nn.Module):
                                                                                   strict=True)])
         factors = [_low_rank(layer) for layer in layers]
         base = layers[0].base_layer
-        return _StackedLowRank.apply(x, dense_weight(base), base.bias, factors[0][2], *(a for a, _, _ in factors),
-                                     *(b for _, b, _ in factors))
+        A, B = [a for a, _, _ in factors], [b for _, b, _ in factors]
+        if type(layers[0]) is LoRALayer:
+            return _StackedLowRank.apply(x, dense_weight(base), base.bias, factors[0][2], *A, *B)
+        # PEFT's own operations in PEFT's order, the skinny ones per member: a batched GEMM would round differently
+        result = base(x)
+        deltas = [layer.lora_B["default"](layer.lora_A["default"](part)) * layer.scaling["default"]
+                  for layer, part in zip(layers, x.chunk(len(layers)), strict=True)]
+        return result + torch.cat(deltas)
 
 
 class _StackedLowRank(torch.autograd.Function):
@@ -328,12 +338,15 @@ def train_stack(
         active = [index for index, member in enumerate(members) if member.running]
         if not active:
             break
-        batch = collate([row for index in active for row in members[index].rows()], tokenizer.pad_token_id, device)
-        labels = batch.pop("labels").chunk(len(active))
+        rows = [members[index].rows() for index in active]
+        batch = collate([row for each in rows for row in each], tokenizer.pad_token_id, device)
+        widths = [max(len(ids) for ids, _ in each) for each in rows]  # each member's own batch width, as alone
+        labels = [label[:, :width] for label, width in zip(batch.pop("labels").chunk(len(active)), widths,
+                                                            strict=True)]
         set_active(host, active)
         clock.start()
         logits = host(**batch).logits.chunk(len(active))
-        losses = [lm.loss_function(logits=part, labels=label, vocab_size=lm.config.vocab_size)
+        losses = [lm.loss_function(logits=part[:, :label.shape[1]].contiguous(), labels=label, vocab_size=lm.config.vocab_size)
                   for part, label in zip(logits, labels, strict=True)]
         values = torch.stack([loss.detach() for loss in losses]).tolist()
         going = [i for i, index in enumerate(active) if members[index].checked(step, values[i], uniform)]

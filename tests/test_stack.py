@@ -19,11 +19,6 @@ from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
 LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
          "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
-LOSS_RTOL = 1e-5
-"""A logged loss of a stacked member within this relative distance of its lone run's: float32 GEMMs of other
-shapes round differently (observed: at most 3e-7 over 12 steps)."""
-MEASURE_TOL = {"rel": 1e-5, "abs": 1e-6}
-"""Cross-entropies, their differences and weight-space measures: rounding as above."""
 OPTIONS = {"relora": {"merge_every": 4}, "peft": {"peft_config": {"peft_type": "LOHA"}}}
 """Options that make a variant's hooks act within the test's 12 steps (relora merges twice), or that it needs."""
 LRS = {"sgd": [0.05, 0.3], "adamw": [1e-3, 1e-2]}
@@ -68,40 +63,16 @@ def _lone_and_stacked(checkpoint: Path, tmp_path: Path, variant: str, points: li
 
 
 def assert_same_run(lone: dict[str, Any], stacked: dict[str, Any]) -> None:
-    """Everything a run measures of its model is its lone run's: statuses, step counts and accuracies exactly,
-    losses and cross-entropies up to rounding; only times and peak memory (the stack's) differ."""
-    for key in ("status", "grid", "parameters", "hyperparameters", "error"):
-        assert stacked[key] == lone[key], key
-    assert stacked["memory"]["account"] == lone["memory"]["account"]
+    """Everything a run measures of its model is its lone run's, to the bit: the stack does each member's arithmetic
+    in the lone run's order (a float rounded otherwise would grow over a long run into other accuracies). Only the
+    times and the peak memory, the stack's, differ."""
     assert stacked["timing"]["steps_done"] == lone["timing"]["steps_done"]
-    assert stacked["loss_curve"]["step"] == lone["loss_curve"]["step"]
-    losses = lone["loss_curve"]["loss"]  # None: not finite
-    assert [loss is None for loss in stacked["loss_curve"]["loss"]] == [loss is None for loss in losses]
-    assert [loss for loss in stacked["loss_curve"]["loss"] if loss is not None] == pytest.approx(
-        [loss for loss in losses if loss is not None], rel=LOSS_RTOL)
-    if lone["divergence"]:
-        assert stacked["divergence"] | {"loss": None} == lone["divergence"] | {"loss": None}
-    assert stacked["target"] == lone["target"]
-    assert stacked["trajectory"]["step"] == lone["trajectory"]["step"]
-    if lone["status"] != "ok":  # nothing measured after training
-        assert (stacked["source"], stacked["forgetting"], stacked["extra"]) == (lone["source"], lone["forgetting"],
-                                                                              lone["extra"])
-        return
-    for name, source in lone["source"].items():
-        assert {k: v for k, v in stacked["source"][name].items() if not k.startswith("ce")} == {
-            k: v for k, v in source.items() if not k.startswith("ce")}
-        assert stacked["source"][name] == pytest.approx(source, **MEASURE_TOL)
-    trajectory = lone["trajectory"]
-    for measure in ("step", "target_validation", "target_test", "forgetting", "forgetting_char"):
-        assert stacked["trajectory"][measure] == trajectory[measure], measure
-    assert stacked["trajectory"]["forgetting_ce"] == pytest.approx(trajectory["forgetting_ce"], **MEASURE_TOL)
-    assert stacked["forgetting"]["per_task"] == lone["forgetting"]["per_task"]
-    graded = lone["forgetting"].get("graded", {})
-    assert stacked["forgetting"].get("graded", {}).keys() == graded.keys()
-    for measure, measured in graded.items():
-        assert stacked["forgetting"]["graded"][measure]["per_task"] == pytest.approx(measured["per_task"],
-                                                                                     **MEASURE_TOL)
-    assert stacked["extra"] == pytest.approx(lone["extra"], **MEASURE_TOL)
+    assert stacked["memory"]["account"] == lone["memory"]["account"]
+    assert _measured(stacked) == _measured(lone)
+
+
+def _measured(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key not in ("timing", "memory", "environment")}
 
 
 STACKED = [name for name, cls in registry().items() if not cls.unstackable]
@@ -109,22 +80,23 @@ STACKED = [name for name, cls in registry().items() if not cls.unstackable]
 
 @pytest.mark.parametrize("variant", STACKED)
 def test_a_stacked_member_records_what_it_records_alone(checkpoint: Path, tmp_path: Path, variant: str) -> None:
-    """Two seeds by two learning rates, one stack: each member's own data order, initialisation (VeRA's projections
-    too), optimizer state, learning rate and variant hooks."""
+    """Two seeds by two learning rates: a stack per seed, each member with its own initialisation, optimizer state,
+    learning rate and variant hooks."""
     points = [(lr, seed) for lr in LRS[get(variant).optimizer or "adamw"] for seed in (0, 1)]
     lone, stacked = _lone_and_stacked(checkpoint, tmp_path, variant, points)
     for alone, member in zip(lone, stacked, strict=True):
         records.validate(member)
-        assert member["timing"]["stacked_members"] == len(points)
+        assert member["timing"]["stacked_members"] == 2  # one stack per seed
         assert "stacked_members" not in alone["timing"]
         assert member["status"] == "ok", member["error"]
         assert_same_run(alone, member)
 
 
 def test_a_diverged_member_stops_alone_and_leaves_the_others_as_they_were(checkpoint: Path, tmp_path: Path) -> None:
-    points = [(1e-3, 0), (1e30, 0), (1e-2, 1)]
+    points = [(1e-3, 0), (1e30, 0), (1e-2, 0)]
     lone, stacked = _lone_and_stacked(checkpoint, tmp_path, "lora", points)
     assert [record["status"] for record in stacked] == ["ok", "diverged", "ok"]
+    assert {record["timing"]["stacked_members"] for record in stacked} == {3}
     assert stacked[1]["timing"]["steps_done"] < stacked[0]["timing"]["steps_done"] == 12
     for alone, member in zip(lone, stacked, strict=True):
         assert_same_run(alone, member)
@@ -135,8 +107,9 @@ def test_a_stacked_member_takes_the_configs_forgetting_measures_as_it_does_alone
     texts = tmp_path / "texts.txt"
     texts.write_text("abc:cba\nhello:olleh\nsort:orst\n")
     heldout = {"heldout_ce": {"texts": str(texts), "n": 3, "max_length": 16, "batch_size": 2}}
-    lone, stacked = _lone_and_stacked(checkpoint, tmp_path, "lora", [(1e-3, 0), (1e-2, 1)], forgetting=heldout)
+    lone, stacked = _lone_and_stacked(checkpoint, tmp_path, "lora", [(1e-3, 0), (1e-2, 0)], forgetting=heldout)
     for alone, member in zip(lone, stacked, strict=True):
+        assert member["timing"]["stacked_members"] == 2
         assert {"heldout_ce_before", "heldout_ce_after", "heldout_ce_increase"} <= member["extra"].keys()
         assert_same_run(alone, member)
 

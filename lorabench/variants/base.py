@@ -97,7 +97,7 @@ class Variant:
     uses_rank: ClassVar[bool] = True
     """False for methods without a rank (full fine-tuning): the grid runs them once per rank set."""
     unstackable: ClassVar[str | None] = "not shown to stack: its stacked runs are not tested equal to its lone runs"
-    """Why runs of this variant that differ only in seed and learning rate do not train as one computation (config
+    """Why runs of this variant that differ only in learning rate do not train as one computation (config
     ``jobs.stack``, :mod:`lorabench.stack`), shown by ``lorabench variants``; None for variants whose stacked
     records tests/test_stack.py checks equal to their lone ones. A hook that changed weights outside the variant's
     own layers would go unseen by a stack, so a variant of one's own stays alone unless it sets None."""
