@@ -346,8 +346,8 @@ def train_stack(
         set_active(host, active)
         clock.start()
         logits = host(**batch).logits.chunk(len(active))
-        losses = [lm.loss_function(logits=part[:, :label.shape[1]].contiguous(), labels=label, vocab_size=lm.config.vocab_size)
-                  for part, label in zip(logits, labels, strict=True)]
+        losses = [lm.loss_function(logits=part[:, :label.shape[1]].contiguous(), labels=label,
+                                   vocab_size=lm.config.vocab_size) for part, label in zip(logits, labels, strict=True)]
         values = torch.stack([loss.detach() for loss in losses]).tolist()
         going = [i for i, index in enumerate(active) if members[index].checked(step, values[i], uniform)]
         if going:

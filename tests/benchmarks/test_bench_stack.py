@@ -1,5 +1,6 @@
-"""Stacked against lone training (config ``jobs.stack``) on a slice of the default grid: one job of LoRA's
-learning-rate sweep (4 runs; with ``seed`` batched too, 2 seeds: 8), run both ways in one process, interleaved.
+"""Stacked against lone training (config ``jobs.stack``) on a slice of the default grid: one job's learning-rate
+sweep of our LoRA (4 runs: its batched layer) and of frozen_a (3 runs: PEFT's layers, skinny products per member),
+run both ways in one process, interleaved.
 
 Figures, not assertions on time: ``pytest tests/benchmarks/test_bench_stack.py --benchmark-enable -s`` prints, per
 mode, the training throughput (run-steps per core-second: CPU time of the training loops, their mid-training
@@ -25,7 +26,8 @@ LLAMA_TINY = {"family": "llama", "hidden_size": 64, "intermediate_size": 128, "n
               "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 32}
 """workflow/config/default.yaml's model, its tasks, data sizes and training settings below (fewer steps)."""
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA_LRS = [0.001, 0.003, 0.01, 0.03]
+SWEEPS = {"lora": [0.001, 0.003, 0.01, 0.03], "frozen_a": [0.01, 0.03, 0.1]}
+"""The default grid's learning rates of each variant."""
 
 
 class CpuTimes:
@@ -58,7 +60,7 @@ class CpuTimes:
         return self.train - self._evaluate_in_training
 
 
-def _job(checkpoint: Path, folder: Path, seeds: list[int], steps: int, stacked: bool, data: dict) -> TrainJob:
+def _job(checkpoint: Path, folder: Path, variant: str, steps: int, stacked: bool, data: dict) -> TrainJob:
     return TrainJob.from_dict({
         "model": "llama-tiny", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 8,
         "dropout": 0.0, "target_modules": TARGETS, "source_tasks": ["copy", "reverse", "sort"], "hub_tasks": {},
@@ -67,16 +69,16 @@ def _job(checkpoint: Path, folder: Path, seeds: list[int], steps: int, stacked: 
         "eval_batch_size": 640,
         "train": {"steps": steps, "batch_size": 64, "weight_decay": 0.0, "log_every": 10,
                   "eval_at": [steps // 3, 2 * steps // 3], "replay": 0.05},
-        "points": [{"variant": "lora", "uses": "lora", "variant_options": {}, "optimizer": "adamw", "rank": 4,
-                    "task": "shift", "lr": lr, "seed": seed, "record": str(folder / f"lr{lr:g}_seed{seed}.json")}
-                   for seed in seeds for lr in LORA_LRS],
+        "points": [{"variant": variant, "uses": variant, "variant_options": {}, "optimizer": "adamw", "rank": 4,
+                    "task": "shift", "lr": lr, "seed": 0, "record": str(folder / f"lr{lr:g}.json")}
+                   for lr in SWEEPS[variant]],
         "stack": stacked,
     })
 
 
-@pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["4 runs", "8 runs"])
+@pytest.mark.parametrize("variant", list(SWEEPS))
 def test_stacked_training_throughput(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
-                                     tmp_path: Path, seeds: list[int]) -> None:
+                                     tmp_path: Path, variant: str) -> None:
     """Printed (``-s``), not asserted: run-steps (training) and evaluated runs (evaluation) per core-second."""
     enabled = request.config.getoption("benchmark_enable") or not request.config.getoption("benchmark_disable")
     rounds, steps = (2, 60) if enabled else (1, 3)
@@ -90,14 +92,14 @@ def test_stacked_training_throughput(request: pytest.FixtureRequest, monkeypatch
         for mode in ("lone", "stacked"):
             with monkeypatch.context() as patch:
                 times = CpuTimes(patch)
-                job = _job(checkpoint, tmp_path / f"{mode}{round_}", seeds, steps, mode == "stacked", data)
+                job = _job(checkpoint, tmp_path / f"{mode}{round_}", variant, steps, mode == "stacked", data)
                 runner.run_job(job)
             spent[mode][0] += times.training()
             spent[mode][1] += times.evaluate
-    runs = rounds * len(seeds) * len(LORA_LRS)
+    runs = rounds * len(SWEEPS[variant])
     evaluations = runs * 3  # two during training, one after
     throughput = {mode: (runs * steps / train, evaluations / evaluate) for mode, (train, evaluate) in spent.items()}
-    print(f"\n{runs // rounds} lora runs x {steps} steps, {rounds} interleaved rounds, one thread: run-steps per "
+    print(f"\n{runs // rounds} {variant} runs x {steps} steps, {rounds} interleaved rounds, one thread: run-steps per "
           f"core-second (training), evaluated runs per core-second (evaluation):",
           {mode: (round(train, 1), round(evaluate, 2)) for mode, (train, evaluate) in throughput.items()},
           f"stacked/lone: training {throughput['stacked'][0] / throughput['lone'][0]:.2f}x, "
