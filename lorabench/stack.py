@@ -167,11 +167,10 @@ class StackedLayer(nn.Module):
         if not self.shared_base:
             return torch.cat([layer(part, *args, **kwargs) for layer, part in zip(layers, x.chunk(len(layers)),
                                                                                   strict=True)])
-        factors = [_low_rank(layer) for layer in layers]
         base = layers[0].base_layer
-        A, B = [a for a, _, _ in factors], [b for _, b, _ in factors]
         if type(layers[0]) is LoRALayer:
-            return _StackedLowRank.apply(x, dense_weight(base), base.bias, factors[0][2], *A, *B)
+            return _StackedLowRank.apply(x, dense_weight(base), base.bias, layers[0].scale,
+                                         *(layer.lora_A for layer in layers), *(layer.lora_B for layer in layers))
         # PEFT's own operations in PEFT's order, the skinny ones per member: a batched GEMM would round differently
         result = base(x)
         deltas = [layer.lora_B["default"](layer.lora_A["default"](part)) * layer.scaling["default"]
