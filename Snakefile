@@ -9,14 +9,17 @@ from snakemake.settings.types import DeploymentMethod
 
 # This working tree's lorabench (and variant modules) checks the config and runs every job, in the
 # container too: the images carry only the dependencies, so the tree goes first on sys.path and
-# PYTHONPATH (Apptainer passes the host's environment in) and is bound into each job read-only.
+# PYTHONPATH, and each job's container gets it read-only at TREE_IN_JOBS, first on its PYTHONPATH.
+# Not at the tree's own path: run from the repository root, that is the working directory, which
+# Apptainer binds writable and a read-only bind of the same path would replace (Read-only file system).
 # lorabench/image.py stops a job whose image's dependencies differ from the tree's pins.
+TREE_IN_JOBS = "/lorabench-tree"
 sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
-    _bind = f" --bind {workflow.basedir}:{workflow.basedir}:ro"
-    if _bind not in workflow.deployment_settings.apptainer_args:  # a SLURM job's snakemake parses this again
-        workflow.deployment_settings.apptainer_args += _bind
+    _tree = f" --bind {workflow.basedir}:{TREE_IN_JOBS}:ro --env PYTHONPATH={TREE_IN_JOBS}"
+    if _tree not in workflow.deployment_settings.apptainer_args:  # a SLURM job's snakemake parses this again
+        workflow.deployment_settings.apptainer_args += _tree
 
 from lorabench.provenance import git_state, pretrain_code
 from lorabench.records import bad_runs_note

@@ -32,6 +32,20 @@ FORGETTING_COLUMNS = {None: "forgetting", "char_accuracy_drop": "forgetting_char
 """Forgetting measure (record ``forgetting``, or its ``graded`` entry) -> its column: the mean over source tasks
 (``forgetting``: and benchmarks); ``<column>__<task>`` per task and ``<column>_ceiling`` its value at total
 forgetting."""
+RECORD_FIELDS = {
+    "trainable_params": ("parameters", "trainable"), "total_params": ("parameters", "total"),
+    "train_seconds": ("timing", "train_seconds"), "step_ms": ("timing", "step_ms_median"),
+    "step_ms_mean": ("timing", "step_ms_mean"), "steps_done": ("timing", "steps_done"),
+    "timing_method": ("timing", "method"),
+    "peak_mem_mb": ("memory", "peak_mb"), "baseline_mem_mb": ("memory", "baseline_mb"),
+    "memory_method": ("memory", "method"),
+    "target_acc_before": ("target", "accuracy_before"), "target_acc_after": ("target", "accuracy_after"),
+}  # fmt: skip
+"""``results`` column -> (record section, field): the one place a record's name for a value meets the table's.
+
+A table column names its unit or section where the record's nesting did (``step_ms`` is ``timing.step_ms_median``,
+``peak_mem_mb`` is ``memory.peak_mb``); :data:`ACCOUNT_COLUMNS`, :data:`FORGETTING_COLUMNS` and
+:data:`SOURCE_COLUMNS` map the record's nested parts the same way."""
 RESULT_COLUMNS = [
     "run_id", *GRID_COLUMNS, "status", "error",
     "trainable_params", "total_params",
@@ -92,7 +106,7 @@ def _divergence_columns(divergence: dict[str, Any] | None) -> dict[str, Any]:
 
 def result_row(record: dict[str, Any]) -> dict[str, Any]:
     """One flat row of ``results`` for one validated record."""
-    timing, memory, target = record["timing"], record["memory"], record["target"]
+    memory = record["memory"]
     row = {
         "run_id": record["run_id"],
         **record["grid"],
@@ -101,20 +115,9 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
         **_divergence_columns(record["divergence"]),
         "optimizer": record["hyperparameters"]["train"].get("optimizer", "adamw"),  # records before it was a setting
         "replay": record["hyperparameters"]["train"].get("replay", 0.0),  # records before it was a setting: none
-        "trainable_params": record["parameters"]["trainable"],
-        "total_params": record["parameters"]["total"],
-        "train_seconds": timing["train_seconds"],
-        "step_ms": timing["step_ms_median"],
-        "step_ms_mean": timing["step_ms_mean"],
-        "steps_done": timing["steps_done"],
-        "timing_method": timing["method"],
-        "peak_mem_mb": memory["peak_mb"],
-        "baseline_mem_mb": memory["baseline_mb"],
+        **{column: record[part][key] for column, (part, key) in RECORD_FIELDS.items()},
         "peak_mem_added_mb": _difference(memory["peak_mb"], memory["baseline_mb"]),
-        "memory_method": memory["method"],
         **_account_columns(memory.get("account")),
-        "target_acc_before": target["accuracy_before"],
-        "target_acc_after": target["accuracy_after"],
         "device": record["environment"]["device"],
         "device_name": record["environment"].get("device_name"),
     }

@@ -165,10 +165,23 @@ def check_schema(config: dict[str, Any], schema: Path) -> None:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
+    if not schema.is_file():
+        raise ConfigError(missing_checkout_message(schema))
     try:
         validate(config, str(schema), set_default=True)
     except WorkflowError as error:
         raise ConfigError(_schema_message(error)) from None
+
+
+def missing_checkout_message(schema: Path) -> str:
+    """Why a config cannot be checked: the schema lives in the checkout's workflow/, which a wheel does not hold.
+
+    lorabench is a workflow (Snakefile, rules, schema, data) with a package beside it; a plain ``pip install``
+    copies only the package, so say how to get the whole thing instead of failing on a missing file.
+    """
+    return (f"the config schema {schema} is missing: lorabench runs from its checkout (the Snakefile, workflow/ "
+            f"and its schema are not in the installed package); clone the repository and install it with "
+            f"`pip install -e .` from there")
 
 
 def _schema_message(error: Exception) -> str:

@@ -13,8 +13,13 @@ requiring grad as inside a network), optimizer step, the variant's hook. Beside 
 
 All of them step in turn within each round (A B C ... C A B ..., a fresh random order every round), after warm-up
 rounds, so a load swing on a shared machine hits every candidate alike; a ratio is the median over rounds of the
-two steps' ratio within the round. CPU: the process's CPU time on one thread, wall time on more (:class:`Clock`).
-CUDA: CUDA events around each step, read after the round's synchronisation.
+two steps' ratio within the round, with the 95% distribution-free interval of that median (:func:`median_interval`).
+Every candidate steps in ``rounds`` rounds; then only the candidates of a timed target ratio (:data:`TARGETS`, at the
+grid's ranks and ``target_ranks``) keep stepping, interleaved as before, until each target ratio's interval lies
+within ``target_halfwidth`` of its median or a cap (``max_rounds``, ``max_seconds``) stops them: the table says
+which (``stopped``, and each row's ``rounds``). CPU: the process's CPU time on one thread, wall time on more
+(:class:`Clock`). CUDA: CUDA events around each step, read after the round's synchronisation. Every round and every
+candidate's setup is logged with the elapsed time, so the job log shows the stage is alive.
 
 Memory: the exact account of :mod:`lorabench.measure` (trainable parameters, gradients and optimizer state after
 the first step, the activations autograd saves in one forward, and the variant's own buffers and frozen factors;
@@ -28,6 +33,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import math
 import random
 import statistics
@@ -35,13 +41,14 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lorabench.cost_targets import FLOOR, REFERENCES, SHAPE_SETS, TARGETS, ShapeSet
 from lorabench.measure import (
     MIB,
     account_after_first_step,
@@ -50,56 +57,17 @@ from lorabench.measure import (
     variant_state_bytes,
 )
 
-FLOOR = "floor"
-REFERENCES = ("peft_lora", "lora")
-"""Measured at every rank even when the grid leaves them out: the ratios are to them."""
+log = logging.getLogger(__name__)
+
 LR = 1e-4
 """Learning rate of the measured steps: the cost of a step does not depend on it."""
+CONFIDENCE = 0.95
+"""Coverage of the interval of a median ratio (:func:`median_interval`)."""
 SETUP_OPTIONS = {"pissa": {"pissa_init": "pissa_niter_4"}}
 """Options the stage sets in place of the config's where they change only a run's one-off setup, never a step:
 PiSSA's exact SVD of an 8192x2048 weight takes ~10 s on one CPU thread (33 s for the llama-1b block), its
 randomised SVD well under one, and the step after either is the same LoRA step on the same shapes. The CSV's
 ``options`` column says what was used."""
-
-
-@dataclass(frozen=True)
-class Linear:
-    """One linear layer of a shape set: ``m`` outputs, ``n`` inputs, reading the block input named ``reads``."""
-
-    m: int
-    n: int
-    reads: str
-
-
-@dataclass(frozen=True)
-class ShapeSet:
-    """The linear layers of one block of a real model, by their module names."""
-
-    description: str
-    layers: dict[str, Linear]
-
-    def text(self) -> str:
-        """``q_proj 2048x2048, k_proj 512x2048, ...`` (m x n): what the report states."""
-        return ", ".join(f"{name} {layer.m}x{layer.n}" for name, layer in self.layers.items())
-
-
-SHAPE_SETS = {
-    "llama-1b": ShapeSet(
-        "one decoder block of Llama-3.2-1B (hidden 2048, MLP 8192, 32 query heads and 8 key/value heads of 64)",
-        {"q_proj": Linear(2048, 2048, "hidden"), "k_proj": Linear(512, 2048, "hidden"),
-         "v_proj": Linear(512, 2048, "hidden"), "o_proj": Linear(2048, 2048, "attention"),
-         "gate_proj": Linear(8192, 2048, "normed"), "up_proj": Linear(8192, 2048, "normed"),
-         "down_proj": Linear(2048, 8192, "gated")},
-    ),
-    "square-1024": ShapeSet("one 1024x1024 layer (the micro-benchmark's)", {"layer": Linear(1024, 1024, "x")}),
-    "tiny": ShapeSet(
-        "a Llama-like block at hidden 64, MLP 128 (tests and the smoke grid)",
-        {"q_proj": Linear(64, 64, "hidden"), "k_proj": Linear(32, 64, "hidden"), "v_proj": Linear(32, 64, "hidden"),
-         "o_proj": Linear(64, 64, "attention"), "gate_proj": Linear(128, 64, "normed"),
-         "up_proj": Linear(128, 64, "normed"), "down_proj": Linear(64, 128, "gated")},
-    ),
-}
-"""Named shape sets (the config's ``cost.shapes`` keys). Layer names are Llama's, so ``target_modules`` match."""
 
 
 class ShapeBlock(nn.Module):
@@ -141,7 +109,12 @@ class Candidate:
     reason: str = ""
     account: dict[str, int] = field(default_factory=dict)
     peak_bytes: float = math.nan
-    times: list[float] = field(default_factory=list)
+    times: dict[int, float] = field(default_factory=dict)
+    """Seconds of its step in each timed round it took part in, by round number (pairs are matched by round)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} r{self.rank}" if self.rank else self.name
 
 
 def block_inputs(shapes: ShapeSet, tokens: int, like: torch.Tensor, seed: int = 0) -> tuple[dict, list]:
@@ -160,15 +133,18 @@ def base_block(shapes: ShapeSet, device: torch.device, dtype: torch.dtype, seed:
     return ShapeBlock(shapes).to(device=device, dtype=dtype).requires_grad_(False)
 
 
-def make_step(model: nn.Module, inputs: dict, upstream: list, optimizer: Any = None,
-              variant: Any = None) -> Callable[[], None]:
+def make_step(model: nn.Module, inputs: dict, upstream: list, optimizer: Any = None, variant: Any = None,
+              forward: Callable[[dict], list[torch.Tensor]] | None = None) -> Callable[[], None]:
     """One training step as ``lorabench.train`` takes it: forward, backward, the variant's ``transform_gradients``,
     optimizer step, its ``after_step``, gradients dropped; without an optimizer, the floor's forward and backward.
-    The inputs' gradients are dropped too, so no step pays for accumulating into the previous one's."""
+    The inputs' gradients are dropped too, so no step pays for accumulating into the previous one's. ``forward``
+    (default ``model``) maps ``inputs`` to the outputs ``upstream`` is the gradient of: a loss, say; the variant's
+    hooks get ``model``."""
     steps = itertools.count()
+    forward = forward or model
 
     def step() -> None:
-        torch.autograd.backward(model(inputs), upstream)
+        torch.autograd.backward(forward(inputs), upstream)
         if optimizer is not None:
             variant.transform_gradients(model, next(steps))
             optimizer.step()
@@ -180,26 +156,39 @@ def make_step(model: nn.Module, inputs: dict, upstream: list, optimizer: Any = N
     return step
 
 
+class CannotAdapt(ValueError):
+    """A variant refuses a targeted layer (:meth:`~lorabench.variants.Variant.layer_problem`)."""
+
+
+def adapted(entry: VariantEntry, rank: int, model: nn.Module, targets: tuple[str, ...], alpha: float,
+            total_steps: int) -> tuple[Any, nn.Module, torch.optim.Optimizer]:
+    """``entry``'s variant applied to ``model``'s ``targets`` at ``rank`` with its optimizer (``entry.optimizer``,
+    over the variant's parameter groups), as a run builds them: (variant, adapted model, optimizer)."""
+    from lorabench.train import TrainSettings, make_optimizer
+    from lorabench.variants import AdapterSpec, find_targets, get
+
+    variant = get(entry.uses)(AdapterSpec(rank=rank, alpha=alpha, target_modules=targets, options=entry.options,
+                                          total_steps=total_steps))
+    for name, layer in find_targets(model, targets):
+        if problem := variant.layer_problem(name, layer):
+            raise CannotAdapt(f"cannot adapt {name}: {problem}")
+    model = variant.apply(model)
+    optimizer = make_optimizer(variant.parameter_groups(model, LR),
+                               TrainSettings(steps=total_steps, batch_size=1, lr=LR, optimizer=entry.optimizer))
+    return variant, model, optimizer
+
+
 def variant_candidate(entry: VariantEntry, rank: int, role: str, block: ShapeBlock, inputs: dict,
                       upstream: list, alpha: float, total_steps: int) -> Candidate:
     """``entry`` applied to ``block`` at ``rank`` with its own optimizer; the reason instead when it cannot be."""
-    from lorabench.train import TrainSettings, make_optimizer
-    from lorabench.variants import AdapterSpec, get
-
-    options = entry.options | SETUP_OPTIONS.get(entry.uses, {})
-    candidate = Candidate(entry.name, entry.uses, rank, entry.optimizer, role, options=options)
-    targets = tuple(block.reads)
+    entry = replace(entry, options=entry.options | SETUP_OPTIONS.get(entry.uses, {}))
+    candidate = Candidate(entry.name, entry.uses, rank, entry.optimizer, role, options=entry.options)
+    before = storage_addresses([*block.parameters(), *block.buffers()])
     try:
-        variant = get(entry.uses)(AdapterSpec(rank=rank, alpha=alpha, target_modules=targets, options=options,
-                                              total_steps=total_steps))
-        for name in targets:
-            if problem := variant.layer_problem(name, getattr(block, name)):
-                candidate.reason = f"cannot adapt {name}: {problem}"
-                return candidate
-        before = storage_addresses([*block.parameters(), *block.buffers()])
-        model = variant.apply(block)
-        optimizer = make_optimizer(variant.parameter_groups(model, LR),
-                                   TrainSettings(steps=total_steps, batch_size=1, lr=LR, optimizer=entry.optimizer))
+        variant, model, optimizer = adapted(entry, rank, block, tuple(block.reads), alpha, total_steps)
+    except CannotAdapt as error:
+        candidate.reason = str(error)
+        return candidate
     except Exception as error:  # a variant that needs a whole transformers model, say: recorded, not dropped
         candidate.reason = f"{type(error).__name__}: {error}"
         return candidate
@@ -208,6 +197,14 @@ def variant_candidate(entry: VariantEntry, rank: int, role: str, block: ShapeBlo
     account_after_first_step(optimizer, candidate.account)
     candidate.step = make_step(model, inputs, upstream, optimizer, variant)
     return candidate
+
+
+def floor_candidate(base: nn.Module, inputs: dict, upstream: list) -> Candidate:
+    """The floor: a frozen copy of ``base``, forward and backward to its inputs only."""
+    frozen = copy.deepcopy(base)
+    floor = Candidate(FLOOR, FLOOR, 0, "none", FLOOR, step=make_step(frozen, inputs, upstream))
+    floor.account["saved_activations"] = saved_activation_bytes(frozen, lambda: frozen(inputs))
+    return floor
 
 
 def peak_of_step(step: Callable[[], None], device: torch.device, profile_cpu: bool) -> float:
@@ -251,7 +248,7 @@ class Clock:
         self._now = time.process_time if one_thread else time.perf_counter
         self.pending: list[tuple[Candidate, Any, Any]] = []
 
-    def time(self, candidate: Candidate) -> None:
+    def time(self, candidate: Candidate, round_index: int) -> None:
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -261,93 +258,207 @@ class Clock:
         else:
             started = self._now()
             candidate.step()
-            candidate.times.append(self._now() - started)
+            candidate.times[round_index] = self._now() - started
 
-    def end_round(self) -> None:
+    def end_round(self, round_index: int) -> None:
         if self.cuda:
             torch.cuda.synchronize()
             for candidate, start, end in self.pending:
-                candidate.times.append(start.elapsed_time(end) / 1000)
+                candidate.times[round_index] = start.elapsed_time(end) / 1000
             self.pending.clear()
 
 
-def run_rounds(candidates: list[Candidate], rounds: int, warmup: int, clock: Clock, seed: int = 0) -> None:
+@dataclass(frozen=True)
+class Rounds:
+    """How many rounds the stage runs (the config's ``cost`` section): every candidate steps in ``rounds`` timed
+    rounds after ``warmup`` untimed ones; then the candidates of target ratios not yet within ``halfwidth`` go on
+    until they are, or ``max_rounds`` rounds in all or ``max_seconds`` of these further rounds have passed."""
+
+    rounds: int
+    warmup: int
+    halfwidth: float
+    max_rounds: int
+    max_seconds: float
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> Rounds:
+        return cls(settings["rounds"], settings["warmup"], settings["target_halfwidth"], settings["max_rounds"],
+                   settings["max_seconds"])
+
+
+LOG_EVERY = 5.0
+"""Seconds between progress lines once only the target ratios' candidates step (on tiny shapes, hundreds of rounds a
+second; every earlier round is logged)."""
+Pair = tuple[Candidate, Candidate]
+"""A timed target ratio: the candidate of the target's variant and the one it is paired with (same rank)."""
+
+
+def target_pairs(candidates: list[Candidate]) -> list[Pair]:
+    """The timed target ratios among ``candidates`` (:data:`TARGETS` whose variant was measured at some rank)."""
+    by_key = {(c.name, c.rank): c for c in candidates if c.step is not None}
+    pairs = []
+    for target in TARGETS:
+        for (name, rank), candidate in by_key.items():
+            if name == target.variant and target.against is not None:
+                partner = by_key.get((target.against, 0 if target.against == FLOOR else rank))
+                if partner is not None and partner is not candidate:
+                    pairs.append((candidate, partner))
+    return pairs
+
+
+def open_pairs(pairs: list[Pair], halfwidth: float) -> list[tuple[Pair, float]]:
+    """The pairs whose median ratio's interval is not yet within ``halfwidth`` of it, with its half-width (the
+    larger side; inf while there are too few rounds for an interval)."""
+    still = []
+    for a, b in pairs:
+        ratios = round_ratios(a, b)
+        interval = median_interval(ratios)
+        median = statistics.median(ratios) if ratios else math.nan
+        half = math.inf if interval is None else max(median - interval[0], interval[1] - median)
+        if not half <= halfwidth:
+            still.append(((a, b), half))
+    return still
+
+
+def run_rounds(candidates: list[Candidate], plan: Rounds, clock: Clock, where: str = "", seed: int = 0) -> str:
     """Every measurable candidate steps once per round, in a fresh (seeded) random order each round, so that no
     candidate always follows the same one (a step after full fine-tuning's Adam pass finds the caches cold); a
-    rotation would keep every neighbour. Warm-up rounds are not kept."""
+    rotation would keep every neighbour. Warm-up rounds are not kept. After ``plan.rounds`` timed rounds only the
+    candidates of open target ratios (:func:`open_pairs`) step on. Returns what stopped the rounds: ``converged``,
+    ``max_rounds`` or ``max_seconds``. Logs every round up to the first of targets only, then one every
+    :data:`LOG_EVERY` seconds, with the elapsed time and the ratios still open (``where``: the shape set)."""
     active = [c for c in candidates if c.step is not None]
+    pairs = target_pairs(active)
     shuffle = random.Random(seed)
-    for index in range(warmup + rounds):
+    started = logged = time.perf_counter()
+    for index in range(-plan.warmup, max(plan.rounds, plan.max_rounds)):
+        still = open_pairs(pairs, plan.halfwidth) if index >= plan.rounds else []
+        if index == plan.rounds:
+            narrowing = time.perf_counter()
+        if index >= plan.rounds:
+            if not still:
+                return "converged"
+            if time.perf_counter() - narrowing > plan.max_seconds:
+                return "max_seconds"
+            active = list({id(c): c for pair, _ in still for c in pair}.values())
         for candidate in shuffle.sample(active, len(active)):
-            clock.time(candidate)
-        clock.end_round()
-        if index < warmup:
+            clock.time(candidate, index)
+        clock.end_round(index)
+        if index < 0:
             for candidate in active:
                 candidate.times.clear()
+        if index <= plan.rounds or time.perf_counter() - logged >= LOG_EVERY:
+            logged = time.perf_counter()
+            log.info("cost %s: round %d%s, %d candidates, %.1f s%s", where, index + 1,
+                     " (warm-up)" if index < 0 else "", len(active), logged - started, _open_note(still))
+    return "converged" if not open_pairs(pairs, plan.halfwidth) else "max_rounds"
+
+
+def _open_note(still: list[tuple[Pair, float]]) -> str:
+    """``; open: lora r64/floor ±0.041, ...``: the target ratios still being narrowed."""
+    if not still:
+        return ""
+    return "; open: " + ", ".join(f"{a.label}/{b.label} ±{half:.3f}" for (a, b), half in still)
 
 
 def round_ratios(a: Candidate, b: Candidate | None) -> list[float]:
-    """``a``'s step time over ``b``'s, round by round (empty if either was not measured)."""
-    if b is None or not a.times or not b.times:
+    """``a``'s step time over ``b``'s, in each round both stepped in (empty if either was not measured)."""
+    if b is None:
         return []
-    return [x / y for x, y in zip(a.times, b.times, strict=True)]
+    return [a.times[index] / b.times[index] for index in sorted(a.times.keys() & b.times.keys())]
 
 
-def paired_ratio(a: Candidate, b: Candidate | None) -> float:
-    """Median over rounds of ``a``'s step time over ``b``'s in the same round (NaN if either was not measured)."""
-    ratios = round_ratios(a, b)
-    return statistics.median(ratios) if ratios else math.nan
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """The distribution-free interval of the median of ``values`` (order statistics): ``[x_(k), x_(n+1-k)]`` of the
+    sorted values with the largest ``k`` such that ``2 P(Binomial(n, 1/2) < k) <= 1 - confidence``, which covers the
+    true median with at least that probability whatever the distribution (no resampling, no normality). Unlike
+    the rounds' quartiles (the spread of single rounds, which more rounds do not narrow), it narrows as rounds
+    accrue, about as 1/sqrt(n). None when there are too few values (fewer than 6 at 95%)."""
+    n = len(values)
+    tail, k = 0.0, 0
+    while k < n and 2 * (tail + math.comb(n, k) / 2**n) <= 1 - confidence:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
 
 
 def ratio_columns(name: str, a: Candidate, b: Candidate | None) -> dict[str, float]:
-    """``name`` (the median ratio) and ``name_q1``, ``name_q3``: its quartiles over rounds, the spread that says
-    whether a ratio near a target is distinguishable from it."""
+    """``name`` (the median ratio over the ``name_rounds`` rounds both stepped in) and ``name_lo``, ``name_hi``: the
+    95% interval of that median (:func:`median_interval`; NaN with too few rounds), which says whether it is
+    distinguishable from a target."""
     ratios = round_ratios(a, b)
-    if not ratios:
-        return {name: math.nan, f"{name}_q1": math.nan, f"{name}_q3": math.nan}
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    return {name: statistics.median(ratios), f"{name}_q1": q1, f"{name}_q3": q3}
+    interval = median_interval(ratios) or (math.nan, math.nan)
+    median = statistics.median(ratios) if ratios else math.nan
+    return {name: median, f"{name}_lo": interval[0], f"{name}_hi": interval[1], f"{name}_rounds": len(ratios)}
 
 
 def measure_shape_set(name: str, tokens: int, entries: list[VariantEntry], settings: dict[str, Any],
                       device: torch.device) -> list[dict[str, Any]]:
-    """Rows of the cost table for one shape set: the floor, every (variant, rank) of ``entries``, the references."""
+    """Rows of the cost table for one shape set: the floor, every (variant, rank) of ``entries``, the references at
+    every rank, and the targets' variants (:data:`TARGETS`) at ``settings["target_ranks"]`` too."""
     shapes = SHAPE_SETS[name]
     dtype = getattr(torch, settings["dtype"])
     base = base_block(shapes, device, dtype)
     inputs, upstream = block_inputs(shapes, tokens, next(base.parameters()))
-    rounds, warmup = settings["rounds"], settings["warmup"]
-    total_steps = rounds + warmup + 1
-    ranks = sorted({rank for entry in entries for rank in entry.ranks if rank}) or [0]
-    frozen = copy.deepcopy(base)
-    floor = Candidate(FLOOR, FLOOR, 0, "none", FLOOR, step=make_step(frozen, inputs, upstream))
-    floor.account["saved_activations"] = saved_activation_bytes(frozen, lambda: frozen(inputs))
+    plan = Rounds.of(settings)
+    total_steps = plan.warmup + max(plan.rounds, plan.max_rounds) + 1
+    wanted = candidates_wanted(entries, settings["target_ranks"])
+    grid_ranks = sorted({rank for entry in entries for rank in entry.ranks if rank})
+    ranks = grid_ranks or sorted({rank for _, rank, _ in wanted if rank}) or [0]
+    floor = floor_candidate(base, inputs, upstream)
+    started = time.perf_counter()
     candidates = [floor]
-    wanted = [(entry, rank, "grid") for entry in entries for rank in entry.ranks]
-    in_grid = {(entry.name, rank) for entry, rank, _ in wanted}
-    wanted += [(VariantEntry(ref, ref, ranks, "adamw"), rank, "reference")
-               for ref in REFERENCES for rank in ranks if (ref, rank) not in in_grid]
+    first_step(floor, name, device, settings["profile_cpu_peak"], started)
     for entry, rank, role in wanted:
         candidates.append(variant_candidate(entry, rank, role, copy.deepcopy(base), inputs, upstream,
                                             settings["alpha"], total_steps))
-    for candidate in candidates:
-        if candidate.step is not None:
-            candidate.peak_bytes = peak_of_step(candidate.step, device, settings["profile_cpu_peak"])
+        first_step(candidates[-1], name, device, settings["profile_cpu_peak"], started)
     clock = Clock(device)
-    run_rounds(candidates, rounds, warmup, clock)
-    return table_rows(name, tokens, candidates, ranks[0], clock.method, settings, device)
+    stopped = run_rounds(candidates, plan, clock, name)
+    log.info("cost %s: rounds stopped (%s) after %.1f s", name, stopped, time.perf_counter() - started)
+    return table_rows(name, tokens, candidates, ranks[0], clock.method, settings, device, stopped)
+
+
+def first_step(candidate: Candidate, where: str, device: torch.device, profile_cpu: bool, started: float) -> None:
+    """The candidate's first step, untimed (its one-off costs: optimizer state, allocations), for its memory peak;
+    logged with the time since the shape set's setup began."""
+    if candidate.step is not None:
+        candidate.peak_bytes = peak_of_step(candidate.step, device, profile_cpu)
+    log.info("cost %s: set up %s (%s), %.1f s", where, candidate.label,
+             "first step taken" if candidate.step else f"not measured: {candidate.reason}",
+             time.perf_counter() - started)
+
+
+def candidates_wanted(entries: list[VariantEntry], target_ranks: list[int]) -> list[tuple[VariantEntry, int, str]]:
+    """(entry, rank, role) of every candidate but the floor: the grid's variants at their ranks (``grid``); a
+    target's variant of the grid at a ``target_ranks`` rank it lacks (``target_rank``); lora and PEFT's LoRA at
+    every rank where the grid lacks them (``reference``)."""
+    wanted = [(entry, rank, "grid") for entry in entries for rank in entry.ranks]
+    targeted = {target.variant for target in TARGETS} - set(REFERENCES)
+    wanted += [(entry, rank, "target_rank") for entry in entries if entry.name in targeted and any(entry.ranks)
+               for rank in target_ranks if rank not in entry.ranks]
+    ranks = sorted({rank for _, rank, _ in wanted if rank} | set(target_ranks)) or [0]
+    present = {(entry.name, rank) for entry, rank, _ in wanted}
+    return wanted + [(VariantEntry(ref, ref, ranks, "adamw"), rank, "reference")
+                     for ref in REFERENCES for rank in ranks if (ref, rank) not in present]
 
 
 def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], reference_rank: int, method: str,
-               settings: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
-    """One row per candidate with its step time, memory and ratios to the floor, PEFT's LoRA and our LoRA."""
+               settings: dict[str, Any], device: torch.device, stopped: str) -> list[dict[str, Any]]:
+    """One row per candidate with its step time, memory and ratios to the floor, PEFT's LoRA and our LoRA, the
+    rounds it stepped in, and what stopped the shape set's rounds (``stopped``)."""
     from lorabench.devices import device_info
 
     by_key = {(c.name, c.rank): c for c in candidates}
     floor = by_key[(FLOOR, 0)]
     common = {"shape_set": shape_set, "shapes": SHAPE_SETS[shape_set].text(), "tokens": tokens,
               "dtype": settings["dtype"], "method": method, "threads": torch.get_num_threads(),
-              "rounds": settings["rounds"], "warmup": settings["warmup"], **device_info(device)}
+              "min_rounds": settings["rounds"], "warmup": settings["warmup"], "max_rounds": settings["max_rounds"],
+              "max_seconds": settings["max_seconds"], "target_halfwidth": settings["target_halfwidth"],
+              "stopped": stopped, **device_info(device)}
     rows = []
     for c in candidates:
         at = c.rank or reference_rank
@@ -359,8 +470,9 @@ def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], referen
             "options": json.dumps(c.options, sort_keys=True) if c.options else "",
             "status": "ok" if c.step is not None else "not_measured", "reason": c.reason,
             "compared_at_rank": at if c.name != FLOOR else 0,
-            "step_ms": 1000 * statistics.median(c.times) if c.times else math.nan,
-            "step_ms_min": 1000 * min(c.times) if c.times else math.nan,
+            "rounds": len(c.times),
+            "step_ms": 1000 * statistics.median(c.times.values()) if c.times else math.nan,
+            "step_ms_min": 1000 * min(c.times.values()) if c.times else math.nan,
             **ratio_columns("ratio_floor", c, floor),
             **ratio_columns("ratio_peft_lora", c, peft),
             **ratio_columns("ratio_lora", c, lora),
@@ -398,4 +510,5 @@ def run_cost(settings: dict[str, Any], out: Path, threads: int | None = None) ->
     table = pd.DataFrame(rows).assign(stage_seconds=time.perf_counter() - started)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
+    log.info("cost: %d rows written to %s, %.1f s", len(rows), out, time.perf_counter() - started)
     return rows

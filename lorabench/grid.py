@@ -344,6 +344,7 @@ class Grid:
         cost = self.config["cost"]
         return {
             "shapes": cost["shapes"], "rounds": cost["rounds"], "warmup": cost["warmup"],
+            **{key: cost[key] for key in ("target_ranks", "target_halfwidth", "max_rounds", "max_seconds")},
             "profile_cpu_peak": cost["profile_cpu_peak"], "device": device, "alpha": self.config["train"]["alpha"],
             "dtype": self.config["dtype"], "variant_modules": self.config["variant_modules"],
             "variants": [

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -291,6 +293,16 @@ class BaseMeasures:
         return None if scored is None else scored.accuracy
 
 
+@contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """Log ``what`` as it starts and with its duration as it ends: an evaluation can take minutes (lm-eval tasks,
+    large splits) while the training progress bar stands still, and the job log should show the job alive."""
+    started = time.perf_counter()
+    log.info("%s started", what)
+    yield
+    log.info("%s done in %.1f s", what, time.perf_counter() - started)
+
+
 def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, warm_up: str) -> BaseMeasures:
     """Measure the base model once per job: the numbers are the same for all of its points.
 
@@ -304,7 +316,8 @@ def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, w
     model(**encode_batch(tokenizer, examples, device, labels=first.labels)).loss.backward()
     model.zero_grad(set_to_none=True)
     weights = {name: w.cpu() for name, w in target_weights(model, list(job.target_modules)).items()}
-    evaluation = _evaluate(job, model, tokenizer, tasks, None, device)
+    with _logged("base model: evaluation"):
+        evaluation = _evaluate(job, model, tokenizer, tasks, None, device)
     pool = [example for name in job.source_tasks for example in tasks[name].split("train")] if job.train.replay else []
     return BaseMeasures(evaluation, math.log(model.config.vocab_size), weights,
                         tokenize_examples(tokenizer, pool) if pool else [])
@@ -451,7 +464,8 @@ def _train_stacked(job: TrainJob, runs: list[Prepared], members: list[stack.Memb
 
     def evaluate(steps_done: int, active: list[int]) -> None:
         stack.set_active(host, active)
-        evaluations = evaluate_members(job, host, [runs[i].model for i in active], tokenizer, tasks, target, device)
+        with _logged(f"a stack of {len(active)}: evaluation after step {steps_done}"):
+            evaluations = evaluate_members(job, host, [runs[i].model for i in active], tokenizer, tasks, target, device)
         for index, evaluation in zip(active, evaluations, strict=True):
             runs[index].trajectory.append((steps_done, evaluation))
 
@@ -467,7 +481,8 @@ def _train_and_measure(
     run = prepare_point(job, point, tasks, device, record)
 
     def evaluate(steps_done: int) -> None:  # of the model as it is when called
-        run.trajectory.append((steps_done, _evaluate(job, run.model, run.tokenizer, tasks, run.target, device)))
+        with _logged(f"{record['run_id']}: evaluation after step {steps_done}"):
+            run.trajectory.append((steps_done, _evaluate(job, run.model, run.tokenizer, tasks, run.target, device)))
 
     outcome = train(
         run.model, run.tokenizer, run.target.split("train"), job.train.for_point(point), point.seed, device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,6 +64,22 @@ def wildcards(**values: str) -> Any:
     from snakemake.iocontainers import Wildcards
 
     return Wildcards(fromdict=values)
+
+
+def fresh_copy(destination: Path, commit: bool = False) -> Path:
+    """The working tree as a clone of it holds it: tracked files and files git would track (not ignored ones);
+    with ``commit``, a git checkout of them with one commit, clean."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    if commit:
+        for git in (["init", "-q"], ["add", "-A"], ["-c", "user.name=test", "-c", "user.email=test@localhost",
+                                                     "commit", "-qm", "the working tree"]):
+            subprocess.run(["git", *git], cwd=destination, check=True)
+    return destination
 
 
 def smoke_with_variants(folder: Path, variants: list[str]) -> Path:

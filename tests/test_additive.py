@@ -10,7 +10,7 @@ from variants_fixtures import make_variant, one_torch_thread, tiny_model  # noqa
 
 from lorabench.theory import additive_rank
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants._layers import OneLayer
+from lorabench.variants.base import OneLayer
 from lorabench.variants.additive import additive_delta, additive_forward
 
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 8), st.integers(1, 8))  # r, m/r, n/r

@@ -3,6 +3,7 @@ traceback; ``--help`` describes every argument."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,22 @@ def test_every_argument_of_every_command_has_help() -> None:
         for action in command._actions:
             if action.dest != "help":
                 assert action.help, f"lorabench {name}: {'/'.join(action.option_strings) or action.dest} has no help"
+
+
+def test_an_installed_wheel_says_it_needs_the_checkout(tmp_path: Path) -> None:
+    """A plain (non-editable) install copies the package only: checking a config names the missing schema and
+    the editable install from a clone that fixes it, in one line."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "wheel"), str(REPO)], check=True, capture_output=True)
+    wheel = next((tmp_path / "wheel").glob("lorabench-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    config = tmp_path / "smoke.yaml"
+    config.write_text((REPO / "workflow" / "config" / "smoke.yaml").read_text())
+    result = subprocess.run([sys.executable, "-c", "import sys; from lorabench.cli import main; "
+                             "sys.exit(main(sys.argv[1:]))", "check", str(config)],
+                            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "config schema" in result.stderr and "pip install -e ." in result.stderr, result.stderr
+    assert str(tmp_path / "site") in result.stderr  # the installed copy answered, not the checkout

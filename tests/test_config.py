@@ -326,4 +326,7 @@ def test_the_preview_passes_lorabench_check_and_is_the_default_s_regime_in_small
     assert len(grid.variants()) <= 4 and len(preview["grid"]["seeds"]) == 2 and len(grid.points()) <= 24
     for key in ("models", "tasks", "data", "pretrain"):
         assert preview[key] == default[key], key
+    models = grid.config["models"]  # the pretrain jobs' tracked settings agree: the default grid reuses the model
+    assert {model: grid.pretrain_settings(model) for model in models} == {
+        model: load_grid(copy.deepcopy(default), SCHEMA).pretrain_settings(model) for model in models}
     assert preview["train"]["replay"] == default["train"]["replay"] > 0

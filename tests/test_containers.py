@@ -1,7 +1,8 @@
 """The container path: pins agree across pyproject, lock and image definitions; the CPU image is built
 from its definition (containers/sandbox.py) and the smoke grid (two variants: the path is the same for
 all) runs under --use-singularity with the GPU profile, every job inside that image through a bubblewrap
-`apptainer` stand-in, with the host's Python out of sight and the records a local run gives.
+`apptainer` stand-in, with the host's Python out of sight and the records a local run gives; one run also
+goes from the root of a checkout, whose working directory is the tree the jobs get (read-only elsewhere).
 
 Building needs root, mmdebstrap and bubblewrap (skipped without them; LORABENCH_REQUIRE_CONTAINERS=1,
 set by .ci/run, makes that a failure) and takes minutes: the image is kept in $LORABENCH_IMAGE_CACHE
@@ -20,15 +21,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.pipeline import REPO, assert_same_results, load_records, smoke_with_variants, snakemake
+from tests.pipeline import REPO, SMOKE, assert_same_results, fresh_copy, load_records, smoke_with_variants, snakemake
 
 STAND_IN = REPO / "tests" / "stand_in"
 DEFINITIONS = sorted((REPO / "containers").glob("*.def"))
 DEFAULT_IMAGE = "containers/lorabench-gpu.sif"  # config schema default, relative to the workdir
 CPU_DEFINITION = REPO / "containers" / "lorabench-cpu.def"
+BUILT = ["containers/lorabench-cpu", "containers/lorabench-cpu.sif", "containers/lorabench-gpu.sif"]
+"""Where containers/README.md builds the images, inside the tree."""
+TREE_IN_JOBS = "/lorabench-tree"
+"""Where the Snakefile binds the tree in each job's container."""
 
 sys.path.insert(0, str(REPO / "containers"))
 import lock  # noqa: E402  (containers/ is not a package: the lock tool is a script)
@@ -224,7 +230,8 @@ def test_jobs_ran_with_the_images_python_and_the_trees_code(container_run, cpu_i
         assert record["environment"]["python"] == image_python.split()[0]
         assert record["environment"]["container"] == str(workdir / DEFAULT_IMAGE)
     binds = {call["options"][i + 1] for call in calls for i, option in enumerate(call["options"]) if option == "--bind"}
-    assert f"{tree}:{tree}:ro" in binds, "the working tree is not bound into the jobs"
+    assert f"{tree}:{TREE_IN_JOBS}:ro" in binds, "the working tree is not bound into the jobs"
+    assert all(f"PYTHONPATH={TREE_IN_JOBS}" in call["options"] for call in calls)
 
 
 @pytest.mark.e2e
@@ -242,3 +249,61 @@ def test_a_variant_from_the_users_folder_runs_in_the_image(container_run):
     assert probes and all(record["status"] == "ok" for record in probes.values())
     assert all(record["hyperparameters"]["variant_modules"] == ["my_variants/user_probe.py"] for record in probes.values())
     assert all(record["environment"]["container"] == str(workdir / DEFAULT_IMAGE) for record in probes.values())
+
+
+# --- from the repository root, and what a build leaves in the tree ------------------------------
+
+def test_a_record_made_after_a_build_is_not_dirty(tmp_path):
+    """The images built where containers/README.md builds them are ignored by git, so the records of a checkout
+    holding them say ``dirty: false`` (records take ``environment.commit``/``dirty`` from ``git_state``)."""
+    tree = fresh_copy(tmp_path / "lorabench", commit=True)
+    (tree / BUILT[0] / "opt" / "venv").mkdir(parents=True)  # a sandbox folder's files
+    (tree / BUILT[0] / "opt" / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    for image in BUILT[1:]:
+        (tree / image).write_bytes(b"SIF")
+    state = subprocess.run([sys.executable, "-c", "import json; from lorabench.provenance import git_state; "
+                            "print(json.dumps(git_state()))"], cwd=tree, env=os.environ | {"PYTHONPATH": str(tree)},
+                           capture_output=True, text=True, check=True).stdout
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
+    assert json.loads(state) == {"commit": head, "dirty": False}
+
+
+@pytest.fixture(scope="module")
+def root_run(tmp_path_factory, cpu_image):
+    """``snakemake --use-singularity`` run from the root of a checkout (the working directory is the tree the
+    Snakefile binds into each job), with the CPU image built at containers/lorabench-cpu (a link to the built
+    one) and a one-run grid: the working directory must stay writable inside the jobs."""
+    tree = fresh_copy(tmp_path_factory.mktemp("root_run") / "lorabench", commit=True)
+    (tree / BUILT[0]).symlink_to(cpu_image)
+    config = yaml.safe_load(SMOKE.read_text())
+    config["models"] = {"llama-tiny": config["models"]["llama-tiny"]}
+    config["grid"] |= {"variants": ["lora"], "seeds": [0]}
+    config["cost"] = {"enabled": False}
+    config_file = tree.parent / "one-run.yaml"  # outside the tree, which stays clean
+    config_file.write_text(yaml.safe_dump(config))
+    calls = tree.parent / "apptainer-calls.jsonl"
+    environment = os.environ | {"PATH": f"{STAND_IN}{os.pathsep}{os.environ['PATH']}",
+                                "APPTAINER_STANDIN_LOG": str(calls), "HF_HOME": str(tree.parent / "hf-home")}
+    result = subprocess.run(["snakemake", "--use-singularity", "--cores", "2", "--configfile", str(config_file),
+                             "--config", f"container={BUILT[0]}"], cwd=tree, env=environment, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return tree, [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+@pytest.mark.e2e
+def test_the_container_run_works_from_the_repository_root(root_run):
+    tree, calls = root_run
+    records = load_records(tree)
+    assert len(records) == 1 and all(record["status"] == "ok" for record in records.values())
+    assert all(record["environment"]["container"] == str(tree / BUILT[0]) for record in records.values())
+    assert {re.search(r"lorabench (\w+)", call["command"][-1]).group(1) for call in calls} == {
+        "pretrain", "train", "aggregate", "report"}, "every job ran in the image"
+    binds = {call["options"][i + 1] for call in calls for i, option in enumerate(call["options"]) if option == "--bind"}
+    destinations = {(bind.split(":") + [bind])[1] for bind in binds}
+    assert f"{tree}:{TREE_IN_JOBS}:ro" in binds
+    assert not any(tree.is_relative_to(destination) for destination in destinations), "a bind shadows the workdir"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
+    assert all(record["environment"]["commit"] == head for record in records.values())
+    assert not subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True).stdout, \
+        "the build and the run left files git does not ignore"

@@ -10,7 +10,7 @@ from variants_fixtures import OneConv1D, one_torch_thread  # noqa: F401  (autous
 
 from lorabench.train import TrainSettings, make_optimizer
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants._layers import OneLayer
+from lorabench.variants.base import OneLayer
 from lorabench.variants.flora import dense_gradient, draw_projection, project
 
 

@@ -4,6 +4,7 @@ evaluations during training (``train.eval_at``) kept out of training's measureme
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -117,10 +118,17 @@ def test_evaluating_during_training_leaves_the_training_as_it_was(tmp_path: Path
     assert plain["trajectory"]["step"] == [3]
 
 
-def test_a_run_records_graded_forgetting_and_its_trajectory(tmp_path: Path) -> None:
+def test_a_run_records_graded_forgetting_and_its_trajectory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tokenizer = character_tokenizer()
-    record = _run(tmp_path, [1, 2])
+    with caplog.at_level(logging.INFO, logger="lorabench.runner"):
+        record = _run(tmp_path, [1, 2])
     records.validate(record)
+    logged = [r.getMessage() for r in caplog.records if "evaluation" in r.getMessage()]  # the job log shows each
+    assert logged[:2] == ["base model: evaluation started", logged[1]] and logged[1].startswith(
+        "base model: evaluation done in ")
+    assert [line.split(": ", 1)[1].split(" in ")[0] for line in logged[2:]] == [
+        f"evaluation after step {step} {when}" for step in (1, 2, 3) for when in ("started", "done")]
+    assert all(line.startswith(record["run_id"]) for line in logged[2:])
     assert record["status"] == "ok"
     trajectory, forgetting = record["trajectory"], record["forgetting"]
     assert trajectory["step"] == [1, 2, 3]

@@ -8,7 +8,7 @@ from variants_fixtures import make_spec, one_torch_thread, tiny_model, token_bat
 
 from lorabench.train import TrainSettings, make_optimizer
 from lorabench.variants import AdapterSpec, adapter_layers, get
-from lorabench.variants._layers import OneLayer
+from lorabench.variants.base import OneLayer
 
 
 def relora(merge_every: int, rank: int = 2):

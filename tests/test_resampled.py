@@ -11,7 +11,8 @@ from variants_fixtures import OneConv1D, make_variant, one_torch_thread, tiny_mo
 
 from lorabench.train import TrainSettings, make_optimizer
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants._layers import OneLayer, dense_weight
+from lorabench.variants.base import OneLayer
+from lorabench.variants._layers import dense_weight
 from lorabench.variants.resampled import draw_factors
 
 

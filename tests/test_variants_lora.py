@@ -25,7 +25,8 @@ from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse f
 )
 
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants._layers import OneLayer, low_rank_linear
+from lorabench.variants.base import OneLayer
+from lorabench.variants._layers import low_rank_linear
 from lorabench.variants._peft import lora_config
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)

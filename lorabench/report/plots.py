@@ -8,6 +8,7 @@ runs are averaged first, so the CI stays a CI over seeds and not over tasks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from itertools import product
 from pathlib import Path
@@ -25,6 +26,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from lorabench.aggregate import best_lr  # noqa: E402
+from lorabench.cost_targets import SHAPE_SETS, Target, flop_bound  # noqa: E402
 
 DPI = 120
 N_BOOT = 1000
@@ -631,6 +633,15 @@ def cost_label(row: pd.Series) -> str:
     return name + (" (ref)" if row["role"] == "reference" else "")
 
 
+def floor_bound(row: pd.Series) -> float:
+    """The FLOP bound of ``row``'s step over the floor's (:func:`lorabench.cost_targets.flop_bound`); NaN where
+    it is not modelled."""
+    target = Target("", row["variant"], "ratio_floor", math.inf)
+    shapes = SHAPE_SETS.get(row["shape_set"])
+    bound = flop_bound(target, shapes, int(row["rank"])) if shapes else None
+    return math.nan if bound is None else bound
+
+
 def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
     """The cost stage's ratios per variant: to the frozen floor, to PEFT's LoRA, and memory to our LoRA; one row
     of panels per shape set. ``table`` None: the stage did not run (config ``cost.enabled: false``)."""
@@ -648,7 +659,7 @@ def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
     order = variant_order(runs["variant"])
     n_rows = runs.groupby("shape_set").size().max()
     fig, axes = _grid(len(sets), len(COST_PANELS), title + "\nbar: median over rounds of the ratio within a round; "
-                      "dotted: the target for our implementation; grey: 1", panel=(4.6, 0.32 * n_rows + 1.6))
+                      "dotted: the target for our implementation; grey: 1; |: the FLOP bound", panel=(4.6, 0.32 * n_rows + 1.6))
     palette = variant_palette(table.loc[table["variant"] != "floor", "variant"])
     for i, shape_set in enumerate(sets):
         rows = runs[runs["shape_set"] == shape_set].copy()
@@ -668,6 +679,12 @@ def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
             for y, value in enumerate(values):
                 if not np.isnan(value):
                     ax.text(value, y, f" {value:.2f}", va="center", fontsize=7)
+            if column == "ratio_floor":
+                bounds = [floor_bound(row) for _, row in rows.iterrows()]
+                ax.scatter(bounds, range(len(bounds)), marker="|", s=120, color="black", zorder=3,
+                           label="FLOP bound")
+                if not np.isnan(bounds).all():
+                    ax.legend(loc="lower right", fontsize=7)
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
             ax.xaxis.set_major_formatter(ScalarFormatter())

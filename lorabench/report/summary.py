@@ -15,10 +15,12 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from lorabench.aggregate import lr_choices
+from lorabench.cost_targets import SHAPE_SETS, TARGETS, Target, flop_bound
 from lorabench.records import run_reason
 from lorabench.report.plots import (
     NO_RANK, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
@@ -404,13 +406,6 @@ def section_family(family: list[Comparison], adjusted: dict[int, float]) -> list
     return lines + [""]
 
 
-COST_TARGETS = [
-    ("own lora's step ≤ 1.0× PEFT LoRA's", "lora", "ratio_peft_lora", 1.0),
-    ("additive's step ≤ 1.0× lora's", "additive", "ratio_lora", 1.0),
-    ("resampled's peak memory ≤ 1.1× lora's", "resampled", "peak_ratio_lora", 1.1),
-    ("lora's step ≤ 1.10× the frozen floor", "lora", "ratio_floor", 1.10),
-]
-"""Issue 13's targets for our own implementations: (what, variant, cost-table column, limit), per shape set."""
 TARGET_BOUNDS = {
     "lora": "what bounds it: beyond the floor's two GEMMs, a LoRA step reads the layer input twice more (x Aᵀ, "
     "and x for A's gradient), the output gradient twice (g B, gᵀ h) and writes one output-sized and one "
@@ -451,7 +446,8 @@ def _ok_cost(cost: pd.DataFrame, shape_set: str, variant: str, rank: int | None 
     rows = cost[(cost["shape_set"] == shape_set) & (cost["variant"] == variant) & (cost["status"] == "ok")]
     if rank is not None:
         rows = rows[rows["rank"].isin([rank, NO_RANK])]
-    return rows.sort_values("rank").iloc[0] if len(rows) else None
+    rows = rows.assign(extra=rows["role"] == "target_rank").sort_values(["extra", "rank"])  # the grid's ranks first
+    return rows.iloc[0] if len(rows) else None
 
 
 def cost_answer(cost: pd.DataFrame, question: str) -> str | None:
@@ -468,15 +464,16 @@ def cost_answer(cost: pd.DataFrame, question: str) -> str | None:
         # against a reference the stage paired each round with: its median ratio; else the ratio of the medians
         paired = {"lora": "ratio_lora", "peft_lora": "ratio_peft_lora"}.get(against)
         step = mine[paired] if paired else mine["step_ms"] / theirs["step_ms"]
+        interval = f" [{_number(mine[paired + '_lo'], 3)}, {_number(mine[paired + '_hi'], 3)}]" if paired else ""
         parts.append(
-            f"{variant}{rank} ({mine['optimizer']}) vs {against} ({theirs['optimizer']}): step {step:.3g}× "
+            f"{variant}{rank} ({mine['optimizer']}) vs {against} ({theirs['optimizer']}): step {step:.3g}×{interval} "
             f"({mine['step_ms']:.1f} vs {theirs['step_ms']:.1f} ms; {mine['ratio_floor']:.3g}× the frozen floor), "
             f"memory held {_ratio(mine, theirs, 'mem_account_mb')}×, peak {_ratio(mine, theirs, 'peak_mb')}×"
         )
     if not parts:
         return None
-    return (f"Cost at real layer sizes, {_cost_where(rows)}, medians of {rows.iloc[0]['rounds']} interleaved rounds "
-            "(layer shapes in the cost section): " + "; ".join(parts)
+    return (f"Cost at real layer sizes, {_cost_where(rows)}, medians of ≥ {rows.iloc[0]['min_rounds']} interleaved rounds "
+            "with their 95% intervals (layer shapes in the cost section): " + "; ".join(parts)
             + " ([cost_real_shapes.png](cost_real_shapes.png), table below).")
 
 
@@ -501,66 +498,115 @@ def section_cost(cost: pd.DataFrame | None) -> list[str]:
                         "the runs' own step times and memory account, on the grid's models.", ""]
     first = cost.iloc[0]
     lines += [
-        f"Every variant of the grid at each of its ranks, applied to the linear layers of a real model's block as a "
-        f"run applies it, one training step (forward, backward given upstream gradients with the layers' input "
-        f"requiring grad, the variant's optimizer step and hook), beside the frozen forward+backward floor of the same "
-        f"layers and PEFT's LoRA at the same rank; {first['warmup']} warm-up and {first['rounds']} timed rounds, each "
-        f"stepping every candidate once in a fresh random order, so load and cache state hit all alike. A ratio is the median over rounds "
-        f"of the ratio within a round. Timing: {first['method']} on {first['threads']} thread(s), {first['device']} "
+        f"Every variant of the grid at each of its ranks{_target_ranks_note(cost)}, applied to the linear layers "
+        "of a real model's block as a run applies it, one "
+        "training step (forward, backward given upstream gradients with the layers' input requiring grad, the "
+        "variant's optimizer step and hook), beside the frozen forward+backward floor of the same layers and PEFT's "
+        f"LoRA at the same rank. Rounds step every candidate once in a fresh random order, so load and cache state hit "
+        f"all alike: {first['warmup']} warm-up and {first['min_rounds']} timed rounds of all, then rounds of only the "
+        "candidates of a timed target until each target ratio's 95% interval lies within "
+        f"±{first['target_halfwidth']:g} of it, or {first['max_rounds']} rounds in all or {first['max_seconds']:g} s "
+        "of these further rounds stop them (`rounds` per row). A ratio is the median over rounds of the ratio within a round; [lo, hi] is the "
+        "distribution-free 95% interval of that median (order statistics). "
+        f"Timing: {first['method']} on {first['threads']} thread(s), {first['device']} "
         f"{first['device_name']}, {first['dtype']}. Memory held: the exact account (trainable parameters, gradients, "
         f"optimizer state, saved activations); peak: {first['peak_method']}, the first step above what was allocated "
         f"before it. The stage took {first['stage_seconds']:.0f} s.{_rank_free_note(cost)} ([cost_real_shapes.png]"
         "(cost_real_shapes.png), [cost_real_shapes.csv](cost_real_shapes.csv)).",
         "",
     ]
-    lines += ["| shape set | layers (out x in) | tokens | dtype | device | timing | threads |",
-              "|---|---|---:|---|---|---|---:|"]
+    lines += ["| shape set | layers (out x in) | tokens | dtype | device | timing | threads | rounds stopped |",
+              "|---|---|---:|---|---|---|---:|---|"]
     lines += [f"| {row.shape_set} | {row.shapes} | {row.tokens} | {row.dtype} | {row.device} {row.device_name} "
-              f"| {row.method} | {row.threads} |" for row in cost.drop_duplicates("shape_set").itertuples()]
+              f"| {row.method} | {row.threads} | {row.stopped} |" for row in cost.drop_duplicates("shape_set").itertuples()]
     lines.append("")
     for shape_set, rows in cost.groupby("shape_set", sort=False):
         lines += [
             f"### {_cost_where(rows)}", "",
-            "| variant | rank | optimizer | step ms | ÷ floor | ÷ PEFT LoRA | ÷ lora | MiB held (exact) | ÷ lora "
+            "| variant | rank | optimizer | rounds | step ms | ÷ floor | ÷ PEFT LoRA | ÷ lora | MiB held (exact) | ÷ lora "
             "| peak MiB | ÷ lora |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in rows.itertuples():
             if row.status != "ok":
                 lines.append(f"| {row.variant} | {row.rank} | {row.optimizer} | not measured: {row.reason} "
-                             "| | | | | | | |")
+                             "| | | | | | | | |")
                 continue
             lines.append(
-                f"| {row.variant}{' (reference)' if row.role == 'reference' else ''} | {row.rank} | {row.optimizer} "
+                f"| {row.variant}{ROLE_MARKS.get(row.role, '')} | {row.rank} | {row.optimizer} | {row.rounds} "
                 f"| {row.step_ms:.1f} | {_number(row.ratio_floor, 3)} | {_number(row.ratio_peft_lora, 3)} "
                 f"| {_number(row.ratio_lora, 3)} | {_number(row.mem_account_mb, 2)} | {_number(row.mem_ratio_lora, 3)} "
                 f"| {_number(row.peak_mb, 1)} | {_number(row.peak_ratio_lora, 3)} |"
             )
         lines.append("")
-    lines += ["### Targets for our own implementations", "",
-              "| target | shape set | rank | measured | met |", "|---|---|---:|---:|---|"]
+    return lines + section_cost_targets(cost)
+
+
+ROLE_MARKS = {"reference": " (reference)", "target_rank": " (target rank)"}
+"""How the cost table marks a candidate the grid does not have at that rank."""
+
+
+def _target_ranks_note(cost: pd.DataFrame) -> str:
+    """`` (and lora, ... at ranks 8, 64 too)``: the stage's ``target_ranks`` the grid lacks, if any."""
+    extra = set(cost.loc[cost["role"] != "grid", "rank"]) - set(cost.loc[cost["role"] == "grid", "rank"]) - {0}
+    if not extra:
+        return ""
+    return (" (and lora, PEFT's LoRA and the targets' variants at ranks "
+            f"{', '.join(str(r) for r in sorted(extra))} too)")
+
+
+def section_cost_targets(cost: pd.DataFrame) -> list[str]:
+    """The targets for our own implementations (:data:`lorabench.cost.TARGETS`) at every shape set and rank: the
+    measured ratio with its interval, the FLOP bound (:func:`lorabench.cost.flop_bound`), whether the rounds
+    narrowed it to the stage's half-width or a cap stopped them, and met or missed."""
+    lines = ["### Targets for our own implementations", "",
+             ("FLOP bound: the least ratio the step could show if every multiply-add ran at the floor's rate "
+              "(per token, floor 4 Σ m·n, a LoRA-shaped update 6 r Σ (m + n) more; docs/variants.md §7); "
+              "where it exceeds the target, no implementation can meet it."), "",
+             "| target | shape set | rank | measured [95% interval] | FLOP bound | rounds | met |",
+             "|---|---|---:|---|---:|---|---|"]
     missed = []
-    for what, variant, column, limit in COST_TARGETS:
-        for row in cost[(cost["variant"] == variant) & (cost["status"] == "ok")].itertuples():
-            value = getattr(row, column)
-            quartiles = (getattr(row, column + "_q1"), getattr(row, column + "_q3")) \
-                if hasattr(row, column + "_q1") and not pd.isna(getattr(row, column + "_q1")) else None
-            met = target_verdict(value, quartiles, limit)
-            spread = f" (rounds' quartiles {quartiles[0]:.3f}–{quartiles[1]:.3f})" if quartiles else ""
-            lines.append(f"| {what} | {row.shape_set} | {row.rank} | {_number(value, 3)}{spread} | {met} |")
-            if met.startswith(("**missed", "within")) and variant not in missed:
-                missed.append(variant)
+    for target in TARGETS:
+        for row in cost[(cost["variant"] == target.variant) & (cost["status"] == "ok")].itertuples():
+            value = getattr(row, target.column)
+            interval = (getattr(row, target.column + "_lo"), getattr(row, target.column + "_hi")) \
+                if target.against else None
+            bound = flop_bound(target, SHAPE_SETS[row.shape_set], row.rank) if row.shape_set in SHAPE_SETS else None
+            met = target_verdict(value, interval, target.limit)
+            if bound is not None and bound > target.limit:
+                met += f" (unattainable: FLOP bound {bound:.3f} > {target.limit:g})"
+            shown = _number(value, 3) + (f" [{_number(interval[0], 3)}, {_number(interval[1], 3)}]" if interval else "")
+            lines.append(f"| {target.what} | {row.shape_set} | {row.rank} | {shown} "
+                         f"| {'—' if bound is None else f'{bound:.3f}'} | {_rounds_note(row, target, interval)} "
+                         f"| {met} |")
+            if met.startswith(("**missed", "within")) and target.variant not in missed:
+                missed.append(target.variant)
     lines.append("")
     lines += [f"- {variant} did not clearly meet a target here; {TARGET_BOUNDS[variant]}." for variant in missed]
     return lines + [""]
 
 
-def target_verdict(value: float, quartiles: tuple[float, float] | None, limit: float) -> str:
-    """``met``/``**missed**`` only where the rounds agree: a timed ratio whose quartiles over rounds straddle the
-    limit is ``within noise`` (its median alone would name a side by chance); a deterministic one (memory) has none."""
+def _rounds_note(row: Any, target: Target, interval: tuple[float, float] | None) -> str:
+    """``converged, 48`` (the ratio's interval within the stage's half-width, over 48 paired rounds) or
+    ``**not converged: max_seconds (±0.041)**, 31`` where a cap stopped the rounds first; ``exact`` for a memory
+    ratio (no rounds)."""
+    if interval is None:
+        return "exact"
+    value, rounds = getattr(row, target.column), getattr(row, target.column + "_rounds")
+    half = max(value - interval[0], interval[1] - value)
+    if half <= row.target_halfwidth:
+        return f"converged, {rounds}"
+    why = row.stopped if row.stopped != "converged" else "not a ratio the rounds narrowed"
+    return f"**not converged: {why} (±{_number(half, 3)})**, {rounds}"
+
+
+def target_verdict(value: float, interval: tuple[float, float] | None, limit: float) -> str:
+    """``met``/``**missed**`` only where the rounds agree: a timed ratio whose 95% interval (of its median over
+    rounds) holds the limit is ``within noise`` (its median alone would name a side by chance); a deterministic one
+    (memory) has none."""
     if pd.isna(value):
         return "n/a"
-    if quartiles is not None and quartiles[0] <= limit < quartiles[1]:
+    if interval is not None and (pd.isna(interval[0]) or interval[0] <= limit < interval[1]):
         return f"within noise ({'met' if value <= limit else 'missed'} by the median)"
     return "met" if value <= limit else "**missed**"
 

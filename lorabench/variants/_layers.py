@@ -102,17 +102,6 @@ def save_adapter_tensors(
     (directory / "adapter.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
 
 
-class OneLayer(nn.Module):
-    """The smallest adaptable model: one linear layer named ``layer`` (parameter probes, layer benchmarks)."""
-
-    def __init__(self, m: int, n: int, bias: bool = False) -> None:
-        super().__init__()
-        self.layer = nn.Linear(n, m, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
 class _LowRankLinear(torch.autograd.Function):
     """``x W^T + b + (s x A^T) B^T`` for a frozen ``W`` (m, n), ``A`` (r, n), ``B`` (m, r), as few passes over the
     activations as the algebra allows.

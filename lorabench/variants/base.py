@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 
@@ -37,6 +38,17 @@ class AdapterSpec:
     parses them into its :attr:`Variant.Options`."""
     total_steps: int | None = None
     """Optimizer steps the run will take, for methods with a schedule (AdaLoRA's rank budget)."""
+
+
+class OneLayer(nn.Module):
+    """The smallest adaptable model: one linear layer named ``layer`` (parameter probes, layer benchmarks)."""
+
+    def __init__(self, m: int, n: int, bias: bool = False) -> None:
+        super().__init__()
+        self.layer = nn.Linear(n, m, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
 
 
 @dataclass(frozen=True)
@@ -210,8 +222,6 @@ class Variant:
 
     def layer_parameters(self, m: int, n: int, r: int) -> int:
         """This spec's variant at rank ``r`` applied to one ``(m, n)`` layer: its parameters that require grad."""
-        from lorabench.variants._layers import OneLayer
-
         probe = type(self)(dataclasses.replace(self.spec, rank=r, target_modules=("layer",)))
         return sum(p.numel() for p in probe.apply(OneLayer(m, n)).parameters() if p.requires_grad)
 

@@ -1,0 +1,73 @@
+"""Which forgetting measure a verdict on forgetting uses: the first of exact match, per-character accuracy and
+answer cross-entropy that is not saturated in the runs it compares.
+
+A measure saturated in a set of runs cannot rank them: exact match turns one wrong character into 0, so runs that
+keep very different amounts of a source task can all read "forgot everything". Each run records, beside each
+measure's mean over the source tasks, its **ceiling**: the mean when everything is forgotten (accuracy 0; for the
+cross-entropy, a uniform guess over the vocabulary, ln |V|). A measure is **saturated** in a set of runs when every
+run's value is at least :data:`SATURATION` of its ceiling (at the ceiling: all forgot everything, by this measure)
+or every run's is at most 1 − :data:`SATURATION` of it (at the floor: none forgot anything).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+SATURATION = 0.95
+MEASURES = {
+    "forgetting": "exact-match accuracy drop",
+    "forgetting_char": "per-character accuracy drop",
+    "forgetting_ce": "answer cross-entropy increase (nats/token)",
+}
+"""results.csv column -> what it measures, in order of preference: the task's own score first."""
+
+
+def saturation(runs: pd.DataFrame, column: str) -> str | None:
+    """``ceiling`` or ``floor`` where ``column`` is saturated in ``runs`` (see the module docstring), ``unmeasured``
+    where no run has it and its ceiling, ``no range`` where every ceiling is 0 (the base model knew nothing of the
+    source tasks by this measure), else None: the measure grades these runs."""
+    ceiling = f"{column}_ceiling"
+    if column not in runs or ceiling not in runs:
+        return "unmeasured"
+    measured = runs[[column, ceiling]].dropna()
+    if measured.empty:
+        return "unmeasured"
+    if (measured[ceiling] <= 0).all():
+        return "no range"  # the base model scored 0: nothing to forget
+    share = measured[column] / measured[ceiling]
+    if (share >= SATURATION).all():
+        return "ceiling"
+    if (share <= 1 - SATURATION).all():
+        return "floor"
+    return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The measure a verdict uses (None: every measure saturated or unmeasured) and why the others were passed by."""
+
+    measure: str | None
+    states: dict[str, str | None]
+    """Measure -> its :func:`saturation` in the runs compared."""
+
+    def text(self) -> str:
+        """``by per-character accuracy drop (exact-match accuracy drop saturated at its ceiling ...)``."""
+        passed = [f"{MEASURES[column]} {_state(state)}" for column, state in self.states.items()
+                  if column != self.measure and state in ("ceiling", "floor")]
+        reason = f" ({'; '.join(passed)})" if passed else ""
+        if self.measure is None:
+            return f"every forgetting measure is saturated in these runs{reason}"
+        return f"by {MEASURES[self.measure]}{reason}"
+
+
+def _state(state: str) -> str:
+    return {"ceiling": f"saturated at its ceiling (every run ≥ {SATURATION:g} of it)",
+            "floor": f"saturated at its floor (every run ≤ {1 - SATURATION:.2g} of its ceiling)"}[state]
+
+
+def choose(runs: pd.DataFrame) -> Choice:
+    """The first measure of :data:`MEASURES` not saturated in ``runs`` (the runs a verdict compares)."""
+    states = {column: saturation(runs, column) for column in MEASURES}
+    return Choice(next((column for column, state in states.items() if state is None), None), states)
