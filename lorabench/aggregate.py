@@ -130,7 +130,7 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
         for task, value in measured.get("per_task", {}).items():
             row[f"{column}__{task}"] = value
     row.update(_numeric_leaves(record.get("extra", {}), "extra"))
-    return row | _stacked_columns(row, timing.get("stacked_members", 1))
+    return row | _stacked_columns(row, record["timing"].get("stacked_members", 1))
 
 
 def _stacked_columns(row: dict[str, Any], members: int) -> dict[str, Any]:
