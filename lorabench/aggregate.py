@@ -49,7 +49,7 @@ A table column names its unit or section where the record's nesting did (``step_
 RESULT_COLUMNS = [
     "run_id", *GRID_COLUMNS, "status", "error",
     "trainable_params", "total_params",
-    "train_seconds", "step_ms", "step_ms_mean", "steps_done", "timing_method",
+    "train_seconds", "step_ms", "step_ms_mean", "steps_done", "timing_method", "stacked_members",
     "peak_mem_mb", "baseline_mem_mb", "peak_mem_added_mb", "memory_method", *ACCOUNT_COLUMNS.values(),
     "target_acc_before", "target_acc_after", *FORGETTING_COLUMNS.values(),
     *(f"{column}_ceiling" for column in FORGETTING_COLUMNS.values()),
@@ -130,7 +130,21 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
         for task, value in measured.get("per_task", {}).items():
             row[f"{column}__{task}"] = value
     row.update(_numeric_leaves(record.get("extra", {}), "extra"))
-    return row
+    return row | _stacked_columns(row, record["timing"].get("stacked_members", 1))
+
+
+def _stacked_columns(row: dict[str, Any], members: int) -> dict[str, Any]:
+    """``stacked_members`` (1: trained alone); a stacked run's step times and peak memory are its stack's, not its
+    cost, so they are left empty (the cost stage measures each variant's), and ``train_seconds`` is its share of the
+    stack's loop, so that summing a column of runs counts each loop once (the harness's training share)."""
+    if members == 1:
+        return {"stacked_members": 1}
+    return {"stacked_members": members, "train_seconds": _share(row["train_seconds"], members), "step_ms": None,
+            "step_ms_mean": None, "peak_mem_mb": None, "peak_mem_added_mb": None}
+
+
+def _share(seconds: float | None, members: int) -> float | None:
+    return None if seconds is None else seconds / members
 
 
 SOURCE_COLUMNS = {

@@ -64,6 +64,9 @@ def _variants(args: argparse.Namespace) -> None:
         except (NotImplementedError, ValueError):  # `peft`, or a variant that needs options: counts depend on them
             count = "per config"
         print(f"{name:<12} {count:>28}  {cls.source}")
+    alone = {name: cls.unstackable for name, cls in registry().items() if cls.unstackable}
+    print("\njobs.stack (a job's runs that differ only in lr as one computation): every variant stacks"
+          + (", except:" if alone else "") + "".join(f"\n  {name}: {why}" for name, why in alone.items()))
 
 
 def _describe_variant(name: str) -> None:
@@ -84,6 +87,7 @@ def _describe_variant(name: str) -> None:
           + (f" (another one in the config: {cls.optimizer_policy})" if cls.optimizer else ""))
     print(f"  rank: {'the grid ranks' if cls.uses_rank else 'none (run once per rank set)'}; "
           f"hooks: {', '.join(hooks) or 'none'}")
+    print(f"  stacks (jobs.stack): {'no, ' + cls.unstackable if cls.unstackable else 'yes'}")
     fields = dataclasses.fields(cls.Options)
     print("  options:" if fields else "  options: none")
     for line in cls.describe_options().removeprefix("its options: ").split("; ") if fields else []:

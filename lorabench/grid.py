@@ -304,6 +304,7 @@ class Grid:
             save_adapters=train["save_adapters"],
             train=JobTraining(**{key: train[key] for key in JOB_TRAINING} | {"eval_at": tuple(train["eval_at"])}),
             points=tuple(self.job_point(point) for point in points),
+            stack=self.config["jobs"]["stack"],
         )
 
     def variant_modules(self, variants: Iterable[str]) -> tuple[str, ...]:

@@ -125,6 +125,9 @@ class TrainJob:
     save_adapters: bool
     train: JobTraining
     points: tuple[JobPoint, ...]
+    stack: bool = False
+    """Config ``jobs.stack``: points that differ only in learning rate train as one computation
+    (:mod:`lorabench.stack`). Defaults to False here only so that jobs written before it existed still load."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"forgetting": self.forgetting.to_dict()}

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
-from lorabench import kept, records
+from lorabench import kept, records, stack
 from lorabench.devices import device_info, select_device
-from lorabench.evaluation.exact_match import Scores, scores
-from lorabench.evaluation.perplexity import answer_cross_entropy
+from lorabench.evaluation.exact_match import Scores, scores, stacked_scores
+from lorabench.evaluation.perplexity import stacked_answer_cross_entropy
 from lorabench.evaluation.weights import weight_forgetting
 from lorabench.job import Forgetting, JobPoint, TrainJob
 from lorabench.measure import storage_addresses, variant_state_bytes
@@ -34,6 +35,7 @@ from lorabench.provenance import train_code
 from lorabench.tasks.base import Task
 from lorabench.train import TokenizedExample, TrainOutcome, encode_batch, tokenize_examples, train
 from lorabench.variants import AdapterSpec, get, load_modules
+from lorabench.variants.base import Variant
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,27 @@ def run_job(job: TrainJob, threads: int | None = None, inputs: list[str] | None 
         error = f"{_model_problem(job.checkpoint)}:\n{traceback.format_exc(limit=-8)}"
         _record_failures(job, points, device, lambda task: error)
         return
+    for group in _stacks(points) if job.stack else [[point] for point in points]:
+        ran = run_stack(job, group, tasks, base, device) if len(group) > 1 else [run_point(job, group[0], tasks, base,
+                                                                                             device)]
+        for point, record in zip(group, ran, strict=True):
+            if keys:
+                kept.keep(record, point, keys[point.record])
+            else:
+                records.write(record, Path(point.record))
+            log.info("%s: %s", record["run_id"], record["status"])
+
+
+def _stacks(points: list[JobPoint]) -> list[list[JobPoint]]:
+    """``points`` grouped by all but learning rate (config ``jobs.stack``), in the job's order. One seed: its
+    points draw the same batches, so the stack's batch is each one's, unpadded (padding a member's rows to another
+    seed's longer ones would change the rounding of its attention)."""
+    groups: dict[tuple, list[JobPoint]] = {}
     for point in points:
-        record = run_point(job, point, tasks, base, device)
-        if keys:
-            kept.keep(record, point, keys[point.record])
-        else:
-            records.write(record, Path(point.record))
-        log.info("%s: %s", record["run_id"], record["status"])
+        key = (point.variant, point.uses, json.dumps(point.variant_options, sort_keys=True), point.optimizer,
+               point.rank, point.task, point.seed)
+        groups.setdefault(key, []).append(point)
+    return list(groups.values())
 
 
 def _kept_keys(job: TrainJob, inputs: list[str]) -> dict[str, str]:
@@ -219,6 +235,14 @@ def _evaluate(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str,
     """Every measure of ``model`` as it is now, the generation of all splits and tasks in shared batches; with
     ``target`` None (the base model) every generation task's test split instead of the target's two splits. The
     model's train/eval mode is restored: mid-training evaluations hand it back to training as they found it."""
+    return evaluate_members(job, model, [model], tokenizer, tasks, target, device)[0]
+
+
+def evaluate_members(job: TrainJob, model: torch.nn.Module, members: list[torch.nn.Module], tokenizer,
+                     tasks: dict[str, Task], target: Task | None, device: torch.device) -> list[Evaluation]:
+    """:func:`_evaluate` of each of ``members``, whose generation and answer cross-entropy ``model`` computes in one
+    pass for all (a :mod:`lorabench.stack` host, or the one member itself); the config's ``forgetting`` measures
+    are taken of each member alone."""
     sources = {name: tasks[name] for name in job.source_tasks}
     sets: dict = {(name, "test"): (task, task.split("test")) for name, task in sources.items()}
     if target is None:
@@ -226,13 +250,21 @@ def _evaluate(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str,
     else:
         sets |= {(None, split): (target, target.split(split)) for split in ("test", "validation")}
     examples = {name: task.split("test") for name, task in sources.items()}
+    copies = len(members)
     was_training = model.training
     try:
-        scored = scores(model, tokenizer, sets, job.eval_batch_size, device)
-        source_ce = answer_cross_entropy(model, tokenizer, examples, job.eval_batch_size, device) if examples else {}
-        benchmarks = _forgetting_measures(job.forgetting, model, tokenizer, device) if job.forgetting else {}
+        scored = stacked_scores(model, tokenizer, sets, job.eval_batch_size, device, copies)
+        source_ce = (stacked_answer_cross_entropy(model, tokenizer, examples, job.eval_batch_size, device, copies)
+                     if examples else [{}] * copies)
+        benchmarks = [_forgetting_measures(job.forgetting, member, tokenizer, device) if job.forgetting else {}
+                      for member in members]
     finally:
         model.train(was_training)
+    return [_evaluation(sources, target, *each) for each in zip(scored, source_ce, benchmarks, strict=True)]
+
+
+def _evaluation(sources: dict[str, Task], target: Task | None, scored: dict, source_ce: dict[str, float],
+                benchmarks: dict[str, float]) -> Evaluation:
     if target is None:
         target_scores = {name: value for (name, _), value in scored.items()}
     else:
@@ -325,21 +357,37 @@ def run_point(
     job: TrainJob, point: JobPoint, tasks: dict[str, Task], base: BaseMeasures, device: torch.device
 ) -> dict[str, Any]:
     """Train one grid point and return its record; exceptions become a ``failed`` record."""
-    record = _empty_record(job, point, base, device)
-    record["extra"] |= _prefixed(base.evaluation.benchmarks, "before")
+    record = _started_record(job, point, base, device)
     try:
         _train_and_measure(job, point, tasks, device, record, base)
     except Exception:  # recorded, not raised: one broken run must not take the rest of the grid down
-        record["status"] = "failed"
-        record["error"] = traceback.format_exc(limit=-8)
-        log.exception("%s failed", record["run_id"])
+        _failed(record)
     return record
 
 
-def _train_and_measure(
-    job: TrainJob, point: JobPoint, tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
-    base: BaseMeasures,
-) -> None:
+def _failed(record: dict[str, Any]) -> None:
+    """Mark ``record`` failed with the exception being handled."""
+    record["status"] = "failed"
+    record["error"] = traceback.format_exc(limit=-8)
+    log.exception("%s failed", record["run_id"])
+
+
+@dataclass
+class Prepared:
+    """A grid point's model, adapted and ready to train (:func:`prepare_point`), and what its record needs later."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    variant: Variant
+    target: Task
+    before: set[int]
+    """Storage addresses of the model before the variant applied: the rest is the variant's state."""
+    trajectory: list[tuple[int, Evaluation]]
+
+
+def prepare_point(job: TrainJob, point: JobPoint, tasks: dict[str, Task], device: torch.device,
+                  record: dict[str, Any]) -> Prepared:
+    """Load ``point``'s model, seeded, and apply its variant; fills the record's parameter counts."""
     target = tasks[point.task]
     torch.manual_seed(point.seed)  # before loading: it also draws a classification task's new head
     model, tokenizer = load(job.checkpoint, dtype=getattr(torch, job.dtype), labels=target.labels)
@@ -362,29 +410,105 @@ def _train_and_measure(
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total": sum(p.numel() for p in model.parameters()),
     }
-    trajectory: list[tuple[int, Evaluation]] = []
+    return Prepared(model, tokenizer, variant, target, before, [])
 
-    def evaluate(steps_done: int) -> Evaluation:  # of `model` as it is when called
+
+def _started_record(job: TrainJob, point: JobPoint, base: BaseMeasures, device: torch.device) -> dict[str, Any]:
+    record = _empty_record(job, point, base, device)
+    record["extra"] |= _prefixed(base.evaluation.benchmarks, "before")
+    return record
+
+
+def run_stack(
+    job: TrainJob, points: list[JobPoint], tasks: dict[str, Task], base: BaseMeasures, device: torch.device
+) -> list[dict[str, Any]]:
+    """Train ``points`` (one variant, rank, task and seed; their learning rates differ) as one computation
+    (:mod:`lorabench.stack`) and return their records, each marked ``timing.stacked_members``. Points that cannot be
+    stacked exactly, or a stack that raises, run alone instead (:func:`run_point`), saying why in the log."""
+    started = [_started_record(job, point, base, device) for point in points]
+    try:
+        if tasks[points[0].task].labels is not None:
+            raise _Unstackable("a classification target: its loss and scores are not the stack's")
+        runs, members = [], []
+        for point, record in zip(points, started, strict=True):
+            runs.append(run := prepare_point(job, point, tasks, device, record))
+            members.append(stack.Member(run.model, run.variant, job.train.for_point(point), point.seed,
+                                        run.variant.parameter_groups(run.model, point.lr)))
+        if problem := stack.stack_problem(members):
+            raise _Unstackable(problem)
+        _train_stacked(job, runs, members, tasks, base, device)
+    except _Unstackable as reason:
+        log.info("%s: run alone, not stacked: %s", ", ".join(r["run_id"] for r in started), reason)
+        return [run_point(job, point, tasks, base, device) for point in points]
+    except Exception:  # a stack must never cost a grid point its record: each runs alone instead
+        log.exception("the stack of %s failed; its points run alone", ", ".join(r["run_id"] for r in started))
+        return [run_point(job, point, tasks, base, device) for point in points]
+    for point, record, run, member in zip(points, started, runs, members, strict=True):
+        try:
+            finish_point(job, point, record, base, run, member.outcome)
+        except Exception:  # as in run_point: this member's record says so, the others are unharmed
+            _failed(record)
+        record["timing"]["stacked_members"] = len(points)
+    return started
+
+
+class _Unstackable(Exception):
+    """Why points of a job run alone though ``jobs.stack`` is set."""
+
+
+def _train_stacked(job: TrainJob, runs: list[Prepared], members: list[stack.Member], tasks: dict[str, Task],
+                   base: BaseMeasures, device: torch.device) -> None:
+    """Train and evaluate the stack, every evaluation (mid-training and final) in one pass for all members."""
+    host = stack.build_host(members)
+    tokenizer, target = runs[0].tokenizer, runs[0].target
+
+    def evaluate(steps_done: int, active: list[int]) -> None:
+        stack.set_active(host, active)
+        with _logged(f"a stack of {len(active)}: evaluation after step {steps_done}"):
+            evaluations = evaluate_members(job, host, [runs[i].model for i in active], tokenizer, tasks, target, device)
+        for index, evaluation in zip(active, evaluations, strict=True):
+            runs[index].trajectory.append((steps_done, evaluation))
+
+    stack.train_stack(host, members, tokenizer, target.split("train"), device, evaluate, base.replay)
+    if finished := [index for index, member in enumerate(members) if member.outcome.status == "ok"]:
+        evaluate(job.train.steps, finished)
+
+
+def _train_and_measure(
+    job: TrainJob, point: JobPoint, tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
+    base: BaseMeasures,
+) -> None:
+    run = prepare_point(job, point, tasks, device, record)
+
+    def evaluate(steps_done: int) -> None:  # of the model as it is when called
         with _logged(f"{record['run_id']}: evaluation after step {steps_done}"):
-            trajectory.append((steps_done, _evaluate(job, model, tokenizer, tasks, target, device)))
-        return trajectory[-1][1]
+            run.trajectory.append((steps_done, _evaluate(job, run.model, run.tokenizer, tasks, run.target, device)))
 
     outcome = train(
-        model, tokenizer, target.split("train"), job.train.for_point(point), point.seed, device,
-        after_step=variant.after_step, before_step=variant.transform_gradients, description=record["run_id"],
-        labels=target.labels, parameter_groups=variant.parameter_groups(model, point.lr), evaluate=evaluate,
-        replay=base.replay,
+        run.model, run.tokenizer, run.target.split("train"), job.train.for_point(point), point.seed, device,
+        after_step=run.variant.after_step, before_step=run.variant.transform_gradients,
+        description=record["run_id"], labels=run.target.labels,
+        parameter_groups=run.variant.parameter_groups(run.model, point.lr), evaluate=evaluate, replay=base.replay,
     )
-    outcome.account["variant_state"] = variant_state_bytes(model, before)
+    if outcome.status == "ok":
+        evaluate(job.train.steps)
+    finish_point(job, point, record, base, run, outcome)
+
+
+def finish_point(job: TrainJob, point: JobPoint, record: dict[str, Any], base: BaseMeasures, run: Prepared,
+                 outcome: TrainOutcome) -> None:
+    """Fill ``record`` from a trained point: its training, and when it ended ``ok``, its final evaluation (the
+    last of ``run.trajectory``), forgetting and what its variant adds."""
+    model, variant = run.model, run.variant
+    outcome.account["variant_state"] = variant_state_bytes(model, run.before)
     _record_training(record, outcome)
+    record["trajectory"] = _trajectory(base, run.trajectory)
     if outcome.status != "ok":
-        record["trajectory"] = _trajectory(base, trajectory)
         return
     record["extra"] |= variant.record_extra(model)
     if job.save_adapters:
         variant.save(model, adapter_directory(point.record))
-    final = evaluate(job.train.steps)
-    record["trajectory"] = _trajectory(base, trajectory)
+    final = run.trajectory[-1][1]
     record["target"]["accuracy_after"] = final.target["test"].accuracy
     record["extra"]["validation_accuracy"] = final.target["validation"].accuracy
     for name, scored in final.source.items():

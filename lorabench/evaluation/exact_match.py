@@ -22,17 +22,19 @@ def greedy_answers(
     max_new_tokens: int | list[int],
     batch_size: int,
     device: torch.device,
-) -> list[str]:
-    """Greedy continuations of ``prompts`` (left-padded batches), decoded without special tokens.
+    copies: int = 1,
+) -> list[list[str]]:
+    """Greedy continuations of ``prompts`` (left-padded batches), decoded without special tokens, for each of
+    ``copies`` members of a stacked model (:mod:`lorabench.stack`: each batch repeated once per member).
 
     ``max_new_tokens``: one budget, or one per prompt, so prompts of tasks with different budgets share batches;
     each continuation is cut at its own budget, which greedy decoding makes the same as generating only that far.
     """
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
-    answers: list[str] = []
+    answers: list[list[str]] = [[] for _ in range(copies)]
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-        batch = batch.to(device)
+        batch = {key: value.repeat(copies, 1) for key, value in batch.to(device).items()}
         limits = budgets[start : start + batch_size]
         generated = model.generate(
             **batch,
@@ -42,8 +44,9 @@ def greedy_answers(
             eos_token_id=tokenizer.eos_token_id,
         )
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
-        answers.extend(tokenizer.batch_decode([row[:limit] for row, limit in zip(new_tokens, limits, strict=True)],
-                                              skip_special_tokens=True))
+        for copy, rows in zip(answers, new_tokens.chunk(copies), strict=True):
+            copy.extend(tokenizer.batch_decode([row[:limit] for row, limit in zip(rows, limits, strict=True)],
+                                               skip_special_tokens=True))
     return answers
 
 
@@ -55,14 +58,17 @@ def predicted_labels(
     labels: tuple[str, ...],
     batch_size: int,
     device: torch.device,
-) -> list[str]:
-    """The argmax class name of a sequence-classification ``model`` for every example's prompt."""
+    copies: int = 1,
+) -> list[list[str]]:
+    """The argmax class name of a sequence-classification ``model`` for every example's prompt, for each of
+    ``copies`` stacked members (as :func:`greedy_answers`)."""
     prompts = tokenizer([example.prompt for example in examples])["input_ids"]
-    predicted: list[str] = []
+    predicted: list[list[str]] = [[] for _ in range(copies)]
     for start in range(0, len(prompts), batch_size):
         batch = pad_right(prompts[start : start + batch_size], tokenizer.pad_token_id, device)
-        logits = model(**batch).logits
-        predicted.extend(labels[index] for index in logits.argmax(-1).tolist())
+        logits = model(**{key: value.repeat(copies, 1) for key, value in batch.items()}).logits
+        for copy, rows in zip(predicted, logits.argmax(-1).chunk(copies), strict=True):
+            copy.extend(labels[index] for index in rows.tolist())
     return predicted
 
 
@@ -92,21 +98,35 @@ def scores(
 ) -> dict[Hashable, Scores]:
     """:class:`Scores` of every ``(task, examples)`` set; the generation tasks' prompts are generated in shared
     batches (one pass for every split and task: a tiny model's generation costs per call, not per prompt)."""
+    return stacked_scores(model, tokenizer, sets, batch_size, device, 1)[0]
+
+
+def stacked_scores(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    sets: dict[Hashable, tuple[Task, list[Example]]],
+    batch_size: int,
+    device: torch.device,
+    copies: int,
+) -> list[dict[Hashable, Scores]]:
+    """:func:`scores` of each of ``copies`` members of a stacked model (:mod:`lorabench.stack`), in one pass."""
     was_training = model.training
     model.eval()
     generating = {key: (task, examples) for key, (task, examples) in sets.items() if task.labels is None}
     prompts = [example.prompt for _, examples in generating.values() for example in examples]
     budgets = [task.max_new_tokens for task, examples in generating.values() for _ in examples]
-    answers = iter(greedy_answers(model, tokenizer, prompts, budgets, batch_size, device) if prompts else [])
-    result = {}
+    answers = [iter(each) for each in greedy_answers(model, tokenizer, prompts, budgets, batch_size, device, copies)]
+    result: list[dict[Hashable, Scores]] = [{} for _ in range(copies)]
     for key, (task, examples) in sets.items():
         if task.labels is not None:
-            generated = predicted_labels(model, tokenizer, examples, task.labels, batch_size, device)
-            result[key] = Scores(_share(task, generated, examples), None)
-        else:
-            generated = [next(answers) for _ in examples]
+            predicted = predicted_labels(model, tokenizer, examples, task.labels, batch_size, device, copies)
+            for scored, generated in zip(result, predicted, strict=True):
+                scored[key] = Scores(_share(task, generated, examples), None)
+            continue
+        for scored, answered in zip(result, answers, strict=True):
+            generated = [next(answered) for _ in examples]
             chars = sum(char_accuracy(text, example.answer) for text, example in zip(generated, examples)) / len(examples)
-            result[key] = Scores(_share(task, generated, examples), chars)
+            scored[key] = Scores(_share(task, generated, examples), chars)
     model.train(was_training)
     return result
 

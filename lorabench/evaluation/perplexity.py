@@ -63,9 +63,19 @@ def answer_cross_entropy(
     before, and long after, the greedy answer stops matching. Every set's examples share batches (one forward per
     batch); the mean weighs tokens and ignores padding, so it does not depend on ``batch_size``.
     """
+    return stacked_answer_cross_entropy(model, tokenizer, sets, batch_size, device, 1)[0]
+
+
+def stacked_answer_cross_entropy(
+    model: nn.Module, tokenizer, sets: dict[str, list[Example]], batch_size: int, device: torch.device | str,
+    copies: int,
+) -> list[dict[str, float]]:
+    """:func:`answer_cross_entropy` of each of ``copies`` members of a stacked model (:mod:`lorabench.stack`: each
+    batch repeated once per member), in one pass."""
     names = [name for name, examples in sets.items() for _ in examples]
     rows = tokenize_examples(tokenizer, [example for examples in sets.values() for example in examples])
-    totals, counts = dict.fromkeys(sets, 0.0), dict.fromkeys(sets, 0)
+    totals = [dict.fromkeys(sets, 0.0) for _ in range(copies)]
+    counts = dict.fromkeys(sets, 0)
     was_training = model.training
     model.eval()
     try:
@@ -73,12 +83,14 @@ def answer_cross_entropy(
             for start in range(0, len(rows), batch_size):
                 batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id, device)
                 labels = batch.pop("labels")[:, 1:]
-                logits = model(**batch).logits[:, :-1].float()
-                losses = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+                logits = model(**{key: value.repeat(copies, 1) for key, value in batch.items()}).logits[:, :-1]
                 tokens = (labels != IGNORE_INDEX).sum(1).tolist()
-                for name, loss, n in zip(names[start : start + batch_size], losses.sum(1).tolist(), tokens, strict=True):
-                    totals[name] += loss
+                for name, n in zip(names[start : start + batch_size], tokens, strict=True):
                     counts[name] += n
+                for total, part in zip(totals, logits.float().chunk(copies), strict=True):
+                    losses = F.cross_entropy(part.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+                    for name, loss in zip(names[start : start + batch_size], losses.sum(1).tolist(), strict=True):
+                        total[name] += loss
     finally:
         model.train(was_training)
-    return {name: totals[name] / counts[name] for name in sets}
+    return [{name: total[name] / counts[name] for name in sets} for total in totals]

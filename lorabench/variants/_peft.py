@@ -30,6 +30,7 @@ def lora_factors(model: nn.Module) -> Iterator[tuple[nn.Parameter, nn.Parameter]
 
 
 class PeftVariant(Variant):
+    unstackable = None
     """A variant that is one PEFT config; subclasses give the config and, if needed, adjust the fresh model."""
 
     def peft_config(self) -> PeftConfig:

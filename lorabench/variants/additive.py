@@ -119,6 +119,7 @@ class AdditiveLayer(AdapterLayer):
 @register("additive")
 class Additive(Variant):
     source = "docs/variants.md §3 (seed 000): additive rank-2r decomposition"
+    unstackable = None
 
     def apply(self, model: nn.Module) -> nn.Module:
         spec = self.spec

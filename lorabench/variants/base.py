@@ -108,6 +108,11 @@ class Variant:
     """False for generic entries that need settings from the config (``peft``): ``all`` skips them."""
     uses_rank: ClassVar[bool] = True
     """False for methods without a rank (full fine-tuning): the grid runs them once per rank set."""
+    unstackable: ClassVar[str | None] = "not shown to stack: its stacked runs are not tested equal to its lone runs"
+    """Why runs of this variant that differ only in learning rate do not train as one computation (config
+    ``jobs.stack``, :mod:`lorabench.stack`), shown by ``lorabench variants``; None for variants whose stacked
+    records tests/test_stack.py checks equal to their lone ones. A hook that changed weights outside the variant's
+    own layers would go unseen by a stack, so a variant of one's own stays alone unless it sets None."""
     Options: ClassVar[type] = NoOptions
     """The variant's own config options: a frozen dataclass whose fields carry a default (or none: required)
     and ``metadata={"help": ...}``, as PEFT's config dataclasses do; ``__post_init__`` refuses bad values. A field

@@ -49,6 +49,7 @@ class FloraOptions:
 @register("flora")
 class Flora(Variant):
     source = "docs/variants.md §5; Hao et al. 2024 (Flora), cf. GaLore: each step's gradient projected to random rank r"
+    unstackable = None
     Options = FloraOptions
     optimizer = "sgd"
 

@@ -54,6 +54,7 @@ class LoRALayer(AdapterLayer):
 @register("lora")
 class LoRA(Variant):
     source = "Hu et al. 2021 (own implementation; saves PEFT's adapter format)"
+    unstackable = None
 
     def apply(self, model: nn.Module) -> nn.Module:
         generator = torch.Generator().manual_seed(self.spec.seed)

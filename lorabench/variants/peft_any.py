@@ -58,6 +58,8 @@ class AnyPeftOptions:
 @register("peft")
 class AnyPeft(PeftVariant):
     source = "any PEFT method, from the config dict in options['peft_config']"
+    unstackable = ("stacked, its gradients are summed in another order than alone (its layers are several autograd "
+                   "steps): float rounding that a long run grows into different results")
     in_default_grid = False
     Options = AnyPeftOptions
 

@@ -139,6 +139,7 @@ class ResampledOptions:
 @register("resampled")
 class Resampled(Variant):
     source = "docs/variants.md §2 (seed 000): random U, V redrawn every step; cf. flora, relora"
+    unstackable = None
     Options = ResampledOptions
     optimizer = "sgd"
     optimizer_policy = "warn"  # runs under AdamW, but each step after a redraw is Adam's first: a sign update

@@ -11,6 +11,8 @@ from lorabench.variants._peft import PeftVariant
 @register("vera")
 class VeRA(PeftVariant):
     source = "Kopiczko et al. 2024, vector-based random matrix adaptation (PEFT VeraConfig)"
+    unstackable = ("stacked, its gradients are summed in another order than alone (its layers are several autograd "
+                   "steps): float rounding that a long run grows into different results")
 
     def peft_config(self) -> VeraConfig:
         # VeRA has no alpha; its shared projections come from projection_prng_key, tied to the seed.
