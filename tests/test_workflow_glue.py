@@ -109,3 +109,13 @@ def test_local_files_are_train_inputs_of_the_jobs_that_read_them(smoke: dict, tm
         assert local_input(wildcards(model="llama-tiny", task="hub")) == shared  # files inside the hub dataset
         assert set(local_input(wildcards(model="llama-tiny"))) == {  # tasks batched into one job
             "data/a_train.jsonl", "data/a_test.jsonl", "data/b_test.jsonl", "data/b_train.jsonl", *shared}
+
+
+def test_the_workflow_passes_snakemakes_linter() -> None:
+    """`snakemake --lint` (Snakemake's own conventions: no absolute paths, functions apart from rules, ...) finds
+    nothing; it exits 0 either way, so the test reads what it prints."""
+    import subprocess
+
+    result = subprocess.run(["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "Lints for" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "your workflow is in a good condition" in result.stdout + result.stderr
