@@ -20,7 +20,7 @@ from lorabench.evaluation.exact_match import char_accuracy, scores
 from lorabench.evaluation.perplexity import answer_cross_entropy
 from lorabench.job import TrainJob
 from lorabench.models import build_embedded, character_tokenizer
-from lorabench.report.measures import choose, saturation
+from lorabench.report.measures import choose, names, saturation
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, encode_batch, train
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
@@ -196,3 +196,17 @@ def test_the_summary_names_the_measure_and_says_when_ranges_do_not_overlap_or_al
     everything = pd.concat([_swept("a", [0.5, 0.9], [1.0, 1.0], [3.9, 4.0]), _swept("b", [0.6, 1.0], [1.0, 1.0], [4, 5])])
     text = _sentence(ModelRuns("m", everything, everything).forgetting_at_matched_learning("a", "b"))
     assert text.startswith("vs b: no verdict, every forgetting measure is saturated in these runs")
+
+
+def test_the_forgetting_measure_is_named_by_what_it_averages() -> None:
+    """``forgetting`` is the exact-match drop only where its parts are source tasks; an encoder's, a paraphrase
+    retrieval drop, must not be called exact match in a verdict, a table or an axis."""
+    sources = pd.DataFrame({"forgetting": [0.3], "forgetting_ceiling": [1.0], "forgetting__copy": [0.3],
+                            "source_acc_before__copy": [1.0]})
+    assert names(sources)["forgetting"] == "exact-match accuracy drop"
+    encoder = pd.DataFrame({"forgetting": [0.3, 0.1], "forgetting_ceiling": [0.98, 0.98],
+                            "forgetting__paraphrase_retrieval": [0.3, 0.1]})
+    assert names(encoder)["forgetting"] == "paraphrase-retrieval drop"
+    assert choose(encoder).text() == "by paraphrase-retrieval drop"
+    both = sources.assign(**{"forgetting__lm_eval__arc_easy": [0.1]})
+    assert names(both)["forgetting"] == "mean of arc_easy (lm-eval) score drop, source tasks' exact-match accuracy drop"

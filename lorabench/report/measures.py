@@ -22,6 +22,29 @@ MEASURES = {
     "forgetting_ce": "answer cross-entropy increase (nats/token)",
 }
 """results.csv column -> what it measures, in order of preference: the task's own score first."""
+PROBES = {"paraphrase_retrieval": "paraphrase-retrieval drop", "heldout_ce": "held-out cross-entropy increase"}
+"""A probe of ``forgetting.mean`` that is not a source task -> what its part measures (lm-eval: ``lm_eval__<task>``)."""
+
+
+def forgetting_parts(runs: pd.DataFrame) -> list[str]:
+    """The parts ``forgetting`` averages in ``runs``: its ``forgetting__<part>`` columns that hold a value."""
+    prefix = "forgetting__"
+    return [column[len(prefix):] for column in runs.columns
+            if column.startswith(prefix) and runs[column].notna().any()]
+
+
+def names(runs: pd.DataFrame) -> dict[str, str]:
+    """:data:`MEASURES` as these runs measured them: ``forgetting`` (the record's ``forgetting.mean``) is the
+    exact-match drop only where every part is a source task; with probes (paraphrase retrieval, lm-eval, held-out
+    text) it is their mean, and is named by them, so a verdict never calls a retrieval drop "exact match"."""
+    probes = [part for part in forgetting_parts(runs) if f"source_acc_before__{part}" not in runs]
+    if not probes:
+        return dict(MEASURES)
+    named = [PROBES.get(part, f"{part.removeprefix('lm_eval__')} (lm-eval) score drop") for part in probes]
+    if len(probes) < len(forgetting_parts(runs)):
+        named.append("source tasks' exact-match accuracy drop")
+    label = named[0] if len(named) == 1 else "mean of " + ", ".join(named)
+    return {**MEASURES, "forgetting": label}
 
 
 def saturation(runs: pd.DataFrame, column: str) -> str | None:
@@ -51,15 +74,17 @@ class Choice:
     measure: str | None
     states: dict[str, str | None]
     """Measure -> its :func:`saturation` in the runs compared."""
+    names: dict[str, str]
+    """Measure -> what it measures in these runs (:func:`names`)."""
 
     def text(self) -> str:
         """``by per-character accuracy drop (exact-match accuracy drop saturated at its ceiling ...)``."""
-        passed = [f"{MEASURES[column]} {_state(state)}" for column, state in self.states.items()
+        passed = [f"{self.names[column]} {_state(state)}" for column, state in self.states.items()
                   if column != self.measure and state in ("ceiling", "floor")]
         reason = f" ({'; '.join(passed)})" if passed else ""
         if self.measure is None:
             return f"every forgetting measure is saturated in these runs{reason}"
-        return f"by {MEASURES[self.measure]}{reason}"
+        return f"by {self.names[self.measure]}{reason}"
 
 
 def _state(state: str) -> str:
@@ -70,4 +95,4 @@ def _state(state: str) -> str:
 def choose(runs: pd.DataFrame) -> Choice:
     """The first measure of :data:`MEASURES` not saturated in ``runs`` (the runs a verdict compares)."""
     states = {column: saturation(runs, column) for column in MEASURES}
-    return Choice(next((column for column, state in states.items() if state is None), None), states)
+    return Choice(next((column for column, state in states.items() if state is None), None), states, names(runs))

@@ -315,7 +315,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajector
     :data:`lorabench.report.measures.MEASURES` not saturated in these runs, named on the axis. One panel per
     variant family and one of every variant at its chosen lr, per model (one model: 2 x 2 panels at 1400 x 1000
     pixels); LoRA and full fine-tuning faint in the other families' panels."""
-    from lorabench.report.measures import MEASURES, choose
+    from lorabench.report.measures import choose
 
     rank = reference_rank(results)
     title = f"Learning vs forgetting, measured points only (rank {rank}; full FT: no rank)"
@@ -358,7 +358,7 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajector
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"forgetting: {MEASURES[measure]}\n(mean over source tasks; ↑ less forgetting)")
+        ax.set_ylabel(f"forgetting: {choice.names[measure]}\n(↑ less forgetting)")
     for ax in axes[-1, :]:
         ax.set_xlabel("learning: target test accuracy (→ more learning)")
     axes[0, 0].invert_yaxis()  # shared: up = less forgetting, as Biderman et al.'s source-score axis

@@ -25,7 +25,7 @@ from lorabench.records import run_reason
 from lorabench.report.plots import (
     NO_RANK, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
 )  # fmt: skip
-from lorabench.report.measures import MEASURES, SATURATION, choose, saturation
+from lorabench.report.measures import MEASURES, SATURATION, choose, names, saturation
 from lorabench.report.stats import (
     ALPHA, MARGIN, POWER, Comparison, Matched, holm, matched_learning, paired, seed_curves,
 )  # fmt: skip
@@ -153,13 +153,14 @@ def section_what_was_run(results: pd.DataFrame) -> list[str]:
     return lines
 
 
-def section_model_table(model: str, table: dict[str, dict], rank: int) -> list[str]:
+def section_model_table(model: str, table: dict[str, dict], rank: int, forgetting: str) -> list[str]:
+    """The model's table at ``rank``; ``forgetting``: what its ``forgetting`` column measures (:func:`names`)."""
     lines = [
         f"### {model}",
         "",
         f"Rank {rank} (full FT: no rank); tasks averaged within each seed; mean ± 95% CI half-width over seeds.",
         "",
-        "| variant | trainable params | target acc | forgetting: exact match | per-character | cross-entropy "
+        f"| variant | trainable params | target acc | forgetting: {forgetting} | per-character | cross-entropy "
         "| step ms | peak MiB added | MiB held (exact) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -210,7 +211,7 @@ class ModelRuns:
         if matched.difference.n == 0:
             return [f"vs {b} {choice.text()}: cannot be compared{_disjoint_text(matched, a, b)}"]
         return [f"vs {b} {choice.text()}, at accuracy {matched.level:.3f}: ",
-                Comparison(self.model, a, b, f"forgetting at matched learning ({MEASURES[choice.measure]})",
+                Comparison(self.model, a, b, f"forgetting at matched learning ({choice.names[choice.measure]})",
                            matched.difference, f"{a} forgets less", f"{a} forgets more", MARGIN, f"{MARGIN:g}"),
                 _disjoint_text(matched, a, b)]
 
@@ -244,7 +245,7 @@ def section_forgetting_measures(swept: pd.DataFrame, selected: pd.DataFrame) -> 
         f"A measure is *saturated* in a set of runs when every run lies at ≥ {SATURATION:g} of its ceiling, or every "
         f"run at ≤ {1 - SATURATION:.2g} of it: it cannot rank them. Each verdict on forgetting below uses the first of "
         "these (in this order) not saturated in the runs it compares, and names it.", "",
-        "| model | runs | " + " | ".join(MEASURES.values()) + " |",
+        "| model | runs | " + " | ".join(names(swept).values()) + " |",
         "|---|---|" + "---|" * len(MEASURES),
     ]
     for model, runs in swept.groupby("model"):
@@ -647,8 +648,8 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
         "examples (the model's frozen weights, temporaries inside one operation and the allocator's cache are not "
         "in it); it depends only on shapes and dtypes, so it is the same for every seed, rerun and device. Accuracy "
         "is exact match on the test split (for a classification task: the share of "
-        "examples whose argmax label is right); forgetting (exact match) is the mean over source tasks (and lm-eval "
-        "tasks and paraphrase retrieval, where the config names them) of the score before minus after fine-tuning "
+        "examples whose argmax label is right); forgetting is the mean over source tasks (exact match) and lm-eval "
+        "tasks and paraphrase retrieval, where the config names them, of the score before minus after fine-tuning "
         "(0 = nothing forgotten); per-character is the same for the share of the greedy answers' characters that "
         "match, cross-entropy the rise of the source answers' mean token cross-entropy (nats) under teacher "
         "forcing. Forgetting at matched learning interpolates only between measured points: each learning rate's "
@@ -739,7 +740,7 @@ def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = ()
     lines += [*section_family(family, adjusted), *section_what_was_run(results), "", *section_lr_choice(results), "",
               *section_forgetting_measures(swept, selected), "", "## Results per model", ""]
     for model, table in tables.items():
-        lines += section_model_table(model, table, rank)
+        lines += section_model_table(model, table, rank, names(swept[swept["model"] == model])["forgetting"])
     lines += [*section_cost(cost), *harness, *section_meaning(results)]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text("\n".join(wrapped(lines)) + "\n")
