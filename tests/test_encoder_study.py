@@ -44,3 +44,20 @@ def test_study_has_five_or_more_seeds_and_a_fine_test_set() -> None:
     assert 1 / len(test) <= 0.005
     assert task["validation_size"] >= 100 and len(train) - task["validation_size"] >= 160
     assert {json.loads(line)["label"] for line in test} == set(task["labels"])
+
+
+def test_the_committed_reference_is_this_config_s_run_with_interior_choices() -> None:
+    """reports/reference-encoder/ is the run of the shipped config (the same grid points: a config edited without
+    re-running it fails here), every variant swept over >= 3 lrs and >= 5 seeds, each chosen lr inside its sweep."""
+    import pandas as pd
+
+    from lorabench.aggregate import best_lr
+
+    results = pd.read_csv(REPO / "reports" / "reference-encoder" / "results.csv")
+    expanded = {(p.variant, p.lr, p.seed) for p in Grid(yaml.safe_load(STUDY.read_text())).points()}
+    assert set(zip(results["variant"], results["lr"], results["seed"], strict=True)) == expanded
+    assert results.groupby("variant")["seed"].nunique().min() >= 5
+    sweeps = results.groupby("variant")["lr"].agg(["min", "max", "nunique"])
+    assert sweeps["nunique"].min() >= 3
+    for variant, lr in best_lr(results).groupby("variant")["lr"].first().items():
+        assert sweeps.loc[variant, "min"] < lr < sweeps.loc[variant, "max"], (variant, lr)
