@@ -4,6 +4,7 @@ traceback; ``--help`` describes every argument."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,8 +71,12 @@ def test_every_argument_of_every_command_has_help() -> None:
 def test_an_installed_wheel_says_it_needs_the_checkout(tmp_path: Path) -> None:
     """A plain (non-editable) install copies the package only: checking a config names the missing schema and
     the editable install from a clone that fixes it, in one line."""
+    source = tmp_path / "source"  # built from a copy: setuptools writes build/ into the folder it builds
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md", "lorabench"):
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, source / part)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "wheel"), str(REPO)], check=True, capture_output=True)
+                    str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
     wheel = next((tmp_path / "wheel").glob("lorabench-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, capture_output=True)
