@@ -37,11 +37,12 @@ def names(runs: pd.DataFrame) -> dict[str, str]:
     """:data:`MEASURES` as these runs measured them: ``forgetting`` (the record's ``forgetting.mean``) is the
     exact-match drop only where every part is a source task; with probes (paraphrase retrieval, lm-eval, held-out
     text) it is their mean, and is named by them, so a verdict never calls a retrieval drop "exact match"."""
-    probes = [part for part in forgetting_parts(runs) if f"source_acc_before__{part}" not in runs]
+    parts = forgetting_parts(runs)
+    probes = [part for part in parts if f"source_acc_before__{part}" not in runs]
     if not probes:
         return dict(MEASURES)
     named = [PROBES.get(part, f"{part.removeprefix('lm_eval__')} (lm-eval) score drop") for part in probes]
-    if len(probes) < len(forgetting_parts(runs)):
+    if len(probes) < len(parts):
         named.append("source tasks' exact-match accuracy drop")
     label = named[0] if len(named) == 1 else "mean of " + ", ".join(named)
     return {**MEASURES, "forgetting": label}
