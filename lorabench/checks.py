@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from lorabench.grid import GRID_SETTINGS, MODEL_SOURCES, Grid, format_lr
+from lorabench.grid import GRID_SETTINGS, MODEL_SOURCES, Grid
+from lorabench.job import GridVariant, format_lr
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 """Found from the package, not the working directory, so ``lorabench check`` works from anywhere."""
@@ -555,16 +556,12 @@ def check_grid_variants(grid: Grid) -> None:
 def check_variant_settings(grid: Grid) -> None:
     """Build every variant of the grid as its jobs will (per model: the targets differ), so that a setting it
     refuses (dropout for ``resampled``) is refused now rather than in every one of its runs."""
-    from lorabench.variants import AdapterSpec
-
     train = grid.config["train"]
-    for name in grid.variants():
+    for name, variant in grid.variants().items():
         field = f"variants/{name}" if name in grid.config["variants"] else "grid/variants"
         for model, spec in grid.config["models"].items():
-            adapter = AdapterSpec(rank=grid.ranks(name)[0], alpha=train["alpha"], dropout=train["dropout"],
-                                  target_modules=tuple(spec["target_modules"]), options=grid.variant_options(name))
             try:
-                grid.variant_class(name)(adapter)
+                variant.build(variant.ranks[0], train["alpha"], spec["target_modules"], dropout=train["dropout"])
             except ValueError as error:
                 raise ConfigError(f"config error at `{field}` (model {model!r}): {error}") from None
 
@@ -575,7 +572,7 @@ def check_saving(grid: Grid) -> None:
 
     if not grid.config["train"]["save_adapters"]:
         return
-    if unsaved := [name for name in grid.variants() if not saves(grid.variant_class(name))]:
+    if unsaved := [name for name, variant in grid.variants().items() if not saves(variant.cls)]:
         raise ConfigError(
             f"config error at `train/save_adapters`: true, but variant(s) {unsaved} implement no `save`; "
             "set it to false or leave those variants out of grid/variants"
@@ -616,8 +613,8 @@ def check_ranks(grid: Grid) -> None:
                 "part of a module name, e.g. q_proj (Llama) or c_attn (GPT-2)"
                 + (f"; matched: {matched}" if matched else "")
             )
-        for variant in grid.variants():
-            _check_layer_shapes(grid, model, variant, layers)
+        for variant in grid.variants().values():
+            _check_layer_shapes(model, variant, layers)
             _check_layer_types(grid, model, variant, layers)
 
 
@@ -630,40 +627,34 @@ def _zero_layer_setting(spec: dict[str, Any]) -> str | None:
     return next((key for key in LAYER_COUNTS if spec.get("architecture", {}).get(key) == 0), None)
 
 
-def _check_layer_shapes(grid: Grid, model: str, variant: str, layers: dict[str, Any]) -> None:
+def _check_layer_shapes(model: str, variant: GridVariant, layers: dict[str, Any]) -> None:
     """Every rank of ``variant`` fits every targeted layer's shape."""
     from lorabench.models import layer_weight
 
-    for rank in grid.ranks(variant):
+    for rank in variant.ranks:
         for layer, module in layers.items():
             m, n = layer_weight(module).shape
-            if problem := grid.variant_class(variant).rank_problem(m, n, rank):
+            if problem := variant.cls.rank_problem(m, n, rank):
                 raise ConfigError(
                     f"config error at `grid/ranks`: rank {rank} does not fit model {model!r} for "
-                    f"variant {variant!r}: layer {layer} of shape (m, n) = ({m}, {n}): {problem}. "
+                    f"variant {variant.name!r}: layer {layer} of shape (m, n) = ({m}, {n}): {problem}. "
                     "Choose ranks that fit every targeted layer, or leave the variant out of grid/variants."
                 )
 
 
-def _check_layer_types(grid: Grid, model: str, variant: str, layers: dict[str, Any]) -> None:
+def _check_layer_types(grid: Grid, model: str, variant: GridVariant, layers: dict[str, Any]) -> None:
     """Try ``variant`` on a weightless copy of one layer of each targeted type, so a method that cannot
     wrap it (PEFT's LoHa on GPT-2's Conv1D) is refused now instead of failing every run."""
-    from lorabench.variants import AdapterSpec
-
     train = grid.config["train"]
-    spec = AdapterSpec(
-        rank=min(grid.ranks(variant)), alpha=train["alpha"],
-        target_modules=tuple(grid.config["models"][model]["target_modules"]),
-        options=grid.variant_options(variant), total_steps=train["steps"],
-    )
     try:
-        instance = grid.variant_class(variant)(spec)
+        instance = variant.build(min(variant.ranks), train["alpha"], grid.config["models"][model]["target_modules"],
+                                 total_steps=train["steps"])
     except ValueError as error:  # a variant refusing its options or settings when built
-        raise ConfigError(f"config error at `variants/{variant}`: {error}") from None
+        raise ConfigError(f"config error at `variants/{variant.name}`: {error}") from None
     for kind, (layer, module) in {type(module): (name, module) for name, module in layers.items()}.items():
         if problem := instance.layer_problem(layer, module):
             raise ConfigError(
-                f"config error at `variants/{variant}`: variant {variant!r} cannot adapt layer {layer} "
+                f"config error at `variants/{variant.name}`: variant {variant.name!r} cannot adapt layer {layer} "
                 f"({kind.__name__}) of model {model!r}: {problem}. Choose a method that supports "
                 f"{kind.__name__} layers, or leave the variant out of grid/variants."
             )

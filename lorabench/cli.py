@@ -96,7 +96,7 @@ def _describe_variant(name: str) -> None:
 
 def _test_variant(args: argparse.Namespace) -> None:
     from lorabench.contract import FAMILIES, LEARN_STEPS, check_variant, contract_warnings, run_optimizer
-    from lorabench.grid import GRID_SETTINGS
+    from lorabench.grid import variant_options
     from lorabench.variants import get, registry
     from lorabench.variants.base import OptionError
 
@@ -109,7 +109,7 @@ def _test_variant(args: argparse.Namespace) -> None:
     steps = LEARN_STEPS if args.steps is None else args.steps
     if steps < 2:
         sys.exit(f"test-variant: --steps {steps}: give at least 2 steps (the loss must fall between them)")
-    options = {key: value for key, value in entry.items() if key not in GRID_SETTINGS} or None
+    options = variant_options(entry) or None
     optimizer = run_optimizer(get(name), entry, config.get("train", {}).get("optimizer", "adamw"))
     try:
         warnings = contract_warnings(name, options, steps)
@@ -172,9 +172,10 @@ def _read_yaml(path: Path) -> object:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    from lorabench.job import PretrainJob
     from lorabench.pretrain import pretrain
 
-    scores = pretrain(json.loads(args.settings), args.out, args.threads)
+    scores = pretrain(PretrainJob.from_json(args.settings), args.out, args.threads)
     print(json.dumps({"source_test_accuracy": scores}))
 
 
@@ -203,8 +204,9 @@ def _train(args: argparse.Namespace) -> None:
 
 def _cost(args: argparse.Namespace) -> None:
     from lorabench.cost import run_cost
+    from lorabench.job import CostJob
 
-    run_cost(json.loads(args.settings), args.out, args.threads)
+    run_cost(CostJob.from_json(args.settings), args.out, args.threads)
 
 
 def _aggregate(args: argparse.Namespace) -> None:
@@ -334,7 +336,7 @@ def parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     cost = commands.add_parser("cost", help="step time and memory of every variant at real layer sizes (pipeline rule)")
-    cost.add_argument("--settings", required=True, help="JSON written by the Snakefile (Grid.cost_settings)")
+    cost.add_argument("--settings", required=True, help="JSON written by the Snakefile (lorabench.stages.cost_job)")
     cost.add_argument("--out", required=True, type=Path, help="the CSV to write")
     cost.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
     cost.set_defaults(run=_cost)

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from lorabench.cost_targets import FLOOR, REFERENCES, SHAPE_SETS, TARGETS, ShapeSet
+from lorabench.job import CostJob, GridVariant
 from lorabench.measure import (
     MIB,
     account_after_first_step,
@@ -81,17 +82,6 @@ class ShapeBlock(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         return [getattr(self, name)(inputs[reads]) for name, reads in self.reads.items()]
-
-
-@dataclass(frozen=True)
-class VariantEntry:
-    """One grid variant as the stage measures it (from :meth:`lorabench.grid.Grid.cost_settings`)."""
-
-    name: str
-    uses: str
-    ranks: list[int]
-    optimizer: str
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -160,32 +150,31 @@ class CannotAdapt(ValueError):
     """A variant refuses a targeted layer (:meth:`~lorabench.variants.Variant.layer_problem`)."""
 
 
-def adapted(entry: VariantEntry, rank: int, model: nn.Module, targets: tuple[str, ...], alpha: float,
+def adapted(grid_variant: GridVariant, rank: int, model: nn.Module, targets: tuple[str, ...], alpha: float,
             total_steps: int) -> tuple[Any, nn.Module, torch.optim.Optimizer]:
-    """``entry``'s variant applied to ``model``'s ``targets`` at ``rank`` with its optimizer (``entry.optimizer``,
-    over the variant's parameter groups), as a run builds them: (variant, adapted model, optimizer)."""
+    """``grid_variant`` applied to ``model``'s ``targets`` at ``rank`` with its optimizer (over the variant's
+    parameter groups), as a run builds them: (variant, adapted model, optimizer)."""
     from lorabench.train import TrainSettings, make_optimizer
-    from lorabench.variants import AdapterSpec, find_targets, get
+    from lorabench.variants import find_targets
 
-    variant = get(entry.uses)(AdapterSpec(rank=rank, alpha=alpha, target_modules=targets, options=entry.options,
-                                          total_steps=total_steps))
+    variant = grid_variant.build(rank, alpha, targets, total_steps=total_steps)
     for name, layer in find_targets(model, targets):
         if problem := variant.layer_problem(name, layer):
             raise CannotAdapt(f"cannot adapt {name}: {problem}")
     model = variant.apply(model)
     optimizer = make_optimizer(variant.parameter_groups(model, LR),
-                               TrainSettings(steps=total_steps, batch_size=1, lr=LR, optimizer=entry.optimizer))
+                               TrainSettings(steps=total_steps, batch_size=1, lr=LR, optimizer=grid_variant.optimizer))
     return variant, model, optimizer
 
 
-def variant_candidate(entry: VariantEntry, rank: int, role: str, block: ShapeBlock, inputs: dict,
+def variant_candidate(variant: GridVariant, rank: int, role: str, block: ShapeBlock, inputs: dict,
                       upstream: list, alpha: float, total_steps: int) -> Candidate:
-    """``entry`` applied to ``block`` at ``rank`` with its own optimizer; the reason instead when it cannot be."""
-    entry = replace(entry, options=entry.options | SETUP_OPTIONS.get(entry.uses, {}))
-    candidate = Candidate(entry.name, entry.uses, rank, entry.optimizer, role, options=entry.options)
+    """``variant`` applied to ``block`` at ``rank`` with its own optimizer; the reason instead when it cannot be."""
+    variant = replace(variant, options=variant.options | SETUP_OPTIONS.get(variant.uses, {}))
+    candidate = Candidate(variant.name, variant.uses, rank, variant.optimizer, role, options=variant.options)
     before = storage_addresses([*block.parameters(), *block.buffers()])
     try:
-        variant, model, optimizer = adapted(entry, rank, block, tuple(block.reads), alpha, total_steps)
+        built, model, optimizer = adapted(variant, rank, block, tuple(block.reads), alpha, total_steps)
     except CannotAdapt as error:
         candidate.reason = str(error)
         return candidate
@@ -195,7 +184,7 @@ def variant_candidate(entry: VariantEntry, rank: int, role: str, block: ShapeBlo
     candidate.account["saved_activations"] = saved_activation_bytes(model, lambda: model(inputs))
     candidate.account["variant_state"] = variant_state_bytes(model, before)
     account_after_first_step(optimizer, candidate.account)
-    candidate.step = make_step(model, inputs, upstream, optimizer, variant)
+    candidate.step = make_step(model, inputs, upstream, optimizer, built)
     return candidate
 
 
@@ -281,9 +270,8 @@ class Rounds:
     max_seconds: float
 
     @classmethod
-    def of(cls, settings: dict[str, Any]) -> Rounds:
-        return cls(settings["rounds"], settings["warmup"], settings["target_halfwidth"], settings["max_rounds"],
-                   settings["max_seconds"])
+    def of(cls, job: CostJob) -> Rounds:
+        return cls(job.rounds, job.warmup, job.target_halfwidth, job.max_rounds, job.max_seconds)
 
 
 LOG_EVERY = 5.0
@@ -395,31 +383,30 @@ def ratio_columns(name: str, a: Candidate, b: Candidate | None) -> dict[str, flo
     return {name: median, f"{name}_lo": interval[0], f"{name}_hi": interval[1], f"{name}_rounds": len(ratios)}
 
 
-def measure_shape_set(name: str, tokens: int, entries: list[VariantEntry], settings: dict[str, Any],
-                      device: torch.device) -> list[dict[str, Any]]:
-    """Rows of the cost table for one shape set: the floor, every (variant, rank) of ``entries``, the references at
-    every rank, and the targets' variants (:data:`TARGETS`) at ``settings["target_ranks"]`` too."""
+def measure_shape_set(name: str, tokens: int, job: CostJob, device: torch.device) -> list[dict[str, Any]]:
+    """Rows of the cost table for one shape set: the floor, every (variant, rank) of ``job.variants``, the references
+    at every rank, and the targets' variants (:data:`TARGETS`) at ``job.target_ranks`` too."""
     shapes = SHAPE_SETS[name]
-    dtype = getattr(torch, settings["dtype"])
+    dtype = getattr(torch, job.dtype)
     base = base_block(shapes, device, dtype)
     inputs, upstream = block_inputs(shapes, tokens, next(base.parameters()))
-    plan = Rounds.of(settings)
+    plan = Rounds.of(job)
     total_steps = plan.warmup + max(plan.rounds, plan.max_rounds) + 1
-    wanted = candidates_wanted(entries, settings["target_ranks"])
-    grid_ranks = sorted({rank for entry in entries for rank in entry.ranks if rank})
+    wanted = candidates_wanted(list(job.variants), job.target_ranks)
+    grid_ranks = sorted({rank for variant in job.variants for rank in variant.ranks if rank})
     ranks = grid_ranks or sorted({rank for _, rank, _ in wanted if rank}) or [0]
     floor = floor_candidate(base, inputs, upstream)
     started = time.perf_counter()
     candidates = [floor]
-    first_step(floor, name, device, settings["profile_cpu_peak"], started)
-    for entry, rank, role in wanted:
-        candidates.append(variant_candidate(entry, rank, role, copy.deepcopy(base), inputs, upstream,
-                                            settings["alpha"], total_steps))
-        first_step(candidates[-1], name, device, settings["profile_cpu_peak"], started)
+    first_step(floor, name, device, job.profile_cpu_peak, started)
+    for variant, rank, role in wanted:
+        candidates.append(variant_candidate(variant, rank, role, copy.deepcopy(base), inputs, upstream,
+                                            job.alpha, total_steps))
+        first_step(candidates[-1], name, device, job.profile_cpu_peak, started)
     clock = Clock(device)
     stopped = run_rounds(candidates, plan, clock, name)
     log.info("cost %s: rounds stopped (%s) after %.1f s", name, stopped, time.perf_counter() - started)
-    return table_rows(name, tokens, candidates, ranks[0], clock.method, settings, device, stopped)
+    return table_rows(name, tokens, candidates, ranks[0], clock.method, job, device, stopped)
 
 
 def first_step(candidate: Candidate, where: str, device: torch.device, profile_cpu: bool, started: float) -> None:
@@ -432,22 +419,22 @@ def first_step(candidate: Candidate, where: str, device: torch.device, profile_c
              time.perf_counter() - started)
 
 
-def candidates_wanted(entries: list[VariantEntry], target_ranks: list[int]) -> list[tuple[VariantEntry, int, str]]:
-    """(entry, rank, role) of every candidate but the floor: the grid's variants at their ranks (``grid``); a
+def candidates_wanted(variants: list[GridVariant], target_ranks: list[int]) -> list[tuple[GridVariant, int, str]]:
+    """(variant, rank, role) of every candidate but the floor: the grid's variants at their ranks (``grid``); a
     target's variant of the grid at a ``target_ranks`` rank it lacks (``target_rank``); lora and PEFT's LoRA at
     every rank where the grid lacks them (``reference``)."""
-    wanted = [(entry, rank, "grid") for entry in entries for rank in entry.ranks]
+    wanted = [(variant, rank, "grid") for variant in variants for rank in variant.ranks]
     targeted = {target.variant for target in TARGETS} - set(REFERENCES)
-    wanted += [(entry, rank, "target_rank") for entry in entries if entry.name in targeted and any(entry.ranks)
-               for rank in target_ranks if rank not in entry.ranks]
+    wanted += [(variant, rank, "target_rank") for variant in variants
+               if variant.name in targeted and any(variant.ranks) for rank in target_ranks if rank not in variant.ranks]
     ranks = sorted({rank for _, rank, _ in wanted if rank} | set(target_ranks)) or [0]
-    present = {(entry.name, rank) for entry, rank, _ in wanted}
-    return wanted + [(VariantEntry(ref, ref, ranks, "adamw"), rank, "reference")
+    present = {(variant.name, rank) for variant, rank, _ in wanted}
+    return wanted + [(GridVariant(ref, ref, {}, "adamw", (), tuple(ranks)), rank, "reference")
                      for ref in REFERENCES for rank in ranks if (ref, rank) not in present]
 
 
 def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], reference_rank: int, method: str,
-               settings: dict[str, Any], device: torch.device, stopped: str) -> list[dict[str, Any]]:
+               job: CostJob, device: torch.device, stopped: str) -> list[dict[str, Any]]:
     """One row per candidate with its step time, memory and ratios to the floor, PEFT's LoRA and our LoRA, the
     rounds it stepped in, and what stopped the shape set's rounds (``stopped``)."""
     from lorabench.devices import device_info
@@ -455,9 +442,9 @@ def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], referen
     by_key = {(c.name, c.rank): c for c in candidates}
     floor = by_key[(FLOOR, 0)]
     common = {"shape_set": shape_set, "shapes": SHAPE_SETS[shape_set].text(), "tokens": tokens,
-              "dtype": settings["dtype"], "method": method, "threads": torch.get_num_threads(),
-              "min_rounds": settings["rounds"], "warmup": settings["warmup"], "max_rounds": settings["max_rounds"],
-              "max_seconds": settings["max_seconds"], "target_halfwidth": settings["target_halfwidth"],
+              "dtype": job.dtype, "method": method, "threads": torch.get_num_threads(),
+              "min_rounds": job.rounds, "warmup": job.warmup, "max_rounds": job.max_rounds,
+              "max_seconds": job.max_seconds, "target_halfwidth": job.target_halfwidth,
               "stopped": stopped, **device_info(device)}
     rows = []
     for c in candidates:
@@ -485,28 +472,27 @@ def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], referen
             "peak_mb": c.peak_bytes / MIB,
             "peak_ratio_lora": c.peak_bytes / lora.peak_bytes if lora and lora.peak_bytes else math.nan,
             "peak_method": ("cuda_max_memory_allocated" if device.type == "cuda" else "torch_profiler_memory_timeline"
-                            if settings["profile_cpu_peak"] else "not_measured"),
+                            if job.profile_cpu_peak else "not_measured"),
         })
     return rows
 
 
-def run_cost(settings: dict[str, Any], out: Path, threads: int | None = None) -> list[dict[str, Any]]:
-    """CLI entry (``lorabench cost``): every shape set of ``settings`` measured, one CSV of all rows at ``out``."""
+def run_cost(job: CostJob, out: Path, threads: int | None = None) -> list[dict[str, Any]]:
+    """CLI entry (``lorabench cost``): every shape set of ``job`` measured, one CSV of all rows at ``out``."""
     import pandas as pd
 
     from lorabench.devices import select_device
     from lorabench.variants import load_modules
 
     started = time.perf_counter()
-    load_modules(settings.get("variant_modules", []))
+    load_modules(job.variant_modules)
     if threads:
         torch.set_num_threads(threads)
-    device = select_device(settings["device"])
-    entries = [VariantEntry(**entry) for entry in settings["variants"]]
+    device = select_device(job.device)
     rows = []
-    for name, tokens in settings["shapes"].items():
+    for name, tokens in job.shapes.items():
         count = tokens["cuda_tokens" if device.type == "cuda" else "cpu_tokens"]
-        rows += measure_shape_set(name, count, entries, settings, device)
+        rows += measure_shape_set(name, count, job, device)
     table = pd.DataFrame(rows).assign(stage_seconds=time.perf_counter() - started)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

@@ -1,25 +1,24 @@
-"""The grid: a validated configuration expanded into grid points, train jobs and their record paths.
+"""The grid: a validated configuration expanded into its variants, grid points, train jobs and record paths.
 
 :func:`lorabench.checks.load_grid` validates a config (the schema fills its defaults) and builds the
-:class:`Grid`; ``workflow/rules/common.smk`` turns the grid into the rules' outputs and inputs. The config
-is read as validated: every default comes from the schema, so nothing here has a second copy of one.
+:class:`Grid`; ``workflow/rules/common.smk`` turns the grid into the rules' outputs and inputs, and
+:mod:`lorabench.stages` builds what each rule's job runs. The config is read as validated: every default comes
+from the schema, so nothing here has a second copy of one.
 """
 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lorabench.job import Forgetting, JobPoint, JobTraining, TrainJob
+from lorabench.job import GridPoint, GridVariant, format_lr
 
-RUNS = "results/runs"
 RECORD_LIST = "results/records.txt"
 """The grid's record paths, one a line: what the aggregate reads (written by ``workflow/rules/common.smk``)."""
-RECORD = RUNS + "/{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}.json"
 DATA = "results/data/{task}"
 MODELS = "results/models/{model}"
 BATCHABLE = ("variant", "rank", "lr", "task", "seed")
@@ -27,8 +26,6 @@ BATCHABLE = ("variant", "rank", "lr", "task", "seed")
 GRID_SETTINGS = ("uses", "lrs", "optimizer")
 """Per-variant config keys the grid and the training loop read; every other key is the variant's own option."""
 MODEL_SOURCES = ("architecture", "path", "gguf", "package")
-JOB_TRAINING = ("steps", "batch_size", "weight_decay", "log_every", "eval_at", "replay")
-"""Config ``train`` keys every point of a job shares (:class:`lorabench.job.JobTraining`)."""
 FILE_BUILDERS = ("json", "parquet", "csv", "text", "arrow")
 """``datasets`` builders whose ``data_files`` are local files; with any other ``dataset`` (a hub name) they are
 files inside that dataset's repository."""
@@ -47,25 +44,9 @@ class LocalFile:
     folder: bool = False
 
 
-@dataclass(frozen=True)
-class Point:
-    """One grid point: a model, target task, variant, rank, learning rate and seed; it writes one record."""
-
-    model: str
-    task: str
-    variant: str
-    rank: int
-    lr: float
-    seed: int
-
-    @property
-    def record(self) -> str:
-        return RECORD.format(**{**self.__dict__, "lr": format_lr(self.lr)})
-
-
-def format_lr(lr: float) -> str:
-    """A learning rate as it appears in record paths and wildcards (6 significant digits)."""
-    return f"{lr:g}"
+def variant_options(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``variants`` entry's own options: the entry without the grid's settings for it (:data:`GRID_SETTINGS`)."""
+    return {key: value for key, value in entry.items() if key not in GRID_SETTINGS}
 
 
 def generated_files(task: str) -> dict[str, str]:
@@ -94,41 +75,32 @@ class Grid:
         return [*in_all, *(name for name in self.config["variants"] if name not in registered)]
 
     def uses(self, name: str) -> str:
-        """The registered variant grid name ``name`` runs: its entry's ``uses``, else itself."""
+        """The registered variant grid name ``name`` runs: its entry's ``uses``, else itself (read before the
+        checks have shown that it is registered)."""
         return self.config["variants"].get(name, {}).get("uses", name)
 
-    def variants(self) -> dict[str, str]:
-        """Grid name -> registered variant it runs."""
+    def variants(self) -> dict[str, GridVariant]:
+        """Grid name -> the variant as the grid runs it; built once, after the checks of its entry."""
         return self._variants
 
     @cached_property
-    def _variants(self) -> dict[str, str]:
-        return {name: self.uses(name) for name in self.variant_names()}
+    def _variants(self) -> dict[str, GridVariant]:
+        return {name: self._grid_variant(name) for name in self.variant_names()}
 
-    def variant_class(self, name: str) -> type:
+    def _grid_variant(self, name: str) -> GridVariant:
         from lorabench.variants import get
 
-        return get(self.variants()[name])
-
-    def variant_options(self, name: str) -> dict[str, Any]:
-        """The variant's own options: its config entry without the grid's settings (:data:`GRID_SETTINGS`)."""
-        entry = self.config["variants"].get(name, {})
-        return {key: value for key, value in entry.items() if key not in GRID_SETTINGS}
-
-    def ranks(self, variant: str) -> list[int]:
-        """The grid's ranks, or ``[0]`` for a method without a rank (full fine-tuning, PEFT's IA3)."""
-        ranked = self.variant_class(variant).ranked(self.variant_options(variant))
-        return self.config["grid"]["ranks"] if ranked else [0]
-
-    def lrs(self, variant: str) -> list[float]:
-        """The variant's own ``lrs``, else the grid's."""
-        return self.config["variants"].get(variant, {}).get("lrs", self.config["grid"]["lrs"])
-
-    def optimizer(self, variant: str) -> str:
-        """The entry's own ``optimizer``, else the one its variant declares (``Variant.optimizer``: what its maths
-        assumes), else ``train.optimizer``."""
-        declared = self.variant_class(variant).optimizer or self.config["train"]["optimizer"]
-        return self.config["variants"].get(variant, {}).get("optimizer", declared)
+        entry, cls = self.config["variants"].get(name, {}), get(self.uses(name))
+        options = variant_options(entry)
+        return GridVariant(
+            name=name,
+            uses=self.uses(name),
+            options=options,
+            # the entry's own, else the one its variant declares (what its maths assumes), else ``train.optimizer``
+            optimizer=entry.get("optimizer", cls.optimizer or self.config["train"]["optimizer"]),
+            lrs=tuple(entry.get("lrs", self.config["grid"]["lrs"])),
+            ranks=tuple(self.config["grid"]["ranks"]) if cls.ranked(options) else (0,),
+        )
 
     # tasks
 
@@ -224,18 +196,18 @@ class Grid:
 
     # points and jobs
 
-    def points(self) -> list[Point]:
+    def points(self) -> list[GridPoint]:
         return self._points
 
     @cached_property
-    def _points(self) -> list[Point]:
+    def _points(self) -> list[GridPoint]:
         """Built once: every train job's parameters and the aggregate's inputs read this list."""
         return [
-            Point(model, task, variant, rank, lr, seed)
+            GridPoint(model, task, variant.name, rank, lr, seed)
             for model in self.config["models"]
-            for variant in self.variants()
-            for rank in self.ranks(variant)
-            for lr in self.lrs(variant)
+            for variant in self.variants().values()
+            for rank in variant.ranks
+            for lr in variant.lrs
             for task in self.target_tasks()
             for seed in self.config["grid"]["seeds"]
         ]
@@ -248,19 +220,19 @@ class Grid:
         """The axes that tell jobs apart: the train rule's wildcards."""
         return ["model", *(axis for axis in BATCHABLE if axis not in self.batched())]
 
-    def jobs(self) -> dict[tuple[str, ...], list[Point]]:
+    def jobs(self) -> dict[tuple[str, ...], list[GridPoint]]:
         """The grid points of each train job, keyed by the job's wildcard values (:meth:`unbatched`)."""
         return self._jobs
 
     @cached_property
-    def _jobs(self) -> dict[tuple[str, ...], list[Point]]:
+    def _jobs(self) -> dict[tuple[str, ...], list[GridPoint]]:
         """Built once, since every job's params look their points up (a scan per job would be quadratic)."""
-        jobs: dict[tuple[str, ...], list[Point]] = {}
+        jobs: dict[tuple[str, ...], list[GridPoint]] = {}
         for point in self.points():
             jobs.setdefault(tuple(_wildcard_value(point, axis) for axis in self.unbatched()), []).append(point)
         return jobs
 
-    def job_points(self, wildcards: dict[str, str]) -> list[Point]:
+    def job_points(self, wildcards: dict[str, str]) -> list[GridPoint]:
         return self.jobs()[tuple(wildcards[axis] for axis in self.unbatched())]
 
     def job_shapes(self) -> set[tuple[tuple[str, ...], ...]]:
@@ -282,96 +254,7 @@ class Grid:
     def _records_by_job(self) -> list[list[str]]:
         return [[point.record for point in points] for points in self.jobs().values()]
 
-    def train_job(self, wildcards: dict[str, str], device: str) -> TrainJob:
-        """Everything the train job at ``wildcards`` needs (threads are left out: they change no result)."""
-        points = self.job_points(wildcards)
-        model, train = wildcards["model"], self.config["train"]
-        tasks = {point.task for point in points}
-        return TrainJob(
-            model=model,
-            checkpoint=self.checkpoint(model),
-            dtype=self.dtype(model),
-            device=device,
-            alpha=train["alpha"],
-            dropout=train["dropout"],
-            target_modules=tuple(self.config["models"][model]["target_modules"]),
-            source_tasks=tuple(self.config["tasks"]["source"]),
-            hub_tasks={name: fields for name, fields in self.hub_tasks().items() if name in tasks},
-            forgetting=Forgetting.from_dict(self.config["forgetting"]),
-            data=self.config["data"],
-            eval_batch_size=train["eval_batch_size"],
-            variant_modules=self.variant_modules({point.variant for point in points}),
-            save_adapters=train["save_adapters"],
-            train=JobTraining(**{key: train[key] for key in JOB_TRAINING} | {"eval_at": tuple(train["eval_at"])}),
-            points=tuple(self.job_point(point) for point in points),
-            stack=self.config["jobs"]["stack"],
-        )
 
-    def variant_modules(self, variants: Iterable[str]) -> tuple[str, ...]:
-        """The config's ``variant_modules`` that define ``variants`` or their parents (as the config spells them):
-        what a job of those variants imports. Only these, so adding a module for a new variant leaves every other
-        job's settings, and so its records, as they are."""
-        import inspect
-
-        defining = set()
-        for variant in variants:
-            for cls in self.variant_class(variant).__mro__:
-                try:
-                    defining.add(Path(inspect.getsourcefile(cls)).resolve())
-                except TypeError:  # a built-in class (object)
-                    continue
-        return tuple(path for path in self.config["variant_modules"] if Path(path).resolve() in defining)
-
-    def job_point(self, point: Point) -> JobPoint:
-        """One grid point's own settings: its variant (options, optimizer), rank, task, lr, seed and record."""
-        return JobPoint(
-            variant=point.variant, uses=self.variants()[point.variant],
-            variant_options=self.variant_options(point.variant), optimizer=self.optimizer(point.variant),
-            rank=point.rank, task=point.task, lr=point.lr, seed=point.seed, record=point.record,
-        )
-
-    def train_code(self, wildcards: dict[str, str]) -> str:
-        """Hash of the code the train job at ``wildcards`` runs (its variants' modules among it): the train rule's
-        tracked param, so an edit re-runs exactly the jobs that run the edited code."""
-        from lorabench.provenance import train_code
-
-        variants = sorted({point.variant for point in self.job_points(wildcards)})
-        return train_code(*(self.variant_class(variant) for variant in variants))
-
-    def cost_settings(self, device: str) -> dict[str, Any]:
-        """What the cost stage (``lorabench cost``, :mod:`lorabench.cost`) measures: the config's ``cost`` section
-        and every variant of the grid at its ranks with its optimizer and options; the rule's tracked param."""
-        cost = self.config["cost"]
-        return {
-            "shapes": cost["shapes"], "rounds": cost["rounds"], "warmup": cost["warmup"],
-            **{key: cost[key] for key in ("target_ranks", "target_halfwidth", "max_rounds", "max_seconds")},
-            "profile_cpu_peak": cost["profile_cpu_peak"], "device": device, "alpha": self.config["train"]["alpha"],
-            "dtype": self.config["dtype"], "variant_modules": self.config["variant_modules"],
-            "variants": [
-                {"name": name, "uses": uses, "ranks": self.ranks(name), "options": self.variant_options(name),
-                 "optimizer": self.optimizer(name)}
-                for name, uses in self.variants().items()
-            ],
-        }
-
-    def cost_code(self) -> str:
-        """Hash of the code the cost stage runs (its module and every grid variant's): its rule's tracked param."""
-        from lorabench.provenance import cost_code
-
-        return cost_code(*(self.variant_class(name) for name in self.variants()))
-
-    def pretrain_settings(self, model: str) -> dict[str, Any]:
-        """Everything the pretrain job of an embedded ``model`` needs: the pretrain rule's tracked param."""
-        return {
-            "architecture": self.config["models"][model]["architecture"],
-            "source_tasks": self.config["tasks"]["source"],
-            "data": self.config["data"],
-            "seed": self.config["pretrain"]["seed"],
-            "train": {k: self.config["pretrain"][k] for k in ("steps", "batch_size", "lr")},
-            "eval_batch_size": self.config["train"]["eval_batch_size"],
-        }
-
-
-def _wildcard_value(point: Point, axis: str) -> str:
+def _wildcard_value(point: GridPoint, axis: str) -> str:
     """A point's value on ``axis`` as the train rule's wildcard (and its record path) spells it."""
     return format_lr(point.lr) if axis == "lr" else str(getattr(point, axis))

@@ -1,40 +1,128 @@
-"""What one train job runs: built by :meth:`lorabench.grid.Grid.train_job`, passed by the train rule to
-``lorabench train --job`` as JSON (:meth:`TrainJob.to_json`) and read back by :meth:`TrainJob.from_json`.
+"""What each job of the pipeline runs: a train job (:class:`TrainJob`) of grid points (:class:`GridPoint`) and their
+variants (:class:`GridVariant`), a pretrain job (:class:`PretrainJob`) and the cost stage (:class:`CostJob`).
+:mod:`lorabench.stages` builds them from the grid; each rule passes its job to the ``lorabench`` command as JSON
+(``to_json``) and the command reads it back (``from_json``). These types live here, not in :mod:`lorabench.grid`, so
+that the code a train job runs (its hash re-runs it when edited) holds them and not the grid's expansion.
 
-The JSON is the train rule's tracked param, so its text (keys sorted) decides which jobs re-run: a field added
-here re-runs every job once. Every setting comes from the validated config, whose schema fills the defaults;
-no setting has a default of its own here.
+The JSON is the rule's tracked param, so its text (keys sorted) decides which jobs re-run: a field added here
+re-runs every job of that kind once. Every setting comes from the validated config, whose schema fills the
+defaults; no setting has a default of its own here.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorabench.train import TrainSettings
 
+if TYPE_CHECKING:
+    from lorabench.variants import Variant
+
+RUNS = "results/runs"
+RUN_ID = "{model}/{task}/{variant}/r{rank}/lr{lr}/seed{seed}"
+"""A run's name: its record's path under :data:`RUNS`, and the record's ``run_id``."""
+RECORD = RUNS + "/" + RUN_ID + ".json"
+"""A record's path, as a template (the train rule's outputs fill it with wildcards); :func:`record_path` fills it."""
+
 
 @dataclass(frozen=True)
-class JobPoint:
-    """One grid point of a job: its variant (grid name, the registered variant it runs, that variant's options
-    and optimizer), rank, target task, learning rate, seed, and the record it writes."""
+class GridVariant:
+    """One variant of the grid, as every stage reads it: its grid name, the registered variant it runs (``uses``),
+    that variant's own options, its optimizer, and the learning rates and ranks the grid sweeps it over.
 
-    variant: str
+    Built once per config (:meth:`Grid.variants`); train jobs and the cost stage carry it as JSON."""
+
+    name: str
     uses: str
-    variant_options: dict[str, Any]
+    options: dict[str, Any]
     optimizer: str
-    rank: int
+    lrs: tuple[float, ...]
+    ranks: tuple[int, ...]
+    """The grid's ranks, or ``(0,)`` for a method without a rank (full fine-tuning, PEFT's IA3)."""
+
+    @property
+    def cls(self) -> type[Variant]:
+        """The registered variant class it runs."""
+        from lorabench.variants import get
+
+        return get(self.uses)
+
+    def run_settings(self) -> dict[str, Any]:
+        """What each run of it depends on besides its own rank and lr: not the sweep (``lrs``, ``ranks``), so the
+        kept store keeps a finished run when the sweep widens (:func:`lorabench.kept.key`)."""
+        return {"name": self.name, "uses": self.uses, "options": self.options, "optimizer": self.optimizer}
+
+    def build(self, rank: int, alpha: float, target_modules: Iterable[str], *, seed: int = 0, dropout: float = 0.0,
+              total_steps: int | None = None) -> Variant:
+        """The variant built as a run at ``rank`` builds it: the one place a config's variant becomes an
+        :class:`~lorabench.variants.AdapterSpec` (runs, checks and the cost stage all come here)."""
+        from lorabench.variants import AdapterSpec
+
+        return self.cls(AdapterSpec(rank=rank, alpha=alpha, target_modules=tuple(target_modules), seed=seed,
+                                    dropout=dropout, options=self.options, total_steps=total_steps))
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> GridVariant:
+        """Read back from JSON (lists become tuples)."""
+        return cls(**fields | {"lrs": tuple(fields["lrs"]), "ranks": tuple(fields["ranks"])})
+
+
+def record_path(model: str, task: str, variant: str, rank: int, lr: float, seed: int) -> str:
+    """The path of one run's record (:data:`RECORD`), its lr written as :func:`format_lr` writes it."""
+    return RECORD.format(model=model, task=task, variant=variant, rank=rank, lr=format_lr(lr), seed=seed)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One grid point: a model, target task, variant (by grid name), rank, learning rate and seed; it writes one
+    record, at :attr:`record`."""
+
+    model: str
     task: str
+    variant: str
+    rank: int
     lr: float
     seed: int
-    record: str
+
+    @property
+    def record(self) -> str:
+        return record_path(self.model, self.task, self.variant, self.rank, self.lr, self.seed)
+
+    @property
+    def run_id(self) -> str:
+        return self.record.removeprefix(RUNS + "/").removesuffix(".json")
+
+
+def format_lr(lr: float) -> str:
+    """A learning rate as it appears in record paths and wildcards (6 significant digits)."""
+    return f"{lr:g}"
+
+
+class JsonJob:
+    """JSON out and back for the jobs: keys sorted, so equal jobs give equal text (a rule's tracked param)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, job: dict[str, Any]) -> Any:
+        return cls(**job)
+
+    @classmethod
+    def from_json(cls, text: str) -> Any:
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True)
 class JobTraining:
     """The training loop's settings shared by every point of a job (config ``train``); each point adds its own
-    learning rate and optimizer (:meth:`for_point`)."""
+    learning rate and its variant's optimizer (:meth:`settings`)."""
 
     steps: int
     batch_size: int
@@ -44,8 +132,9 @@ class JobTraining:
     """Step counts after which a run evaluates mid-training (config ``train.eval_at``)."""
     replay: float
 
-    def for_point(self, point: JobPoint) -> TrainSettings:
-        return TrainSettings(lr=point.lr, optimizer=point.optimizer, **asdict(self))
+    def settings(self, lr: float, optimizer: str) -> TrainSettings:
+        """The training loop's settings of one run of the job."""
+        return TrainSettings(lr=lr, optimizer=optimizer, **asdict(self))
 
 
 @dataclass(frozen=True)
@@ -102,9 +191,9 @@ class Forgetting:
 
 
 @dataclass(frozen=True)
-class TrainJob:
+class TrainJob(JsonJob):
     """Everything one train job needs: the model and how to load it, the settings its points share, the tasks
-    and forgetting measures, and its grid points (each writes its own record)."""
+    and forgetting measures, its variants, and its grid points (each writes its own record)."""
 
     model: str
     checkpoint: str
@@ -124,17 +213,15 @@ class TrainJob:
     variant_modules: tuple[str, ...]
     save_adapters: bool
     train: JobTraining
-    points: tuple[JobPoint, ...]
+    variants: dict[str, GridVariant]
+    """The job's points' variants, by grid name."""
+    points: tuple[GridPoint, ...]
     stack: bool = False
     """Config ``jobs.stack``: points that differ only in learning rate train as one computation
     (:mod:`lorabench.stack`). Defaults to False here only so that jobs written before it existed still load."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"forgetting": self.forgetting.to_dict()}
-
-    def to_json(self) -> str:
-        """Keys sorted, so equal jobs give equal text (the train rule's tracked param)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, job: dict[str, Any]) -> TrainJob:
@@ -143,9 +230,49 @@ class TrainJob:
             **{key: tuple(value) if key in sequences else value for key, value in job.items()},
             "forgetting": Forgetting.from_dict(job["forgetting"]),
             "train": JobTraining(**job["train"] | {"eval_at": tuple(job["train"]["eval_at"])}),
-            "points": tuple(JobPoint(**point) for point in job["points"]),
+            "variants": {name: GridVariant.from_dict(fields) for name, fields in job["variants"].items()},
+            "points": tuple(GridPoint(**point) for point in job["points"]),
         })
 
+    def variant(self, point: GridPoint) -> GridVariant:
+        """``point``'s variant, as the grid runs it."""
+        return self.variants[point.variant]
+
+
+@dataclass(frozen=True)
+class PretrainJob(JsonJob):
+    """Everything the pretrain job of an embedded model needs (:mod:`lorabench.pretrain`)."""
+
+    architecture: dict[str, Any]
+    source_tasks: list[str]
+    data: dict[str, int]
+    """Config ``data``: the embedded tasks' seed, split sizes and lengths."""
+    seed: int
+    train: dict[str, Any]
+    """Config ``pretrain``'s steps, batch_size and lr."""
+    eval_batch_size: int
+
+
+@dataclass(frozen=True)
+class CostJob(JsonJob):
+    """What the cost stage measures (:mod:`lorabench.cost`): config ``cost`` and every variant of the grid at its
+    ranks, with its optimizer and options."""
+
+    shapes: dict[str, dict[str, int]]
+    """Shape set name -> its token counts (``cpu_tokens``, ``cuda_tokens``)."""
+    rounds: int
+    warmup: int
+    target_ranks: list[int]
+    target_halfwidth: float
+    max_rounds: int
+    max_seconds: float
+    profile_cpu_peak: bool
+    device: str
+    alpha: float
+    dtype: str
+    variant_modules: list[str]
+    variants: tuple[GridVariant, ...]
+
     @classmethod
-    def from_json(cls, text: str) -> TrainJob:
-        return cls.from_dict(json.loads(text))
+    def from_dict(cls, job: dict[str, Any]) -> CostJob:
+        return cls(**job | {"variants": tuple(GridVariant.from_dict(variant) for variant in job["variants"])})

@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema
 
 from lorabench import records
-from lorabench.job import JobPoint, TrainJob
+from lorabench.job import GridPoint, TrainJob
 
 KEPT_STATUSES = ("ok", "diverged")
 
@@ -39,20 +39,21 @@ def inputs_fingerprint(inputs: Iterable[str]) -> list[tuple[str, int, int]]:
     return files
 
 
-def key(job: TrainJob, point: JobPoint, code: str, fingerprint: list[tuple[str, int, int]]) -> str:
-    """SHA-256 of what ``point``'s record depends on; the job's other points are left out, so a point keeps its
-    key whatever it is batched with."""
-    settings = {key: value for key, value in job.to_dict().items() if key != "points"}
-    text = json.dumps({"job": settings, "point": asdict(point), "code": code, "inputs": fingerprint}, sort_keys=True)
+def key(job: TrainJob, point: GridPoint, code: str, fingerprint: list[tuple[str, int, int]]) -> str:
+    """SHA-256 of what ``point``'s record depends on; the job's other points and variants are left out, and of its
+    own variant only what a run depends on (not the sweep), so a point keeps its key whatever it is batched with."""
+    settings = {key: value for key, value in job.to_dict().items() if key not in ("points", "variants")}
+    text = json.dumps({"job": settings, "point": asdict(point), "variant": job.variant(point).run_settings(),
+                       "code": code, "inputs": fingerprint}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def kept_path(point: JobPoint, point_key: str) -> Path:
+def kept_path(point: GridPoint, point_key: str) -> Path:
     """``results/kept/<the record's path under results/runs>/<key>.json``."""
     return Path(point.record.replace("/runs/", "/kept/", 1)).with_suffix("") / f"{point_key}.json"
 
 
-def keep(record: dict[str, Any], point: JobPoint, point_key: str) -> None:
+def keep(record: dict[str, Any], point: GridPoint, point_key: str) -> None:
     """Write ``record`` to the kept store (when its status is kept), then to its place under ``results/runs``."""
     if record["status"] in KEPT_STATUSES:
         records.write(record, kept := kept_path(point, point_key))
@@ -61,7 +62,7 @@ def keep(record: dict[str, Any], point: JobPoint, point_key: str) -> None:
         records.write(record, Path(point.record))
 
 
-def restore(point: JobPoint, point_key: str) -> dict[str, Any] | None:
+def restore(point: GridPoint, point_key: str) -> dict[str, Any] | None:
     """Put ``point``'s kept record back in place and return it; None when there is none, or it does not load or
     validate (then the point trains again and a fresh record replaces it)."""
     kept = kept_path(point, point_key)

@@ -32,12 +32,7 @@ def train_code(*variants: type) -> str:
     """Hash of the code a train job of ``variants`` (registered classes) runs: ``lorabench/runner.py``, the modules
     defining each variant and its ancestors (wherever they live: a user's variant module counts like the package's),
     the package modules all of these import, and the record schema; not other variants' modules."""
-    from lorabench.variants import Variant
-
-    defining = {
-        Path(inspect.getsourcefile(cls)).resolve()
-        for variant in variants for cls in variant.__mro__ if issubclass(cls, Variant)
-    }
+    defining = variant_source_files(*variants)
     return _digest(_imports_closure({PACKAGE / "runner.py", *defining}) | {RECORD_SCHEMA})
 
 
@@ -51,13 +46,18 @@ def report_code() -> str:
 def cost_code(*variants: type) -> str:
     """Hash of the code the cost stage runs: ``lorabench/cost.py``, the modules defining ``variants`` and the
     references it always measures (``peft_lora``, ``lora``), and the package modules these import."""
-    from lorabench.variants import Variant, get
+    from lorabench.variants import get
 
-    defining = {
-        Path(inspect.getsourcefile(cls)).resolve()
-        for variant in (*variants, get("peft_lora"), get("lora")) for cls in variant.__mro__ if issubclass(cls, Variant)
-    }
+    defining = variant_source_files(*variants, get("peft_lora"), get("lora"))
     return _digest(_imports_closure({PACKAGE / "cost.py", *defining}))
+
+
+def variant_source_files(*variants: type) -> set[Path]:
+    """The files defining ``variants`` (registered classes) and their ancestors that are variants too."""
+    from lorabench.variants import Variant
+
+    return {Path(inspect.getsourcefile(cls)).resolve()
+            for variant in variants for cls in variant.__mro__ if issubclass(cls, Variant)}
 
 
 def _imports_closure(files: set[Path]) -> frozenset[Path]:

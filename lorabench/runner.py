@@ -27,21 +27,21 @@ from lorabench.devices import device_info, select_device
 from lorabench.evaluation.exact_match import Scores, scores, stacked_scores
 from lorabench.evaluation.perplexity import stacked_answer_cross_entropy
 from lorabench.evaluation.weights import weight_forgetting
-from lorabench.job import Forgetting, JobPoint, TrainJob
+from lorabench.job import Forgetting, GridPoint, TrainJob
 from lorabench.measure import storage_addresses, variant_state_bytes
 from lorabench.models import load, target_weights, task_head
 from lorabench.pretrain import embedded_tasks
 from lorabench.provenance import train_code
 from lorabench.tasks.base import Task
 from lorabench.train import TokenizedExample, TrainOutcome, encode_batch, tokenize_examples, train
-from lorabench.variants import AdapterSpec, get, load_modules
+from lorabench.variants import load_modules
 from lorabench.variants.base import Variant
 
 log = logging.getLogger(__name__)
 
 
 def run_job(job: TrainJob, threads: int | None = None, inputs: list[str] | None = None) -> None:
-    """Run every grid point of ``job`` (built by :meth:`lorabench.grid.Grid.train_job`) on ``threads`` CPU threads.
+    """Run every grid point of ``job`` (built by :func:`lorabench.stages.train_job`) on ``threads`` CPU threads.
 
     A target task whose data cannot be loaded fails its own points only, naming the missing files; a base model
     that cannot be loaded or measured fails every point. Either way each point gets a record that says why.
@@ -80,15 +80,13 @@ def run_job(job: TrainJob, threads: int | None = None, inputs: list[str] | None 
             log.info("%s: %s", record["run_id"], record["status"])
 
 
-def _stacks(points: list[JobPoint]) -> list[list[JobPoint]]:
+def _stacks(points: list[GridPoint]) -> list[list[GridPoint]]:
     """``points`` grouped by all but learning rate (config ``jobs.stack``), in the job's order. One seed: its
     points draw the same batches, so the stack's batch is each one's, unpadded (padding a member's rows to another
     seed's longer ones would change the rounding of its attention)."""
-    groups: dict[tuple, list[JobPoint]] = {}
+    groups: dict[tuple, list[GridPoint]] = {}
     for point in points:
-        key = (point.variant, point.uses, json.dumps(point.variant_options, sort_keys=True), point.optimizer,
-               point.rank, point.task, point.seed)
-        groups.setdefault(key, []).append(point)
+        groups.setdefault((point.variant, point.rank, point.task, point.seed), []).append(point)
     return list(groups.values())
 
 
@@ -98,7 +96,7 @@ def _kept_keys(job: TrainJob, inputs: list[str]) -> dict[str, str]:
     return {point.record: kept.key(job, point, code, fingerprint) for point in job.points}
 
 
-def _restored(point: JobPoint, keys: dict[str, str]) -> bool:
+def _restored(point: GridPoint, keys: dict[str, str]) -> bool:
     """Whether ``point``'s kept record was put back in place (then it is not trained again)."""
     if point.record not in keys or (record := kept.restore(point, keys[point.record])) is None:
         return False
@@ -108,7 +106,7 @@ def _restored(point: JobPoint, keys: dict[str, str]) -> bool:
 
 
 def _record_failures(
-    job: TrainJob, points: list[JobPoint], device: torch.device, error: Callable[[str], str]
+    job: TrainJob, points: list[GridPoint], device: torch.device, error: Callable[[str], str]
 ) -> None:
     """A ``failed`` record for each of ``points``, with ``error(task)`` as the reason."""
     for point in points:
@@ -354,7 +352,7 @@ def _mean(values: list[float]) -> float | None:
 
 
 def run_point(
-    job: TrainJob, point: JobPoint, tasks: dict[str, Task], base: BaseMeasures, device: torch.device
+    job: TrainJob, point: GridPoint, tasks: dict[str, Task], base: BaseMeasures, device: torch.device
 ) -> dict[str, Any]:
     """Train one grid point and return its record; exceptions become a ``failed`` record."""
     record = _started_record(job, point, base, device)
@@ -385,7 +383,7 @@ class Prepared:
     trajectory: list[tuple[int, Evaluation]]
 
 
-def prepare_point(job: TrainJob, point: JobPoint, tasks: dict[str, Task], device: torch.device,
+def prepare_point(job: TrainJob, point: GridPoint, tasks: dict[str, Task], device: torch.device,
                   record: dict[str, Any]) -> Prepared:
     """Load ``point``'s model, seeded, and apply its variant; fills the record's parameter counts."""
     target = tasks[point.task]
@@ -396,11 +394,8 @@ def prepare_point(job: TrainJob, point: JobPoint, tasks: dict[str, Task], device
     if target.labels is not None:  # base backbone under this point's new head: what its training starts from
         record["target"]["accuracy_before"] = scores(model, tokenizer, {0: (target, target.split("test"))},
                                                      job.eval_batch_size, device)[0].accuracy
-    spec = AdapterSpec(
-        rank=point.rank, alpha=job.alpha, target_modules=job.target_modules, seed=point.seed, dropout=job.dropout,
-        options=point.variant_options, total_steps=job.train.steps,
-    )
-    variant = get(point.uses)(spec)
+    variant = job.variant(point).build(point.rank, job.alpha, job.target_modules, seed=point.seed,
+                                       dropout=job.dropout, total_steps=job.train.steps)
     head = task_head(model) if target.labels is not None else []
     before = storage_addresses([*model.parameters(), *model.buffers()])
     model = variant.apply(model).to(device)
@@ -413,14 +408,14 @@ def prepare_point(job: TrainJob, point: JobPoint, tasks: dict[str, Task], device
     return Prepared(model, tokenizer, variant, target, before, [])
 
 
-def _started_record(job: TrainJob, point: JobPoint, base: BaseMeasures, device: torch.device) -> dict[str, Any]:
+def _started_record(job: TrainJob, point: GridPoint, base: BaseMeasures, device: torch.device) -> dict[str, Any]:
     record = _empty_record(job, point, base, device)
     record["extra"] |= _prefixed(base.evaluation.benchmarks, "before")
     return record
 
 
 def run_stack(
-    job: TrainJob, points: list[JobPoint], tasks: dict[str, Task], base: BaseMeasures, device: torch.device
+    job: TrainJob, points: list[GridPoint], tasks: dict[str, Task], base: BaseMeasures, device: torch.device
 ) -> list[dict[str, Any]]:
     """Train ``points`` (one variant, rank, task and seed; their learning rates differ) as one computation
     (:mod:`lorabench.stack`) and return their records, each marked ``timing.stacked_members``. Points that cannot be
@@ -432,7 +427,7 @@ def run_stack(
         runs, members = [], []
         for point, record in zip(points, started, strict=True):
             runs.append(run := prepare_point(job, point, tasks, device, record))
-            members.append(stack.Member(run.model, run.variant, job.train.for_point(point), point.seed,
+            members.append(stack.Member(run.model, run.variant, job.train.settings(point.lr, job.variant(point).optimizer), point.seed,
                                         run.variant.parameter_groups(run.model, point.lr)))
         if problem := stack.stack_problem(members):
             raise _Unstackable(problem)
@@ -475,7 +470,7 @@ def _train_stacked(job: TrainJob, runs: list[Prepared], members: list[stack.Memb
 
 
 def _train_and_measure(
-    job: TrainJob, point: JobPoint, tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
+    job: TrainJob, point: GridPoint, tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
     base: BaseMeasures,
 ) -> None:
     run = prepare_point(job, point, tasks, device, record)
@@ -485,7 +480,7 @@ def _train_and_measure(
             run.trajectory.append((steps_done, _evaluate(job, run.model, run.tokenizer, tasks, run.target, device)))
 
     outcome = train(
-        run.model, run.tokenizer, run.target.split("train"), job.train.for_point(point), point.seed, device,
+        run.model, run.tokenizer, run.target.split("train"), job.train.settings(point.lr, job.variant(point).optimizer), point.seed, device,
         after_step=run.variant.after_step, before_step=run.variant.transform_gradients,
         description=record["run_id"], labels=run.target.labels,
         parameter_groups=run.variant.parameter_groups(run.model, point.lr), evaluate=evaluate, replay=base.replay,
@@ -495,7 +490,7 @@ def _train_and_measure(
     finish_point(job, point, record, base, run, outcome)
 
 
-def finish_point(job: TrainJob, point: JobPoint, record: dict[str, Any], base: BaseMeasures, run: Prepared,
+def finish_point(job: TrainJob, point: GridPoint, record: dict[str, Any], base: BaseMeasures, run: Prepared,
                  outcome: TrainOutcome) -> None:
     """Fill ``record`` from a trained point: its training, and when it ended ``ok``, its final evaluation (the
     last of ``run.trajectory``), forgetting and what its variant adds."""
@@ -582,31 +577,30 @@ def _finite_or_none(value: float) -> float | None:
 def _job_code(job: TrainJob) -> str:
     """The hash of the code this job runs, for every variant of its points: the train rule's ``code`` param (computed
     once per process by :func:`lorabench.provenance.train_code`; every record of the job carries it)."""
-    return train_code(*(get(name) for name in sorted({point.uses for point in job.points})))
+    return train_code(*(job.variants[name].cls for name in sorted({point.variant for point in job.points})))
 
 
 def _empty_record(
-    job: TrainJob, point: JobPoint, base: BaseMeasures | None, device: torch.device
+    job: TrainJob, point: GridPoint, base: BaseMeasures | None, device: torch.device
 ) -> dict[str, Any]:
     before = base.evaluation if base else Evaluation({}, {}, {}, {})
     source = {name: {"accuracy_before": before.source[name].accuracy, "accuracy_after": None,
                      "char_accuracy_before": before.source[name].char_accuracy, "char_accuracy_after": None,
                      "ce_before": before.source_ce[name], "ce_after": None} if name in before.source else
               {"accuracy_before": None, "accuracy_after": None} for name in job.source_tasks}
-    grid = {"model": job.model, "task": point.task, "variant": point.variant, "rank": point.rank,
-            "lr": point.lr, "seed": point.seed}
+    variant = job.variant(point)
     return {
         "schema_version": records.SCHEMA_VERSION,
-        "run_id": "{model}/{task}/{variant}/r{rank}/lr{lr:g}/seed{seed}".format(**grid),
+        "run_id": point.run_id,
         "status": "failed",
         "error": None,
         "divergence": None,
-        "grid": grid,
+        "grid": asdict(point),
         "hyperparameters": {
             "alpha": job.alpha, "dropout": job.dropout, "target_modules": list(job.target_modules), "data": job.data,
             "checkpoint": job.checkpoint, "dtype": job.dtype, "eval_batch_size": job.eval_batch_size,
-            "uses": point.uses, "variant_options": point.variant_options,
-            "train": asdict(job.train) | {"optimizer": point.optimizer},
+            "uses": variant.uses, "variant_options": variant.options,
+            "train": asdict(job.train) | {"optimizer": variant.optimizer},
             "variant_modules": list(job.variant_modules), "save_adapters": job.save_adapters,
         },
         "parameters": {"trainable": None, "total": None},

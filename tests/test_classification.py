@@ -19,6 +19,7 @@ from lorabench.tasks.hub import HubTask
 from lorabench.train import collate, tokenize_examples
 from lorabench.variants import registry
 from tests import fixtures_hub
+from tests.jobs import job_runs
 
 LABELS = ("negative", "positive")
 TARGETS = ["query", "value", "dense"]
@@ -90,7 +91,8 @@ def test_the_head_is_the_new_classifier_and_nothing_of_the_backbone(assets: dict
     assert {id(p) for p in head} == {id(p) for p in model.classifier.parameters()}
 
 
-def _job(assets: dict[str, Path], variant: str, record: Path) -> dict:
+def _job(assets: dict[str, Path], variant: str) -> dict:
+    """A one-point job of ``variant`` on the sentiment task; its record goes under the working directory."""
     return {
         "model": "tiny-bert", "checkpoint": str(assets["model"]), "dtype": "float32", "device": "cpu",
         "alpha": 4,
@@ -100,16 +102,17 @@ def _job(assets: dict[str, Path], variant: str, record: Path) -> dict:
         "data": {"seed": 0, "train": 1, "validation": 1, "test": 1, "min_len": 3, "max_len": 6}, "eval_batch_size": 8,
         "variant_modules": [], "save_adapters": False,
         "train": {"steps": 3, "batch_size": 4, "weight_decay": 0.0, "log_every": 1, "eval_at": [2], "replay": 0.0},
-        "points": [{"variant": variant, "uses": variant, "variant_options": {}, "optimizer": "adamw", "rank": 2,
-                    "task": "sentiment", "lr": 0.01, "seed": 0, "record": str(record)}],
+        **job_runs("tiny-bert", [(variant, 2, "sentiment", 0.01, 0)], optimizers={variant: "adamw"}),
     }
 
 
 @pytest.mark.parametrize("variant", [name for name, cls in registry().items() if cls.in_default_grid])
 def test_every_variant_trains_its_adapter_and_the_new_head(assets: dict[str, Path], tmp_path: Path,
-                                                          variant: str) -> None:
-    run_job(TrainJob.from_dict(_job(assets, variant, tmp_path / "record.json")))
-    record = json.loads((tmp_path / "record.json").read_text())
+                                                          variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    job = TrainJob.from_dict(_job(assets, variant))
+    run_job(job)
+    record = json.loads(Path(job.points[0].record).read_text())
     assert record["status"] == "ok", record["error"]
     model, _ = load(assets["model"], labels=LABELS)
     head = sum(p.numel() for p in task_head(model))
@@ -126,14 +129,16 @@ def test_every_variant_trains_its_adapter_and_the_new_head(assets: dict[str, Pat
     assert 0 <= record["target"]["accuracy_before"] <= 1 and 0 <= record["target"]["accuracy_after"] <= 1
 
 
-def test_save_adapters_keeps_each_run_s_adapter_and_it_reloads_onto_the_base(assets: dict[str, Path],
-                                                                            tmp_path: Path) -> None:
+def test_save_adapters_keeps_each_run_s_adapter_and_it_reloads_onto_the_base(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from peft import PeftModel
 
-    record = tmp_path / "results" / "runs" / "tiny-bert" / "seed0.json"
-    run_job(TrainJob.from_dict(_job(assets, "peft_lora", record) | {"save_adapters": True}))
+    monkeypatch.chdir(tmp_path)
+    run_job(TrainJob.from_dict(_job(assets, "peft_lora") | {"save_adapters": True}))
+    record = tmp_path / "results" / "runs" / "tiny-bert" / "sentiment" / "peft_lora" / "r2" / "lr0.01" / "seed0.json"
     assert json.loads(record.read_text())["hyperparameters"]["save_adapters"] is True
-    saved = tmp_path / "results" / "adapters" / "tiny-bert" / "seed0"
+    saved = tmp_path / "results" / "adapters" / "tiny-bert" / "sentiment" / "peft_lora" / "r2" / "lr0.01" / "seed0"
     base, _ = load(assets["model"], labels=LABELS)
     reloaded = PeftModel.from_pretrained(base, str(saved))
     assert any("lora_B" in name and parameter.abs().sum() > 0 for name, parameter in reloaded.named_parameters())
@@ -157,15 +162,17 @@ def test_embeddings_do_not_depend_on_padding_or_batch(assets: dict[str, Path]) -
 
 
 def test_a_task_whose_data_file_is_missing_fails_its_own_runs_naming_the_file(
-    assets: dict[str, Path], tmp_path: Path
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = _job(assets, "lora", tmp_path / "sentiment.json")
+    monkeypatch.chdir(tmp_path)
+    job = _job(assets, "lora")
     gone = str(tmp_path / "gone.jsonl")
     job["hub_tasks"]["moved"] = _task_fields(assets, name="moved", data_files={"train": gone, "test": gone})
-    job["points"].append(job["points"][0] | {"task": "moved", "record": str(tmp_path / "moved.json")})
+    job["points"].append(job["points"][0] | {"task": "moved"})
+    sentiment, moved = (Path(point.record) for point in TrainJob.from_dict(job).points)
     run_job(TrainJob.from_dict(job))
-    moved = json.loads((tmp_path / "moved.json").read_text())
-    assert moved["status"] == "failed" and gone in moved["error"] and "hub name" not in moved["error"]
-    assert json.loads((tmp_path / "sentiment.json").read_text())["status"] == "ok"
-    note = bad_runs_note([tmp_path / "sentiment.json", tmp_path / "moved.json"])
-    assert note.startswith("lorabench: 1 failed of 2 runs") and "moved.json: task 'moved': missing" in note
+    failed = json.loads(moved.read_text())
+    assert failed["status"] == "failed" and gone in failed["error"] and "hub name" not in failed["error"]
+    assert json.loads(sentiment.read_text())["status"] == "ok"
+    note = bad_runs_note([sentiment, moved])
+    assert note.startswith("lorabench: 1 failed of 2 runs") and "seed0.json: task 'moved': missing" in note

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorabench import stages
 from lorabench.checks import ConfigError, load_grid
 from lorabench.grid import Grid
 from lorabench.job import TrainJob
@@ -115,18 +116,18 @@ def test_a_variant_can_train_with_its_own_optimizer(smoke: dict) -> None:
     smoke["variants"]["resampled"] = {"resample_every": 1, "optimizer": "sgd", "lrs": [0.5]}
     smoke["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # one job per (model, seed), as the default
     grid = load_grid(smoke, SCHEMA)
-    job = grid.train_job({"model": "llama-tiny", "seed": "0"}, "cpu")
-    points = {point.variant: point for point in job.points}
-    assert points["resampled"].optimizer == "sgd" and points["resampled"].lr == 0.5
-    assert points["resampled"].variant_options == {"resample_every": 1}  # grid settings are not adapter options
-    assert points["lora"].optimizer == "adamw"
+    job = stages.train_job(grid, {"model": "llama-tiny", "seed": "0"}, "cpu")
+    assert job.variants["resampled"].optimizer == "sgd" and job.variants["resampled"].lrs == (0.5,)
+    assert job.variants["resampled"].options == {"resample_every": 1}  # grid settings are not adapter options
+    assert job.variants["lora"].optimizer == "adamw"
+    assert {point.lr for point in job.points if point.variant == "resampled"} == {0.5}
 
 
 def test_a_job_runs_every_batched_axis_and_writes_one_record_per_point(smoke: dict) -> None:
     smoke["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # the default: one job per (model, seed)
     grid = load_grid(smoke, SCHEMA)
     assert grid.unbatched() == ["model", "seed"]
-    job = grid.train_job({"model": "gpt2-tiny", "seed": "1"}, "cpu")
+    job = stages.train_job(grid, {"model": "gpt2-tiny", "seed": "1"}, "cpu")
     expected = [p.record for p in grid.points() if p.model == "gpt2-tiny" and p.seed == 1]
     assert [point.record for point in job.points] == expected
     assert TrainJob.from_json(job.to_json()) == job
@@ -327,6 +328,6 @@ def test_the_preview_passes_lorabench_check_and_is_the_default_s_regime_in_small
     for key in ("models", "tasks", "data", "pretrain"):
         assert preview[key] == default[key], key
     models = grid.config["models"]  # the pretrain jobs' tracked settings agree: the default grid reuses the model
-    assert {model: grid.pretrain_settings(model) for model in models} == {
-        model: load_grid(copy.deepcopy(default), SCHEMA).pretrain_settings(model) for model in models}
+    assert {model: stages.pretrain_job(grid, model) for model in models} == {
+        model: stages.pretrain_job(load_grid(copy.deepcopy(default), SCHEMA), model) for model in models}
     assert preview["train"]["replay"] == default["train"]["replay"] > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorabench import stages
 from lorabench.cli import main
 from lorabench.checks import ConfigError, load_grid
 from lorabench.variants import registry
@@ -294,8 +295,8 @@ def test_a_variant_is_built_from_its_parsed_options() -> None:
     assert variant.options == get("resampled").Options(resample_every=3)
     config = _edited({"variants.resampled.resample_every": "3"})
     config["jobs"] = {"batch": ["variant", "rank", "lr", "task"]}  # one job per (model, seed)
-    job = load_grid(copy.deepcopy(config)).train_job({"model": "llama-tiny", "seed": "0"}, "cpu")
-    assert {p.variant: p.variant_options for p in job.points}["resampled"] == {"resample_every": 3}
+    job = stages.train_job(load_grid(copy.deepcopy(config)), {"model": "llama-tiny", "seed": "0"}, "cpu")
+    assert job.variants["resampled"].options == {"resample_every": 3}
 
 
 def test_lorabench_check_works_outside_the_repository(tmp_path: Path) -> None:

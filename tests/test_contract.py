@@ -106,7 +106,8 @@ def test_a_declared_optimizer_is_the_default_and_a_contradiction_is_refused_or_w
     config = yaml.safe_load(SMOKE.read_text())
     config["variants"]["resampled"] = {"optimizer": "adamw"}
     grid = load_grid(config)
-    assert (grid.optimizer("flora"), grid.optimizer("lora"), grid.optimizer("resampled")) == ("sgd", "adamw", "adamw")
+    optimizers = {name: variant.optimizer for name, variant in grid.variants().items()}
+    assert (optimizers["flora"], optimizers["lora"], optimizers["resampled"]) == ("sgd", "adamw", "adamw")
     assert any("`variants/resampled/optimizer`" in warning and "resampled declares 'sgd'" in warning
                for warning in grid.warnings)
     config["variants"]["flora"] = {"optimizer": "adamw"}

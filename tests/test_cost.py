@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from lorabench import stages
 from lorabench.checks import ConfigError, load_grid
 from lorabench.cost import Candidate, Rounds, median_interval, run_cost, run_rounds
 from lorabench.cost_targets import SHAPE_SETS, TARGETS, Target, flop_bound
+from lorabench.job import CostJob
 from lorabench.report import plots
 from lorabench.report.summary import (
     cost_answer,
@@ -34,6 +36,7 @@ MAX_ROUNDS = 12
 
 
 def _settings(variants: list[dict], **overrides) -> dict:
+    """A cost job's JSON form (``lorabench cost --settings``)."""
     return {"shapes": {"tiny": {"cpu_tokens": 16, "cuda_tokens": 16}}, "rounds": 2, "warmup": 0,
             "profile_cpu_peak": True, "device": "cpu", "alpha": 8, "dtype": "float32", "variant_modules": [],
             "target_ranks": [TARGET_RANK], "target_halfwidth": 0.03, "max_rounds": MAX_ROUNDS, "max_seconds": 60,
@@ -45,13 +48,13 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """The grid leaves out lora and peft_lora (measured anyway, as references) and has a method PEFT refuses."""
     out = tmp_path_factory.mktemp("cost") / "cost.csv"
     variants = [
-        {"name": "additive", "uses": "additive", "ranks": [RANK], "optimizer": "adamw", "options": {}},
-        {"name": "resampled", "uses": "resampled", "ranks": [RANK], "optimizer": "sgd", "options": {}},
-        {"name": "full", "uses": "full", "ranks": [0], "optimizer": "adamw", "options": {}},
-        {"name": "broken", "uses": "peft", "ranks": [RANK], "optimizer": "adamw",
+        {"name": "additive", "uses": "additive", "ranks": [RANK], "optimizer": "adamw", "options": {}, "lrs": []},
+        {"name": "resampled", "uses": "resampled", "ranks": [RANK], "optimizer": "sgd", "options": {}, "lrs": []},
+        {"name": "full", "uses": "full", "ranks": [0], "optimizer": "adamw", "options": {}, "lrs": []},
+        {"name": "broken", "uses": "peft", "ranks": [RANK], "optimizer": "adamw", "lrs": [],
          "options": {"peft_config": {"peft_type": "LORA", "no_such_field": 1}}},
     ]
-    run_cost(_settings(variants), out, threads=1)
+    run_cost(CostJob.from_dict(_settings(variants)), out, threads=1)
     return pd.read_csv(out)
 
 
@@ -207,10 +210,10 @@ def test_the_cli_logs_its_progress_to_the_job_log(tmp_path: Path) -> None:
 def test_schema_defaults_measure_the_llama_block_and_the_1024_layer() -> None:
     config = yaml.safe_load(SMOKE.read_text())
     del config["cost"]
-    settings = load_grid(config).cost_settings("cpu")
-    assert set(settings["shapes"]) == {"llama-1b", "square-1024"} and settings["rounds"] >= 6
-    assert settings["target_ranks"] == [8, 64] and settings["target_halfwidth"] == 0.03
-    assert {v["name"]: v["optimizer"] for v in settings["variants"]}["resampled"] == "sgd"
+    job = stages.cost_job(load_grid(config), "cpu")
+    assert set(job.shapes) == {"llama-1b", "square-1024"} and job.rounds >= 6
+    assert job.target_ranks == [8, 64] and job.target_halfwidth == 0.03
+    assert {variant.name: variant.optimizer for variant in job.variants}["resampled"] == "sgd"
 
 
 def test_report_draws_the_figure_and_the_tables_from_the_csv(table: pd.DataFrame, tmp_path: Path) -> None:

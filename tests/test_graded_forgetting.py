@@ -3,6 +3,7 @@ evaluations during training (``train.eval_at``) kept out of training's measureme
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from lorabench.models import build_embedded, character_tokenizer
 from lorabench.report.measures import choose, names, saturation
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, encode_batch, train
+from tests.jobs import job_runs
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
 LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -94,7 +96,6 @@ def _run(tmp_path: Path, eval_at: list[int], dropout: float = 0.0) -> dict:
     checkpoint = tmp_path / "model"
     build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
-    record_path = tmp_path / f"lora{eval_at}.json"
     job = TrainJob.from_dict({
         "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
         "dropout": dropout, "target_modules": ["q_proj", "v_proj"], "source_tasks": ["copy", "reverse"],
@@ -102,11 +103,11 @@ def _run(tmp_path: Path, eval_at: list[int], dropout: float = 0.0) -> dict:
         "data": {"seed": 0, "train": 32, "validation": 4, "test": 6, "min_len": 3, "max_len": 5},
         "eval_batch_size": 8,
         "train": {"steps": 3, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": eval_at, "replay": 0.0},
-        "points": [{"variant": "lora", "uses": "lora", "variant_options": {}, "optimizer": "adamw", "rank": 2,
-                    "task": "sort", "lr": 0.01, "seed": 0, "record": str(record_path)}],
+        **job_runs("llama", [("lora", 2, "sort", 0.01, 0)]),
     })
-    runner.run_job(job)
-    return json.loads(record_path.read_text())
+    with contextlib.chdir(tmp_path):
+        runner.run_job(job)
+        return json.loads(Path(job.points[0].record).read_text())
 
 
 def test_evaluating_during_training_leaves_the_training_as_it_was(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lorabench import cli
+from lorabench import cli, stages
 from lorabench.checks import load_grid
 from tests.pipeline import REPO, SMOKE
 
@@ -54,6 +54,6 @@ def test_the_code_hash_of_every_job_reads_each_module_once(smoke: dict, monkeypa
     parse, scan = ast.parse, pkgutil.iter_modules
     monkeypatch.setattr(ast, "parse", lambda *a, **k: calls.__setitem__("parse", calls["parse"] + 1) or parse(*a, **k))
     monkeypatch.setattr(pkgutil, "iter_modules", lambda *a, **k: calls.__setitem__("scan", calls["scan"] + 1) or scan(*a, **k))
-    hashes = {grid.train_code(dict(zip(grid.unbatched(), key))) for key in grid.jobs()}
+    hashes = {stages.train_job_code(grid, dict(zip(grid.unbatched(), key))) for key in grid.jobs()}
     assert len(grid.jobs()) == 100 and len(hashes) == 1
     assert calls["parse"] <= 60 and calls["scan"] <= 1, calls  # at most each package file once, not per job

@@ -17,6 +17,7 @@ from lorabench.runner import _memory_account
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, longest_batch, train
 from lorabench.variants import AdapterSpec, get
+from tests.jobs import job_runs
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
 TOKENS, N_IN, N_OUT = 6, 5, 3
@@ -104,11 +105,9 @@ def test_a_job_leaves_nothing_of_one_grid_point_to_the_next(tmp_path: Path, monk
     checkpoint = tmp_path / "model"
     build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
-    points = [{"variant": variant, "uses": variant, "variant_options": {}, "optimizer": optimizer, "rank": 2,
-               "task": "sort", "lr": lr, "seed": seed, "record": str(tmp_path / f"{index}.json")}
-              for index, (variant, optimizer, lr, seed) in enumerate(
-                  [("lora", "adamw", 3e-3, 0), ("resampled", "sgd", 0.1, 0), ("peft_lora", "adamw", 3e-3, 1),
-                   ("full", "adamw", 5e-4, 1), ("lora", "adamw", 3e-3, 1)])]
+    monkeypatch.chdir(tmp_path)
+    runs = [("lora", 2, "sort", 3e-3, 0), ("resampled", 2, "sort", 0.1, 0), ("peft_lora", 2, "sort", 3e-3, 1),
+            ("full", 0, "sort", 5e-4, 1), ("lora", 2, "sort", 3e-3, 1)]
     job = TrainJob.from_dict({
         "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
         "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy"],
@@ -116,12 +115,12 @@ def test_a_job_leaves_nothing_of_one_grid_point_to_the_next(tmp_path: Path, monk
         "data": {"seed": 0, "train": 32, "validation": 4, "test": 4, "min_len": 3, "max_len": 5},
         "eval_batch_size": 8,
         "train": {"steps": 2, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": [1], "replay": 0.0},
-        "points": points,
+        **job_runs("llama", runs),
     })
     after_each: list[tuple[int, int]] = []
     written = runner.records.write
     monkeypatch.setattr(runner.records, "write", lambda record, path: (written(record, path),
                                                                          after_each.append(live_tensors())))
     runner.run_job(job)
-    assert len(after_each) == len(points)
-    assert after_each[1:] == after_each[:1] * (len(points) - 1), f"(tensors, bytes) after each point: {after_each}"
+    assert len(after_each) == len(runs)
+    assert after_each[1:] == after_each[:1] * (len(runs) - 1), f"(tensors, bytes) after each point: {after_each}"

@@ -59,7 +59,7 @@ def test_supported_methods_pass_the_check_and_the_variant_contract(model: str, m
     ranks = {point.rank for point in grid.points()}
     assert ranks == ({0} if method == "ia3" else {2})  # IA3 has no rank: it runs once, recorded at rank 0
     family = model.removesuffix("-tiny")
-    assert check_variant("peft", family, grid.variant_options(method)) == []
+    assert check_variant("peft", family, grid.variants()[method].options) == []
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

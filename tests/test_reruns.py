@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorabench import stages
 from lorabench.checks import load_grid
-from lorabench.grid import RECORD_LIST, format_lr
+from lorabench.grid import RECORD_LIST
+from lorabench.job import format_lr
 from lorabench.provenance import git_state
 from tests.pipeline import REPO, SMOKE
 
@@ -155,7 +157,7 @@ def test_every_record_names_the_code_that_ran(smoke_run: Path) -> None:
     for point in grid.points():
         environment = json.loads((smoke_run / point.record).read_text())["environment"]
         job = {"model": point.model, "variant": point.variant, "rank": str(point.rank), "lr": format_lr(point.lr)}
-        assert environment["code_sha256"] == grid.train_code(job), point.record
+        assert environment["code_sha256"] == stages.train_job_code(grid, job), point.record
         assert {key: environment[key] for key in ("commit", "dirty")} == git_state()
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lorabench import stages
 from lorabench.checks import load_grid
 from tests.pipeline import REPO
 
@@ -92,18 +93,18 @@ def test_the_jobs_read_the_schema_s_defaults_and_keep_no_copy(tmp_path: Path) ->
     config = copy.deepcopy(MINIMAL)
     config["grid"]["variants"] = ["lora"]  # one that saves its adapters (the changed `save_adapters`)
     grid = load_grid(config, schema)
-    job = grid.train_job({"model": "tiny", "seed": "0"}, "cpu").to_dict()
+    job = stages.train_job(grid, {"model": "tiny", "seed": "0"}, "cpu").to_dict()
     assert {key: job[key] for key in ("dtype", "alpha", "dropout", "eval_batch_size", "save_adapters")} == {
         "dtype": "bfloat16", "alpha": 3, "dropout": 0.25, "eval_batch_size": 7, "save_adapters": True}
     assert job["train"] == {"steps": 2, "batch_size": 4, "weight_decay": 0.5, "log_every": 3, "eval_at": (1,),
                             "replay": 0.5}
-    assert {point["optimizer"] for point in job["points"]} == {"sgd"}
+    assert {variant["optimizer"] for variant in job["variants"].values()} == {"sgd"}
     assert job["data"]["seed"] == 5 and job["data"]["train"] == 100
     for path, default in OTHER_DEFAULTS.items():
         if path[0] == "forgetting":
             assert job["forgetting"][path[1]][path[2]] == default, path
-    settings = grid.pretrain_settings("tiny")
-    assert settings["seed"] == 6 and settings["eval_batch_size"] == 7 and settings["data"]["seed"] == 5
+    pretrain = stages.pretrain_job(grid, "tiny")
+    assert pretrain.seed == 6 and pretrain.eval_batch_size == 7 and pretrain.data["seed"] == 5
 
 
 def defaults_in_branches(schema: Any, inside: str = "") -> list[str]:

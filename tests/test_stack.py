@@ -3,6 +3,7 @@ same grid point run alone, for every registered variant that stacks; what cannot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -14,6 +15,7 @@ from lorabench import aggregate, records, runner
 from lorabench.job import TrainJob
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench.variants import get, registry
+from tests.jobs import job_runs
 from tests.test_memory_account import live_tensors
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
@@ -33,9 +35,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _job(checkpoint: Path, folder: Path, variant: str, points: list[tuple[float, int]], stack: bool,
+def _job(checkpoint: Path, variant: str, points: list[tuple[float, int]], stack: bool,
          dropout: float = 0.0, forgetting: dict | None = None) -> TrainJob:
-    optimizer = get(variant).optimizer or "adamw"
     return TrainJob.from_dict({
         "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
         "dropout": dropout, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy", "reverse"],
@@ -44,22 +45,23 @@ def _job(checkpoint: Path, folder: Path, variant: str, points: list[tuple[float,
         "eval_batch_size": 16,
         "train": {"steps": 12, "batch_size": 8, "weight_decay": 0.01, "log_every": 1, "eval_at": [4, 8],
                   "replay": 0.25},
-        "points": [{"variant": variant, "uses": variant, "variant_options": OPTIONS.get(variant, {}),
-                    "optimizer": optimizer, "rank": 2, "task": "sort", "lr": lr, "seed": seed,
-                    "record": str(folder / f"lr{lr:g}_seed{seed}.json")} for lr, seed in points],
+        **job_runs("llama", [(variant, 2, "sort", lr, seed) for lr, seed in points], OPTIONS),
         "stack": stack,
     })
 
 
-def _records(job: TrainJob) -> list[dict[str, Any]]:
-    runner.run_job(job)
-    return [json.loads(Path(point.record).read_text()) for point in job.points]
+def _records(job: TrainJob, folder: Path) -> list[dict[str, Any]]:
+    """``job`` run in ``folder``, where its records go; its records."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(folder):
+        runner.run_job(job)
+        return [json.loads(Path(point.record).read_text()) for point in job.points]
 
 
 def _lone_and_stacked(checkpoint: Path, tmp_path: Path, variant: str, points: list[tuple[float, int]],
                       **settings: Any) -> tuple[list[dict], list[dict]]:
-    return (_records(_job(checkpoint, tmp_path / "lone", variant, points, False, **settings)),
-            _records(_job(checkpoint, tmp_path / "stacked", variant, points, True, **settings)))
+    return (_records(_job(checkpoint, variant, points, False, **settings), tmp_path / "lone"),
+            _records(_job(checkpoint, variant, points, True, **settings), tmp_path / "stacked"))
 
 
 def assert_same_run(lone: dict[str, Any], stacked: dict[str, Any]) -> None:
@@ -117,14 +119,9 @@ def test_a_stacked_member_takes_the_configs_forgetting_measures_as_it_does_alone
 def test_a_stack_leaves_nothing_to_the_next(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The host, its members and their graphs are gone when a stack's records are written, as a lone point's are
     (tests/test_memory_account.py): else each stack would start higher than the one before."""
-    job = _job(checkpoint, tmp_path, "lora", [(1e-3, 0), (1e-2, 0)], True)
-    jobs = [TrainJob.from_dict(job.to_dict() | {"points": [point | {"variant": variant, "uses": variant,
-                                                                    "record": f"{point['record']}.{variant}.json"}
-                                                           for point in job.to_dict()["points"]]})
-            for variant in ("lora", "peft_lora", "lora")]
     after: list[tuple[int, int]] = []
-    for each in jobs:
-        runner.run_job(each)
+    for variant in ("lora", "peft_lora", "lora"):
+        _records(_job(checkpoint, variant, [(1e-3, 0), (1e-2, 0)], True), tmp_path)
         after.append(live_tensors())
     assert after[2] == after[0], f"(tensors, bytes) after each stack: {after}"
 
@@ -134,9 +131,9 @@ def test_what_cannot_stack_runs_alone_and_says_why(checkpoint: Path, tmp_path: P
     """Dropout draws would interleave across members; a variant not shown to stack stays alone."""
     caplog.set_level(logging.INFO, logger="lorabench.runner")
     points = [(1e-3, 0), (1e-2, 0)]
-    dropped = _records(_job(checkpoint, tmp_path / "dropout", "lora", points, True, dropout=0.1))
+    dropped = _records(_job(checkpoint, "lora", points, True, dropout=0.1), tmp_path / "dropout")
     monkeypatch.setattr(get("lora"), "unstackable", "its hooks were never checked")
-    unproven = _records(_job(checkpoint, tmp_path / "unproven", "lora", points, True))
+    unproven = _records(_job(checkpoint, "lora", points, True), tmp_path / "unproven")
     assert all("stacked_members" not in record["timing"] for record in dropped + unproven)
     assert all(record["status"] == "ok" for record in dropped + unproven)
     assert "not stacked: the model draws dropout" in caplog.text
@@ -145,7 +142,7 @@ def test_what_cannot_stack_runs_alone_and_says_why(checkpoint: Path, tmp_path: P
 
 def test_a_stacked_runs_times_are_not_its_cost_in_the_results(checkpoint: Path, tmp_path: Path) -> None:
     """Its step time and peak memory are the stack's: left empty in results.csv; its train_seconds a share."""
-    member = _records(_job(checkpoint, tmp_path, "lora", [(1e-3, 0), (1e-2, 0)], True))[0]
+    member = _records(_job(checkpoint, "lora", [(1e-3, 0), (1e-2, 0)], True), tmp_path)[0]
     row = aggregate.result_row(member)
     assert row["stacked_members"] == 2 and row["step_ms"] is None and row["peak_mem_mb"] is None
     assert row["train_seconds"] == pytest.approx(member["timing"]["train_seconds"] / 2)

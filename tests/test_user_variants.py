@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorabench import stages
 from lorabench import variants
 from lorabench.cli import main
 from lorabench.checks import ConfigError, load_grid
-from lorabench.grid import format_lr
+from lorabench.job import format_lr
 from lorabench.runner import adapter_directory
 from tests.pipeline import REPO, SMOKE
 
@@ -61,12 +62,12 @@ def test_readme_variant_joins_the_grid_and_every_job_carries_its_module(user_fol
     grid = load_grid(yaml.safe_load(Path("my.yaml").read_text()), SCHEMA)
     assert "tied_a" in grid.variants()
     point = next(p for p in grid.points() if p.variant == "tied_a")
-    job = grid.train_job({"model": point.model, "variant": point.variant, "rank": str(point.rank),
-                          "lr": format_lr(point.lr)}, "cpu")
+    job = stages.train_job(grid, {"model": point.model, "variant": point.variant, "rank": str(point.rank),
+                                  "lr": format_lr(point.lr)}, "cpu")
     assert job.variant_modules == (readme_steps()[0],) and point.record in [p.record for p in job.points]
     lora = next(p for p in grid.points() if p.variant == "lora")
-    job = grid.train_job({"model": lora.model, "variant": "lora", "rank": str(lora.rank), "lr": format_lr(lora.lr)},
-                         "cpu")
+    job = stages.train_job(grid, {"model": lora.model, "variant": "lora", "rank": str(lora.rank),
+                                  "lr": format_lr(lora.lr)}, "cpu")
     assert job.variant_modules == ()  # only the modules defining the job's own variants: others' jobs stay as they are
 
 
@@ -126,7 +127,7 @@ def test_save_adapters_is_refused_for_a_variant_that_does_not_save(user_folder: 
         load_grid(config, SCHEMA)
     config["grid"]["variants"] = ["lora", "loraplus"]
     job = {"model": "llama-tiny", "variant": "lora", "rank": "2", "lr": "0.003"}  # the smoke grid's jobs.batch
-    assert load_grid(config, SCHEMA).train_job(job, "cpu").save_adapters is True
+    assert stages.train_job(load_grid(config, SCHEMA), job, "cpu").save_adapters is True
 
 
 def test_adapters_are_kept_beside_the_records_path() -> None:

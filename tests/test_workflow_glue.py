@@ -119,3 +119,13 @@ def test_the_workflow_passes_snakemakes_linter() -> None:
     result = subprocess.run(["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "Lints for" not in result.stdout + result.stderr, result.stdout + result.stderr
     assert "your workflow is in a good condition" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("stage", ["runner.py", "cost.py", "pretrain.py"])
+def test_the_code_a_job_runs_leaves_out_the_grids_expansion(stage: str) -> None:
+    """How the grid expands (grid.py, stages.py, checks.py) reaches a job through its settings, which re-run exactly
+    the jobs whose settings it changes; were it part of the code a job runs, any edit of it would re-run them all."""
+    from lorabench.provenance import PACKAGE, _closure
+
+    ran = {path.relative_to(PACKAGE).as_posix() for path in _closure(frozenset({PACKAGE / stage}))}
+    assert stage in ran and not ran & {"grid.py", "stages.py", "checks.py"}, sorted(ran)

@@ -11,6 +11,7 @@ default (``--benchmark-disable``) it runs a few steps once, as a smoke test.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from lorabench import runner, stack
 from lorabench.job import TrainJob
 from lorabench.models import build_embedded, character_tokenizer
+from tests.jobs import job_runs
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
 LLAMA_TINY = {"family": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -60,7 +62,7 @@ class CpuTimes:
         return self.train - self._evaluate_in_training
 
 
-def _job(checkpoint: Path, folder: Path, variant: str, steps: int, stacked: bool, data: dict) -> TrainJob:
+def _job(checkpoint: Path, variant: str, steps: int, stacked: bool, data: dict) -> TrainJob:
     return TrainJob.from_dict({
         "model": "llama-tiny", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 8,
         "dropout": 0.0, "target_modules": TARGETS, "source_tasks": ["copy", "reverse", "sort"], "hub_tasks": {},
@@ -69,9 +71,8 @@ def _job(checkpoint: Path, folder: Path, variant: str, steps: int, stacked: bool
         "eval_batch_size": 640,
         "train": {"steps": steps, "batch_size": 64, "weight_decay": 0.0, "log_every": 10,
                   "eval_at": [steps // 3, 2 * steps // 3], "replay": 0.05},
-        "points": [{"variant": variant, "uses": variant, "variant_options": {}, "optimizer": "adamw", "rank": 4,
-                    "task": "shift", "lr": lr, "seed": 0, "record": str(folder / f"lr{lr:g}.json")}
-                   for lr in SWEEPS[variant]],
+        **job_runs("llama-tiny", [(variant, 4, "shift", lr, 0) for lr in SWEEPS[variant]],
+                   optimizers={variant: "adamw"}),
         "stack": stacked,
     })
 
@@ -92,8 +93,9 @@ def test_stacked_training_throughput(request: pytest.FixtureRequest, monkeypatch
         for mode in ("lone", "stacked"):
             with monkeypatch.context() as patch:
                 times = CpuTimes(patch)
-                job = _job(checkpoint, tmp_path / f"{mode}{round_}", variant, steps, mode == "stacked", data)
-                runner.run_job(job)
+                (folder := tmp_path / f"{mode}{round_}").mkdir()
+                with contextlib.chdir(folder):  # where the job's records go
+                    runner.run_job(_job(checkpoint, variant, steps, mode == "stacked", data))
             spent[mode][0] += times.training()
             spent[mode][1] += times.evaluate
     runs = rounds * len(SWEEPS[variant])

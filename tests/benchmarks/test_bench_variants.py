@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -24,11 +25,11 @@ import yaml
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lorabench import stages
 from lorabench.checks import load_grid
 from lorabench.cost import (
     SHAPE_SETS,
     Candidate,
-    VariantEntry,
     adapted,
     base_block,
     block_inputs,
@@ -38,6 +39,7 @@ from lorabench.cost import (
     peak_of_step,
     variant_candidate,
 )
+from lorabench.job import GridVariant
 from lorabench.report.summary import section_cost_targets
 from lorabench.variants import get
 from tests.pipeline import SMOKE
@@ -56,9 +58,9 @@ STEPS = 1000
 Step = Callable[[], None]
 
 
-def entry(name: str) -> VariantEntry:
+def entry(name: str) -> GridVariant:
     """``name`` as the cost stage measures it: its declared optimizer (``Variant.optimizer``), else AdamW."""
-    return VariantEntry(name, name, [RANK], get(name).optimizer or "adamw", OPTIONS.get(name, {}))
+    return GridVariant(name, name, OPTIONS.get(name, {}), get(name).optimizer or "adamw", (), (RANK,))
 
 
 def layer_candidate(name: str) -> Candidate:
@@ -131,8 +133,8 @@ def test_step_time_targets(request: pytest.FixtureRequest) -> None:
     config = yaml.safe_load(SMOKE.read_text())
     if not request.config.getoption("benchmark_disable"):
         del config["cost"]
-    settings = load_grid(config).cost_settings("cpu") | {"target_ranks": [64]}
-    entries = [entry(name) for name in ("additive", "resampled")]
-    table = pd.DataFrame(measure_shape_set(LAYER, TOKENS, entries, settings, torch.device("cpu")))
+    job = replace(stages.cost_job(load_grid(config), "cpu"), target_ranks=[64],
+                  variants=tuple(entry(name) for name in ("additive", "resampled")))
+    table = pd.DataFrame(measure_shape_set(LAYER, TOKENS, job, torch.device("cpu")))
     print("\n" + "\n".join(section_cost_targets(table.assign(stage_seconds=0.0))))
     assert (table.loc[table["status"] == "ok", "step_ms"] > 0).all()

@@ -1,14 +1,16 @@
 # The Snakemake glue: the grid loaded from `config` (validated, the schema's defaults filled in), the
 # wildcard constraints, and the paths and input functions the rules read from it. The expansion itself is
-# lorabench/grid.py, the checks lorabench/checks.py.
+# lorabench/grid.py, the checks lorabench/checks.py, what each job runs lorabench/stages.py.
 import json
 import os
 import re
 import sys
 from pathlib import Path
 
+from lorabench import stages
 from lorabench.checks import SAFE_NAME, ConfigError, config_file_problem, load_grid
-from lorabench.grid import MODELS, RECORD, RECORD_LIST, generated_files
+from lorabench.grid import MODELS, RECORD_LIST, generated_files
+from lorabench.job import RECORD
 from lorabench.integrity import checkpoint_problem, record_problem, set_aside_if_damaged
 from lorabench.records import bad_runs_note
 from lorabench.report import report_flags
@@ -122,17 +124,17 @@ def local_input(wildcards):
 
 def train_job(wildcards):
     """The train job at `wildcards` as JSON: a tracked param, so a changed setting re-runs exactly its jobs."""
-    return GRID.train_job(dict(wildcards), config["device"]).to_json()
+    return stages.train_job(GRID, dict(wildcards), config["device"]).to_json()
 
 
 def train_code(wildcards):
     """The hash of the code the job runs: a tracked param, so a code edit re-runs exactly the jobs that run it."""
-    return GRID.train_code(dict(wildcards))
+    return stages.train_job_code(GRID, dict(wildcards))
 
 
 def pretrain_settings(wildcards):
     """The pretrain job's settings as JSON: a tracked param, so a changed setting re-runs it."""
-    return json.dumps(GRID.pretrain_settings(wildcards.model), sort_keys=True)
+    return stages.pretrain_job(GRID, wildcards.model).to_json()
 
 
 def generator(wildcards):

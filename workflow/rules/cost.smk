@@ -8,8 +8,8 @@ rule cost:
         report("reports/cost_real_shapes.csv", **report_flags("cost_real_shapes.csv")),
     params:
         # tracked: a changed cost setting, grid variant or their code re-runs the stage
-        settings=json.dumps(GRID.cost_settings(config["device"]), sort_keys=True),
-        code=GRID.cost_code(),
+        settings=stages.cost_job(GRID, config["device"]).to_json(),
+        code=stages.cost_job_code(GRID),
     log:
         "results/logs/cost.log",
     benchmark:
