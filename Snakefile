@@ -25,13 +25,14 @@ if tree_commit := git_state()["commit"]:  # jobs in an image without git record 
 
 
 if not config:  # a --configfile replaces the embedded default instead of being merged into it
+
     configfile: Path(workflow.basedir) / "workflow/config/default.yaml"
 
 
 include: "workflow/rules/common.smk"
 
-container: config["container"]
 
+container: config["container"]
 
 
 include: "workflow/rules/pretrain.smk"
@@ -43,15 +44,16 @@ if config["cost"]["enabled"]:  # config `cost.enabled` (default true)
 
     include: "workflow/rules/cost.smk"
 
+
 include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.aggregate.input,
         rules.figures.output,
         missing_records(),  # a deleted record re-runs its job (one per job that lacks any)
-    default_target: True
 
 
 onsuccess:

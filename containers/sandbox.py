@@ -46,8 +46,17 @@ def bootstrap(header: dict[str, str], root: Path) -> None:
     if header.get("Bootstrap") != "debootstrap":
         sys.exit(f"sandbox.py builds `Bootstrap: debootstrap` definitions only, not {header.get('Bootstrap')!r}")
     packages = ",".join(header.get("Include", "").replace(",", " ").split())
-    subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={packages}", header["OSVersion"], str(root),
-                    header["MirrorURL"]], check=True)
+    subprocess.run(
+        [
+            "mmdebstrap",
+            "--variant=minbase",
+            f"--include={packages}",
+            header["OSVersion"],
+            str(root),
+            header["MirrorURL"],
+        ],
+        check=True,
+    )
 
 
 def copy_files(body: str, root: Path) -> None:
@@ -77,18 +86,58 @@ def host_pip_paths() -> list[str]:
 
 def run_inside(root: Path, script: str) -> None:
     """Run a `%post`/`%test` script as root inside ``root``, with network and the host's pip settings."""
-    binds = [argument for path in [*host_pip_paths(), CERTIFICATES, "/etc/resolv.conf"] if os.path.exists(path)
-             for argument in ("--ro-bind", path, path)]
-    passed = {key: value for key, value in os.environ.items()
-              if key.startswith("PIP_") or key in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
-                                                   "http_proxy", "https_proxy", "NO_PROXY", "no_proxy")}
-    environment = [argument for key, value in {**passed, "PATH": ROOT_PATH, "HOME": "/root"}.items()
-                   for argument in ("--setenv", key, value)]
+    binds = [
+        argument
+        for path in [*host_pip_paths(), CERTIFICATES, "/etc/resolv.conf"]
+        if os.path.exists(path)
+        for argument in ("--ro-bind", path, path)
+    ]
+    passed = {
+        key: value
+        for key, value in os.environ.items()
+        if key.startswith("PIP_")
+        or key
+        in (
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        )
+    }
+    environment = [
+        argument
+        for key, value in {**passed, "PATH": ROOT_PATH, "HOME": "/root"}.items()
+        for argument in ("--setenv", key, value)
+    ]
     created = [path for path in binds[1::3] if not (root / path.lstrip("/")).exists()]
     try:
-        subprocess.run(["bwrap", "--bind", str(root), "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                        *binds, "--clearenv", *environment, "--die-with-parent", "/bin/sh", "-e", "-c", script],
-                       check=True)
+        subprocess.run(
+            [
+                "bwrap",
+                "--bind",
+                str(root),
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                *binds,
+                "--clearenv",
+                *environment,
+                "--die-with-parent",
+                "/bin/sh",
+                "-e",
+                "-c",
+                script,
+            ],
+            check=True,
+        )
     finally:  # bwrap leaves the mount points it made for host paths
         for path in created:
             remove_empty_chain(root, Path(path))

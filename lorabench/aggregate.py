@@ -24,8 +24,12 @@ GRID_COLUMNS = ["model", "task", "variant", "rank", "lr", "seed"]
 SELECTION_GROUP = ["model", "task", "variant", "rank"]
 VALIDATION_COLUMN = "extra__validation_accuracy"
 ACCOUNT_COLUMNS = {
-    "trainable_parameters": "mem_params_mb", "gradients": "mem_grads_mb", "optimizer_state": "mem_optimizer_mb",
-    "saved_activations": "mem_activations_mb", "variant_state": "mem_variant_state_mb", "total": "mem_account_mb",
+    "trainable_parameters": "mem_params_mb",
+    "gradients": "mem_grads_mb",
+    "optimizer_state": "mem_optimizer_mb",
+    "saved_activations": "mem_activations_mb",
+    "variant_state": "mem_variant_state_mb",
+    "total": "mem_account_mb",
 }
 """``memory.account`` part -> its column in MiB (exact byte counts, so identical across seeds)."""
 FORGETTING_COLUMNS = {None: "forgetting", "char_accuracy_drop": "forgetting_char", "ce_increase": "forgetting_ce"}
@@ -94,8 +98,10 @@ def _numeric_leaves(tree: dict[str, Any], prefix: str) -> Iterator[tuple[str, fl
 
 def _account_columns(account: dict[str, int] | None) -> dict[str, float | None]:
     """The memory account in MiB; None (NaN) where a run has none (stopped before its first step, older records)."""
-    return {column: None if account is None or part not in account else account[part] / MIB
-            for part, column in ACCOUNT_COLUMNS.items()}
+    return {
+        column: None if account is None or part not in account else account[part] / MIB
+        for part, column in ACCOUNT_COLUMNS.items()
+    }
 
 
 def _divergence_columns(divergence: dict[str, Any] | None) -> dict[str, Any]:
@@ -139,8 +145,14 @@ def _stacked_columns(row: dict[str, Any], members: int) -> dict[str, Any]:
     stack's loop, so that summing a column of runs counts each loop once (the harness's training share)."""
     if members == 1:
         return {"stacked_members": 1}
-    return {"stacked_members": members, "train_seconds": _share(row["train_seconds"], members), "step_ms": None,
-            "step_ms_mean": None, "peak_mem_mb": None, "peak_mem_added_mb": None}
+    return {
+        "stacked_members": members,
+        "train_seconds": _share(row["train_seconds"], members),
+        "step_ms": None,
+        "step_ms_mean": None,
+        "peak_mem_mb": None,
+        "peak_mem_added_mb": None,
+    }
 
 
 def _share(seconds: float | None, members: int) -> float | None:
@@ -148,9 +160,12 @@ def _share(seconds: float | None, members: int) -> float | None:
 
 
 SOURCE_COLUMNS = {
-    "accuracy_before": "source_acc_before", "accuracy_after": "source_acc_after",
-    "char_accuracy_before": "source_char_before", "char_accuracy_after": "source_char_after",
-    "ce_before": "source_ce_before", "ce_after": "source_ce_after",
+    "accuracy_before": "source_acc_before",
+    "accuracy_after": "source_acc_after",
+    "char_accuracy_before": "source_char_before",
+    "char_accuracy_after": "source_char_after",
+    "ce_before": "source_ce_before",
+    "ce_after": "source_ce_after",
 }
 """A source task's record field -> its column prefix (``<prefix>__<task>``); NaN in records without it."""
 
@@ -170,8 +185,7 @@ def curve_rows(record: dict[str, Any]) -> pd.DataFrame:
     curve = record["loss_curve"]
     if len(curve["step"]) != len(curve["loss"]):
         raise RecordError(
-            f"{record['run_id']}: field 'loss_curve': {len(curve['step'])} steps "
-            f"but {len(curve['loss'])} losses"
+            f"{record['run_id']}: field 'loss_curve': {len(curve['step'])} steps but {len(curve['loss'])} losses"
         )
     frame = pd.DataFrame({"step": curve["step"], "loss": pd.array(curve["loss"], dtype="Float64")})
     for column, value in {"run_id": record["run_id"], **record["grid"], "status": record["status"]}.items():
@@ -195,9 +209,14 @@ def aggregate(record_paths: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame,
     per_task_and_extra = [column for column in results.columns if column not in RESULT_COLUMNS]
     results = results.reindex(columns=RESULT_COLUMNS + per_task_and_extra)
     loss_curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
-    trajectory = pd.concat(trajectories, ignore_index=True) if trajectories else pd.DataFrame(columns=TRAJECTORY_COLUMNS)
-    return (results, loss_curves.astype({"loss": "float64"}),
-            trajectory.astype(dict.fromkeys(TRAJECTORY_MEASURES, "float64")))
+    trajectory = (
+        pd.concat(trajectories, ignore_index=True) if trajectories else pd.DataFrame(columns=TRAJECTORY_COLUMNS)
+    )
+    return (
+        results,
+        loss_curves.astype({"loss": "float64"}),
+        trajectory.astype(dict.fromkeys(TRAJECTORY_MEASURES, "float64")),
+    )
 
 
 def write_tables(results: pd.DataFrame, loss_curves: pd.DataFrame, trajectories: pd.DataFrame, out_dir: Path) -> None:
@@ -220,7 +239,7 @@ def _chosen_lr(key: tuple, group: pd.DataFrame) -> float:
     if len(lrs) == 1 or ok.empty:
         return lrs[0]
     if VALIDATION_COLUMN not in group:
-        where = dict(zip(SELECTION_GROUP, key))
+        where = dict(zip(SELECTION_GROUP, key, strict=True))
         raise ValueError(f"{where}: {len(lrs)} learning rates but no extra.validation_accuracy to choose by")
     validation = ok.groupby("lr")[VALIDATION_COLUMN].mean().reindex(lrs)
     return lrs[0] if validation.isna().all() else validation.idxmax()

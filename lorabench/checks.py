@@ -68,19 +68,23 @@ def read_yaml(path: Path) -> Any:
             return super().construct_mapping(node, deep)
 
     if (size := Path(path).stat().st_size) > MAX_CONFIG_BYTES:
-        raise ConfigFileError(f"{path}: {size:,} bytes, more than a config needs ({MAX_CONFIG_BYTES:,}); is it the "
-                              "right file?")
+        raise ConfigFileError(
+            f"{path}: {size:,} bytes, more than a config needs ({MAX_CONFIG_BYTES:,}); is it the right file?"
+        )
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ConfigFileError(f"{path}: not UTF-8 text (a binary file, or saved as UTF-16?); save the config as "
-                              "UTF-8 YAML") from None
+        raise ConfigFileError(
+            f"{path}: not UTF-8 text (a binary file, or saved as UTF-16?); save the config as UTF-8 YAML"
+        ) from None
     loader = StrictLoader(text)
     try:
         node = loader.get_single_node()
         if node is not None and (values := _expanded_size(node, {})) > MAX_CONFIG_VALUES:
-            raise ConfigFileError(f"{path}: its aliases (*name) expand to {values:,} values, more than "
-                                  f"{MAX_CONFIG_VALUES:,}; write the settings out instead of nesting aliases")
+            raise ConfigFileError(
+                f"{path}: its aliases (*name) expand to {values:,} values, more than "
+                f"{MAX_CONFIG_VALUES:,}; write the settings out instead of nesting aliases"
+            )
         return loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
@@ -103,8 +107,10 @@ class DuplicateKeyError(ValueError):
 
     def __init__(self, key: Any, first: Any, mark: Any) -> None:
         self.key, self.first, self.mark = key, first, mark
-        super().__init__(f"duplicate key {key!r} (first given at line {first.line + 1}): YAML would silently keep "
-                         "only the last value; give each key once in a mapping")
+        super().__init__(
+            f"duplicate key {key!r} (first given at line {first.line + 1}): YAML would silently keep "
+            "only the last value; give each key once in a mapping"
+        )
 
     def located(self, path: Path | str) -> str:
         return f"{path}:{self.mark.line + 1}:{self.mark.column + 1}: {self}"
@@ -131,11 +137,15 @@ def config_file_problem(path: Path | str) -> str | None:
 def load_grid(config: dict[str, Any] | None, schema: Path = SCHEMA) -> Grid:
     """Validate ``config`` (schema, then models, data, grid values, variants, targets and ranks) and return its grid."""
     if not config:
-        raise ConfigError("config error at `(top level)`: the config is empty; it needs models, tasks, grid and "
-                          "train (see workflow/config/smoke.yaml)")
+        raise ConfigError(
+            "config error at `(top level)`: the config is empty; it needs models, tasks, grid and "
+            "train (see workflow/config/smoke.yaml)"
+        )
     if not isinstance(config, dict):
-        raise ConfigError(f"config error at `(top level)`: the config must be a mapping of settings (models, tasks, "
-                          f"grid, train, ...), not a {type(config).__name__}; see workflow/config/smoke.yaml")
+        raise ConfigError(
+            f"config error at `(top level)`: the config must be a mapping of settings (models, tasks, "
+            f"grid, train, ...), not a {type(config).__name__}; see workflow/config/smoke.yaml"
+        )
     check_finite(config)
     check_schema(config, schema)
     grid = Grid(config)
@@ -180,9 +190,11 @@ def missing_checkout_message(schema: Path) -> str:
     lorabench is a workflow (Snakefile, rules, schema, data) with a package beside it; a plain ``pip install``
     copies only the package, so say how to get the whole thing instead of failing on a missing file.
     """
-    return (f"the config schema {schema} is missing: lorabench runs from its checkout (the Snakefile, workflow/ "
-            f"and its schema are not in the installed package); clone the repository and install it with "
-            f"`pip install -e .` from there")
+    return (
+        f"the config schema {schema} is missing: lorabench runs from its checkout (the Snakefile, workflow/ "
+        f"and its schema are not in the installed package); clone the repository and install it with "
+        f"`pip install -e .` from there"
+    )
 
 
 def _schema_message(error: Exception) -> str:
@@ -212,8 +224,10 @@ def check_finite(config: Any, parts: tuple[Any, ...] = ()) -> None:
     """No number anywhere in the config is NaN or infinite (YAML's ``.nan``, ``.inf``): JSON schema's bounds pass
     them (``nan > 0`` is false, so is ``nan <= 0``), and no setting means anything by them."""
     if isinstance(config, float) and not math.isfinite(config):
-        raise ConfigError(f"config error at `{_path(parts)}`: {config!r} is not a finite number; give a finite "
-                          "number (YAML's .nan and .inf are not accepted)")
+        raise ConfigError(
+            f"config error at `{_path(parts)}`: {config!r} is not a finite number; give a finite "
+            "number (YAML's .nan and .inf are not accepted)"
+        )
     items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
     for key, value in items:
         check_finite(value, (*parts, key))
@@ -276,8 +290,10 @@ def _local_folder_problem(path: str) -> str | None:
     if path.startswith("~"):
         return f"{path!r}: transformers does not expand ~; write the folder's full path"
     if not folder.is_dir():
-        return (f"local folder {where} does not exist; give an existing checkpoint folder, or a hub name "
-                "(name or org/name, e.g. Qwen/Qwen2.5-0.5B)")
+        return (
+            f"local folder {where} does not exist; give an existing checkpoint folder, or a hub name "
+            "(name or org/name, e.g. Qwen/Qwen2.5-0.5B)"
+        )
     if not (folder / "config.json").exists():
         return f"local folder {where} has no config.json: give a folder written by save_pretrained"
     return None
@@ -332,9 +348,11 @@ def check_local_files(grid: Grid) -> None:
         if not found:
             where = "" if path.is_absolute() else f" (relative to {Path.cwd()}, the working directory the jobs run in)"
             what = "matches no file" if kind == "pattern" else "does not exist"
-            raise ConfigError(f"config error at `{local.field}`: {kind} {local.path!r}{where} {what}; give an "
-                              f"existing {'folder' if local.folder else 'file'}, relative to the working directory "
-                              "or absolute")
+            raise ConfigError(
+                f"config error at `{local.field}`: {kind} {local.path!r}{where} {what}; give an "
+                f"existing {'folder' if local.folder else 'file'}, relative to the working directory "
+                "or absolute"
+            )
 
 
 def _check_classification(grid: Grid) -> None:
@@ -388,13 +406,16 @@ def check_data(grid: Grid) -> None:
     data = grid.config["data"]
     low, high = data["min_len"], data["max_len"]
     if low > high:
-        raise ConfigError(f"config error at `data/min_len`: min_len {low} is above max_len {high}; "
-                          "give min_len <= max_len")
+        raise ConfigError(
+            f"config error at `data/min_len`: min_len {low} is above max_len {high}; give min_len <= max_len"
+        )
     embedded_targets = [name for name in grid.target_tasks() if name in RULES]
     if embedded_targets and (batch := grid.config["train"]["batch_size"]) > data["train"]:
-        raise ConfigError(f"config error at `train/batch_size`: {batch} is more than the {data['train']} examples "
-                          "of the train split (data.train): every batch would repeat examples; lower "
-                          "train.batch_size or raise data.train")
+        raise ConfigError(
+            f"config error at `train/batch_size`: {batch} is more than the {data['train']} examples "
+            "of the train split (data.train): every batch would repeat examples; lower "
+            "train.batch_size or raise data.train"
+        )
     needed = data["train"] + data["validation"] + data["test"]
     embedded = [name for name in grid.config["tasks"]["source"] + grid.target_tasks() if name in RULES]
     for name in dict.fromkeys(embedded):
@@ -419,9 +440,12 @@ def _check_positions(grid: Grid, tasks: list[str]) -> None:
 
     if not tasks:
         return
-    longest = max(len(example.prompt) + len(example.answer) + 1
-                  for task in embedded_tasks(tasks, grid.config["data"])
-                  for split in ("train", "validation", "test") for example in task.split(split))
+    longest = max(
+        len(example.prompt) + len(example.answer) + 1
+        for task in embedded_tasks(tasks, grid.config["data"])
+        for split in ("train", "validation", "test")
+        for example in task.split(split)
+    )
     for model, spec in grid.config["models"].items():
         architecture = spec.get("architecture", {})
         for key in POSITION_SETTINGS:
@@ -446,8 +470,10 @@ def check_values(grid: Grid) -> None:
     values = grid.config["grid"]
     for index, seed in enumerate(values["seeds"]):
         if not 0 <= seed <= MAX_SEED:
-            raise ConfigError(f"config error at `grid/seeds/{index}`: {seed} is not a seed from 0 to {MAX_SEED} "
-                              "(2**32 - 1), what every random generator here takes; give one in that range")
+            raise ConfigError(
+                f"config error at `grid/seeds/{index}`: {seed} is not a seed from 0 to {MAX_SEED} "
+                "(2**32 - 1), what every random generator here takes; give one in that range"
+            )
     _check_record_names("grid/seeds", values["seeds"], str)
     _check_record_names("grid/ranks", values["ranks"], str)
     _check_record_names("grid/lrs", values["lrs"], format_lr)
@@ -486,7 +512,7 @@ def load_variant_modules(grid: Grid) -> None:
         except Exception as error:  # a missing file, a syntax error, a name registered twice
             raise ConfigError(
                 f"config error at `variant_modules/{index}`: {path!r}: {type(error).__name__}: {error}. Expected a "
-                "Python file, relative to the working directory, that registers variants with @register(\"name\")"
+                'Python file, relative to the working directory, that registers variants with @register("name")'
             ) from None
 
 
@@ -525,13 +551,16 @@ def _check_optimizer(grid: Grid, name: str, entry: dict[str, Any], variant: type
     declared, chosen = variant.optimizer, entry.get("optimizer")
     if declared is None or chosen is None or chosen == declared:
         return
-    problem = (f"`variants/{name}/optimizer`: {chosen!r}, but {variant.name} declares {declared!r}, the optimizer "
-               f"its maths assumes (docs/variants.md)")
+    problem = (
+        f"`variants/{name}/optimizer`: {chosen!r}, but {variant.name} declares {declared!r}, the optimizer "
+        f"its maths assumes (docs/variants.md)"
+    )
     if variant.optimizer_policy == "warn":
         grid.warnings.append(f"{problem}; running it with {chosen!r} as the config says")
         return
-    raise ConfigError(f"config error at {problem}; drop the entry's optimizer ({declared} is its default) or "
-                      f"set it to {declared}")
+    raise ConfigError(
+        f"config error at {problem}; drop the entry's optimizer ({declared} is its default) or set it to {declared}"
+    )
 
 
 def check_grid_variants(grid: Grid) -> None:
@@ -603,8 +632,10 @@ def check_ranks(grid: Grid) -> None:
         if layers is None:  # a hub name not resolvable here (offline): the train job reports it
             continue
         if not layers and (zero := _zero_layer_setting(spec)):
-            raise ConfigError(f"config error at `models/{model}/architecture/{zero}`: 0 layers leaves nothing to "
-                              "adapt or train; give at least 1")
+            raise ConfigError(
+                f"config error at `models/{model}/architecture/{zero}`: 0 layers leaves nothing to "
+                "adapt or train; give at least 1"
+            )
         if missing := unmatched_targets(layers, spec["target_modules"]):
             matched = sorted({name.rsplit(".", 1)[-1] for name in layers})
             raise ConfigError(
@@ -647,8 +678,12 @@ def _check_layer_types(grid: Grid, model: str, variant: GridVariant, layers: dic
     wrap it (PEFT's LoHa on GPT-2's Conv1D) is refused now instead of failing every run."""
     train = grid.config["train"]
     try:
-        instance = variant.build(min(variant.ranks), train["alpha"], grid.config["models"][model]["target_modules"],
-                                 total_steps=train["steps"])
+        instance = variant.build(
+            min(variant.ranks),
+            train["alpha"],
+            grid.config["models"][model]["target_modules"],
+            total_steps=train["steps"],
+        )
     except ValueError as error:  # a variant refusing its options or settings when built
         raise ConfigError(f"config error at `variants/{variant.name}`: {error}") from None
     for kind, (layer, module) in {type(module): (name, module) for name, module in layers.items()}.items():
@@ -714,11 +749,16 @@ def check_device(grid: Grid) -> None:
     device, cuda = config["device"], torch.cuda.is_available()
     gpus = config["resources"]["gpus_per_train_job"]
     halves = (["dtype"] if config["dtype"] == "float16" else []) + [
-        f"models/{model}/dtype" for model, spec in config["models"].items() if spec.get("dtype") == "float16"]
+        f"models/{model}/dtype" for model, spec in config["models"].items() if spec.get("dtype") == "float16"
+    ]
     if halves and (device == "cpu" or (device == "auto" and not cuda and not gpus)):
-        why = ("device is cpu" if device == "cpu" else "device is auto and this machine has no CUDA "
-               "(torch.cuda.is_available() is false) while resources.gpus_per_train_job is 0, so the jobs would run "
-               "on the CPU")
+        why = (
+            "device is cpu"
+            if device == "cpu"
+            else "device is auto and this machine has no CUDA "
+            "(torch.cuda.is_available() is false) while resources.gpus_per_train_job is 0, so the jobs would run "
+            "on the CPU"
+        )
         raise ConfigError(
             f"config error at `{halves[0]}`: float16, but {why}: without loss scaling float16 training on a CPU "
             "diverges within the first steps; use float32 or bfloat16 on a CPU, or float16 with device cuda (or "

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 LISTING_SHAPE = (64, 64, 4)
 LARGE_GRID = 100_000
-"""Grid points above which ``check`` warns: a dry run of 110,000 points (5,000 seeds over the smoke grid of then, 22 points a seed) took
-36-56 s and 0.8 GB on a shared 2-core machine, 220,000 points 64 s and 1.05 GB: Snakemake's work per record file."""
+"""Grid points above which ``check`` warns: a dry run of 110,000 points (5,000 seeds over the smoke grid of then, 22
+points a seed) took 36-56 s and 0.8 GB on a shared 2-core machine, 220,000 points 64 s and 1.05 GB: Snakemake's work
+per record file."""
 
 
 def _user_variants(args: argparse.Namespace) -> dict:
@@ -65,8 +66,11 @@ def _variants(args: argparse.Namespace) -> None:
             count = "per config"
         print(f"{name:<12} {count:>28}  {cls.source}")
     alone = {name: cls.unstackable for name, cls in registry().items() if cls.unstackable}
-    print("\njobs.stack (a job's runs that differ only in lr as one computation): every variant stacks"
-          + (", except:" if alone else "") + "".join(f"\n  {name}: {why}" for name, why in alone.items()))
+    print(
+        "\njobs.stack (a job's runs that differ only in lr as one computation): every variant stacks"
+        + (", except:" if alone else "")
+        + "".join(f"\n  {name}: {why}" for name, why in alone.items())
+    )
 
 
 def _describe_variant(name: str) -> None:
@@ -80,13 +84,20 @@ def _describe_variant(name: str) -> None:
         cls = get(name)
     except KeyError as error:
         sys.exit(f"variants: {error.args[0]}")
-    hooks = [hook for hook in ("parameter_groups", "transform_gradients", "after_step")
-             if getattr(cls, hook) is not getattr(Variant, hook)]
+    hooks = [
+        hook
+        for hook in ("parameter_groups", "transform_gradients", "after_step")
+        if getattr(cls, hook) is not getattr(Variant, hook)
+    ]
     print(f"{name}: {cls.source}")
-    print(f"  optimizer: {cls.optimizer or 'any (train.optimizer)'}"
-          + (f" (another one in the config: {cls.optimizer_policy})" if cls.optimizer else ""))
-    print(f"  rank: {'the grid ranks' if cls.uses_rank else 'none (run once per rank set)'}; "
-          f"hooks: {', '.join(hooks) or 'none'}")
+    print(
+        f"  optimizer: {cls.optimizer or 'any (train.optimizer)'}"
+        + (f" (another one in the config: {cls.optimizer_policy})" if cls.optimizer else "")
+    )
+    print(
+        f"  rank: {'the grid ranks' if cls.uses_rank else 'none (run once per rank set)'}; "
+        f"hooks: {', '.join(hooks) or 'none'}"
+    )
     print(f"  stacks (jobs.stack): {'no, ' + cls.unstackable if cls.unstackable else 'yes'}")
     fields = dataclasses.fields(cls.Options)
     print("  options:" if fields else "  options: none")
@@ -104,8 +115,10 @@ def _test_variant(args: argparse.Namespace) -> None:
     entry = config.get("variants", {}).get(args.name, {})
     name = entry.get("uses", args.name)
     if name not in registry():
-        sys.exit(f"test-variant: unknown variant {args.name!r}; registered: {', '.join(registry())} "
-                 "(a variant of your own: --module FILE or --config CONFIG with variant_modules)")
+        sys.exit(
+            f"test-variant: unknown variant {args.name!r}; registered: {', '.join(registry())} "
+            "(a variant of your own: --module FILE or --config CONFIG with variant_modules)"
+        )
     steps = LEARN_STEPS if args.steps is None else args.steps
     if steps < 2:
         sys.exit(f"test-variant: --steps {steps}: give at least 2 steps (the loss must fall between them)")
@@ -215,8 +228,10 @@ def _aggregate(args: argparse.Namespace) -> None:
     try:
         tables = aggregate(args.records)
     except RecordError as error:
-        sys.exit(f"aggregate: {error}. Run snakemake again: it re-creates a missing record and one cut short (delete "
-                 "any other damaged one first), restoring it from results/kept or training it again")
+        sys.exit(
+            f"aggregate: {error}. Run snakemake again: it re-creates a missing record and one cut short (delete "
+            "any other damaged one first), restoring it from results/kept or training it again"
+        )
     write_tables(*tables, args.out)
 
 
@@ -227,21 +242,23 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    import pandas as pd
 
     from lorabench.reference import DEFAULT_TOLERANCE, compare
 
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     comparison = compare(
         _results_table(args.results, "run the pipeline first (snakemake --cores all writes reports/results.csv)"),
-        _results_table(args.reference, "run compare from the repository's root, or give --reference"), tolerance,
+        _results_table(args.reference, "run compare from the repository's root, or give --reference"),
+        tolerance,
     )
     for line in comparison.differences:
         print(line)
     if not comparison.agrees:
         sys.exit(f"{args.results}: {len(comparison.differences)} difference(s) from {args.reference}")
-    print(f"{args.results}: agrees with {args.reference} ({comparison.points} grid points; same statuses and lr "
-          f"choices; mean target accuracy and forgetting per variant within {tolerance})")
+    print(
+        f"{args.results}: agrees with {args.reference} ({comparison.points} grid points; same statuses and lr "
+        f"choices; mean target accuracy and forgetting per variant within {tolerance})"
+    )
 
 
 RESULTS_NEEDED = ("run_id", "model", "task", "variant", "rank", "lr", "seed", "status")
@@ -258,8 +275,10 @@ def _results_table(path: Path, when_missing: str) -> pd.DataFrame:
     try:
         table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        sys.exit(f"{path}: not a results table ({type(error).__name__}: {str(error).strip()}); write it again with "
-                 "lorabench aggregate or snakemake")
+        sys.exit(
+            f"{path}: not a results table ({type(error).__name__}: {str(error).strip()}); write it again with "
+            "lorabench aggregate or snakemake"
+        )
     if missing := [column for column in RESULTS_NEEDED if column not in table.columns]:
         sys.exit(f"{path}: no column {', '.join(missing)}: not a results table of lorabench aggregate")
     if problem := _short_row(path):
@@ -281,8 +300,13 @@ def _short_row(path: Path) -> str | None:
 
 
 def _user_variant_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--module", action="append", default=[], type=Path,
-                         help="a Python file of your own that registers variants (repeatable)")
+    command.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        type=Path,
+        help="a Python file of your own that registers variants (repeatable)",
+    )
     command.add_argument("--config", type=Path, help="a grid config: its variant_modules join the registry")
 
 
@@ -291,15 +315,22 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     listing = commands.add_parser("variants", help="list registered variants, or describe one")
-    listing.add_argument("name", nargs="?", help="a registered variant: its source, optimizer, hooks and options "
-                         "with their types, defaults and help")
+    listing.add_argument(
+        "name",
+        nargs="?",
+        help="a registered variant: its source, optimizer, hooks and options with their types, defaults and help",
+    )
     _user_variant_arguments(listing)
     listing.set_defaults(run=_variants)
 
     contract = commands.add_parser("test-variant", help="check a variant's contract on tiny models (seconds)")
     contract.add_argument("name", help="a registered variant, or a grid name of --config's `variants`")
-    contract.add_argument("--steps", type=int, help="optimizer steps of the learning check (default: the contract's "
-                          "20); more where an option's period (merge_every, resample_every) is longer")
+    contract.add_argument(
+        "--steps",
+        type=int,
+        help="optimizer steps of the learning check (default: the contract's "
+        "20); more where an option's period (merge_every, resample_every) is longer",
+    )
     _user_variant_arguments(contract)
     contract.set_defaults(run=_test_variant)
 
@@ -314,7 +345,9 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
     pre.set_defaults(run=_pretrain)
 
-    cache = commands.add_parser("cache-model", help="cache a GGUF or packaged model as a plain checkpoint (pipeline rule)")
+    cache = commands.add_parser(
+        "cache-model", help="cache a GGUF or packaged model as a plain checkpoint (pipeline rule)"
+    )
     source = cache.add_mutually_exclusive_group(required=True)
     source.add_argument("--gguf", help="a .gguf file or an installed package holding one: dequantized")
     source.add_argument("--package", help="an installed package holding one checkpoint folder: copied")
@@ -329,10 +362,14 @@ def parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run one job of grid points (pipeline rule)")
     train.add_argument("--job", required=True, help="JSON written by the Snakefile")
     train.add_argument("--threads", type=int, help="CPU threads for torch (the rule's threads)")
-    train.add_argument("--inputs", nargs="*", metavar="PATH",
-                       help="the files the pipeline gave the job (the rule's inputs); given, finished records are "
-                            "kept under results/kept and restored instead of retrained when settings, code and "
-                            "these files are unchanged")
+    train.add_argument(
+        "--inputs",
+        nargs="*",
+        metavar="PATH",
+        help="the files the pipeline gave the job (the rule's inputs); given, finished records are "
+        "kept under results/kept and restored instead of retrained when settings, code and "
+        "these files are unchanged",
+    )
     train.set_defaults(run=_train)
 
     cost = commands.add_parser("cost", help="step time and memory of every variant at real layer sizes (pipeline rule)")
@@ -347,17 +384,33 @@ def parser() -> argparse.ArgumentParser:
     agg.set_defaults(run=_aggregate)
 
     comp = commands.add_parser("compare", help="compare a run's results.csv with the shipped reference")
-    comp.add_argument("results", type=Path, nargs="?", default=Path("reports/results.csv"),
-                      help="your run's results table (default: %(default)s, what the pipeline writes)")
-    comp.add_argument("--reference", type=Path, default=Path("reports/reference/results.csv"),
-                      help="the table to compare with (default: %(default)s, the shipped default grid's)")
-    comp.add_argument("--tolerance", type=float,
-                      help="largest absolute difference of a variant's mean accuracy or forgetting (default 0.05)")
+    comp.add_argument(
+        "results",
+        type=Path,
+        nargs="?",
+        default=Path("reports/results.csv"),
+        help="your run's results table (default: %(default)s, what the pipeline writes)",
+    )
+    comp.add_argument(
+        "--reference",
+        type=Path,
+        default=Path("reports/reference/results.csv"),
+        help="the table to compare with (default: %(default)s, the shipped default grid's)",
+    )
+    comp.add_argument(
+        "--tolerance",
+        type=float,
+        help="largest absolute difference of a variant's mean accuracy or forgetting (default 0.05)",
+    )
     comp.set_defaults(run=_compare)
 
     report = commands.add_parser("report", help="figures and summary.md from the tables")
-    report.add_argument("--out", required=True, type=Path,
-                        help="the folder holding results.csv and loss_curves.csv, where the figures go")
+    report.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="the folder holding results.csv and loss_curves.csv, where the figures go",
+    )
     report.add_argument("--benchmarks", type=Path, help="the pipeline's benchmark folder: adds the training share")
     report.add_argument("--cores", type=int, help="cores the pipeline ran with (with --benchmarks)")
     report.add_argument("--cost", type=Path, help="the cost stage's CSV: its figure, table and the cost answers")
@@ -372,8 +425,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.run(args)
     except FileNotFoundError as error:  # a path given on the command line (or read from one) that is not there
-        sys.exit(f"lorabench {args.command}: {error.filename}: no such file or folder (paths are relative to "
-                 f"{Path.cwd()}); see lorabench {args.command} --help")
+        sys.exit(
+            f"lorabench {args.command}: {error.filename}: no such file or folder (paths are relative to "
+            f"{Path.cwd()}); see lorabench {args.command} --help"
+        )
 
 
 if __name__ == "__main__":

@@ -50,12 +50,22 @@ def tiny_model(family: str, seed: int = 0) -> PreTrainedModel:
     """The default grid's size: hidden 64, 2 layers, 4 heads (Llama MLP 128, GPT-2 MLP 4 x 64)."""
     torch.manual_seed(seed)
     if family == "llama":
-        config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                             pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        config = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         return LlamaForCausalLM(config)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = GPT2Config(
+        vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2, pad_token_id=0
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -67,13 +77,20 @@ def token_batch(seed: int = 0, batch: int = 4, length: int = 12) -> dict[str, to
 
 def make_spec(family: str, variant: str = "lora", rank: int = 4, **changes: Any) -> AdapterSpec:
     """The spec of the contract's runs; the generic ``peft`` entry gets :data:`GENERIC_PEFT` as its options."""
-    settings = dict(rank=rank, alpha=2.0 * rank, target_modules=TARGETS[family], seed=3, total_steps=LEARN_STEPS,
-                    options={"peft_config": GENERIC_PEFT[family]} if variant == "peft" else {})
+    settings = dict(
+        rank=rank,
+        alpha=2.0 * rank,
+        target_modules=TARGETS[family],
+        seed=3,
+        total_steps=LEARN_STEPS,
+        options={"peft_config": GENERIC_PEFT[family]} if variant == "peft" else {},
+    )
     return AdapterSpec(**(settings | changes))
 
 
-def train_steps(variant: Variant, model: nn.Module, steps: int = 30, lr: float = 1e-2,
-                optimizer: str = "adamw") -> list[float]:
+def train_steps(
+    variant: Variant, model: nn.Module, steps: int = 30, lr: float = 1e-2, optimizer: str = "adamw"
+) -> list[float]:
     """The pipeline's loop in miniature: ``optimizer`` on the variant's parameter groups, its hooks around each
     step."""
     batch = token_batch()
@@ -97,8 +114,13 @@ def run_optimizer(cls: type[Variant], entry: dict[str, Any] | None = None, defau
     return (entry or {}).get("optimizer") or cls.optimizer or default
 
 
-def check_variant(name: str, family: str, options: dict[str, Any] | None = None, optimizer: str | None = None,
-                  steps: int = LEARN_STEPS) -> list[str]:
+def check_variant(
+    name: str,
+    family: str,
+    options: dict[str, Any] | None = None,
+    optimizer: str | None = None,
+    steps: int = LEARN_STEPS,
+) -> list[str]:
     """Every contract violation of variant ``name`` on the tiny ``family`` model; empty when it keeps it all.
 
     ``options``: the variant's options (a config's entry); default: none (``peft``: :data:`GENERIC_PEFT`).
@@ -119,8 +141,10 @@ def check_variant(name: str, family: str, options: dict[str, Any] | None = None,
         if losses[-1] < losses[0] - MIN_LOSS_DROP:
             break
     else:
-        problems.append(f"does not learn: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} {optimizer} steps "
-                        f"at lr {LEARNING_RATES[optimizer]} (expected a drop of at least {MIN_LOSS_DROP})")
+        problems.append(
+            f"does not learn: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} {optimizer} steps "
+            f"at lr {LEARNING_RATES[optimizer]} (expected a drop of at least {MIN_LOSS_DROP})"
+        )
     model.eval()  # GPT-2 has dropout
     with torch.no_grad():
         logits = model(**token_batch()).logits
@@ -146,18 +170,24 @@ def _count_problems(cls: type[Variant], spec: AdapterSpec, family: str) -> list[
     if not trainable:
         problems.append("no parameter requires grad after apply")
     if sorted(grouped) != sorted(trainable):
-        problems.append(f"parameter_groups hold {len(grouped)} tensors ({len(set(grouped))} distinct), "
-                        f"expected each of the {len(trainable)} trainable ones exactly once")
+        problems.append(
+            f"parameter_groups hold {len(grouped)} tensors ({len(set(grouped))} distinct), "
+            f"expected each of the {len(trainable)} trainable ones exactly once"
+        )
     model(**token_batch()).loss.backward()
     if idle := [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]:
-        problems.append(f"{len(idle)} parameters require grad but get no gradient (counted as trainable, never "
-                        f"trained), e.g. {idle[0]}")
+        problems.append(
+            f"{len(idle)} parameters require grad but get no gradient (counted as trainable, never "
+            f"trained), e.g. {idle[0]}"
+        )
     if _states_formula(cls):
         m, n = layer_shape(find_targets(tiny_model(family), spec.target_modules)[0][1])
         stated, counted = cls.trainable_parameters(m, n, spec.rank), variant.layer_parameters(m, n, spec.rank)
         if stated != counted:
-            problems.append(f"trainable_parameters({m}, {n}, {spec.rank}) = {stated}, but applied to one such "
-                            f"layer the variant trains {counted} parameters")
+            problems.append(
+                f"trainable_parameters({m}, {n}, {spec.rank}) = {stated}, but applied to one such "
+                f"layer the variant trains {counted} parameters"
+            )
     return problems
 
 
@@ -200,8 +230,10 @@ def _merge_problems(variant: Variant, model: nn.Module, family: str, logits: tor
     merged = variant.merge(model)
     expected = set(tiny_model(family).state_dict())
     if set(merged.state_dict()) != expected:
-        return [f"merge returned {type(merged).__name__} whose parameter names differ from the plain model's "
-                f"(extra: {sorted(set(merged.state_dict()) - expected)[:3]})"]
+        return [
+            f"merge returned {type(merged).__name__} whose parameter names differ from the plain model's "
+            f"(extra: {sorted(set(merged.state_dict()) - expected)[:3]})"
+        ]
     return _differs("the merged model", merged(**token_batch()).logits, logits)
 
 

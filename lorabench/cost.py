@@ -123,8 +123,14 @@ def base_block(shapes: ShapeSet, device: torch.device, dtype: torch.dtype, seed:
     return ShapeBlock(shapes).to(device=device, dtype=dtype).requires_grad_(False)
 
 
-def make_step(model: nn.Module, inputs: dict, upstream: list, optimizer: Any = None, variant: Any = None,
-              forward: Callable[[dict], list[torch.Tensor]] | None = None) -> Callable[[], None]:
+def make_step(
+    model: nn.Module,
+    inputs: dict,
+    upstream: list,
+    optimizer: Any = None,
+    variant: Any = None,
+    forward: Callable[[dict], list[torch.Tensor]] | None = None,
+) -> Callable[[], None]:
     """One training step as ``lorabench.train`` takes it: forward, backward, the variant's ``transform_gradients``,
     optimizer step, its ``after_step``, gradients dropped; without an optimizer, the floor's forward and backward.
     The inputs' gradients are dropped too, so no step pays for accumulating into the previous one's. ``forward``
@@ -150,8 +156,9 @@ class CannotAdapt(ValueError):
     """A variant refuses a targeted layer (:meth:`~lorabench.variants.Variant.layer_problem`)."""
 
 
-def adapted(grid_variant: GridVariant, rank: int, model: nn.Module, targets: tuple[str, ...], alpha: float,
-            total_steps: int) -> tuple[Any, nn.Module, torch.optim.Optimizer]:
+def adapted(
+    grid_variant: GridVariant, rank: int, model: nn.Module, targets: tuple[str, ...], alpha: float, total_steps: int
+) -> tuple[Any, nn.Module, torch.optim.Optimizer]:
     """``grid_variant`` applied to ``model``'s ``targets`` at ``rank`` with its optimizer (over the variant's
     parameter groups), as a run builds them: (variant, adapted model, optimizer)."""
     from lorabench.train import TrainSettings, make_optimizer
@@ -162,13 +169,23 @@ def adapted(grid_variant: GridVariant, rank: int, model: nn.Module, targets: tup
         if problem := variant.layer_problem(name, layer):
             raise CannotAdapt(f"cannot adapt {name}: {problem}")
     model = variant.apply(model)
-    optimizer = make_optimizer(variant.parameter_groups(model, LR),
-                               TrainSettings(steps=total_steps, batch_size=1, lr=LR, optimizer=grid_variant.optimizer))
+    optimizer = make_optimizer(
+        variant.parameter_groups(model, LR),
+        TrainSettings(steps=total_steps, batch_size=1, lr=LR, optimizer=grid_variant.optimizer),
+    )
     return variant, model, optimizer
 
 
-def variant_candidate(variant: GridVariant, rank: int, role: str, block: ShapeBlock, inputs: dict,
-                      upstream: list, alpha: float, total_steps: int) -> Candidate:
+def variant_candidate(
+    variant: GridVariant,
+    rank: int,
+    role: str,
+    block: ShapeBlock,
+    inputs: dict,
+    upstream: list,
+    alpha: float,
+    total_steps: int,
+) -> Candidate:
     """``variant`` applied to ``block`` at ``rank`` with its own optimizer; the reason instead when it cannot be."""
     variant = replace(variant, options=variant.options | SETUP_OPTIONS.get(variant.uses, {}))
     candidate = Candidate(variant.name, variant.uses, rank, variant.optimizer, role, options=variant.options)
@@ -337,8 +354,15 @@ def run_rounds(candidates: list[Candidate], plan: Rounds, clock: Clock, where: s
                 candidate.times.clear()
         if index <= plan.rounds or time.perf_counter() - logged >= LOG_EVERY:
             logged = time.perf_counter()
-            log.info("cost %s: round %d%s, %d candidates, %.1f s%s", where, index + 1,
-                     " (warm-up)" if index < 0 else "", len(active), logged - started, _open_note(still))
+            log.info(
+                "cost %s: round %d%s, %d candidates, %.1f s%s",
+                where,
+                index + 1,
+                " (warm-up)" if index < 0 else "",
+                len(active),
+                logged - started,
+                _open_note(still),
+            )
     return "converged" if not open_pairs(pairs, plan.halfwidth) else "max_rounds"
 
 
@@ -400,8 +424,9 @@ def measure_shape_set(name: str, tokens: int, job: CostJob, device: torch.device
     candidates = [floor]
     first_step(floor, name, device, job.profile_cpu_peak, started)
     for variant, rank, role in wanted:
-        candidates.append(variant_candidate(variant, rank, role, copy.deepcopy(base), inputs, upstream,
-                                            job.alpha, total_steps))
+        candidates.append(
+            variant_candidate(variant, rank, role, copy.deepcopy(base), inputs, upstream, job.alpha, total_steps)
+        )
         first_step(candidates[-1], name, device, job.profile_cpu_peak, started)
     clock = Clock(device)
     stopped = run_rounds(candidates, plan, clock, name)
@@ -414,9 +439,13 @@ def first_step(candidate: Candidate, where: str, device: torch.device, profile_c
     logged with the time since the shape set's setup began."""
     if candidate.step is not None:
         candidate.peak_bytes = peak_of_step(candidate.step, device, profile_cpu)
-    log.info("cost %s: set up %s (%s), %.1f s", where, candidate.label,
-             "first step taken" if candidate.step else f"not measured: {candidate.reason}",
-             time.perf_counter() - started)
+    log.info(
+        "cost %s: set up %s (%s), %.1f s",
+        where,
+        candidate.label,
+        "first step taken" if candidate.step else f"not measured: {candidate.reason}",
+        time.perf_counter() - started,
+    )
 
 
 def candidates_wanted(variants: list[GridVariant], target_ranks: list[int]) -> list[tuple[GridVariant, int, str]]:
@@ -425,55 +454,101 @@ def candidates_wanted(variants: list[GridVariant], target_ranks: list[int]) -> l
     every rank where the grid lacks them (``reference``)."""
     wanted = [(variant, rank, "grid") for variant in variants for rank in variant.ranks]
     targeted = {target.variant for target in TARGETS} - set(REFERENCES)
-    wanted += [(variant, rank, "target_rank") for variant in variants
-               if variant.name in targeted and any(variant.ranks) for rank in target_ranks if rank not in variant.ranks]
+    wanted += [
+        (variant, rank, "target_rank")
+        for variant in variants
+        if variant.name in targeted and any(variant.ranks)
+        for rank in target_ranks
+        if rank not in variant.ranks
+    ]
     ranks = sorted({rank for _, rank, _ in wanted if rank} | set(target_ranks)) or [0]
     present = {(variant.name, rank) for variant, rank, _ in wanted}
-    return wanted + [(GridVariant(ref, ref, {}, "adamw", (), tuple(ranks)), rank, "reference")
-                     for ref in REFERENCES for rank in ranks if (ref, rank) not in present]
+    return wanted + [
+        (GridVariant(ref, ref, {}, "adamw", (), tuple(ranks)), rank, "reference")
+        for ref in REFERENCES
+        for rank in ranks
+        if (ref, rank) not in present
+    ]
 
 
-def table_rows(shape_set: str, tokens: int, candidates: list[Candidate], reference_rank: int, method: str,
-               job: CostJob, device: torch.device, stopped: str) -> list[dict[str, Any]]:
+def table_rows(
+    shape_set: str,
+    tokens: int,
+    candidates: list[Candidate],
+    reference_rank: int,
+    method: str,
+    job: CostJob,
+    device: torch.device,
+    stopped: str,
+) -> list[dict[str, Any]]:
     """One row per candidate with its step time, memory and ratios to the floor, PEFT's LoRA and our LoRA, the
     rounds it stepped in, and what stopped the shape set's rounds (``stopped``)."""
     from lorabench.devices import device_info
 
     by_key = {(c.name, c.rank): c for c in candidates}
     floor = by_key[(FLOOR, 0)]
-    common = {"shape_set": shape_set, "shapes": SHAPE_SETS[shape_set].text(), "tokens": tokens,
-              "dtype": job.dtype, "method": method, "threads": torch.get_num_threads(),
-              "min_rounds": job.rounds, "warmup": job.warmup, "max_rounds": job.max_rounds,
-              "max_seconds": job.max_seconds, "target_halfwidth": job.target_halfwidth,
-              "stopped": stopped, **device_info(device)}
+    common = {
+        "shape_set": shape_set,
+        "shapes": SHAPE_SETS[shape_set].text(),
+        "tokens": tokens,
+        "dtype": job.dtype,
+        "method": method,
+        "threads": torch.get_num_threads(),
+        "min_rounds": job.rounds,
+        "warmup": job.warmup,
+        "max_rounds": job.max_rounds,
+        "max_seconds": job.max_seconds,
+        "target_halfwidth": job.target_halfwidth,
+        "stopped": stopped,
+        **device_info(device),
+    }
     rows = []
     for c in candidates:
         at = c.rank or reference_rank
         peft, lora = by_key.get(("peft_lora", at)), by_key.get(("lora", at))
         held = sum(c.account.values())
         lora_held = sum(lora.account.values()) if lora and lora.step else math.nan
-        rows.append({
-            **common, "variant": c.name, "uses": c.uses, "rank": c.rank, "role": c.role, "optimizer": c.optimizer,
-            "options": json.dumps(c.options, sort_keys=True) if c.options else "",
-            "status": "ok" if c.step is not None else "not_measured", "reason": c.reason,
-            "compared_at_rank": at if c.name != FLOOR else 0,
-            "rounds": len(c.times),
-            "step_ms": 1000 * statistics.median(c.times.values()) if c.times else math.nan,
-            "step_ms_min": 1000 * min(c.times.values()) if c.times else math.nan,
-            **ratio_columns("ratio_floor", c, floor),
-            **ratio_columns("ratio_peft_lora", c, peft),
-            **ratio_columns("ratio_lora", c, lora),
-            "mem_account_mb": held / MIB if c.step is not None else math.nan,
-            **{f"mem_{part}_mb": c.account.get(key, 0) / MIB if c.step is not None else math.nan
-               for part, key in (("params", "trainable_parameters"), ("grads", "gradients"),
-                                 ("optimizer", "optimizer_state"), ("activations", "saved_activations"),
-                                 ("variant_state", "variant_state"))},
-            "mem_ratio_lora": held / lora_held if c.step is not None and lora_held else math.nan,
-            "peak_mb": c.peak_bytes / MIB,
-            "peak_ratio_lora": c.peak_bytes / lora.peak_bytes if lora and lora.peak_bytes else math.nan,
-            "peak_method": ("cuda_max_memory_allocated" if device.type == "cuda" else "torch_profiler_memory_timeline"
-                            if job.profile_cpu_peak else "not_measured"),
-        })
+        rows.append(
+            {
+                **common,
+                "variant": c.name,
+                "uses": c.uses,
+                "rank": c.rank,
+                "role": c.role,
+                "optimizer": c.optimizer,
+                "options": json.dumps(c.options, sort_keys=True) if c.options else "",
+                "status": "ok" if c.step is not None else "not_measured",
+                "reason": c.reason,
+                "compared_at_rank": at if c.name != FLOOR else 0,
+                "rounds": len(c.times),
+                "step_ms": 1000 * statistics.median(c.times.values()) if c.times else math.nan,
+                "step_ms_min": 1000 * min(c.times.values()) if c.times else math.nan,
+                **ratio_columns("ratio_floor", c, floor),
+                **ratio_columns("ratio_peft_lora", c, peft),
+                **ratio_columns("ratio_lora", c, lora),
+                "mem_account_mb": held / MIB if c.step is not None else math.nan,
+                **{
+                    f"mem_{part}_mb": c.account.get(key, 0) / MIB if c.step is not None else math.nan
+                    for part, key in (
+                        ("params", "trainable_parameters"),
+                        ("grads", "gradients"),
+                        ("optimizer", "optimizer_state"),
+                        ("activations", "saved_activations"),
+                        ("variant_state", "variant_state"),
+                    )
+                },
+                "mem_ratio_lora": held / lora_held if c.step is not None and lora_held else math.nan,
+                "peak_mb": c.peak_bytes / MIB,
+                "peak_ratio_lora": c.peak_bytes / lora.peak_bytes if lora and lora.peak_bytes else math.nan,
+                "peak_method": (
+                    "cuda_max_memory_allocated"
+                    if device.type == "cuda"
+                    else "torch_profiler_memory_timeline"
+                    if job.profile_cpu_peak
+                    else "not_measured"
+                ),
+            }
+        )
     return rows
 
 

@@ -65,17 +65,28 @@ class ShapeSet:
 SHAPE_SETS = {
     "llama-1b": ShapeSet(
         "one decoder block of Llama-3.2-1B (hidden 2048, MLP 8192, 32 query heads and 8 key/value heads of 64)",
-        {"q_proj": Linear(2048, 2048, "hidden"), "k_proj": Linear(512, 2048, "hidden"),
-         "v_proj": Linear(512, 2048, "hidden"), "o_proj": Linear(2048, 2048, "attention"),
-         "gate_proj": Linear(8192, 2048, "normed"), "up_proj": Linear(8192, 2048, "normed"),
-         "down_proj": Linear(2048, 8192, "gated")},
+        {
+            "q_proj": Linear(2048, 2048, "hidden"),
+            "k_proj": Linear(512, 2048, "hidden"),
+            "v_proj": Linear(512, 2048, "hidden"),
+            "o_proj": Linear(2048, 2048, "attention"),
+            "gate_proj": Linear(8192, 2048, "normed"),
+            "up_proj": Linear(8192, 2048, "normed"),
+            "down_proj": Linear(2048, 8192, "gated"),
+        },
     ),
     "square-1024": ShapeSet("one 1024x1024 layer (the micro-benchmark's)", {"layer": Linear(1024, 1024, "x")}),
     "tiny": ShapeSet(
         "a Llama-like block at hidden 64, MLP 128 (tests and the smoke grid)",
-        {"q_proj": Linear(64, 64, "hidden"), "k_proj": Linear(32, 64, "hidden"), "v_proj": Linear(32, 64, "hidden"),
-         "o_proj": Linear(64, 64, "attention"), "gate_proj": Linear(128, 64, "normed"),
-         "up_proj": Linear(128, 64, "normed"), "down_proj": Linear(64, 128, "gated")},
+        {
+            "q_proj": Linear(64, 64, "hidden"),
+            "k_proj": Linear(32, 64, "hidden"),
+            "v_proj": Linear(32, 64, "hidden"),
+            "o_proj": Linear(64, 64, "attention"),
+            "gate_proj": Linear(128, 64, "normed"),
+            "up_proj": Linear(128, 64, "normed"),
+            "down_proj": Linear(64, 128, "gated"),
+        },
     ),
 }
 """Named shape sets (the config's ``cost.shapes`` keys). Layer names are Llama's, so ``target_modules`` match."""
@@ -89,6 +100,7 @@ def flop_bound(target: Target, shapes: ShapeSet, rank: int) -> float | None:
     ``1 + 1.5 r Σ(m + n) / Σ m n`` (1.1875 at r = 64 on one 1024x1024 layer), and two LoRA-shaped steps at 1.0.
     The optimizer's step and memory passes come on top, so the real bound is higher. None where the FLOP count of
     either side is not modelled (memory targets; other variants)."""
+
     def flops(name: str) -> float | None:
         base = 4 * sum(layer.m * layer.n for layer in shapes.layers.values())
         if name == FLOOR:

@@ -60,7 +60,8 @@ class Grid:
 
     config: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
-    """What the checks found doubtful but not wrong (``device: cuda`` with no CUDA visible here): printed, not refused."""
+    """What the checks found doubtful but not wrong (``device: cuda`` with no CUDA visible here): printed, not
+    refused."""
 
     # variants
 
@@ -110,8 +111,12 @@ class Grid:
 
     def _task_entries(self) -> dict[str, dict[str, Any]]:
         """Target task name -> its config fields, for the target entries that are mappings."""
-        return {name: fields for entry in self.config["tasks"]["target"] if isinstance(entry, dict)
-                for name, fields in entry.items()}
+        return {
+            name: fields
+            for entry in self.config["tasks"]["target"]
+            if isinstance(entry, dict)
+            for name, fields in entry.items()
+        }
 
     def hub_tasks(self) -> dict[str, dict[str, Any]]:
         """Target task name -> HubTask fields (``name`` included), for the target entries that are mappings.
@@ -142,13 +147,18 @@ class Grid:
                 continue
             for prefix, source in (("", fields), ("train_source/", fields.get("train_source") or {})):
                 if source.get("dataset") in (None, *FILE_BUILDERS) and isinstance(source.get("data_files"), dict):
-                    files += [LocalFile(f"tasks/target/{index}/{name}/{prefix}data_files/{split}", path, name)
-                              for split, path in source["data_files"].items() if isinstance(path, str)]
+                    files += [
+                        LocalFile(f"tasks/target/{index}/{name}/{prefix}data_files/{split}", path, name)
+                        for split, path in source["data_files"].items()
+                        if isinstance(path, str)
+                    ]
         forgetting = self.config["forgetting"]
         if "heldout_ce" in forgetting:
             files.append(LocalFile("forgetting/heldout_ce/texts", forgetting["heldout_ce"]["texts"]))
         if "paraphrase_retrieval" in forgetting:
-            files.append(LocalFile("forgetting/paraphrase_retrieval/pairs", forgetting["paraphrase_retrieval"]["pairs"]))
+            files.append(
+                LocalFile("forgetting/paraphrase_retrieval/pairs", forgetting["paraphrase_retrieval"]["pairs"])
+            )
         if (include := forgetting.get("lm_eval", {}).get("include_path")) is not None:
             files.append(LocalFile("forgetting/lm_eval/include_path", include, folder=True))
         return files
@@ -161,8 +171,11 @@ class Grid:
             if local.task is not None and local.task not in tasks:
                 continue
             if local.folder:
-                paths += sorted(str(path) for path in Path(local.path).rglob("*")
-                                if path.is_file() and path.suffix in INCLUDE_SUFFIXES)
+                paths += sorted(
+                    str(path)
+                    for path in Path(local.path).rglob("*")
+                    if path.is_file() and path.suffix in INCLUDE_SUFFIXES
+                )
             elif glob.has_magic(local.path):
                 paths += sorted(glob.glob(local.path, recursive=True))
             else:
@@ -238,8 +251,10 @@ class Grid:
     def job_shapes(self) -> set[tuple[tuple[str, ...], ...]]:
         """The batched axes' values of each job, as they appear in record paths; a valid grid has one shape,
         since one Snakemake rule needs the same outputs for every job (:func:`lorabench.checks.check_batching`)."""
-        return {tuple(tuple(_wildcard_value(point, axis) for axis in self.batched()) for point in points)
-                for points in self.jobs().values()}
+        return {
+            tuple(tuple(_wildcard_value(point, axis) for axis in self.batched()) for point in points)
+            for points in self.jobs().values()
+        }
 
     def job_shape(self) -> list[dict[str, str]]:
         """The batched axes' values every job runs, one mapping per point of a job."""

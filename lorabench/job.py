@@ -55,14 +55,31 @@ class GridVariant:
         kept store keeps a finished run when the sweep widens (:func:`lorabench.kept.key`)."""
         return {"name": self.name, "uses": self.uses, "options": self.options, "optimizer": self.optimizer}
 
-    def build(self, rank: int, alpha: float, target_modules: Iterable[str], *, seed: int = 0, dropout: float = 0.0,
-              total_steps: int | None = None) -> Variant:
+    def build(
+        self,
+        rank: int,
+        alpha: float,
+        target_modules: Iterable[str],
+        *,
+        seed: int = 0,
+        dropout: float = 0.0,
+        total_steps: int | None = None,
+    ) -> Variant:
         """The variant built as a run at ``rank`` builds it: the one place a config's variant becomes an
         :class:`~lorabench.variants.AdapterSpec` (runs, checks and the cost stage all come here)."""
         from lorabench.variants import AdapterSpec
 
-        return self.cls(AdapterSpec(rank=rank, alpha=alpha, target_modules=tuple(target_modules), seed=seed,
-                                    dropout=dropout, options=self.options, total_steps=total_steps))
+        return self.cls(
+            AdapterSpec(
+                rank=rank,
+                alpha=alpha,
+                target_modules=tuple(target_modules),
+                seed=seed,
+                dropout=dropout,
+                options=self.options,
+                total_steps=total_steps,
+            )
+        )
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> GridVariant:
@@ -226,13 +243,15 @@ class TrainJob(JsonJob):
     @classmethod
     def from_dict(cls, job: dict[str, Any]) -> TrainJob:
         sequences = {"target_modules", "source_tasks", "variant_modules"}
-        return cls(**{
-            **{key: tuple(value) if key in sequences else value for key, value in job.items()},
-            "forgetting": Forgetting.from_dict(job["forgetting"]),
-            "train": JobTraining(**job["train"] | {"eval_at": tuple(job["train"]["eval_at"])}),
-            "variants": {name: GridVariant.from_dict(fields) for name, fields in job["variants"].items()},
-            "points": tuple(GridPoint(**point) for point in job["points"]),
-        })
+        return cls(
+            **{
+                **{key: tuple(value) if key in sequences else value for key, value in job.items()},
+                "forgetting": Forgetting.from_dict(job["forgetting"]),
+                "train": JobTraining(**job["train"] | {"eval_at": tuple(job["train"]["eval_at"])}),
+                "variants": {name: GridVariant.from_dict(fields) for name, fields in job["variants"].items()},
+                "points": tuple(GridPoint(**point) for point in job["points"]),
+            }
+        )
 
     def variant(self, point: GridPoint) -> GridVariant:
         """``point``'s variant, as the grid runs it."""

@@ -43,8 +43,16 @@ def key(job: TrainJob, point: GridPoint, code: str, fingerprint: list[tuple[str,
     """SHA-256 of what ``point``'s record depends on; the job's other points and variants are left out, and of its
     own variant only what a run depends on (not the sweep), so a point keeps its key whatever it is batched with."""
     settings = {key: value for key, value in job.to_dict().items() if key not in ("points", "variants")}
-    text = json.dumps({"job": settings, "point": asdict(point), "variant": job.variant(point).run_settings(),
-                       "code": code, "inputs": fingerprint}, sort_keys=True)
+    text = json.dumps(
+        {
+            "job": settings,
+            "point": asdict(point),
+            "variant": job.variant(point).run_settings(),
+            "code": code,
+            "inputs": fingerprint,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -165,7 +165,8 @@ def saved_activation_bytes(model: torch.nn.Module, forward: Callable[[], torch.T
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss = forward()
     counted = storage_bytes(saved, exclude=weights)
-    del loss, saved
+    del loss
+    saved.clear()
     return counted
 
 
@@ -178,8 +179,11 @@ def variant_state_bytes(model: torch.nn.Module, before: frozenset[int]) -> int:
     ``base_layer``, which PiSSA rewrites in place of the original).
     """
     trainable = storage_addresses(p for p in model.parameters() if p.requires_grad)
-    held = [tensor for name, tensor in (*model.named_parameters(), *model.named_buffers())
-            if not tensor.requires_grad and "base_layer." not in name]
+    held = [
+        tensor
+        for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        if not tensor.requires_grad and "base_layer." not in name
+    ]
     return storage_bytes(held, exclude=before | trainable)
 
 

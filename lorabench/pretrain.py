@@ -29,20 +29,21 @@ def pretrain(job: PretrainJob, out_dir: Path, threads: int | None = None) -> dic
     model = build_embedded(job.architecture, tokenizer, job.seed)
     tasks = embedded_tasks(job.source_tasks, job.data)
     mixture = [example for task in tasks for example in task.split("train")]
-    outcome = train(
-        model, tokenizer, mixture, TrainSettings(**job.train), job.seed, device, description="pretrain"
-    )
+    outcome = train(model, tokenizer, mixture, TrainSettings(**job.train), job.seed, device, description="pretrain")
     if outcome.divergence is not None:  # every train job would fine-tune a broken model: stop the grid here
         raise RuntimeError(f"pretraining diverged at step {outcome.divergence.step}: {outcome.divergence.reason}")
     tokenizer.padding_side = "left"
     scores = {
-        task.name: accuracy(model, tokenizer, task, task.split("test"), job.eval_batch_size, device)
-        for task in tasks
+        task.name: accuracy(model, tokenizer, task, task.split("test"), job.eval_batch_size, device) for task in tasks
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    summary = {"source_accuracy": scores, "train_seconds": outcome.train_seconds, "loss_curve": outcome.losses,
-               "settings": job.to_dict()}
+    summary = {
+        "source_accuracy": scores,
+        "train_seconds": outcome.train_seconds,
+        "loss_curve": outcome.losses,
+        "settings": job.to_dict(),
+    }
     (out_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))
     return scores

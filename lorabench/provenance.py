@@ -2,9 +2,9 @@
 source files a job runs.
 
 The hash covers the code (not comments or docstrings) of the files a job's numbers depend on and nothing else, so
-the Snakefile passes it as a tracked param: an edit to a variant's module re-runs that variant's train jobs, an edit to training code they share
-re-runs every train job, and an edit to the report or the grid expansion (whose output, the job's settings, is
-tracked itself) re-runs none. Records carry the same hash, computed by the job itself.
+the Snakefile passes it as a tracked param: an edit to a variant's module re-runs that variant's train jobs, an edit
+to training code they share re-runs every train job, and an edit to the report or the grid expansion (whose output,
+the job's settings, is tracked itself) re-runs none. Records carry the same hash, computed by the job itself.
 """
 
 from __future__ import annotations
@@ -56,8 +56,12 @@ def variant_source_files(*variants: type) -> set[Path]:
     """The files defining ``variants`` (registered classes) and their ancestors that are variants too."""
     from lorabench.variants import Variant
 
-    return {Path(inspect.getsourcefile(cls)).resolve()
-            for variant in variants for cls in variant.__mro__ if issubclass(cls, Variant)}
+    return {
+        Path(inspect.getsourcefile(cls)).resolve()
+        for variant in variants
+        for cls in variant.__mro__
+        if issubclass(cls, Variant)
+    }
 
 
 def _imports_closure(files: set[Path]) -> frozenset[Path]:
@@ -133,8 +137,11 @@ def _code(path: Path) -> bytes:
 
 def _is_string_statement(statement: ast.stmt) -> bool:
     """A bare string: a docstring, or an attribute's docstring under its assignment; it does nothing."""
-    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(
-        statement.value.value, str)
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
 
 
 def _label(path: Path) -> str:
@@ -155,11 +162,11 @@ def git_state() -> dict[str, str | bool | None]:
     Outside a git checkout (an installed wheel, a container) the commit is ``LORABENCH_COMMIT`` if set, and
     ``dirty`` is None: unknown, the code hash still says what ran.
     """
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=PACKAGE).stdout
 
     try:
-        return {"commit": git("rev-parse", "HEAD").strip(),
-                "dirty": bool(git("status", "--porcelain").strip())}
+        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(git("status", "--porcelain").strip())}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": os.environ.get("LORABENCH_COMMIT"), "dirty": None}

@@ -79,6 +79,8 @@ def _mean_differences(fresh: pd.DataFrame, reference: pd.DataFrame, tolerance: f
         for metric in COMPARED:
             ours, theirs = row[metric], row[f"{metric}_reference"]
             if abs(ours - theirs) > tolerance or pd.isna(ours) != pd.isna(theirs):
-                lines.append(f"{model}/{variant}/r{rank}: mean {metric} {ours:.3f}, reference {theirs:.3f} "
-                             f"(tolerance {tolerance})")
+                lines.append(
+                    f"{model}/{variant}/r{rank}: mean {metric} {ours:.3f}, reference {theirs:.3f} "
+                    f"(tolerance {tolerance})"
+                )
     return lines

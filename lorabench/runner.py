@@ -70,8 +70,11 @@ def run_job(job: TrainJob, threads: int | None = None, inputs: list[str] | None 
         _record_failures(job, points, device, lambda task: error)
         return
     for group in _stacks(points) if job.stack else [[point] for point in points]:
-        ran = run_stack(job, group, tasks, base, device) if len(group) > 1 else [run_point(job, group[0], tasks, base,
-                                                                                             device)]
+        ran = (
+            run_stack(job, group, tasks, base, device)
+            if len(group) > 1
+            else [run_point(job, group[0], tasks, base, device)]
+        )
         for point, record in zip(group, ran, strict=True):
             if keys:
                 kept.keep(record, point, keys[point.record])
@@ -100,14 +103,16 @@ def _restored(point: GridPoint, keys: dict[str, str]) -> bool:
     """Whether ``point``'s kept record was put back in place (then it is not trained again)."""
     if point.record not in keys or (record := kept.restore(point, keys[point.record])) is None:
         return False
-    log.info("%s: %s, restored from %s (trained before)", record["run_id"], record["status"],
-             kept.kept_path(point, keys[point.record]))
+    log.info(
+        "%s: %s, restored from %s (trained before)",
+        record["run_id"],
+        record["status"],
+        kept.kept_path(point, keys[point.record]),
+    )
     return True
 
 
-def _record_failures(
-    job: TrainJob, points: list[GridPoint], device: torch.device, error: Callable[[str], str]
-) -> None:
+def _record_failures(job: TrainJob, points: list[GridPoint], device: torch.device, error: Callable[[str], str]) -> None:
     """A ``failed`` record for each of ``points``, with ``error(task)`` as the reason."""
     for point in points:
         record = _empty_record(job, point, None, device)
@@ -118,9 +123,12 @@ def _record_failures(
 
 def _model_problem(checkpoint: str) -> str:
     """Why the base model could not be used, as far as can be told without the traceback."""
-    where = ("a folder here" if Path(checkpoint).is_dir() else
-             "not a folder here (relative to the working directory), so read as a hub name, which needs network or "
-             "the Hugging Face cache")
+    where = (
+        "a folder here"
+        if Path(checkpoint).is_dir()
+        else "not a folder here (relative to the working directory), so read as a hub name, which needs network or "
+        "the Hugging Face cache"
+    )
     return f"the base model {checkpoint!r} ({where}) could not be loaded or measured"
 
 
@@ -159,8 +167,9 @@ def _forgetting_measures(
     if lm_eval := settings.lm_eval:
         from lorabench.evaluation.lm_eval import lm_eval_scores
 
-        scores = lm_eval_scores(model, tokenizer, list(lm_eval.tasks), lm_eval.include_path, lm_eval.limit,
-                                lm_eval.batch_size, str(device))
+        scores = lm_eval_scores(
+            model, tokenizer, list(lm_eval.tasks), lm_eval.include_path, lm_eval.limit, lm_eval.batch_size, str(device)
+        )
         measured |= {f"lm_eval__{task}": score for task, score in scores.items()}
     if heldout := settings.heldout_ce:
         from lorabench.evaluation.perplexity import mean_token_cross_entropy
@@ -195,7 +204,8 @@ def _prefixed(measured: dict[str, float], when: str) -> dict[str, float]:
 
 
 def _forgetting_extras(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """After-values plus ``heldout_ce_increase``; score drops go to ``forgetting.per_task`` (:func:`_benchmark_drops`)."""
+    """After-values plus ``heldout_ce_increase``; score drops go to ``forgetting.per_task``
+    (:func:`_benchmark_drops`)."""
     extras = _prefixed(after, "after")
     if "heldout_ce" in after and "heldout_ce" in before:
         extras["heldout_ce_increase"] = after["heldout_ce"] - before["heldout_ce"]
@@ -228,16 +238,24 @@ class Evaluation:
     """The config's ``forgetting`` measures (:func:`_forgetting_measures`)."""
 
 
-def _evaluate(job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str, Task], target: Task | None,
-              device: torch.device) -> Evaluation:
+def _evaluate(
+    job: TrainJob, model: torch.nn.Module, tokenizer, tasks: dict[str, Task], target: Task | None, device: torch.device
+) -> Evaluation:
     """Every measure of ``model`` as it is now, the generation of all splits and tasks in shared batches; with
     ``target`` None (the base model) every generation task's test split instead of the target's two splits. The
     model's train/eval mode is restored: mid-training evaluations hand it back to training as they found it."""
     return evaluate_members(job, model, [model], tokenizer, tasks, target, device)[0]
 
 
-def evaluate_members(job: TrainJob, model: torch.nn.Module, members: list[torch.nn.Module], tokenizer,
-                     tasks: dict[str, Task], target: Task | None, device: torch.device) -> list[Evaluation]:
+def evaluate_members(
+    job: TrainJob,
+    model: torch.nn.Module,
+    members: list[torch.nn.Module],
+    tokenizer,
+    tasks: dict[str, Task],
+    target: Task | None,
+    device: torch.device,
+) -> list[Evaluation]:
     """:func:`_evaluate` of each of ``members``, whose generation and answer cross-entropy ``model`` computes in one
     pass for all (a :mod:`lorabench.stack` host, or the one member itself); the config's ``forgetting`` measures
     are taken of each member alone."""
@@ -252,17 +270,27 @@ def evaluate_members(job: TrainJob, model: torch.nn.Module, members: list[torch.
     was_training = model.training
     try:
         scored = stacked_scores(model, tokenizer, sets, job.eval_batch_size, device, copies)
-        source_ce = (stacked_answer_cross_entropy(model, tokenizer, examples, job.eval_batch_size, device, copies)
-                     if examples else [{}] * copies)
-        benchmarks = [_forgetting_measures(job.forgetting, member, tokenizer, device) if job.forgetting else {}
-                      for member in members]
+        source_ce = (
+            stacked_answer_cross_entropy(model, tokenizer, examples, job.eval_batch_size, device, copies)
+            if examples
+            else [{}] * copies
+        )
+        benchmarks = [
+            _forgetting_measures(job.forgetting, member, tokenizer, device) if job.forgetting else {}
+            for member in members
+        ]
     finally:
         model.train(was_training)
     return [_evaluation(sources, target, *each) for each in zip(scored, source_ce, benchmarks, strict=True)]
 
 
-def _evaluation(sources: dict[str, Task], target: Task | None, scored: dict, source_ce: dict[str, float],
-                benchmarks: dict[str, float]) -> Evaluation:
+def _evaluation(
+    sources: dict[str, Task],
+    target: Task | None,
+    scored: dict,
+    source_ce: dict[str, float],
+    benchmarks: dict[str, float],
+) -> Evaluation:
     if target is None:
         target_scores = {name: value for (name, _), value in scored.items()}
     else:
@@ -317,8 +345,9 @@ def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, w
     with _logged("base model: evaluation"):
         evaluation = _evaluate(job, model, tokenizer, tasks, None, device)
     pool = [example for name in job.source_tasks for example in tasks[name].split("train")] if job.train.replay else []
-    return BaseMeasures(evaluation, math.log(model.config.vocab_size), weights,
-                        tokenize_examples(tokenizer, pool) if pool else [])
+    return BaseMeasures(
+        evaluation, math.log(model.config.vocab_size), weights, tokenize_examples(tokenizer, pool) if pool else []
+    )
 
 
 def forgetting_of(base: BaseMeasures, after: Evaluation) -> dict[str, Any]:
@@ -383,8 +412,9 @@ class Prepared:
     trajectory: list[tuple[int, Evaluation]]
 
 
-def prepare_point(job: TrainJob, point: GridPoint, tasks: dict[str, Task], device: torch.device,
-                  record: dict[str, Any]) -> Prepared:
+def prepare_point(
+    job: TrainJob, point: GridPoint, tasks: dict[str, Task], device: torch.device, record: dict[str, Any]
+) -> Prepared:
     """Load ``point``'s model, seeded, and apply its variant; fills the record's parameter counts."""
     target = tasks[point.task]
     torch.manual_seed(point.seed)  # before loading: it also draws a classification task's new head
@@ -392,10 +422,12 @@ def prepare_point(job: TrainJob, point: GridPoint, tasks: dict[str, Task], devic
     model.to(device)
 
     if target.labels is not None:  # base backbone under this point's new head: what its training starts from
-        record["target"]["accuracy_before"] = scores(model, tokenizer, {0: (target, target.split("test"))},
-                                                     job.eval_batch_size, device)[0].accuracy
-    variant = job.variant(point).build(point.rank, job.alpha, job.target_modules, seed=point.seed,
-                                       dropout=job.dropout, total_steps=job.train.steps)
+        record["target"]["accuracy_before"] = scores(
+            model, tokenizer, {0: (target, target.split("test"))}, job.eval_batch_size, device
+        )[0].accuracy
+    variant = job.variant(point).build(
+        point.rank, job.alpha, job.target_modules, seed=point.seed, dropout=job.dropout, total_steps=job.train.steps
+    )
     head = task_head(model) if target.labels is not None else []
     before = storage_addresses([*model.parameters(), *model.buffers()])
     model = variant.apply(model).to(device)
@@ -427,8 +459,15 @@ def run_stack(
         runs, members = [], []
         for point, record in zip(points, started, strict=True):
             runs.append(run := prepare_point(job, point, tasks, device, record))
-            members.append(stack.Member(run.model, run.variant, job.train.settings(point.lr, job.variant(point).optimizer), point.seed,
-                                        run.variant.parameter_groups(run.model, point.lr)))
+            members.append(
+                stack.Member(
+                    run.model,
+                    run.variant,
+                    job.train.settings(point.lr, job.variant(point).optimizer),
+                    point.seed,
+                    run.variant.parameter_groups(run.model, point.lr),
+                )
+            )
         if problem := stack.stack_problem(members):
             raise _Unstackable(problem)
         _train_stacked(job, runs, members, tasks, base, device)
@@ -451,8 +490,14 @@ class _Unstackable(Exception):
     """Why points of a job run alone though ``jobs.stack`` is set."""
 
 
-def _train_stacked(job: TrainJob, runs: list[Prepared], members: list[stack.Member], tasks: dict[str, Task],
-                   base: BaseMeasures, device: torch.device) -> None:
+def _train_stacked(
+    job: TrainJob,
+    runs: list[Prepared],
+    members: list[stack.Member],
+    tasks: dict[str, Task],
+    base: BaseMeasures,
+    device: torch.device,
+) -> None:
     """Train and evaluate the stack, every evaluation (mid-training and final) in one pass for all members."""
     host = stack.build_host(members)
     tokenizer, target = runs[0].tokenizer, runs[0].target
@@ -470,7 +515,11 @@ def _train_stacked(job: TrainJob, runs: list[Prepared], members: list[stack.Memb
 
 
 def _train_and_measure(
-    job: TrainJob, point: GridPoint, tasks: dict[str, Task], device: torch.device, record: dict[str, Any],
+    job: TrainJob,
+    point: GridPoint,
+    tasks: dict[str, Task],
+    device: torch.device,
+    record: dict[str, Any],
     base: BaseMeasures,
 ) -> None:
     run = prepare_point(job, point, tasks, device, record)
@@ -480,18 +529,28 @@ def _train_and_measure(
             run.trajectory.append((steps_done, _evaluate(job, run.model, run.tokenizer, tasks, run.target, device)))
 
     outcome = train(
-        run.model, run.tokenizer, run.target.split("train"), job.train.settings(point.lr, job.variant(point).optimizer), point.seed, device,
-        after_step=run.variant.after_step, before_step=run.variant.transform_gradients,
-        description=record["run_id"], labels=run.target.labels,
-        parameter_groups=run.variant.parameter_groups(run.model, point.lr), evaluate=evaluate, replay=base.replay,
+        run.model,
+        run.tokenizer,
+        run.target.split("train"),
+        job.train.settings(point.lr, job.variant(point).optimizer),
+        point.seed,
+        device,
+        after_step=run.variant.after_step,
+        before_step=run.variant.transform_gradients,
+        description=record["run_id"],
+        labels=run.target.labels,
+        parameter_groups=run.variant.parameter_groups(run.model, point.lr),
+        evaluate=evaluate,
+        replay=base.replay,
     )
     if outcome.status == "ok":
         evaluate(job.train.steps)
     finish_point(job, point, record, base, run, outcome)
 
 
-def finish_point(job: TrainJob, point: GridPoint, record: dict[str, Any], base: BaseMeasures, run: Prepared,
-                 outcome: TrainOutcome) -> None:
+def finish_point(
+    job: TrainJob, point: GridPoint, record: dict[str, Any], base: BaseMeasures, run: Prepared, outcome: TrainOutcome
+) -> None:
     """Fill ``record`` from a trained point: its training, and when it ended ``ok``, its final evaluation (the
     last of ``run.trajectory``), forgetting and what its variant adds."""
     model, variant = run.model, run.variant
@@ -507,8 +566,11 @@ def finish_point(job: TrainJob, point: GridPoint, record: dict[str, Any], base: 
     record["target"]["accuracy_after"] = final.target["test"].accuracy
     record["extra"]["validation_accuracy"] = final.target["validation"].accuracy
     for name, scored in final.source.items():
-        record["source"][name] |= {"accuracy_after": scored.accuracy, "char_accuracy_after": scored.char_accuracy,
-                                   "ce_after": final.source_ce[name]}
+        record["source"][name] |= {
+            "accuracy_after": scored.accuracy,
+            "char_accuracy_after": scored.char_accuracy,
+            "ce_after": final.source_ce[name],
+        }
     record["forgetting"] = forgetting_of(base, final)
     if job.forgetting:
         record["extra"] |= _forgetting_extras(base.evaluation.benchmarks, final.benchmarks)
@@ -546,8 +608,11 @@ def _weight_forgetting(
 def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
     record["status"] = outcome.status
     if (diverged := outcome.divergence) is not None:
-        record["divergence"] = {"step": diverged.step, "loss": _finite_or_none(diverged.loss),
-                                "reason": diverged.reason}
+        record["divergence"] = {
+            "step": diverged.step,
+            "loss": _finite_or_none(diverged.loss),
+            "reason": diverged.reason,
+        }
     record["loss_curve"] = {"step": outcome.steps, "loss": [_finite_or_none(x) for x in outcome.losses]}
     record["timing"] = {
         "method": outcome.clock.method,
@@ -556,15 +621,20 @@ def _record_training(record: dict[str, Any], outcome: TrainOutcome) -> None:
         **outcome.clock.summary(),
         "steps_done": len(outcome.clock.step_seconds),
     }
-    record["memory"] = {"method": outcome.memory.method, "peak_mb": outcome.peak_mb,
-                        "baseline_mb": outcome.memory.baseline_mb, "account": _memory_account(outcome.account)}
+    record["memory"] = {
+        "method": outcome.memory.method,
+        "peak_mb": outcome.peak_mb,
+        "baseline_mb": outcome.memory.baseline_mb,
+        "account": _memory_account(outcome.account),
+    }
 
 
 ACCOUNT_PARTS = ("trainable_parameters", "gradients", "optimizer_state", "saved_activations", "variant_state")
 
 
 def _memory_account(counted: dict[str, int]) -> dict[str, int] | None:
-    """The byte counts of :data:`ACCOUNT_PARTS` and their total; None when training stopped before its first optimizer step."""
+    """The byte counts of :data:`ACCOUNT_PARTS` and their total; None when training stopped before its first
+    optimizer step."""
     if not all(part in counted for part in ACCOUNT_PARTS):
         return None
     return {part: counted[part] for part in ACCOUNT_PARTS} | {"total": sum(counted[part] for part in ACCOUNT_PARTS)}
@@ -580,14 +650,21 @@ def _job_code(job: TrainJob) -> str:
     return train_code(*(job.variants[name].cls for name in sorted({point.variant for point in job.points})))
 
 
-def _empty_record(
-    job: TrainJob, point: GridPoint, base: BaseMeasures | None, device: torch.device
-) -> dict[str, Any]:
+def _empty_record(job: TrainJob, point: GridPoint, base: BaseMeasures | None, device: torch.device) -> dict[str, Any]:
     before = base.evaluation if base else Evaluation({}, {}, {}, {})
-    source = {name: {"accuracy_before": before.source[name].accuracy, "accuracy_after": None,
-                     "char_accuracy_before": before.source[name].char_accuracy, "char_accuracy_after": None,
-                     "ce_before": before.source_ce[name], "ce_after": None} if name in before.source else
-              {"accuracy_before": None, "accuracy_after": None} for name in job.source_tasks}
+    source = {
+        name: {
+            "accuracy_before": before.source[name].accuracy,
+            "accuracy_after": None,
+            "char_accuracy_before": before.source[name].char_accuracy,
+            "char_accuracy_after": None,
+            "ce_before": before.source_ce[name],
+            "ce_after": None,
+        }
+        if name in before.source
+        else {"accuracy_before": None, "accuracy_after": None}
+        for name in job.source_tasks
+    }
     variant = job.variant(point)
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -597,19 +674,34 @@ def _empty_record(
         "divergence": None,
         "grid": asdict(point),
         "hyperparameters": {
-            "alpha": job.alpha, "dropout": job.dropout, "target_modules": list(job.target_modules), "data": job.data,
-            "checkpoint": job.checkpoint, "dtype": job.dtype, "eval_batch_size": job.eval_batch_size,
-            "uses": variant.uses, "variant_options": variant.options,
+            "alpha": job.alpha,
+            "dropout": job.dropout,
+            "target_modules": list(job.target_modules),
+            "data": job.data,
+            "checkpoint": job.checkpoint,
+            "dtype": job.dtype,
+            "eval_batch_size": job.eval_batch_size,
+            "uses": variant.uses,
+            "variant_options": variant.options,
             "train": asdict(job.train) | {"optimizer": variant.optimizer},
-            "variant_modules": list(job.variant_modules), "save_adapters": job.save_adapters,
+            "variant_modules": list(job.variant_modules),
+            "save_adapters": job.save_adapters,
         },
         "parameters": {"trainable": None, "total": None},
-        "timing": {"method": "perf_counter", "train_seconds": None, "step_ms_median": None, "step_ms_mean": None,
-                   "steps_done": 0},
+        "timing": {
+            "method": "perf_counter",
+            "train_seconds": None,
+            "step_ms_median": None,
+            "step_ms_mean": None,
+            "steps_done": 0,
+        },
         "memory": {"method": "cpu_peak_rss", "peak_mb": None, "baseline_mb": None, "account": None},
         "loss_curve": {"step": [], "loss": []},
-        "target": {"task": point.task, "accuracy_before": base.accuracy(point.task) if base else None,
-                   "accuracy_after": None},
+        "target": {
+            "task": point.task,
+            "accuracy_before": base.accuracy(point.task) if base else None,
+            "accuracy_after": None,
+        },
         "source": source,
         "forgetting": {"mean": None, "per_task": {}},
         "extra": {},

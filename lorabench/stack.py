@@ -25,8 +25,8 @@ What it saves is per-call work: kernel launches and Python per layer, once for t
 The arithmetic is the same. On a CPU thread the default grid's lone step is not dominated by per-call work, so
 stacking a job's learning rates measured only 1.17x the lone training throughput (our LoRA, 4 runs) and 1.05x
 (frozen_a, 3 runs: PEFT's skinny products stay per member), evaluation 1.08x and 0.96x
-(tests/benchmarks/test_bench_stack.py, 2 cores loaded 3.5-5). Where a tiny model's step is launch-bound (a GPU) the saving should be
-larger; that has not been measured yet.
+(tests/benchmarks/test_bench_stack.py, 2 cores loaded 3.5-5). Where a tiny model's step is launch-bound (a GPU) the
+saving should be larger; that has not been measured yet.
 """
 
 from __future__ import annotations
@@ -89,13 +89,15 @@ class Member:
         self.tokenized = tokenize_examples(tokenizer, examples, self.settings.max_length)
         self.replayed = replay_count(self.settings)
         if self.replayed and not replay:
-            raise ValueError(f"replay {self.settings.replay} asks for {self.replayed} replayed examples per batch; "
-                             "none were given")
+            raise ValueError(
+                f"replay {self.settings.replay} asks for {self.replayed} replayed examples per batch; none were given"
+            )
         self.replay_rows = list(replay) if self.replayed else []
         self.outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
         self.model.train()
         self.outcome.account["saved_activations"] = _saved_activations(
-            self.model, self.tokenized + self.replay_rows, self.settings.batch_size, tokenizer.pad_token_id, device)
+            self.model, self.tokenized + self.replay_rows, self.settings.batch_size, tokenizer.pad_token_id, device
+        )
         account_after_first_step(self.optimizer, self.outcome.account)
 
     def rows(self) -> list[TokenizedExample]:
@@ -143,9 +145,16 @@ def _low_rank(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | No
     no dropout (our LoRA, PEFT's plain LoRA), else None."""
     if type(layer) is LoRALayer and isinstance(layer.dropout, nn.Identity) and fusable(layer.base_layer):
         return layer.lora_A, layer.lora_B, layer.scale
-    if (type(layer) is PeftLoraLinear and layer.active_adapters == ["default"] and not layer.merged
-            and not layer.disable_adapters and not layer.use_dora["default"] and not layer.lora_bias["default"]
-            and isinstance(layer.lora_dropout["default"], nn.Identity) and fusable(layer.base_layer)):
+    if (
+        type(layer) is PeftLoraLinear
+        and layer.active_adapters == ["default"]
+        and not layer.merged
+        and not layer.disable_adapters
+        and not layer.use_dora["default"]
+        and not layer.lora_bias["default"]
+        and isinstance(layer.lora_dropout["default"], nn.Identity)
+        and fusable(layer.base_layer)
+    ):
         return layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
     return None
 
@@ -166,16 +175,25 @@ class StackedLayer(nn.Module):
         if x.shape[0] % len(layers):
             raise ValueError(f"{x.shape[0]} rows do not split into {len(layers)} members' equal blocks")
         if not self.shared_base:
-            return torch.cat([layer(part, *args, **kwargs) for layer, part in zip(layers, x.chunk(len(layers)),
-                                                                                  strict=True)])
+            return torch.cat(
+                [layer(part, *args, **kwargs) for layer, part in zip(layers, x.chunk(len(layers)), strict=True)]
+            )
         base = layers[0].base_layer
         if type(layers[0]) is LoRALayer:
-            return _StackedLowRank.apply(x, dense_weight(base), base.bias, layers[0].scale,
-                                         *(layer.lora_A for layer in layers), *(layer.lora_B for layer in layers))
+            return _StackedLowRank.apply(
+                x,
+                dense_weight(base),
+                base.bias,
+                layers[0].scale,
+                *(layer.lora_A for layer in layers),
+                *(layer.lora_B for layer in layers),
+            )
         # PEFT's own operations in PEFT's order, the skinny ones per member: a batched GEMM would round differently
         result = base(x)
-        deltas = [layer.lora_B["default"](layer.lora_A["default"](part)) * layer.scaling["default"]
-                  for layer, part in zip(layers, x.chunk(len(layers)), strict=True)]
+        deltas = [
+            layer.lora_B["default"](layer.lora_A["default"](part)) * layer.scaling["default"]
+            for layer, part in zip(layers, x.chunk(len(layers)), strict=True)
+        ]
         return result + torch.cat(deltas)
 
 
@@ -187,8 +205,9 @@ class _StackedLowRank(torch.autograd.Function):
     every member's gradient as each one's)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float,
-                *factors: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float, *factors: torch.Tensor
+    ) -> torch.Tensor:
         members = len(factors) // 2
         A, B = torch.stack(factors[:members]), torch.stack(factors[members:])
         x3 = x.reshape(members, -1, x.shape[-1])
@@ -205,22 +224,24 @@ class _StackedLowRank(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x3, h, weight, A, B = ctx.saved_tensors
         members = A.shape[0]
-        needs_A, needs_B = ctx.needs_input_grad[4:4 + members], ctx.needs_input_grad[4 + members:]
+        needs_A, needs_B = ctx.needs_input_grad[4 : 4 + members], ctx.needs_input_grad[4 + members :]
         g3 = grad.reshape(members, -1, grad.shape[-1])
         gh_t = torch.bmm(B.mT, g3.mT) * ctx.scale  # (K, r, tokens): (s g B)^T per member
         grad_A = torch.bmm(gh_t, x3).unbind() if any(needs_A) else [None] * members
         grad_B = torch.bmm(h.mT, g3).mT.unbind() if any(needs_B) else [None] * members
         grad_x = torch.bmm(gh_t.mT.contiguous(), A).view(-1, A.shape[-1]).addmm_(g3.view(-1, g3.shape[-1]), weight)
         grad_b = g3.view(-1, g3.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        own = [g.clone() if needed else None for g, needed in zip((*grad_A, *grad_B), (*needs_A, *needs_B),
-                                                                    strict=True)]
+        own = [
+            g.clone() if needed else None for g, needed in zip((*grad_A, *grad_B), (*needs_A, *needs_B), strict=True)
+        ]
         return grad_x.view(ctx.shape), None, grad_b, None, *own
 
 
 def _adapted(module: nn.Module) -> bool:
     """A variant's wrapper, or a module that owns a trainable parameter (full, flora, a new head)."""
     return isinstance(module, AdapterLayer | BaseTunerLayer) or any(
-        p.requires_grad for p in module.parameters(recurse=False))
+        p.requires_grad for p in module.parameters(recurse=False)
+    )
 
 
 def adapted_modules(model: nn.Module) -> list[str]:
@@ -241,13 +262,17 @@ def adapted_modules(model: nn.Module) -> list[str]:
 def _frozen_rest(model: nn.Module, adapted: list[str]) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of ``model`` outside its adapted modules."""
     inside = tuple(f"{name}." for name in adapted)
-    return {name: tensor for name, tensor in chain(model.named_parameters(), model.named_buffers())
-            if not name.startswith(inside)}
+    return {
+        name: tensor
+        for name, tensor in chain(model.named_parameters(), model.named_buffers())
+        if not name.startswith(inside)
+    }
 
 
 def _draws_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()) or any(
-        getattr(getattr(m, "config", None), "attention_dropout", 0) for m in model.modules())
+        getattr(getattr(m, "config", None), "attention_dropout", 0) for m in model.modules()
+    )
 
 
 def stack_problem(members: list[Member]) -> str | None:
@@ -282,8 +307,11 @@ def _shares_base(layers: list[nn.Module], variant: type[Variant]) -> bool:
     scales = {_low_rank(layer)[2] for layer in layers}
     bases = [layer.base_layer for layer in layers]
     return len(scales) == 1 and all(
-        torch.equal(base.weight, bases[0].weight) and (base.bias is None) == (bases[0].bias is None)
-        and (base.bias is None or torch.equal(base.bias, bases[0].bias)) for base in bases)
+        torch.equal(base.weight, bases[0].weight)
+        and (base.bias is None) == (bases[0].bias is None)
+        and (base.bias is None or torch.equal(base.bias, bases[0].bias))
+        for base in bases
+    )
 
 
 def build_host(members: list[Member]) -> nn.Module:
@@ -341,13 +369,16 @@ def train_stack(
         rows = [members[index].rows() for index in active]
         batch = collate([row for each in rows for row in each], tokenizer.pad_token_id, device)
         widths = [max(len(ids) for ids, _ in each) for each in rows]  # each member's own batch width, as alone
-        labels = [label[:, :width] for label, width in zip(batch.pop("labels").chunk(len(active)), widths,
-                                                            strict=True)]
+        labels = [label[:, :width] for label, width in zip(batch.pop("labels").chunk(len(active)), widths, strict=True)]
         set_active(host, active)
         clock.start()
         logits = host(**batch).logits.chunk(len(active))
-        losses = [lm.loss_function(logits=part[:, :label.shape[1]].contiguous(), labels=label,
-                                   vocab_size=lm.config.vocab_size) for part, label in zip(logits, labels, strict=True)]
+        losses = [
+            lm.loss_function(
+                logits=part[:, : label.shape[1]].contiguous(), labels=label, vocab_size=lm.config.vocab_size
+            )
+            for part, label in zip(logits, labels, strict=True)
+        ]
         values = torch.stack([loss.detach() for loss in losses]).tolist()
         going = [i for i, index in enumerate(active) if members[index].checked(step, values[i], uniform)]
         if going:
@@ -372,8 +403,13 @@ def train_stack(
     return loop
 
 
-def _evaluate_aside(memory: PeakMemory, evaluate: Callable[[int, list[int]], None], steps_done: int,
-                    active: list[int], device: torch.device) -> float:
+def _evaluate_aside(
+    memory: PeakMemory,
+    evaluate: Callable[[int, list[int]], None],
+    steps_done: int,
+    active: list[int],
+    device: torch.device,
+) -> float:
     """``evaluate`` kept out of training's time, peak memory and random state (as the lone loop keeps it); its
     seconds."""
     memory.pause()

@@ -17,8 +17,16 @@ from lorabench.provenance import cost_code, train_code, variant_source_files
 
 JOB_TRAINING = ("steps", "batch_size", "weight_decay", "log_every", "eval_at", "replay")
 """Config ``train`` keys every point of a job shares (:class:`lorabench.job.JobTraining`)."""
-COST_SETTINGS = ("shapes", "rounds", "warmup", "target_ranks", "target_halfwidth", "max_rounds", "max_seconds",
-                 "profile_cpu_peak")
+COST_SETTINGS = (
+    "shapes",
+    "rounds",
+    "warmup",
+    "target_ranks",
+    "target_halfwidth",
+    "max_rounds",
+    "max_seconds",
+    "profile_cpu_peak",
+)
 """Config ``cost`` keys the cost stage reads (:class:`lorabench.job.CostJob`)."""
 
 
@@ -56,8 +64,11 @@ def job_variants(grid: Grid, points: list[GridPoint]) -> dict[str, GridVariant]:
     for name, variant in grid.variants().items():
         own = [point for point in points if point.variant == name]
         if own:
-            variants[name] = replace(variant, lrs=tuple(dict.fromkeys(point.lr for point in own)),
-                                     ranks=tuple(dict.fromkeys(point.rank for point in own)))
+            variants[name] = replace(
+                variant,
+                lrs=tuple(dict.fromkeys(point.lr for point in own)),
+                ranks=tuple(dict.fromkeys(point.rank for point in own)),
+            )
     return variants
 
 
@@ -80,8 +91,11 @@ def cost_job(grid: Grid, device: str) -> CostJob:
     its optimizer and options (its lrs left out: the stage trains at none of them, so a wider sweep re-runs it not)."""
     cost = grid.config["cost"]
     return CostJob(
-        **{key: cost[key] for key in COST_SETTINGS}, device=device, alpha=grid.config["train"]["alpha"],
-        dtype=grid.config["dtype"], variant_modules=grid.config["variant_modules"],
+        **{key: cost[key] for key in COST_SETTINGS},
+        device=device,
+        alpha=grid.config["train"]["alpha"],
+        dtype=grid.config["dtype"],
+        variant_modules=grid.config["variant_modules"],
         variants=tuple(replace(variant, lrs=()) for variant in grid.variants().values()),
     )
 

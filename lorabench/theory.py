@@ -15,7 +15,11 @@ from lorabench.variants.resampled import draw_factors, factor_gradients, merged_
 
 
 def resampled_update_error(
-    m: int = 32, n: int = 24, r: int = 4, samples: Sequence[int] = (16, 64, 256, 1024, 4096), seed: int = 0,
+    m: int = 32,
+    n: int = 24,
+    r: int = 4,
+    samples: Sequence[int] = (16, 64, 256, 1024, 4096),
+    seed: int = 0,
     lr: float = 1e-2,
 ) -> pd.DataFrame:
     """Relative Frobenius error of the mean first-order resampled update against ``-2 lr G`` (docs/variants.md §2).

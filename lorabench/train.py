@@ -96,7 +96,9 @@ def tokenize_examples(
     """
     if labels is not None:
         prompts = tokenizer([example.prompt for example in examples])["input_ids"]
-        return [(ids[:max_length], labels.index(example.answer)) for ids, example in zip(prompts, examples, strict=True)]
+        return [
+            (ids[:max_length], labels.index(example.answer)) for ids, example in zip(prompts, examples, strict=True)
+        ]
     prompts = tokenizer([example.prompt for example in examples], add_special_tokens=False)["input_ids"]
     answers = tokenizer([example.answer for example in examples], add_special_tokens=False)["input_ids"]
     tokenized = []
@@ -191,8 +193,9 @@ def train(
     replay_rows = list(replay) if replayed else []
     outcome = TrainOutcome(clock=StepClock(device), memory=PeakMemory(device))
     model.train()
-    outcome.account["saved_activations"] = _saved_activations(model, tokenized + replay_rows, settings.batch_size,
-                                                               tokenizer.pad_token_id, device)
+    outcome.account["saved_activations"] = _saved_activations(
+        model, tokenized + replay_rows, settings.batch_size, tokenizer.pad_token_id, device
+    )
     account_after_first_step(optimizer, outcome.account)
     outcome.memory.start()
     loop_clock = StepClock(device)
@@ -234,8 +237,9 @@ def train(
     return outcome
 
 
-def _evaluate_aside(outcome: TrainOutcome, evaluate: Callable[[int], None], steps_done: int,
-                    device: torch.device) -> None:
+def _evaluate_aside(
+    outcome: TrainOutcome, evaluate: Callable[[int], None], steps_done: int, device: torch.device
+) -> None:
     """``evaluate(steps_done)`` with its time and peak memory kept out of training's, and the random state restored
     after it, so a run's training is the same whatever its ``eval_at``."""
     outcome.memory.pause()
@@ -256,7 +260,10 @@ def longest_batch(tokenized: Sequence[TokenizedExample], batch_size: int) -> lis
 
 
 def _saved_activations(
-    model: torch.nn.Module, tokenized: Sequence[TokenizedExample], batch_size: int, pad_token_id: int,
+    model: torch.nn.Module,
+    tokenized: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_token_id: int,
     device: torch.device,
 ) -> int:
     """Activation bytes of one forward on :func:`longest_batch`, a fixed shape so the count is the same for every
@@ -279,14 +286,13 @@ def divergence(loss: float, initial: float, uniform: float) -> str | None:
     if loss > DIVERGENCE_FACTOR * initial:
         return f"loss {loss:.4g} > {DIVERGENCE_FACTOR:g} x the initial loss {initial:.4g}"
     if loss >= UNIFORM_REACHED * uniform and initial < UNIFORM_CLEARLY_BELOW * uniform:
-        return (f"loss {loss:.4g} is back at the uniform guess ln|V| = {uniform:.4g} from the initial loss "
-                f"{initial:.4g}")
+        return f"loss {loss:.4g} is back at the uniform guess ln|V| = {uniform:.4g} from the initial loss {initial:.4g}"
     return None
 
 
 def _ending(losses: Sequence[float]) -> float:
     """Mean loss of the last :data:`ENDING_SHARE` of ``losses`` (at least the last one)."""
-    tail = losses[-max(1, round(ENDING_SHARE * len(losses))):]
+    tail = losses[-max(1, round(ENDING_SHARE * len(losses))) :]
     return sum(tail) / len(tail)
 
 
@@ -297,8 +303,10 @@ def ended_above_start(losses: Sequence[float]) -> str | None:
     below (the default grid's 264 reference runs: at most 0.27x the first loss)."""
     if len(losses) < 2 or (ending := _ending(losses)) <= ENDED_ABOVE_FACTOR * losses[0]:
         return None
-    return (f"the training loss ended at {ending:.4g} (mean of its last steps), above {ENDED_ABOVE_FACTOR:g} x the "
-            f"first step's {losses[0]:.4g}")
+    return (
+        f"the training loss ended at {ending:.4g} (mean of its last steps), above {ENDED_ABOVE_FACTOR:g} x the "
+        f"first step's {losses[0]:.4g}"
+    )
 
 
 def _log_loss(outcome: TrainOutcome, step: int, loss: float) -> None:

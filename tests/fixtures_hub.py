@@ -14,7 +14,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 CORPUS = [
     "Question: What is 12 plus 30?\nAnswer: 12 + 30 = 42. #### 42",
@@ -116,12 +123,18 @@ metric_list:
 SENTIMENT_ROWS = [
     {"text": text, "label": label}
     for text, label in [
-        ("a warm and funny film", "positive"), ("the soup was cold and bland", "negative"),
-        ("great service and a lovely room", "positive"), ("the battery died after a day", "negative"),
-        ("i loved every page of it", "positive"), ("slow app that crashes often", "negative"),
-        ("the shoes fit well and look great", "positive"), ("rude staff and a long wait", "negative"),
-        ("a lovely and funny evening", "positive"), ("bland food and rude staff", "negative"),
-        ("great film with a warm ending", "positive"), ("the app crashes and the battery dies", "negative"),
+        ("a warm and funny film", "positive"),
+        ("the soup was cold and bland", "negative"),
+        ("great service and a lovely room", "positive"),
+        ("the battery died after a day", "negative"),
+        ("i loved every page of it", "positive"),
+        ("slow app that crashes often", "negative"),
+        ("the shoes fit well and look great", "positive"),
+        ("rude staff and a long wait", "negative"),
+        ("a lovely and funny evening", "positive"),
+        ("bland food and rude staff", "negative"),
+        ("great film with a warm ending", "positive"),
+        ("the app crashes and the battery dies", "negative"),
     ]
 ]
 
@@ -141,8 +154,13 @@ def save_tiny_bert(directory: Path, seed: int = 0) -> Path:
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)})
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(directory)

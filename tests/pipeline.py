@@ -21,8 +21,9 @@ EXACT = ("grid", "status", "target", "source", "forgetting")
 """Record fields that must agree exactly between two runs of one grid point (accuracies are counts)."""
 
 
-def snakemake(workdir: Path, *args: str, config: Path = SMOKE, check: bool = True,
-              snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, config: Path = SMOKE, check: bool = True, snakefile: Path = REPO / "Snakefile"
+) -> subprocess.CompletedProcess:
     """Run the repo's Snakefile (or another tree's) on ``config`` with ``workdir`` as working directory."""
     command = snakemake_command(workdir, *args, config=config, snakefile=snakefile)
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -31,11 +32,22 @@ def snakemake(workdir: Path, *args: str, config: Path = SMOKE, check: bool = Tru
     return result
 
 
-def snakemake_command(workdir: Path, *args: str, config: Path = SMOKE,
-                      snakefile: Path = REPO / "Snakefile") -> list[str]:
+def snakemake_command(
+    workdir: Path, *args: str, config: Path = SMOKE, snakefile: Path = REPO / "Snakefile"
+) -> list[str]:
     """The command line :func:`snakemake` runs (from the repo root)."""
-    return ["snakemake", "-s", str(snakefile), "--directory", str(workdir), "--configfile", str(config),
-            "--cores", "2", *args]
+    return [
+        "snakemake",
+        "-s",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        *args,
+    ]
 
 
 @contextmanager
@@ -49,8 +61,9 @@ def workflow_namespace(config: dict, workdir: Path) -> Iterator[dict[str, Any]]:
     environment, path, cwd = dict(os.environ), list(sys.path), Path.cwd()
     try:
         with SnakemakeApi(OutputSettings(quiet={})) as api:
-            workflow = api.workflow(ResourceSettings(cores=1), ConfigSettings(config=config),
-                                    snakefile=REPO / "Snakefile", workdir=workdir)
+            workflow = api.workflow(
+                ResourceSettings(cores=1), ConfigSettings(config=config), snakefile=REPO / "Snakefile", workdir=workdir
+            )
             yield workflow._workflow.globals
     finally:
         os.chdir(cwd)
@@ -69,15 +82,23 @@ def wildcards(**values: str) -> Any:
 def fresh_copy(destination: Path, commit: bool = False) -> Path:
     """The working tree as a clone of it holds it: tracked files and files git would track (not ignored ones);
     with ``commit``, a git checkout of them with one commit, clean."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, destination / name)
     if commit:
-        for git in (["init", "-q"], ["add", "-A"], ["-c", "user.name=test", "-c", "user.email=test@localhost",
-                                                     "commit", "-qm", "the working tree"]):
+        for git in (
+            ["init", "-q"],
+            ["add", "-A"],
+            ["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "the working tree"],
+        ):
             subprocess.run(["git", *git], cwd=destination, check=True)
     return destination
 

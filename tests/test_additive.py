@@ -10,16 +10,17 @@ from variants_fixtures import make_variant, one_torch_thread, tiny_model  # noqa
 
 from lorabench.theory import additive_rank
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants.base import OneLayer
 from lorabench.variants.additive import additive_delta, additive_forward
+from lorabench.variants.base import OneLayer
 
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 8), st.integers(1, 8))  # r, m/r, n/r
 
 
 def random_factors(m: int, n: int, r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(m, r, generator=generator, dtype=torch.float64), torch.randn(r, n, generator=generator,
-                                                                                   dtype=torch.float64)
+    return torch.randn(m, r, generator=generator, dtype=torch.float64), torch.randn(
+        r, n, generator=generator, dtype=torch.float64
+    )
 
 
 def test_dense_update_is_the_formula_entry_by_entry() -> None:
@@ -30,8 +31,9 @@ def test_dense_update_is_the_formula_entry_by_entry() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(shape=shapes, tokens=st.integers(1, 4), scale=st.floats(0.1, 4.0), seed=st.integers(0, 2**16))
-def test_efficient_forward_equals_the_dense_product(shape: tuple[int, int, int], tokens: int, scale: float,
-                                                     seed: int) -> None:
+def test_efficient_forward_equals_the_dense_product(
+    shape: tuple[int, int, int], tokens: int, scale: float, seed: int
+) -> None:
     r, m, n = shape[0], shape[0] * shape[1], shape[0] * shape[2]
     U, V = random_factors(m, n, r, seed)
     x = torch.randn(2, tokens, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
@@ -77,8 +79,9 @@ def test_rank_that_does_not_divide_the_layer_is_a_clear_error_naming_it() -> Non
 
 @settings(max_examples=30, deadline=None)
 @given(shape=shapes, tokens=st.integers(1, 5), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_fused_layer_computes_the_naive_formula_and_all_its_gradients(shape: tuple[int, int, int], tokens: int,
-                                                                      bias: bool, seed: int) -> None:
+def test_fused_layer_computes_the_naive_formula_and_all_its_gradients(
+    shape: tuple[int, int, int], tokens: int, bias: bool, seed: int
+) -> None:
     """In float64: output and the gradients of x, U, V and the bias equal autograd's through the dense
     ``x (W + c dW)^T + b``, though the fused function never builds dW nor differentiates fold and tile."""
     r, m, n = shape[0], shape[0] * shape[1], shape[0] * shape[2]
@@ -113,5 +116,5 @@ def test_additive_saves_what_lora_saves_and_holds_no_fold_or_tile() -> None:
         model = get(name)(AdapterSpec(rank=4, alpha=8, target_modules=("layer",))).apply(OneLayer(32, 48))
         assert not list(model.buffers())
         x = torch.randn(10, 48, requires_grad=True)
-        saved[name] = saved_activation_bytes(model, lambda: model(x).sum())
+        saved[name] = saved_activation_bytes(model, lambda model=model, x=x: model(x).sum())
     assert saved["additive"] == saved["lora"] == (10 * 48 + 10 * 4) * 4

@@ -20,8 +20,12 @@ GOOD_LR, BAD_LR = 1e-3, 1e-2
 
 def memory_account(trainable: int) -> dict[str, int]:
     """AdamW's account for ``trainable`` float32 parameters and 1 MiB of activations."""
-    parts = {"trainable_parameters": 4 * trainable, "gradients": 4 * trainable, "optimizer_state": 8 * trainable,
-             "saved_activations": 2**20}
+    parts = {
+        "trainable_parameters": 4 * trainable,
+        "gradients": 4 * trainable,
+        "optimizer_state": 8 * trainable,
+        "saved_activations": 2**20,
+    }
     return parts | {"total": sum(parts.values())}
 
 
@@ -52,34 +56,60 @@ def make_record(model: str, task: str, variant: str, rank: int, lr: float, seed:
             "step_ms_mean": 105.0 + 10 * rank if ok else None,
             "steps_done": 50 if ok else 3,
         },
-        "memory": {"method": "cpu_peak_rss", "peak_mb": 900.0 + rank if ok else None, "baseline_mb": 800.0,
-                   "account": memory_account(trainable) if ok else None},
+        "memory": {
+            "method": "cpu_peak_rss",
+            "peak_mb": 900.0 + rank if ok else None,
+            "baseline_mb": 800.0,
+            "account": memory_account(trainable) if ok else None,
+        },
         "loss_curve": {"step": steps, "loss": [2.0 / (1 + s) + jitter if ok else None for s in steps]},
         "target": {"task": task, "accuracy_before": 0.1, "accuracy_after": min(target_after, 1.0) if ok else None},
         "source": {
-            name: {"accuracy_before": 0.9, "accuracy_after": 0.9 - forgetting if ok else None,
-                   "char_accuracy_before": 0.95, "char_accuracy_after": 0.95 - forgetting / 2 if ok else None,
-                   "ce_before": 0.1, "ce_after": 0.1 + 3 * forgetting if ok else None} for name in SOURCE_TASKS
+            name: {
+                "accuracy_before": 0.9,
+                "accuracy_after": 0.9 - forgetting if ok else None,
+                "char_accuracy_before": 0.95,
+                "char_accuracy_after": 0.95 - forgetting / 2 if ok else None,
+                "ce_before": 0.1,
+                "ce_after": 0.1 + 3 * forgetting if ok else None,
+            }
+            for name in SOURCE_TASKS
         },
         "forgetting": {
             "mean": forgetting if ok else None,
             "per_task": {name: forgetting if ok else None for name in SOURCE_TASKS},
             "ceiling": 0.9,
             "graded": {
-                "char_accuracy_drop": {"mean": forgetting / 2 if ok else None, "ceiling": 0.95,
-                                       "per_task": {name: forgetting / 2 if ok else None for name in SOURCE_TASKS}},
-                "ce_increase": {"mean": 3 * forgetting if ok else None, "ceiling": 4.0,
-                                "per_task": {name: 3 * forgetting if ok else None for name in SOURCE_TASKS}},
+                "char_accuracy_drop": {
+                    "mean": forgetting / 2 if ok else None,
+                    "ceiling": 0.95,
+                    "per_task": {name: forgetting / 2 if ok else None for name in SOURCE_TASKS},
+                },
+                "ce_increase": {
+                    "mean": 3 * forgetting if ok else None,
+                    "ceiling": 4.0,
+                    "per_task": {name: 3 * forgetting if ok else None for name in SOURCE_TASKS},
+                },
             },
         },
-        "trajectory": {"step": [25, 50] if ok else [], "target_validation": [validation / 2, validation] if ok else [],
-                       "target_test": [0.1, min(target_after, 1.0)] if ok else [],
-                       "forgetting": [forgetting / 2, forgetting] if ok else [],
-                       "forgetting_char": [forgetting / 4, forgetting / 2] if ok else [],
-                       "forgetting_ce": [forgetting, 3 * forgetting] if ok else []},
+        "trajectory": {
+            "step": [25, 50] if ok else [],
+            "target_validation": [validation / 2, validation] if ok else [],
+            "target_test": [0.1, min(target_after, 1.0)] if ok else [],
+            "forgetting": [forgetting / 2, forgetting] if ok else [],
+            "forgetting_char": [forgetting / 4, forgetting / 2] if ok else [],
+            "forgetting_ce": [forgetting, 3 * forgetting] if ok else [],
+        },
         "extra": {"validation_accuracy": validation, "note": "text is not a metric", "lm_eval": {"piqa": 0.6}},
-        "environment": {"device": "cpu", "device_name": None, "torch": "2.13.0", "python": "3.11",
-                        "commit": "0" * 40, "dirty": False, "code_sha256": "0" * 64},
+        "environment": {
+            "device": "cpu",
+            "device_name": None,
+            "torch": "2.13.0",
+            "python": "3.11",
+            "commit": "0" * 40,
+            "dirty": False,
+            "code_sha256": "0" * 64,
+        },
     }
 
 

@@ -11,9 +11,9 @@ import torch
 
 from lorabench.evaluation.embeddings import paraphrase_retrieval, sentence_embeddings
 from lorabench.evaluation.exact_match import accuracy
+from lorabench.job import TrainJob
 from lorabench.models import load, target_weights, task_head
 from lorabench.records import bad_runs_note
-from lorabench.job import TrainJob
 from lorabench.runner import run_job
 from lorabench.tasks.hub import HubTask
 from lorabench.train import collate, tokenize_examples
@@ -37,8 +37,14 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _task_fields(assets: dict[str, Path], **overrides) -> dict:
     data = str(assets["sentiment"])
-    return {"name": "sentiment", "data_files": {"train": data, "test": data}, "prompt": "{text}",
-            "target": "{label}", "labels": list(LABELS), "validation_size": 2} | overrides
+    return {
+        "name": "sentiment",
+        "data_files": {"train": data, "test": data},
+        "prompt": "{text}",
+        "target": "{label}",
+        "labels": list(LABELS),
+        "validation_size": 2,
+    } | overrides
 
 
 def test_classification_examples_answer_with_a_label(assets: dict[str, Path]) -> None:
@@ -94,21 +100,29 @@ def test_the_head_is_the_new_classifier_and_nothing_of_the_backbone(assets: dict
 def _job(assets: dict[str, Path], variant: str) -> dict:
     """A one-point job of ``variant`` on the sentiment task; its record goes under the working directory."""
     return {
-        "model": "tiny-bert", "checkpoint": str(assets["model"]), "dtype": "float32", "device": "cpu",
+        "model": "tiny-bert",
+        "checkpoint": str(assets["model"]),
+        "dtype": "float32",
+        "device": "cpu",
         "alpha": 4,
-        "dropout": 0.0, "target_modules": TARGETS, "source_tasks": [],
+        "dropout": 0.0,
+        "target_modules": TARGETS,
+        "source_tasks": [],
         "hub_tasks": {"sentiment": _task_fields(assets)},
         "forgetting": {"paraphrase_retrieval": {"pairs": str(assets["pairs"]), "batch_size": 3}},
-        "data": {"seed": 0, "train": 1, "validation": 1, "test": 1, "min_len": 3, "max_len": 6}, "eval_batch_size": 8,
-        "variant_modules": [], "save_adapters": False,
+        "data": {"seed": 0, "train": 1, "validation": 1, "test": 1, "min_len": 3, "max_len": 6},
+        "eval_batch_size": 8,
+        "variant_modules": [],
+        "save_adapters": False,
         "train": {"steps": 3, "batch_size": 4, "weight_decay": 0.0, "log_every": 1, "eval_at": [2], "replay": 0.0},
         **job_runs("tiny-bert", [(variant, 2, "sentiment", 0.01, 0)], optimizers={variant: "adamw"}),
     }
 
 
 @pytest.mark.parametrize("variant", [name for name, cls in registry().items() if cls.in_default_grid])
-def test_every_variant_trains_its_adapter_and_the_new_head(assets: dict[str, Path], tmp_path: Path,
-                                                          variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_variant_trains_its_adapter_and_the_new_head(
+    assets: dict[str, Path], tmp_path: Path, variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     job = TrainJob.from_dict(_job(assets, variant))
     run_job(job)
@@ -147,9 +161,9 @@ def test_save_adapters_keeps_each_run_s_adapter_and_it_reloads_onto_the_base(
 def test_identical_pairs_are_always_retrieved_and_mismatched_ones_never(assets: dict[str, Path]) -> None:
     model, tokenizer = load(assets["model"], labels=LABELS)
     texts = [row["a"] for row in fixtures_hub.PARAPHRASE_ROWS]
-    assert paraphrase_retrieval(model, tokenizer, list(zip(texts, texts)), 2, "cpu") == 1.0
+    assert paraphrase_retrieval(model, tokenizer, list(zip(texts, texts, strict=True)), 2, "cpu") == 1.0
     rotated = texts[1:] + texts[:1]  # every sentence paired with another one: its true partner is never there
-    assert paraphrase_retrieval(model, tokenizer, list(zip(texts, rotated)), 2, "cpu") == 0.0
+    assert paraphrase_retrieval(model, tokenizer, list(zip(texts, rotated, strict=True)), 2, "cpu") == 0.0
 
 
 def test_embeddings_do_not_depend_on_padding_or_batch(assets: dict[str, Path]) -> None:

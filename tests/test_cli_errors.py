@@ -34,18 +34,30 @@ COLUMNS = len(REFERENCE.read_text().splitlines()[0].split(","))
 
 CASES = {
     "compare without a results file": (["compare"], ["reports/results.csv: no such file", "run the pipeline first"]),
-    "compare away from the reference": (["compare", str(REFERENCE)],
-                                        ["reports/reference/results.csv: no such file", "give --reference"]),
-    "compare on a table cut mid-row": (["compare", "cut.csv", "--reference", str(REFERENCE)],
-                                       [f"cut.csv: line 4 has 3 fields where the header has {COLUMNS}", "cut short?"]),
-    "compare on a CSV of something else": (["compare", "other.csv", "--reference", str(REFERENCE)],
-                                           ["other.csv: no column run_id", "not a results table"]),
-    "aggregate a missing record": (["aggregate", "no-such.json", "--out", "out"],
-                                   ["no-such.json: not a readable JSON record", "Run snakemake again"]),
-    "aggregate a record cut short": (["aggregate", "cut.json", "--out", "out"],
-                                     ["cut.json: not a readable JSON record", "Run snakemake again"]),
-    "report on a missing folder": (["report", "--out", "no-such"],
-                                   ["lorabench report: no-such/results.csv: no such file or folder"]),
+    "compare away from the reference": (
+        ["compare", str(REFERENCE)],
+        ["reports/reference/results.csv: no such file", "give --reference"],
+    ),
+    "compare on a table cut mid-row": (
+        ["compare", "cut.csv", "--reference", str(REFERENCE)],
+        [f"cut.csv: line 4 has 3 fields where the header has {COLUMNS}", "cut short?"],
+    ),
+    "compare on a CSV of something else": (
+        ["compare", "other.csv", "--reference", str(REFERENCE)],
+        ["other.csv: no column run_id", "not a results table"],
+    ),
+    "aggregate a missing record": (
+        ["aggregate", "no-such.json", "--out", "out"],
+        ["no-such.json: not a readable JSON record", "Run snakemake again"],
+    ),
+    "aggregate a record cut short": (
+        ["aggregate", "cut.json", "--out", "out"],
+        ["cut.json: not a readable JSON record", "Run snakemake again"],
+    ),
+    "report on a missing folder": (
+        ["report", "--out", "no-such"],
+        ["lorabench report: no-such/results.csv: no such file or folder"],
+    ),
 }
 
 
@@ -75,16 +87,43 @@ def test_an_installed_wheel_says_it_needs_the_checkout(tmp_path: Path) -> None:
     source.mkdir()
     for part in ("pyproject.toml", "README.md", "lorabench"):
         (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, source / part)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "wheel"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next((tmp_path / "wheel").glob("lorabench-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
-                    str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     config = tmp_path / "smoke.yaml"
     config.write_text((REPO / "workflow" / "config" / "smoke.yaml").read_text())
-    result = subprocess.run([sys.executable, "-c", "import sys; from lorabench.cli import main; "
-                             "sys.exit(main(sys.argv[1:]))", "check", str(config)],
-                            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from lorabench.cli import main; sys.exit(main(sys.argv[1:]))",
+            "check",
+            str(config),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "config schema" in result.stderr and "pip install -e ." in result.stderr, result.stderr

@@ -198,9 +198,11 @@ def test_generated_task_with_its_own_source_is_refused(smoke: dict) -> None:
 
 @pytest.mark.parametrize(
     "generator, field",
-    [({"mathematics_dataset": {"modules": ["differentiate"]}}, "/mathematics_dataset/modules/0"),
-     ({"mathematics_dataset": {"sead": 1}}, "/mathematics_dataset"),
-     ({"wikipedia": {}}, "")],
+    [
+        ({"mathematics_dataset": {"modules": ["differentiate"]}}, "/mathematics_dataset/modules/0"),
+        ({"mathematics_dataset": {"sead": 1}}, "/mathematics_dataset"),
+        ({"wikipedia": {}}, ""),
+    ],
 )
 def test_bad_generator_is_refused_naming_the_field(smoke: dict, generator: dict, field: str) -> None:
     smoke["tasks"]["target"] = [{"arith": {"generator": generator}}]
@@ -321,13 +323,15 @@ def test_the_preview_passes_lorabench_check_and_is_the_default_s_regime_in_small
     monkeypatch.chdir(tmp_path)
     main(["check", str(REPO / "workflow/config/preview.yaml")])
     assert "ok, " in capsys.readouterr().out
-    preview, default = (yaml.safe_load((REPO / f"workflow/config/{name}.yaml").read_text())
-                        for name in ("preview", "default"))
+    preview, default = (
+        yaml.safe_load((REPO / f"workflow/config/{name}.yaml").read_text()) for name in ("preview", "default")
+    )
     grid = load_grid(copy.deepcopy(preview), SCHEMA)
     assert len(grid.variants()) <= 4 and len(preview["grid"]["seeds"]) == 2 and len(grid.points()) <= 24
     for key in ("models", "tasks", "data", "pretrain"):
         assert preview[key] == default[key], key
     models = grid.config["models"]  # the pretrain jobs' tracked settings agree: the default grid reuses the model
     assert {model: stages.pretrain_job(grid, model) for model in models} == {
-        model: stages.pretrain_job(load_grid(copy.deepcopy(default), SCHEMA), model) for model in models}
+        model: stages.pretrain_job(load_grid(copy.deepcopy(default), SCHEMA), model) for model in models
+    }
     assert preview["train"]["replay"] == default["train"]["replay"] > 0

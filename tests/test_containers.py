@@ -39,8 +39,8 @@ TREE_IN_JOBS = "/lorabench-tree"
 sys.path.insert(0, str(REPO / "containers"))
 import lock  # noqa: E402  (containers/ is not a package: the lock tool is a script)
 
-
 # --- one source of truth for versions -------------------------------------------------------
+
 
 def test_every_dependency_is_pinned_inside_its_range():
     pins = lock.read_constraints()
@@ -65,7 +65,9 @@ def test_definitions_install_through_the_constraints_and_pin_nothing(definition)
 
 
 def test_gpu_base_image_carries_the_pinned_torch():
-    base = re.search(r"^From:\s*pytorch/pytorch:([^-\s]+)-cuda", (REPO / "containers/lorabench-gpu.def").read_text(), re.M)
+    base = re.search(
+        r"^From:\s*pytorch/pytorch:([^-\s]+)-cuda", (REPO / "containers/lorabench-gpu.def").read_text(), re.M
+    )
     assert base, "the GPU image must start from a CUDA PyTorch base"
     assert base.group(1) == lock.read_constraints()["torch"]
 
@@ -95,6 +97,7 @@ def test_a_job_in_an_image_with_other_pins_stops_naming_both(monkeypatch, tmp_pa
 
 # --- the smoke grid through the container code path -----------------------------------------
 
+
 def require(condition: bool, reason: str) -> None:
     if not condition:
         if os.environ.get("LORABENCH_REQUIRE_CONTAINERS") == "1":
@@ -115,8 +118,9 @@ def cpu_image() -> Path:
         partial = image.with_name(image.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "containers/sandbox.py", "build", str(CPU_DEFINITION), str(partial)],
-                       cwd=REPO, check=True)
+        subprocess.run(
+            [sys.executable, "containers/sandbox.py", "build", str(CPU_DEFINITION), str(partial)], cwd=REPO, check=True
+        )
         partial.rename(image)
     return image
 
@@ -124,11 +128,12 @@ def cpu_image() -> Path:
 def in_image(image: Path, *command: str) -> str:
     """stdout of ``command`` run in the image through the stand-in."""
     stand_in = str(STAND_IN / "apptainer")
-    return subprocess.run([sys.executable, stand_in, "exec", str(image), *command], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        [sys.executable, stand_in, "exec", str(image), *command], capture_output=True, text=True, check=True
+    ).stdout
 
 
-PROBE_VARIANT = '''
+PROBE_VARIANT = """
 from lorabench.variants import register
 from lorabench.variants.lora import LoRA
 
@@ -136,7 +141,7 @@ from lorabench.variants.lora import LoRA
 @register("tree_probe")
 class TreeProbe(LoRA):
     source = "LoRA under another name, added to the working tree after the image was built"
-'''
+"""
 
 
 USER_VARIANT = PROBE_VARIANT.replace('"tree_probe"', '"user_probe"').replace("the working tree", "the user's folder")
@@ -148,8 +153,13 @@ def container_run(tmp_path_factory, cpu_image):
     copy of the working tree to which a variant module was added after the image was built, plus a variant
     from the user's own folder named by the config's ``variant_modules`` (as README's "Add a variant" does)."""
     workdir, tree = tmp_path_factory.mktemp("container_run"), tmp_path_factory.mktemp("tree") / "lorabench"
-    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", ".whl", ".snakemake", "results",
-                                                               "__pycache__", ".pytest_cache", "*.egg-info"))
+    shutil.copytree(
+        REPO,
+        tree,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".whl", ".snakemake", "results", "__pycache__", ".pytest_cache", "*.egg-info"
+        ),
+    )
     (tree / "lorabench" / "variants" / "tree_probe.py").write_text(PROBE_VARIANT)
     (workdir / "my_variants").mkdir()
     (workdir / "my_variants" / "user_probe.py").write_text(USER_VARIANT)
@@ -162,8 +172,15 @@ def container_run(tmp_path_factory, cpu_image):
         env.setenv("APPTAINER_STANDIN_LOG", str(workdir / "apptainer-calls.jsonl"))
         env.setenv("HF_HOME", str(workdir / "hf-home"))
         env.setenv("LORABENCH_GPU_LOCK_DIR", str(workdir / "gpu-locks"))
-        snakemake(workdir, "--workflow-profile", str(tree / "workflow" / "profiles" / "gpu"), "--resources", "gpu=2",
-                  config=config, snakefile=tree / "Snakefile")
+        snakemake(
+            workdir,
+            "--workflow-profile",
+            str(tree / "workflow" / "profiles" / "gpu"),
+            "--resources",
+            "gpu=2",
+            config=config,
+            snakefile=tree / "Snakefile",
+        )
     calls = [json.loads(line) for line in (workdir / "apptainer-calls.jsonl").read_text().splitlines()]
     return workdir, calls, tree
 
@@ -213,18 +230,25 @@ def test_container_records_name_their_device(container_run):
 
 @pytest.mark.e2e
 def test_container_records_equal_a_local_run(container_run, smoke_run):
-    records = {path: record for path, record in load_records(container_run[0]).items()
-               if "/tree_probe/" not in path and "/user_probe/" not in path}
+    records = {
+        path: record
+        for path, record in load_records(container_run[0]).items()
+        if "/tree_probe/" not in path and "/user_probe/" not in path
+    }
     assert_same_results(records, load_records(smoke_run))
 
 
 @pytest.mark.e2e
 def test_jobs_ran_with_the_images_python_and_the_trees_code(container_run, cpu_image):
     workdir, calls, tree = container_run
-    image_python = in_image(cpu_image, "python", "-c", "import platform, sys; print(platform.python_version(), sys.prefix)")
+    image_python = in_image(
+        cpu_image, "python", "-c", "import platform, sys; print(platform.python_version(), sys.prefix)"
+    )
     assert image_python.split() == [image_python.split()[0], "/opt/venv"]
     # -I: the image's own packages only (no PYTHONPATH, no working directory)
-    carried = in_image(cpu_image, "python", "-I", "-c", "import importlib.util; print(importlib.util.find_spec('lorabench'))")
+    carried = in_image(
+        cpu_image, "python", "-I", "-c", "import importlib.util; print(importlib.util.find_spec('lorabench'))"
+    )
     assert carried.strip() == "None", "the image must not carry lorabench's code"
     for record in load_records(workdir).values():
         assert record["environment"]["python"] == image_python.split()[0]
@@ -247,11 +271,14 @@ def test_a_variant_from_the_users_folder_runs_in_the_image(container_run):
     workdir, _, _ = container_run
     probes = {path: record for path, record in load_records(workdir).items() if "/user_probe/" in path}
     assert probes and all(record["status"] == "ok" for record in probes.values())
-    assert all(record["hyperparameters"]["variant_modules"] == ["my_variants/user_probe.py"] for record in probes.values())
+    assert all(
+        record["hyperparameters"]["variant_modules"] == ["my_variants/user_probe.py"] for record in probes.values()
+    )
     assert all(record["environment"]["container"] == str(workdir / DEFAULT_IMAGE) for record in probes.values())
 
 
 # --- from the repository root, and what a build leaves in the tree ------------------------------
+
 
 def test_a_record_made_after_a_build_is_not_dirty(tmp_path):
     """The images built where containers/README.md builds them are ignored by git, so the records of a checkout
@@ -261,9 +288,18 @@ def test_a_record_made_after_a_build_is_not_dirty(tmp_path):
     (tree / BUILT[0] / "opt" / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
     for image in BUILT[1:]:
         (tree / image).write_bytes(b"SIF")
-    state = subprocess.run([sys.executable, "-c", "import json; from lorabench.provenance import git_state; "
-                            "print(json.dumps(git_state()))"], cwd=tree, env=os.environ | {"PYTHONPATH": str(tree)},
-                           capture_output=True, text=True, check=True).stdout
+    state = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from lorabench.provenance import git_state; print(json.dumps(git_state()))",
+        ],
+        cwd=tree,
+        env=os.environ | {"PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
     assert json.loads(state) == {"commit": head, "dirty": False}
 
@@ -282,11 +318,27 @@ def root_run(tmp_path_factory, cpu_image):
     config_file = tree.parent / "one-run.yaml"  # outside the tree, which stays clean
     config_file.write_text(yaml.safe_dump(config))
     calls = tree.parent / "apptainer-calls.jsonl"
-    environment = os.environ | {"PATH": f"{STAND_IN}{os.pathsep}{os.environ['PATH']}",
-                                "APPTAINER_STANDIN_LOG": str(calls), "HF_HOME": str(tree.parent / "hf-home")}
-    result = subprocess.run(["snakemake", "--use-singularity", "--cores", "2", "--configfile", str(config_file),
-                             "--config", f"container={BUILT[0]}"], cwd=tree, env=environment, capture_output=True,
-                            text=True)
+    environment = os.environ | {
+        "PATH": f"{STAND_IN}{os.pathsep}{os.environ['PATH']}",
+        "APPTAINER_STANDIN_LOG": str(calls),
+        "HF_HOME": str(tree.parent / "hf-home"),
+    }
+    result = subprocess.run(
+        [
+            "snakemake",
+            "--use-singularity",
+            "--cores",
+            "2",
+            "--configfile",
+            str(config_file),
+            "--config",
+            f"container={BUILT[0]}",
+        ],
+        cwd=tree,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return tree, [json.loads(line) for line in calls.read_text().splitlines()]
 
@@ -298,12 +350,17 @@ def test_the_container_run_works_from_the_repository_root(root_run):
     assert len(records) == 1 and all(record["status"] == "ok" for record in records.values())
     assert all(record["environment"]["container"] == str(tree / BUILT[0]) for record in records.values())
     assert {re.search(r"lorabench (\w+)", call["command"][-1]).group(1) for call in calls} == {
-        "pretrain", "train", "aggregate", "report"}, "every job ran in the image"
+        "pretrain",
+        "train",
+        "aggregate",
+        "report",
+    }, "every job ran in the image"
     binds = {call["options"][i + 1] for call in calls for i, option in enumerate(call["options"]) if option == "--bind"}
     destinations = {(bind.split(":") + [bind])[1] for bind in binds}
     assert f"{tree}:{TREE_IN_JOBS}:ro" in binds
     assert not any(tree.is_relative_to(destination) for destination in destinations), "a bind shadows the workdir"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
     assert all(record["environment"]["commit"] == head for record in records.values())
-    assert not subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True).stdout, \
+    assert not subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True).stdout, (
         "the build and the run left files git does not ignore"
+    )

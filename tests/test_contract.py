@@ -90,8 +90,10 @@ def test_loraplus_moves_b_further_than_lora_from_the_same_start() -> None:
 
 def test_test_variant_command_reports_each_family(capsys: pytest.CaptureFixture[str]) -> None:
     main(["test-variant", "frozen_a"])
-    assert capsys.readouterr().out.splitlines() == ["frozen_a on tiny llama (adamw, 20 steps): ok",
-                                                     "frozen_a on tiny gpt2 (adamw, 20 steps): ok"]
+    assert capsys.readouterr().out.splitlines() == [
+        "frozen_a on tiny llama (adamw, 20 steps): ok",
+        "frozen_a on tiny gpt2 (adamw, 20 steps): ok",
+    ]
     with pytest.raises(SystemExit, match="unknown variant 'nope'"):
         main(["test-variant", "nope"])
 
@@ -108,8 +110,10 @@ def test_a_declared_optimizer_is_the_default_and_a_contradiction_is_refused_or_w
     grid = load_grid(config)
     optimizers = {name: variant.optimizer for name, variant in grid.variants().items()}
     assert (optimizers["flora"], optimizers["lora"], optimizers["resampled"]) == ("sgd", "adamw", "adamw")
-    assert any("`variants/resampled/optimizer`" in warning and "resampled declares 'sgd'" in warning
-               for warning in grid.warnings)
+    assert any(
+        "`variants/resampled/optimizer`" in warning and "resampled declares 'sgd'" in warning
+        for warning in grid.warnings
+    )
     config["variants"]["flora"] = {"optimizer": "adamw"}
     with pytest.raises(ConfigError, match=r"`variants/flora/optimizer`: 'adamw', but flora declares 'sgd'.*drop"):
         load_grid(config)
@@ -120,8 +124,11 @@ def test_the_contract_trains_with_the_optimizer_a_run_would_use(monkeypatch: pyt
 
     used = []
     made = contract.make_optimizer
-    monkeypatch.setattr(contract, "make_optimizer", lambda groups, settings: (used.append(settings.optimizer),
-                                                                             made(groups, settings))[1])
+    monkeypatch.setattr(
+        contract,
+        "make_optimizer",
+        lambda groups, settings: (used.append(settings.optimizer), made(groups, settings))[1],
+    )
     assert check_variant("flora", "llama") == [] and set(used) == {"sgd"}
     used.clear()
     assert check_variant("lora", "llama", optimizer="sgd") == [] and set(used) == {"sgd"}
@@ -134,8 +141,15 @@ def test_transform_gradients_runs_between_backward_and_the_optimizer_step() -> N
     from lorabench.train import TrainSettings, train
 
     tokenizer = character_tokenizer()
-    arch = {"family": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+    arch = {
+        "family": "llama",
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 32,
+    }
     model = build_embedded(arch, tokenizer, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
     seen = []
@@ -146,14 +160,22 @@ def test_transform_gradients_runs_between_backward_and_the_optimizer_step() -> N
             p.grad.zero_()
 
     examples = AlgorithmicTask("sort", seed=0, sizes=(16, 1, 1), min_len=2, max_len=5).split("train")
-    train(model, tokenizer, examples, TrainSettings(steps=3, batch_size=4, lr=0.1, optimizer="sgd"), 0,
-          torch.device("cpu"), before_step=zero)
+    train(
+        model,
+        tokenizer,
+        examples,
+        TrainSettings(steps=3, batch_size=4, lr=0.1, optimizer="sgd"),
+        0,
+        torch.device("cpu"),
+        before_step=zero,
+    )
     assert seen == [(0, True), (1, True), (2, True)]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_variants_name_lists_options_and_test_variant_warns_of_an_unreached_period(
-        capsys: pytest.CaptureFixture) -> None:
+    capsys: pytest.CaptureFixture,
+) -> None:
     main(["variants", "relora"])
     described = capsys.readouterr().out
     assert "merge_every (int, default 50), a period in steps: merge B A into the weight" in described

@@ -37,10 +37,22 @@ MAX_ROUNDS = 12
 
 def _settings(variants: list[dict], **overrides) -> dict:
     """A cost job's JSON form (``lorabench cost --settings``)."""
-    return {"shapes": {"tiny": {"cpu_tokens": 16, "cuda_tokens": 16}}, "rounds": 2, "warmup": 0,
-            "profile_cpu_peak": True, "device": "cpu", "alpha": 8, "dtype": "float32", "variant_modules": [],
-            "target_ranks": [TARGET_RANK], "target_halfwidth": 0.03, "max_rounds": MAX_ROUNDS, "max_seconds": 60,
-            "variants": variants, **overrides}
+    return {
+        "shapes": {"tiny": {"cpu_tokens": 16, "cuda_tokens": 16}},
+        "rounds": 2,
+        "warmup": 0,
+        "profile_cpu_peak": True,
+        "device": "cpu",
+        "alpha": 8,
+        "dtype": "float32",
+        "variant_modules": [],
+        "target_ranks": [TARGET_RANK],
+        "target_halfwidth": 0.03,
+        "max_rounds": MAX_ROUNDS,
+        "max_seconds": 60,
+        "variants": variants,
+        **overrides,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +63,14 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
         {"name": "additive", "uses": "additive", "ranks": [RANK], "optimizer": "adamw", "options": {}, "lrs": []},
         {"name": "resampled", "uses": "resampled", "ranks": [RANK], "optimizer": "sgd", "options": {}, "lrs": []},
         {"name": "full", "uses": "full", "ranks": [0], "optimizer": "adamw", "options": {}, "lrs": []},
-        {"name": "broken", "uses": "peft", "ranks": [RANK], "optimizer": "adamw", "lrs": [],
-         "options": {"peft_config": {"peft_type": "LORA", "no_such_field": 1}}},
+        {
+            "name": "broken",
+            "uses": "peft",
+            "ranks": [RANK],
+            "optimizer": "adamw",
+            "lrs": [],
+            "options": {"peft_config": {"peft_type": "LORA", "no_such_field": 1}},
+        },
     ]
     run_cost(CostJob.from_dict(_settings(variants)), out, threads=1)
     return pd.read_csv(out)
@@ -60,11 +78,21 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 
 def test_stage_writes_one_row_per_candidate_with_what_it_measured(table: pd.DataFrame) -> None:
     assert [(row.variant, row.rank, row.role) for row in table.itertuples()] == [
-        ("floor", 0, "floor"), ("additive", RANK, "grid"), ("resampled", RANK, "grid"), ("full", 0, "grid"),
-        ("broken", RANK, "grid"), ("additive", TARGET_RANK, "target_rank"), ("resampled", TARGET_RANK, "target_rank"),
-        ("peft_lora", RANK, "reference"), ("peft_lora", TARGET_RANK, "reference"), ("lora", RANK, "reference"),
-        ("lora", TARGET_RANK, "reference")]
-    assert {"method", "threads", "tokens", "dtype", "device", "shapes", "stage_seconds", "stopped"} <= set(table.columns)
+        ("floor", 0, "floor"),
+        ("additive", RANK, "grid"),
+        ("resampled", RANK, "grid"),
+        ("full", 0, "grid"),
+        ("broken", RANK, "grid"),
+        ("additive", TARGET_RANK, "target_rank"),
+        ("resampled", TARGET_RANK, "target_rank"),
+        ("peft_lora", RANK, "reference"),
+        ("peft_lora", TARGET_RANK, "reference"),
+        ("lora", RANK, "reference"),
+        ("lora", TARGET_RANK, "reference"),
+    ]
+    assert {"method", "threads", "tokens", "dtype", "device", "shapes", "stage_seconds", "stopped"} <= set(
+        table.columns
+    )
     assert (table["method"] == "process_time").all() and (table["threads"] == 1).all() and (table["tokens"] == 16).all()
     floor = table[table["variant"] == "floor"].iloc[0]
     assert floor["ratio_floor"] == 1.0 and floor["status"] == "ok"
@@ -130,8 +158,7 @@ class _Clock:
 
 
 def _fake(seconds: dict[str, float]) -> list[Candidate]:
-    return [Candidate(name, name, 0 if name == "floor" else 8, "adamw", "grid", step=lambda: None)
-            for name in seconds]
+    return [Candidate(name, name, 0 if name == "floor" else 8, "adamw", "grid", step=lambda: None) for name in seconds]
 
 
 SECONDS = {"floor": 1.0, "lora": 1.05, "peft_lora": 1.1, "dora": 3.0}
@@ -180,29 +207,62 @@ def test_flop_bound_is_the_ratio_of_gemm_flops() -> None:
     assert flop_bound(lora_floor, SHAPE_SETS["square-1024"], 64) == 1 + 6 * 64 * 2048 / (4 * 1024 * 1024) == 1.1875
     llama = SHAPE_SETS["llama-1b"].layers.values()
     assert flop_bound(lora_floor, SHAPE_SETS["llama-1b"], 8) == pytest.approx(
-        1 + 1.5 * 8 * sum(x.m + x.n for x in llama) / sum(x.m * x.n for x in llama))
+        1 + 1.5 * 8 * sum(x.m + x.n for x in llama) / sum(x.m * x.n for x in llama)
+    )
     assert flop_bound(lora_peft, SHAPE_SETS["tiny"], 8) == flop_bound(additive_lora, SHAPE_SETS["tiny"], 8) == 1.0
     assert flop_bound(memory, SHAPE_SETS["tiny"], 8) is None
 
 
 def test_report_prints_the_bound_beside_a_target_physics_rules_out_and_a_capped_ratio() -> None:
-    row = {"variant": "lora", "status": "ok", "shape_set": "square-1024", "rank": 64, "rounds": 90,
-           "stopped": "max_seconds", "target_halfwidth": 0.03, "ratio_floor": 1.25, "ratio_floor_lo": 1.21,
-           "ratio_floor_hi": 1.30, "ratio_floor_rounds": 90, "ratio_peft_lora": 0.97, "ratio_peft_lora_lo": 0.95,
-           "ratio_peft_lora_hi": 0.99, "ratio_peft_lora_rounds": 64}
+    row = {
+        "variant": "lora",
+        "status": "ok",
+        "shape_set": "square-1024",
+        "rank": 64,
+        "rounds": 90,
+        "stopped": "max_seconds",
+        "target_halfwidth": 0.03,
+        "ratio_floor": 1.25,
+        "ratio_floor_lo": 1.21,
+        "ratio_floor_hi": 1.30,
+        "ratio_floor_rounds": 90,
+        "ratio_peft_lora": 0.97,
+        "ratio_peft_lora_lo": 0.95,
+        "ratio_peft_lora_hi": 0.99,
+        "ratio_peft_lora_rounds": 64,
+    }
     text = "\n".join(section_cost_targets(pd.DataFrame([row])))
-    assert ("| lora's step ≤ 1.10× the frozen floor | square-1024 | 64 | 1.250 [1.210, 1.300] | 1.188 "
-            "| **not converged: max_seconds (±0.050)**, 90 | **missed** (unattainable: FLOP bound 1.188 > 1.1) |") in text
-    assert "| own lora's step ≤ 1.0× PEFT LoRA's | square-1024 | 64 | 0.970 [0.950, 0.990] | 1.000 | converged, 64 " \
-           "| met |" in text
+    assert (
+        "| lora's step ≤ 1.10× the frozen floor | square-1024 | 64 | 1.250 [1.210, 1.300] | 1.188 "
+        "| **not converged: max_seconds (±0.050)**, 90 | **missed** (unattainable: FLOP bound 1.188 > 1.1) |"
+    ) in text
+    assert (
+        "| own lora's step ≤ 1.0× PEFT LoRA's | square-1024 | 64 | 0.970 [0.950, 0.990] | 1.000 | converged, 64 "
+        "| met |" in text
+    )
 
 
 def test_the_cli_logs_its_progress_to_the_job_log(tmp_path: Path) -> None:
     """The rule sends the command's output to its log: `tail -f` of it shows the stage alive."""
     settings = _settings([], profile_cpu_peak=False, target_ranks=[RANK], max_rounds=3)
-    done = subprocess.run([sys.executable, "-m", "lorabench.cli", "cost", "--settings", json.dumps(settings),
-                           "--out", str(tmp_path / "cost.csv"), "--threads", "1"],
-                          capture_output=True, text=True, timeout=300, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lorabench.cli",
+            "cost",
+            "--settings",
+            json.dumps(settings),
+            "--out",
+            str(tmp_path / "cost.csv"),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "cost tiny: set up lora r2 (first step taken)" in done.stderr
     assert "cost tiny: round 1, 3 candidates" in done.stderr and "cost: 3 rows written to" in done.stderr
 
@@ -220,18 +280,25 @@ def test_report_draws_the_figure_and_the_tables_from_the_csv(table: pd.DataFrame
     plots.plot_cost_real_shapes(table, tmp_path / "cost.png")
     assert (tmp_path / "cost.png").stat().st_size > 10_000
     text = "\n".join(section_cost(table))
-    assert f"| additive | 2 | adamw | {MAX_ROUNDS} |" in text and f"| lora (reference) | 2 | adamw | {MAX_ROUNDS} |" in text
+    assert (
+        f"| additive | 2 | adamw | {MAX_ROUNDS} |" in text
+        and f"| lora (reference) | 2 | adamw | {MAX_ROUNDS} |" in text
+    )
     assert "| additive (target rank) | 4 | adamw |" in text and "| resampled | 2 | sgd | 2 |" in text
     assert "| broken | 2 | adamw | not measured:" in text
     assert f"targets' variants at ranks {TARGET_RANK} too" in text and "| tiny | " in text and "| max_rounds |" in text
     row = table.set_index(["variant", "rank"]).loc[("additive", RANK)]
     verdict = target_verdict(row["ratio_lora"], (row["ratio_lora_lo"], row["ratio_lora_hi"]), 1.0)
-    assert (f"| additive's step ≤ 1.0× lora's | tiny | 2 | {row['ratio_lora']:.3f} [{row['ratio_lora_lo']:.3f}, "
-            f"{row['ratio_lora_hi']:.3f}] | 1.000 | ") in text and f"| {verdict} |" in text
+    assert (
+        f"| additive's step ≤ 1.0× lora's | tiny | 2 | {row['ratio_lora']:.3f} [{row['ratio_lora_lo']:.3f}, "
+        f"{row['ratio_lora_hi']:.3f}] | 1.000 | "
+    ) in text and f"| {verdict} |" in text
     answer = cost_answer(table, "2.")
     assert answer.startswith("Cost at real layer sizes, tiny (") and "additive at rank 2 (adamw) vs lora" in answer
-    assert f"vs lora (adamw): step {row['ratio_lora']:.3g}× [{row['ratio_lora_lo']:.3f}, {row['ratio_lora_hi']:.3f}]" \
+    assert (
+        f"vs lora (adamw): step {row['ratio_lora']:.3g}× [{row['ratio_lora_lo']:.3f}, {row['ratio_lora_hi']:.3f}]"
         in answer
+    )
     shapes = table["shapes"].iloc[0]  # the layer shapes: named once, in the cost section's table of shape sets
     assert shapes not in answer and text.count(shapes) == 1 and f"| tiny | {shapes} |" in text
 

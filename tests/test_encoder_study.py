@@ -1,14 +1,17 @@
 """workflow/config/encoder_study.yaml is a study: every variant swept over log-spaced learning rates, enough
-seeds, the study's variants and its two baselines (full, lora), and a test set where one review is at most 0.005 of accuracy."""
+seeds, the study's variants and its two baselines (full, lora), and a test set where one review is at most 0.005 of
+accuracy."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import defaultdict
 
 import yaml
 
+from lorabench.checks import SCHEMA, check_schema
 from lorabench.grid import Grid
 from tests.pipeline import REPO
 
@@ -16,10 +19,18 @@ STUDY = REPO / "workflow" / "config" / "encoder_study.yaml"
 CORE = {"full", "lora", "frozen_a", "frozen_b", "additive", "resampled"}
 
 
+def _study_grid() -> Grid:
+    """The study's grid as it expands: the schema fills the defaults, and no further check runs (they would need the
+    model's package)."""
+    config = yaml.safe_load(STUDY.read_text())
+    check_schema(config, SCHEMA)
+    return Grid(config)
+
+
 def _lrs_per_variant() -> dict[str, list[float]]:
-    """Each variant's learning rates as the grid expands them (no package needed: the config is not checked)."""
+    """Each variant's learning rates as the grid expands them."""
     lrs: dict[str, set[float]] = defaultdict(set)
-    for point in Grid(yaml.safe_load(STUDY.read_text())).points():
+    for point in _study_grid().points():
         lrs[point.variant].add(point.lr)
     return {variant: sorted(values) for variant, values in lrs.items()}
 
@@ -28,7 +39,7 @@ def test_every_core_variant_sweeps_at_least_three_log_spaced_lrs() -> None:
     lrs = _lrs_per_variant()
     assert set(lrs) == CORE
     for variant, values in lrs.items():
-        ratios = [b / a for a, b in zip(values, values[1:])]
+        ratios = [b / a for a, b in itertools.pairwise(values)]
         assert len(values) >= 3, variant
         # neighbours a factor of about 2-3.3 apart: fine enough that an interior optimum is findable
         assert all(1.9 <= ratio <= 3.4 for ratio in ratios), (variant, values)
@@ -54,7 +65,7 @@ def test_the_committed_reference_is_this_config_s_run_with_interior_choices() ->
     from lorabench.aggregate import best_lr
 
     results = pd.read_csv(REPO / "reports" / "reference-encoder" / "results.csv")
-    expanded = {(p.variant, p.lr, p.seed) for p in Grid(yaml.safe_load(STUDY.read_text())).points()}
+    expanded = {(p.variant, p.lr, p.seed) for p in _study_grid().points()}
     assert set(zip(results["variant"], results["lr"], results["seed"], strict=True)) == expanded
     assert results.groupby("variant")["seed"].nunique().min() >= 5
     sweeps = results.groupby("variant")["lr"].agg(["min", "max", "nunique"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -38,8 +39,9 @@ def test_an_sgd_step_is_minus_lr_times_the_projected_gradient_of_rank_r(layer_ty
     layer = model.layer
     before = layer.weight.detach().clone()
     x, upstream = torch.randn(7, n), torch.randn(7, m)
-    optimizer = make_optimizer(variant.parameter_groups(model, lr),
-                               TrainSettings(steps=1, batch_size=7, lr=lr, optimizer=variant.optimizer))
+    optimizer = make_optimizer(
+        variant.parameter_groups(model, lr), TrainSettings(steps=1, batch_size=7, lr=lr, optimizer=variant.optimizer)
+    )
     (model(x) * upstream).sum().backward()
     G = dense_gradient(layer).clone()
     variant.transform_gradients(model, step=0)
@@ -61,5 +63,5 @@ def test_projections_are_redrawn_every_resample_every_steps() -> None:
         variant.transform_gradients(model, step)
         seen.append(model.layer.flora_projection.clone())
         model.zero_grad()
-    same = [torch.equal(a, b) for a, b in zip(seen, seen[1:])]
+    same = [torch.equal(a, b) for a, b in itertools.pairwise(seen)]
     assert same == [True, False, True, False]  # redrawn before steps 2 and 4

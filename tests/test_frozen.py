@@ -11,8 +11,7 @@ from lorabench.variants._peft import lora_factors
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(("name", "frozen", "trained"), [("frozen_a", 0, 1), ("frozen_b", 1, 0)])
-def test_frozen_factor_stays_bit_identical_through_training(family: str, name: str, frozen: int,
-                                                            trained: int) -> None:
+def test_frozen_factor_stays_bit_identical_through_training(family: str, name: str, frozen: int, trained: int) -> None:
     variant = make_variant(family, name)
     model = variant.apply(tiny_model(family))
     before = [tuple(f.detach().clone() for f in pair) for pair in lora_factors(model)]

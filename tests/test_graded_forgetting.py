@@ -27,8 +27,15 @@ from lorabench.train import TrainSettings, encode_batch, train
 from tests.jobs import job_runs
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
-LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+LLAMA = {
+    "family": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
 CPU = torch.device("cpu")
 
 
@@ -64,15 +71,19 @@ def test_answer_cross_entropy_is_the_training_loss_and_does_not_depend_on_batche
         expected = [float(model(**encode_batch(tokenizer, [example], CPU)).loss) for example in examples[:1]]
     assert answer_cross_entropy(model, tokenizer, {"one": examples[:1]}, 4, CPU)["one"] == pytest.approx(expected[0])
     together = answer_cross_entropy(model, tokenizer, {"copy": examples, "sort": tasks["sort"].split("test")}, 5, CPU)
-    alone = {name: answer_cross_entropy(model, tokenizer, {name: tasks[name].split("test")}, 64, CPU)[name]
-             for name in ("copy", "sort")}
+    alone = {
+        name: answer_cross_entropy(model, tokenizer, {name: tasks[name].split("test")}, 64, CPU)[name]
+        for name in ("copy", "sort")
+    }
     assert together == pytest.approx(alone, rel=1e-5)
     assert together["copy"] < together["sort"]  # it learnt to copy, not to sort
 
 
 def test_scores_of_tasks_in_shared_batches_are_those_of_each_alone(copier) -> None:
     model, tokenizer, tasks = copier
-    sets = {(name, split): (tasks[name], tasks[name].split(split)) for name in tasks for split in ("test", "validation")}
+    sets = {
+        (name, split): (tasks[name], tasks[name].split(split)) for name in tasks for split in ("test", "validation")
+    }
     together = scores(model, tokenizer, sets, 64, CPU)
     for key, one in sets.items():
         assert scores(model, tokenizer, {key: one}, 64, CPU)[key] == together[key]
@@ -84,8 +95,15 @@ def test_evaluations_during_training_come_at_eval_at_and_stay_out_of_the_step_ti
     model, tokenizer, tasks = copier
     called: list[int] = []
     settings = TrainSettings(steps=6, batch_size=8, lr=1e-3, eval_at=(2, 4, 6))
-    outcome = train(model, tokenizer, tasks["sort"].split("train"), settings, 0, CPU,
-                    evaluate=lambda steps: (called.append(steps), time.sleep(0.3)))
+    outcome = train(
+        model,
+        tokenizer,
+        tasks["sort"].split("train"),
+        settings,
+        0,
+        CPU,
+        evaluate=lambda steps: (called.append(steps), time.sleep(0.3)),
+    )
     assert called == [2, 4]  # the last (6 = steps) is the caller's final evaluation
     assert outcome.eval_seconds >= 0.6
     assert max(outcome.clock.step_seconds) < 0.3 and outcome.train_seconds < sum(outcome.clock.step_seconds) + 0.3
@@ -96,15 +114,33 @@ def _run(tmp_path: Path, eval_at: list[int], dropout: float = 0.0) -> dict:
     checkpoint = tmp_path / "model"
     build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
-    job = TrainJob.from_dict({
-        "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
-        "dropout": dropout, "target_modules": ["q_proj", "v_proj"], "source_tasks": ["copy", "reverse"],
-        "hub_tasks": {}, "forgetting": {}, "variant_modules": [], "save_adapters": False,
-        "data": {"seed": 0, "train": 32, "validation": 4, "test": 6, "min_len": 3, "max_len": 5},
-        "eval_batch_size": 8,
-        "train": {"steps": 3, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": eval_at, "replay": 0.0},
-        **job_runs("llama", [("lora", 2, "sort", 0.01, 0)]),
-    })
+    job = TrainJob.from_dict(
+        {
+            "model": "llama",
+            "checkpoint": str(checkpoint),
+            "dtype": "float32",
+            "device": "cpu",
+            "alpha": 4,
+            "dropout": dropout,
+            "target_modules": ["q_proj", "v_proj"],
+            "source_tasks": ["copy", "reverse"],
+            "hub_tasks": {},
+            "forgetting": {},
+            "variant_modules": [],
+            "save_adapters": False,
+            "data": {"seed": 0, "train": 32, "validation": 4, "test": 6, "min_len": 3, "max_len": 5},
+            "eval_batch_size": 8,
+            "train": {
+                "steps": 3,
+                "batch_size": 8,
+                "weight_decay": 0.0,
+                "log_every": 1,
+                "eval_at": eval_at,
+                "replay": 0.0,
+            },
+            **job_runs("llama", [("lora", 2, "sort", 0.01, 0)]),
+        }
+    )
     with contextlib.chdir(tmp_path):
         runner.run_job(job)
         return json.loads(Path(job.points[0].record).read_text())
@@ -126,9 +162,11 @@ def test_a_run_records_graded_forgetting_and_its_trajectory(tmp_path: Path, capl
     records.validate(record)
     logged = [r.getMessage() for r in caplog.records if "evaluation" in r.getMessage()]  # the job log shows each
     assert logged[:2] == ["base model: evaluation started", logged[1]] and logged[1].startswith(
-        "base model: evaluation done in ")
+        "base model: evaluation done in "
+    )
     assert [line.split(": ", 1)[1].split(" in ")[0] for line in logged[2:]] == [
-        f"evaluation after step {step} {when}" for step in (1, 2, 3) for when in ("started", "done")]
+        f"evaluation after step {step} {when}" for step in (1, 2, 3) for when in ("started", "done")
+    ]
     assert all(line.startswith(record["run_id"]) for line in logged[2:])
     assert record["status"] == "ok"
     trajectory, forgetting = record["trajectory"], record["forgetting"]
@@ -138,20 +176,32 @@ def test_a_run_records_graded_forgetting_and_its_trajectory(tmp_path: Path, capl
     assert trajectory["forgetting"][-1] == forgetting["mean"]
     assert trajectory["forgetting_ce"][-1] == forgetting["graded"]["ce_increase"]["mean"]
     for name, source in record["source"].items():
-        assert forgetting["graded"]["ce_increase"]["per_task"][name] == pytest.approx(source["ce_after"] - source["ce_before"])
+        assert forgetting["graded"]["ce_increase"]["per_task"][name] == pytest.approx(
+            source["ce_after"] - source["ce_before"]
+        )
         assert forgetting["graded"]["char_accuracy_drop"]["per_task"][name] == pytest.approx(
-            source["char_accuracy_before"] - source["char_accuracy_after"])
+            source["char_accuracy_before"] - source["char_accuracy_after"]
+        )
     ce = forgetting["graded"]["ce_increase"]
     before = [source["ce_before"] for source in record["source"].values()]
     assert ce["ceiling"] == pytest.approx(math.log(len(tokenizer)) - sum(before) / len(before))
     assert forgetting["ceiling"] == pytest.approx(
-        sum(source["accuracy_before"] for source in record["source"].values()) / 2)
+        sum(source["accuracy_before"] for source in record["source"].values()) / 2
+    )
     assert record["timing"]["eval_seconds"] > 0
 
 
 def _runs(exact: list[float], char: list[float], ce: list[float]) -> pd.DataFrame:
-    return pd.DataFrame({"forgetting": exact, "forgetting_ceiling": 1.0, "forgetting_char": char,
-                         "forgetting_char_ceiling": 0.9, "forgetting_ce": ce, "forgetting_ce_ceiling": 4.0})
+    return pd.DataFrame(
+        {
+            "forgetting": exact,
+            "forgetting_ceiling": 1.0,
+            "forgetting_char": char,
+            "forgetting_char_ceiling": 0.9,
+            "forgetting_ce": ce,
+            "forgetting_ce_ceiling": 4.0,
+        }
+    )
 
 
 def test_a_verdict_uses_the_first_measure_not_saturated_and_says_which_were_passed_by() -> None:
@@ -162,8 +212,9 @@ def test_a_verdict_uses_the_first_measure_not_saturated_and_says_which_were_pass
     assert saturation(_runs([0.0], [0.9], [1]).assign(forgetting_ceiling=0.0), "forgetting") == "no range"
     choice = choose(_runs([0.97, 1.0], [0.3, 0.8], [1, 2]))
     assert choice.measure == "forgetting_char"
-    assert choice.text() == ("by per-character accuracy drop (exact-match accuracy drop saturated at its ceiling "
-                             "(every run ≥ 0.95 of it))")
+    assert choice.text() == (
+        "by per-character accuracy drop (exact-match accuracy drop saturated at its ceiling (every run ≥ 0.95 of it))"
+    )
     assert choose(_runs([0.97, 1.0], [0.89, 0.9], [1, 2])).measure == "forgetting_ce"
     every = choose(_runs([0.97, 1.0], [0.89, 0.9], [3.9, 5.0]))
     assert every.measure is None and every.text().startswith("every forgetting measure is saturated in these runs")
@@ -171,8 +222,13 @@ def test_a_verdict_uses_the_first_measure_not_saturated_and_says_which_were_pass
 
 def _swept(variant: str, accuracy: list[float], exact: list[float], ce: list[float]) -> pd.DataFrame:
     return _runs(exact, [0.89] * len(exact), ce).assign(
-        variant=variant, model="m", seed=0, lr=range(len(exact)), run_id=[f"{variant}{i}" for i in range(len(exact))],
-        target_acc_after=accuracy)
+        variant=variant,
+        model="m",
+        seed=0,
+        lr=range(len(exact)),
+        run_id=[f"{variant}{i}" for i in range(len(exact))],
+        target_acc_after=accuracy,
+    )
 
 
 def _sentence(part: list) -> str:
@@ -185,8 +241,9 @@ def _sentence(part: list) -> str:
 def test_the_summary_names_the_measure_and_says_when_ranges_do_not_overlap_or_all_measures_saturate() -> None:
     from lorabench.report.summary import ModelRuns
 
-    saturated_exact = pd.concat([_swept("a", [0.5, 0.9], [1.0, 1.0], [1.0, 2.0]),
-                                 _swept("b", [0.6, 1.0], [0.98, 1.0], [1.5, 3.0])])
+    saturated_exact = pd.concat(
+        [_swept("a", [0.5, 0.9], [1.0, 1.0], [1.0, 2.0]), _swept("b", [0.6, 1.0], [0.98, 1.0], [1.5, 3.0])]
+    )
     text = _sentence(ModelRuns("m", saturated_exact, saturated_exact).forgetting_at_matched_learning("a", "b"))
     assert text.startswith("vs b by answer cross-entropy increase (nats/token) (exact-match accuracy drop saturated")
     assert "per-character accuracy drop saturated at its ceiling" in text and "at accuracy 0.900" in text
@@ -194,7 +251,9 @@ def test_the_summary_names_the_measure_and_says_when_ranges_do_not_overlap_or_al
     text = _sentence(ModelRuns("m", apart, apart).forgetting_at_matched_learning("a", "b"))
     assert "cannot be compared; in 1 seed(s) their measured target accuracies do not overlap" in text
     assert "a 0.10–0.30, b 0.80–1.00" in text
-    everything = pd.concat([_swept("a", [0.5, 0.9], [1.0, 1.0], [3.9, 4.0]), _swept("b", [0.6, 1.0], [1.0, 1.0], [4, 5])])
+    everything = pd.concat(
+        [_swept("a", [0.5, 0.9], [1.0, 1.0], [3.9, 4.0]), _swept("b", [0.6, 1.0], [1.0, 1.0], [4, 5])]
+    )
     text = _sentence(ModelRuns("m", everything, everything).forgetting_at_matched_learning("a", "b"))
     assert text.startswith("vs b: no verdict, every forgetting measure is saturated in these runs")
 
@@ -202,11 +261,13 @@ def test_the_summary_names_the_measure_and_says_when_ranges_do_not_overlap_or_al
 def test_the_forgetting_measure_is_named_by_what_it_averages() -> None:
     """``forgetting`` is the exact-match drop only where its parts are source tasks; an encoder's, a paraphrase
     retrieval drop, must not be called exact match in a verdict, a table or an axis."""
-    sources = pd.DataFrame({"forgetting": [0.3], "forgetting_ceiling": [1.0], "forgetting__copy": [0.3],
-                            "source_acc_before__copy": [1.0]})
+    sources = pd.DataFrame(
+        {"forgetting": [0.3], "forgetting_ceiling": [1.0], "forgetting__copy": [0.3], "source_acc_before__copy": [1.0]}
+    )
     assert names(sources)["forgetting"] == "exact-match accuracy drop"
-    encoder = pd.DataFrame({"forgetting": [0.3, 0.1], "forgetting_ceiling": [0.98, 0.98],
-                            "forgetting__paraphrase_retrieval": [0.3, 0.1]})
+    encoder = pd.DataFrame(
+        {"forgetting": [0.3, 0.1], "forgetting_ceiling": [0.98, 0.98], "forgetting__paraphrase_retrieval": [0.3, 0.1]}
+    )
     assert names(encoder)["forgetting"] == "paraphrase-retrieval drop"
     assert choose(encoder).text() == "by paraphrase-retrieval drop"
     both = sources.assign(**{"forgetting__lm_eval__arc_easy": [0.1]})

@@ -81,8 +81,15 @@ def test_thousands_separator_in_reference_matches_plain_number(math_files):
 
 @pytest.mark.parametrize(
     "guess, reference, same",
-    [("1,000", "1000", True), ("3.0", "3", True), ("$42.", "42", True), ("-2/89", "-4/178", True),
-     ("3.5", "3", False), ("x + 1", "x  + 1", True), ("x+1", "x + 2", False)],
+    [
+        ("1,000", "1000", True),
+        ("3.0", "3", True),
+        ("$42.", "42", True),
+        ("-2/89", "-4/178", True),
+        ("3.5", "3", False),
+        ("x + 1", "x  + 1", True),
+        ("x+1", "x + 2", False),
+    ],
 )
 def test_answers_match_normalises_numbers(guess, reference, same):
     assert answers_match(guess, reference) is same

@@ -1,8 +1,9 @@
-"""Faults that lose nothing and poison nothing. A kill -9 in the middle of a batched train job loses no finished record: the next run puts every record the
-job had finished back in place from results/kept (byte for byte: the same timings, which a run trained again
-never repeats), trains only the rest, and ends with the results of a run that was never interrupted. (Snakemake
-touches every output of a job that ran, so a record's own modification time is not the evidence; its kept copy's
-is.) A checkpoint or record cut short is set aside when the Snakefile is parsed and written again."""
+"""Faults that lose nothing and poison nothing. A kill -9 in the middle of a batched train job loses no finished
+record: the next run puts every record the job had finished back in place from results/kept (byte for byte: the same
+timings, which a run trained again never repeats), trains only the rest, and ends with the results of a run that was
+never interrupted. (Snakemake touches every output of a job that ran, so a record's own modification time is not the
+evidence; its kept copy's is.) A checkpoint or record cut short is set aside when the Snakefile is parsed and written
+again."""
 
 from __future__ import annotations
 
@@ -38,8 +39,13 @@ def one_job_of_four_points(folder: Path) -> Path:
 def run_until_first_record(workdir: Path, config: Path, timeout: float = 600) -> None:
     """Start the pipeline and kill -9 it (Snakemake and its job, the whole process group) as soon as the train
     job has written its first record."""
-    process = subprocess.Popen(snakemake_command(workdir, config=config), cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        snakemake_command(workdir, config=config),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + timeout
     while not list((workdir / "results" / "runs").rglob("*.json")):
         assert process.poll() is None, "the pipeline ended before its train job wrote a record"

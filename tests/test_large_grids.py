@@ -3,7 +3,6 @@ from a list file, and `lorabench check` warns above the size this was measured a
 
 from __future__ import annotations
 
-
 import pytest
 import yaml
 
@@ -32,8 +31,9 @@ def test_one_target_record_per_train_job(smoke: dict, batch: list[str]) -> None:
 
 
 @pytest.mark.parametrize("limit", [10, cli.LARGE_GRID])
-def test_check_warns_above_the_large_grid_size(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-                                              limit: int) -> None:
+def test_check_warns_above_the_large_grid_size(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, limit: int
+) -> None:
     monkeypatch.setattr(cli, "LARGE_GRID", limit)
     cli.main(["check", str(SMOKE), "--schema", str(SCHEMA)])
     captured = capsys.readouterr()
@@ -53,7 +53,9 @@ def test_the_code_hash_of_every_job_reads_each_module_once(smoke: dict, monkeypa
     calls = {"parse": 0, "scan": 0}
     parse, scan = ast.parse, pkgutil.iter_modules
     monkeypatch.setattr(ast, "parse", lambda *a, **k: calls.__setitem__("parse", calls["parse"] + 1) or parse(*a, **k))
-    monkeypatch.setattr(pkgutil, "iter_modules", lambda *a, **k: calls.__setitem__("scan", calls["scan"] + 1) or scan(*a, **k))
-    hashes = {stages.train_job_code(grid, dict(zip(grid.unbatched(), key))) for key in grid.jobs()}
+    monkeypatch.setattr(
+        pkgutil, "iter_modules", lambda *a, **k: calls.__setitem__("scan", calls["scan"] + 1) or scan(*a, **k)
+    )
+    hashes = {stages.train_job_code(grid, dict(zip(grid.unbatched(), key, strict=True))) for key in grid.jobs()}
     assert len(grid.jobs()) == 100 and len(hashes) == 1
     assert calls["parse"] <= 60 and calls["scan"] <= 1, calls  # at most each package file once, not per job

@@ -33,9 +33,7 @@ def _base(assets):
 
 
 def _peft(assets):
-    config = LoraConfig(
-        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
-    )
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     torch.manual_seed(1)  # a seed whose adapter changes the tiny task's acc_norm
     return get_peft_model(_base(assets), config)
 

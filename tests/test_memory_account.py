@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from lorabench.measure import saved_activation_bytes, storage_addresses, variant_state_bytes
-from lorabench.models import build_embedded, character_tokenizer
 from lorabench import runner
 from lorabench.job import TrainJob
+from lorabench.measure import saved_activation_bytes, storage_addresses, variant_state_bytes
+from lorabench.models import build_embedded, character_tokenizer
 from lorabench.runner import _memory_account
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, longest_batch, train
@@ -21,8 +21,15 @@ from tests.jobs import job_runs
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
 TOKENS, N_IN, N_OUT = 6, 5, 3
-LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+LLAMA = {
+    "family": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
 
 
 @pytest.mark.parametrize("input_requires_grad", [False, True])
@@ -106,21 +113,38 @@ def test_a_job_leaves_nothing_of_one_grid_point_to_the_next(tmp_path: Path, monk
     build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
     monkeypatch.chdir(tmp_path)
-    runs = [("lora", 2, "sort", 3e-3, 0), ("resampled", 2, "sort", 0.1, 0), ("peft_lora", 2, "sort", 3e-3, 1),
-            ("full", 0, "sort", 5e-4, 1), ("lora", 2, "sort", 3e-3, 1)]
-    job = TrainJob.from_dict({
-        "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
-        "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy"],
-        "hub_tasks": {}, "forgetting": {}, "variant_modules": [], "save_adapters": False,
-        "data": {"seed": 0, "train": 32, "validation": 4, "test": 4, "min_len": 3, "max_len": 5},
-        "eval_batch_size": 8,
-        "train": {"steps": 2, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": [1], "replay": 0.0},
-        **job_runs("llama", runs),
-    })
+    runs = [
+        ("lora", 2, "sort", 3e-3, 0),
+        ("resampled", 2, "sort", 0.1, 0),
+        ("peft_lora", 2, "sort", 3e-3, 1),
+        ("full", 0, "sort", 5e-4, 1),
+        ("lora", 2, "sort", 3e-3, 1),
+    ]
+    job = TrainJob.from_dict(
+        {
+            "model": "llama",
+            "checkpoint": str(checkpoint),
+            "dtype": "float32",
+            "device": "cpu",
+            "alpha": 4,
+            "dropout": 0.0,
+            "target_modules": ["q_proj", "v_proj", "down_proj"],
+            "source_tasks": ["copy"],
+            "hub_tasks": {},
+            "forgetting": {},
+            "variant_modules": [],
+            "save_adapters": False,
+            "data": {"seed": 0, "train": 32, "validation": 4, "test": 4, "min_len": 3, "max_len": 5},
+            "eval_batch_size": 8,
+            "train": {"steps": 2, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": [1], "replay": 0.0},
+            **job_runs("llama", runs),
+        }
+    )
     after_each: list[tuple[int, int]] = []
     written = runner.records.write
-    monkeypatch.setattr(runner.records, "write", lambda record, path: (written(record, path),
-                                                                         after_each.append(live_tensors())))
+    monkeypatch.setattr(
+        runner.records, "write", lambda record, path: (written(record, path), after_each.append(live_tensors()))
+    )
     runner.run_job(job)
     assert len(after_each) == len(runs)
     assert after_each[1:] == after_each[:1] * (len(runs) - 1), f"(tensors, bytes) after each point: {after_each}"

@@ -31,7 +31,8 @@ def smoke_with(model: str, method: str) -> dict:
     config = yaml.safe_load(SMOKE.read_text())
     config["models"] = {model: config["models"][model]}
     peft_config = copy.deepcopy(METHODS[method]) | (
-        {"feedforward_modules": [FEEDFORWARD[model]]} if method == "ia3" else {})
+        {"feedforward_modules": [FEEDFORWARD[model]]} if method == "ia3" else {}
+    )
     config["variants"] = {method: {"uses": "peft", "peft_config": peft_config}}
     config["grid"]["variants"] = [method]
     return config
@@ -52,8 +53,16 @@ def test_ia3_without_its_feedforward_layers_is_refused_with_peft_s_reason() -> N
         load_grid(config, SCHEMA)
 
 
-@pytest.mark.parametrize(("model", "method"), [("llama-tiny", "loha"), ("llama-tiny", "adalora"),
-                                               ("gpt2-tiny", "adalora"), ("llama-tiny", "ia3"), ("gpt2-tiny", "ia3")])
+@pytest.mark.parametrize(
+    ("model", "method"),
+    [
+        ("llama-tiny", "loha"),
+        ("llama-tiny", "adalora"),
+        ("gpt2-tiny", "adalora"),
+        ("llama-tiny", "ia3"),
+        ("gpt2-tiny", "ia3"),
+    ],
+)
 def test_supported_methods_pass_the_check_and_the_variant_contract(model: str, method: str) -> None:
     grid = load_grid(smoke_with(model, method), SCHEMA)
     ranks = {point.rank for point in grid.points()}
@@ -86,8 +95,10 @@ def test_record_says_the_rank_loha_used_and_that_ia3_has_none() -> None:
     assert ia3.record_extra(ia3.apply(tiny_model("llama"))) == {"rank_used": 0.0}
 
 
-@pytest.mark.parametrize(("peft_config", "reason"), [({"peft_type": "NOPE"}, r"unknown peft_type 'NOPE'; PEFT \S+ knows"),
-                                                     (None, "needs options")])
+@pytest.mark.parametrize(
+    ("peft_config", "reason"),
+    [({"peft_type": "NOPE"}, r"unknown peft_type 'NOPE'; PEFT \S+ knows"), (None, "needs options")],
+)
 def test_an_unknown_or_missing_peft_type_is_refused_before_any_job(peft_config: dict | None, reason: str) -> None:
     config = smoke_with("llama-tiny", "loha")
     if peft_config is None:

@@ -45,7 +45,7 @@ def test_single_text_equals_transformers_loss(model, tokenizer):
 def test_mean_weighs_tokens_and_ignores_padding_so_batch_size_does_not_matter(model, tokenizer):
     lengths = [len(tokenizer(t).input_ids) - 1 for t in TEXTS]
     per_text = [_ce(model, tokenizer, [t]) for t in TEXTS]
-    token_weighted = sum(ce * n for ce, n in zip(per_text, lengths)) / sum(lengths)
+    token_weighted = sum(ce * n for ce, n in zip(per_text, lengths, strict=True)) / sum(lengths)
     for batch_size in (1, 2, 3):
         assert _ce(model, tokenizer, batch_size=batch_size) == pytest.approx(token_weighted, rel=1e-5)
 

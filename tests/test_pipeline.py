@@ -106,7 +106,8 @@ def test_memory_account_is_the_same_for_every_seed_and_orders_full_lora_frozen_a
 def test_every_job_is_benchmarked_and_the_summary_gives_the_training_share(smoke_run: Path) -> None:
     benchmarks, logs = smoke_run / "results" / "benchmarks", smoke_run / "results" / "logs" / "train"
     jobs = sorted(log.relative_to(logs).with_suffix("") for log in logs.rglob("*.log"))
-    assert jobs and jobs == sorted(tsv.relative_to(benchmarks / "train").with_suffix("")
-                                   for tsv in (benchmarks / "train").rglob("*.tsv"))
+    assert jobs and jobs == sorted(
+        tsv.relative_to(benchmarks / "train").with_suffix("") for tsv in (benchmarks / "train").rglob("*.tsv")
+    )
     assert {path.name for path in benchmarks.iterdir()} >= {"pretrain", "train", "aggregate.tsv", "figures.tsv"}
     assert "Training share: " in (smoke_run / "reports" / "summary.md").read_text()

@@ -31,9 +31,20 @@ def classification_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
         "suite": "classification-e2e",
         "device": "cpu",
         "models": {"tiny-bert": {"package": package, "target_modules": ["query", "value"]}},
-        "tasks": {"source": [], "target": [{"sentiment": {
-            "data_files": {"train": data, "test": data}, "prompt": "{text}", "target": "{label}",
-            "labels": ["negative", "positive"], "validation_size": 2}}]},
+        "tasks": {
+            "source": [],
+            "target": [
+                {
+                    "sentiment": {
+                        "data_files": {"train": data, "test": data},
+                        "prompt": "{text}",
+                        "target": "{label}",
+                        "labels": ["negative", "positive"],
+                        "validation_size": 2,
+                    }
+                }
+            ],
+        },
         "train": {"steps": 3, "batch_size": 4, "log_every": 1, "eval_batch_size": 8},
         "grid": {"variants": ["lora", "resampled"], "ranks": [2], "lrs": [0.01], "seeds": [0]},
         "forgetting": {"paraphrase_retrieval": {"pairs": str(pairs), "batch_size": 3}},

@@ -32,14 +32,25 @@ def _hub_config(root: Path) -> dict:
         "models": {"tiny-llama": {"path": str(model), "dtype": "float32", "target_modules": ["q_proj", "v_proj"]}},
         "tasks": {
             "source": [],
-            "target": [{"math": {"data_files": {"train": str(math), "test": str(math)}, "validation_size": 2,
-                                 "max_new_tokens": 8}}],
+            "target": [
+                {
+                    "math": {
+                        "data_files": {"train": str(math), "test": str(math)},
+                        "validation_size": 2,
+                        "max_new_tokens": 8,
+                    }
+                }
+            ],
         },
         "train": {"steps": 3, "batch_size": 4, "log_every": 1, "eval_batch_size": 8},
         "grid": {"variants": ["lora", "full"], "ranks": [2], "lrs": [0.001], "seeds": [0]},
         "forgetting": {
-            "lm_eval": {"tasks": [fixtures_hub.MULTIPLE_CHOICE_TASK], "include_path": str(lm_eval_tasks),
-                        "limit": 8, "batch_size": 4},
+            "lm_eval": {
+                "tasks": [fixtures_hub.MULTIPLE_CHOICE_TASK],
+                "include_path": str(lm_eval_tasks),
+                "limit": 8,
+                "batch_size": 4,
+            },
             "heldout_ce": {"texts": str(heldout), "n": 3, "max_length": 64, "batch_size": 2},
         },
     }

@@ -42,8 +42,9 @@ def tiny_offline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
     pytest.importorskip("mathematics_dataset", reason="pip install mathematics-dataset (in the test extra)")
     root = tmp_path_factory.mktemp("offline")
     config = _shipped()
-    config["models"] = {"tiny": {"path": str(fixtures_hub.save_tiny_llama(root / "tiny")),
-                                 "target_modules": ["q_proj", "v_proj"]}}
+    config["models"] = {
+        "tiny": {"path": str(fixtures_hub.save_tiny_llama(root / "tiny")), "target_modules": ["q_proj", "v_proj"]}
+    }
     task = config["tasks"]["target"][0]["arithmetic"]
     task["generator"]["mathematics_dataset"] |= {"train_per_module": 10, "test_per_module": 2}
     task |= {"validation_size": 4, "max_new_tokens": 4}

@@ -18,7 +18,11 @@ ROWS = [json.loads(line) for line in (PROBES / "world_facts.jsonl").read_text().
 
 def test_world_facts_rows_are_well_formed_and_match_the_readme() -> None:
     assert Counter(row["category"] for row in ROWS) == {
-        "capital": 40, "element": 25, "opposite": 20, "general": 30, "arithmetic": 25,
+        "capital": 40,
+        "element": 25,
+        "opposite": 20,
+        "general": 30,
+        "arithmetic": 25,
     }
     assert len({row["question"] for row in ROWS}) == len(ROWS) == 140
     for row in ROWS:
@@ -47,9 +51,7 @@ def test_lm_eval_reads_world_facts_with_choices_and_targets() -> None:
         assert task.doc_to_choice(doc)[task.doc_to_target(doc)] == row["choices"][row["label"]]
 
 
-def test_world_facts_scores_a_model_from_any_working_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_world_facts_scores_a_model_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lorabench.evaluation.lm_eval import lm_eval_scores
     from lorabench.models import load
 

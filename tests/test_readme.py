@@ -69,8 +69,9 @@ def tiny(config: dict, variants: list[str]) -> dict:
     config["pretrain"] |= {"steps": 30}
     config["train"] |= {"steps": 6, "log_every": 2, "eval_at": [3, 6]}
     config["grid"] |= {"variants": variants, "seeds": [0]}
-    config["variants"] = {name: {**config["variants"][name], "lrs": config["variants"][name]["lrs"][:1]}
-                          for name in variants}
+    config["variants"] = {
+        name: {**config["variants"][name], "lrs": config["variants"][name]["lrs"][:1]} for name in variants
+    }
     config["cost"] = {"enabled": False}
     return config
 
@@ -90,7 +91,8 @@ def prepare_venv(tree: Path, scratch: Path) -> None:
     (script,) = [entry for entry in metadata.entry_points(group="console_scripts") if entry.name == "snakemake"]
     module, function = script.value.split(":")
     (tree / ".venv" / "bin" / "snakemake").write_text(
-        f"#!{tree / '.venv' / 'bin' / 'python'}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+        f"#!{tree / '.venv' / 'bin' / 'python'}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n"
+    )
     (tree / ".venv" / "bin" / "snakemake").chmod(0o755)
 
 
@@ -102,8 +104,11 @@ def user_environment(scratch: Path) -> dict[str, str]:
     (python / "python3").symlink_to(os.path.realpath(sys.executable))
     path = [entry for entry in os.environ["PATH"].split(os.pathsep) if Path(entry) != Path(sys.prefix) / "bin"]
     environment = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "VIRTUAL_ENV"}}
-    return environment | {"PATH": os.pathsep.join([str(python), *path]), "PIP_NO_INDEX": "1",
-                          "PIP_NO_BUILD_ISOLATION": "0"}
+    return environment | {
+        "PATH": os.pathsep.join([str(python), *path]),
+        "PIP_NO_INDEX": "1",
+        "PIP_NO_BUILD_ISOLATION": "0",
+    }
 
 
 def run_as_written(line: str, tree: Path, environment: dict[str, str]) -> str:
@@ -135,7 +140,9 @@ def test_the_quick_start_runs_as_written(tmp_path: Path):
 
     # the recovery after an interrupt (tests/test_interrupts.py kills a job before it), in the shell the quick start
     # left (its venv active): after a finished run it releases nothing and re-runs nothing
-    activated = environment | {"VIRTUAL_ENV": str(tree / ".venv"),
-                               "PATH": os.pathsep.join([str(tree / ".venv" / "bin"), environment["PATH"]])}
+    activated = environment | {
+        "VIRTUAL_ENV": str(tree / ".venv"),
+        "PATH": os.pathsep.join([str(tree / ".venv" / "bin"), environment["PATH"]]),
+    }
     recovery = run_as_written(command("--unlock", section="Interrupted runs and damaged files"), tree, activated)
     assert "Nothing to be done" in recovery

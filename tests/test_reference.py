@@ -47,8 +47,9 @@ def test_statuses_choices_and_grid_points_must_match(reference: pd.DataFrame) ->
     assert any("chose lr 0.01, reference 0.001" in line for line in compare(flipped, reference).differences)
 
 
-def test_the_command_exits_non_zero_on_a_difference(reference: pd.DataFrame, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_the_command_exits_non_zero_on_a_difference(
+    reference: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     reference.to_csv(tmp_path / "reference.csv", index=False)
     reference.to_csv(tmp_path / "same.csv", index=False)
     cli.main(["compare", str(tmp_path / "same.csv"), "--reference", str(tmp_path / "reference.csv")])

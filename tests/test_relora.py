@@ -12,8 +12,9 @@ from lorabench.variants.base import OneLayer
 
 
 def relora(merge_every: int, rank: int = 2):
-    return get("relora")(AdapterSpec(rank=rank, alpha=2.0 * rank, target_modules=("layer",),
-                                     options={"merge_every": merge_every}))
+    return get("relora")(
+        AdapterSpec(rank=rank, alpha=2.0 * rank, target_modules=("layer",), options={"merge_every": merge_every})
+    )
 
 
 def test_a_merge_keeps_the_outputs_zeroes_b_redraws_a_and_resets_their_optimizer_state() -> None:

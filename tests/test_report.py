@@ -17,8 +17,8 @@ from test_aggregate import BAD_LR, GOOD_LR, write_grid
 
 import lorabench
 from lorabench.aggregate import aggregate, write_tables
-from lorabench.report import DESCRIPTION, REPORT_ITEMS, plots, run_report
 from lorabench.records import run_reason
+from lorabench.report import DESCRIPTION, REPORT_ITEMS, plots, run_report
 from lorabench.report.summary import QUESTIONS, write_summary
 
 CAPTIONS = Path(__file__).parents[1] / "workflow" / "report"
@@ -78,7 +78,7 @@ def test_figures_are_readable_pngs(report_dir: Path) -> None:
 
 
 def test_every_report_item_has_a_caption() -> None:
-    for name, (category, caption, shows) in REPORT_ITEMS.items():
+    for name, (category, caption, _) in REPORT_ITEMS.items():
         assert category and (CAPTIONS / caption).read_text().strip(), name
 
 
@@ -125,7 +125,10 @@ def test_q1_reads_learning_differently_in_weight_space(tmp_path: Path) -> None:
     results["extra__intruder_dimensions_mean"] = results["variant"].map({"lora": 2.0, "full": 1.0, "resampled": 1.0})
     write_summary(results, tmp_path / "summary.md")
     summary = _flat(tmp_path / "summary.md")
-    assert "effective rank of ΔW 21.0 vs lora 4.0: higher: difference +17.000 [95% CI +17.000, +17.000; 3 seeds]" in summary
+    assert (
+        "effective rank of ΔW 21.0 vs lora 4.0: higher: difference +17.000 [95% CI +17.000, +17.000; 3 seeds]"
+        in summary
+    )
     assert "effective rank of ΔW 21.0 vs full 26.0: lower: difference -5.000" in summary
     assert "intruder dimensions 1.0 vs full 1.0: not distinguishable at this sample size" in summary
 

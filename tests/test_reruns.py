@@ -26,8 +26,19 @@ SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
 def planned_jobs(workdir: Path, config: Path = SMOKE, repo: Path = REPO, *args: str) -> list[dict[str, str]]:
     """The jobs a dry run of ``repo``'s Snakefile and package plans, each as its rule, wildcards and reason."""
-    command = ["snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir), "--configfile", str(config),
-               "--cores", "2", "--dry-run", *args]
+    command = [
+        "snakemake",
+        "-s",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        "--dry-run",
+        *args,
+    ]
     env = os.environ | {"PYTHONPATH": str(repo)}
     result = subprocess.run(command, capture_output=True, text=True, cwd=repo, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

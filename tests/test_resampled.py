@@ -11,22 +11,21 @@ from variants_fixtures import OneConv1D, make_variant, one_torch_thread, tiny_mo
 
 from lorabench.train import TrainSettings, make_optimizer
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants.base import OneLayer
 from lorabench.variants._layers import dense_weight
+from lorabench.variants.base import OneLayer
 from lorabench.variants.resampled import draw_factors
 
 
 def resampled(module: nn.Module, rank: int = 2, seed: int = 0, **options: int) -> tuple[nn.Module, object]:
-    variant = get("resampled")(AdapterSpec(rank=rank, alpha=1.0, target_modules=("layer",), seed=seed,
-                                           options=options))
+    variant = get("resampled")(AdapterSpec(rank=rank, alpha=1.0, target_modules=("layer",), seed=seed, options=options))
     return variant.apply(module), variant
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 16), n=st.integers(1, 16), rank=st.integers(1, 4), conv1d=st.booleans(),
-       seed=st.integers(0, 2**16))
-def test_gradients_are_those_of_the_explicit_zero_product(m: int, n: int, rank: int, conv1d: bool,
-                                                          seed: int) -> None:
+@given(
+    m=st.integers(1, 16), n=st.integers(1, 16), rank=st.integers(1, 4), conv1d=st.booleans(), seed=st.integers(0, 2**16)
+)
+def test_gradients_are_those_of_the_explicit_zero_product(m: int, n: int, rank: int, conv1d: bool, seed: int) -> None:
     """The custom backward equals autograd through ``base(x) + U V x - U0 V0 x`` at ``U = U0``, ``V = V0``."""
     torch.manual_seed(seed)
     model, _ = resampled(OneConv1D(m, n) if conv1d else OneLayer(m, n, bias=True), rank, seed)
@@ -46,7 +45,8 @@ def test_gradients_are_those_of_the_explicit_zero_product(m: int, n: int, rank: 
 
 
 def test_one_sgd_step_through_the_training_optimizer_is_the_two_factor_update_with_its_square_term() -> None:
-    """With ``optimizer: sgd`` a step changes W by -lr (U U^T G + G V^T V) + lr^2 G V^T U^T G (docs/variants.md §1), G = dL/dW."""
+    """With ``optimizer: sgd`` a step changes W by -lr (U U^T G + G V^T V) + lr^2 G V^T U^T G (docs/variants.md §1),
+    G = dL/dW."""
     model, variant = resampled(OneLayer(6, 5, bias=True), rank=2)
     layer = model.layer
     W0, U, V = (t.detach().clone() for t in (dense_weight(layer.base_layer), layer.U, layer.V))

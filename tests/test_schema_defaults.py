@@ -16,15 +16,28 @@ from tests.pipeline import REPO
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 MINIMAL = {
-    "models": {"tiny": {"architecture": {"family": "llama", "hidden_size": 32, "intermediate_size": 64,
-                                         "num_hidden_layers": 1, "num_attention_heads": 2,
-                                         "num_key_value_heads": 2, "max_position_embeddings": 32},
-                        "target_modules": ["q_proj"]}},
+    "models": {
+        "tiny": {
+            "architecture": {
+                "family": "llama",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 32,
+            },
+            "target_modules": ["q_proj"],
+        }
+    },
     "tasks": {"source": ["copy"], "target": ["sort"]},
     "grid": {"ranks": [2], "lrs": [0.01], "seeds": [0]},
     "train": {"steps": 2, "batch_size": 4},
-    "forgetting": {"lm_eval": {"tasks": ["probe"]}, "heldout_ce": {"texts": "texts.txt"},
-                   "paraphrase_retrieval": {"pairs": "pairs.jsonl"}},
+    "forgetting": {
+        "lm_eval": {"tasks": ["probe"]},
+        "heldout_ce": {"texts": "texts.txt"},
+        "paraphrase_retrieval": {"pairs": "pairs.jsonl"},
+    },
 }
 
 
@@ -64,14 +77,24 @@ def test_a_minimal_config_gets_every_default_of_the_schema() -> None:
 
 OTHER_DEFAULTS = {
     ("dtype",): "bfloat16",
-    ("train", "alpha"): 3, ("train", "dropout"): 0.25, ("train", "weight_decay"): 0.5, ("train", "optimizer"): "sgd",
-    ("train", "log_every"): 3, ("train", "eval_batch_size"): 7, ("train", "save_adapters"): True,
+    ("train", "alpha"): 3,
+    ("train", "dropout"): 0.25,
+    ("train", "weight_decay"): 0.5,
+    ("train", "optimizer"): "sgd",
+    ("train", "log_every"): 3,
+    ("train", "eval_batch_size"): 7,
+    ("train", "save_adapters"): True,
     ("train", "eval_at"): [1],
     ("train", "replay"): 0.5,
-    ("data", "seed"): 5, ("data", "train"): 100, ("pretrain", "seed"): 6,
-    ("forgetting", "lm_eval", "include_path"): "tasks", ("forgetting", "lm_eval", "limit"): 4,
-    ("forgetting", "lm_eval", "batch_size"): 5, ("forgetting", "heldout_ce", "n"): 9,
-    ("forgetting", "heldout_ce", "max_length"): 33, ("forgetting", "heldout_ce", "batch_size"): 6,
+    ("data", "seed"): 5,
+    ("data", "train"): 100,
+    ("pretrain", "seed"): 6,
+    ("forgetting", "lm_eval", "include_path"): "tasks",
+    ("forgetting", "lm_eval", "limit"): 4,
+    ("forgetting", "lm_eval", "batch_size"): 5,
+    ("forgetting", "heldout_ce", "n"): 9,
+    ("forgetting", "heldout_ce", "max_length"): 33,
+    ("forgetting", "heldout_ce", "batch_size"): 6,
     ("forgetting", "paraphrase_retrieval", "batch_size"): 11,
 }
 """Defaults the jobs read, each changed to another valid value."""
@@ -95,9 +118,20 @@ def test_the_jobs_read_the_schema_s_defaults_and_keep_no_copy(tmp_path: Path) ->
     grid = load_grid(config, schema)
     job = stages.train_job(grid, {"model": "tiny", "seed": "0"}, "cpu").to_dict()
     assert {key: job[key] for key in ("dtype", "alpha", "dropout", "eval_batch_size", "save_adapters")} == {
-        "dtype": "bfloat16", "alpha": 3, "dropout": 0.25, "eval_batch_size": 7, "save_adapters": True}
-    assert job["train"] == {"steps": 2, "batch_size": 4, "weight_decay": 0.5, "log_every": 3, "eval_at": (1,),
-                            "replay": 0.5}
+        "dtype": "bfloat16",
+        "alpha": 3,
+        "dropout": 0.25,
+        "eval_batch_size": 7,
+        "save_adapters": True,
+    }
+    assert job["train"] == {
+        "steps": 2,
+        "batch_size": 4,
+        "weight_decay": 0.5,
+        "log_every": 3,
+        "eval_at": (1,),
+        "replay": 0.5,
+    }
     assert {variant["optimizer"] for variant in job["variants"].values()} == {"sgd"}
     assert job["data"]["seed"] == 5 and job["data"]["train"] == 100
     for path, default in OTHER_DEFAULTS.items():

@@ -25,9 +25,18 @@ pytestmark = pytest.mark.e2e
 # and a polling cycle. Inside the train allocation (2 GPUs, the CI node's fake ones) Snakemake
 # runs two training jobs at a time, each as an `srun --gpus=1` step.
 GROUPING = (
-    "--groups", "pretrain=pretrain", "train=train", "cost=cost", "aggregate=report", "figures=report",
-    "--group-components", "pretrain=100", "train=100", "report=100",
-    "--resources", "gpu=2",
+    "--groups",
+    "pretrain=pretrain",
+    "train=train",
+    "cost=cost",
+    "aggregate=report",
+    "figures=report",
+    "--group-components",
+    "pretrain=100",
+    "train=100",
+    "report=100",
+    "--resources",
+    "gpu=2",
 )
 
 
@@ -54,10 +63,17 @@ def slurm_run(tmp_path_factory):
     profile = REPO / "workflow" / "profiles" / "slurm"
     try:
         result = snakemake(
-            workdir, "--workflow-profile", str(profile), *GROUPING,
+            workdir,
+            "--workflow-profile",
+            str(profile),
+            *GROUPING,
             # poll every 3 s instead of 10: each of the three phases waits for one poll after it ends
-            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
-            "--slurm-keep-successful-logs", "--verbose",
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+            "--seconds-between-status-checks",
+            "3",
+            "--slurm-keep-successful-logs",
+            "--verbose",
             config=smoke_with_variants(workdir, ["lora", "resampled"]),
         )
     finally:

@@ -19,8 +19,15 @@ from tests.jobs import job_runs
 from tests.test_memory_account import live_tensors
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
-LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+LLAMA = {
+    "family": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
 OPTIONS = {"relora": {"merge_every": 4}, "peft": {"peft_config": {"peft_type": "LOHA"}}}
 """Options that make a variant's hooks act within the test's 12 steps (relora merges twice), or that it needs."""
 LRS = {"sgd": [0.05, 0.3], "adamw": [1e-3, 1e-2]}
@@ -35,19 +42,42 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _job(checkpoint: Path, variant: str, points: list[tuple[float, int]], stack: bool,
-         dropout: float = 0.0, forgetting: dict | None = None) -> TrainJob:
-    return TrainJob.from_dict({
-        "model": "llama", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 4,
-        "dropout": dropout, "target_modules": ["q_proj", "v_proj", "down_proj"], "source_tasks": ["copy", "reverse"],
-        "hub_tasks": {}, "forgetting": forgetting or {}, "variant_modules": [], "save_adapters": False,
-        "data": {"seed": 0, "train": 64, "validation": 8, "test": 12, "min_len": 3, "max_len": 5},
-        "eval_batch_size": 16,
-        "train": {"steps": 12, "batch_size": 8, "weight_decay": 0.01, "log_every": 1, "eval_at": [4, 8],
-                  "replay": 0.25},
-        **job_runs("llama", [(variant, 2, "sort", lr, seed) for lr, seed in points], OPTIONS),
-        "stack": stack,
-    })
+def _job(
+    checkpoint: Path,
+    variant: str,
+    points: list[tuple[float, int]],
+    stack: bool,
+    dropout: float = 0.0,
+    forgetting: dict | None = None,
+) -> TrainJob:
+    return TrainJob.from_dict(
+        {
+            "model": "llama",
+            "checkpoint": str(checkpoint),
+            "dtype": "float32",
+            "device": "cpu",
+            "alpha": 4,
+            "dropout": dropout,
+            "target_modules": ["q_proj", "v_proj", "down_proj"],
+            "source_tasks": ["copy", "reverse"],
+            "hub_tasks": {},
+            "forgetting": forgetting or {},
+            "variant_modules": [],
+            "save_adapters": False,
+            "data": {"seed": 0, "train": 64, "validation": 8, "test": 12, "min_len": 3, "max_len": 5},
+            "eval_batch_size": 16,
+            "train": {
+                "steps": 12,
+                "batch_size": 8,
+                "weight_decay": 0.01,
+                "log_every": 1,
+                "eval_at": [4, 8],
+                "replay": 0.25,
+            },
+            **job_runs("llama", [(variant, 2, "sort", lr, seed) for lr, seed in points], OPTIONS),
+            "stack": stack,
+        }
+    )
 
 
 def _records(job: TrainJob, folder: Path) -> list[dict[str, Any]]:
@@ -58,10 +88,13 @@ def _records(job: TrainJob, folder: Path) -> list[dict[str, Any]]:
         return [json.loads(Path(point.record).read_text()) for point in job.points]
 
 
-def _lone_and_stacked(checkpoint: Path, tmp_path: Path, variant: str, points: list[tuple[float, int]],
-                      **settings: Any) -> tuple[list[dict], list[dict]]:
-    return (_records(_job(checkpoint, variant, points, False, **settings), tmp_path / "lone"),
-            _records(_job(checkpoint, variant, points, True, **settings), tmp_path / "stacked"))
+def _lone_and_stacked(
+    checkpoint: Path, tmp_path: Path, variant: str, points: list[tuple[float, int]], **settings: Any
+) -> tuple[list[dict], list[dict]]:
+    return (
+        _records(_job(checkpoint, variant, points, False, **settings), tmp_path / "lone"),
+        _records(_job(checkpoint, variant, points, True, **settings), tmp_path / "stacked"),
+    )
 
 
 def assert_same_run(lone: dict[str, Any], stacked: dict[str, Any]) -> None:
@@ -104,8 +137,9 @@ def test_a_diverged_member_stops_alone_and_leaves_the_others_as_they_were(checkp
         assert_same_run(alone, member)
 
 
-def test_a_stacked_member_takes_the_configs_forgetting_measures_as_it_does_alone(checkpoint: Path,
-                                                                                  tmp_path: Path) -> None:
+def test_a_stacked_member_takes_the_configs_forgetting_measures_as_it_does_alone(
+    checkpoint: Path, tmp_path: Path
+) -> None:
     texts = tmp_path / "texts.txt"
     texts.write_text("abc:cba\nhello:olleh\nsort:orst\n")
     heldout = {"heldout_ce": {"texts": str(texts), "n": 3, "max_length": 16, "batch_size": 2}}
@@ -126,8 +160,9 @@ def test_a_stack_leaves_nothing_to_the_next(checkpoint: Path, tmp_path: Path, mo
     assert after[2] == after[0], f"(tensors, bytes) after each stack: {after}"
 
 
-def test_what_cannot_stack_runs_alone_and_says_why(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_what_cannot_stack_runs_alone_and_says_why(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Dropout draws would interleave across members; a variant not shown to stack stays alone."""
     caplog.set_level(logging.INFO, logger="lorabench.runner")
     points = [(1e-3, 0), (1e-2, 0)]

@@ -13,8 +13,19 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from lorabench.report.stats import (
-    ALPHA, MARGIN, POWER, Comparison, Difference, accuracy_range, forgetting_at, holm, matched_learning, paired,
-    seed_curves, seeds_for_power, t_power,
+    ALPHA,
+    MARGIN,
+    POWER,
+    Comparison,
+    Difference,
+    accuracy_range,
+    forgetting_at,
+    holm,
+    matched_learning,
+    paired,
+    seed_curves,
+    seeds_for_power,
+    t_power,
 )  # fmt: skip
 
 
@@ -29,8 +40,18 @@ def test_paired_difference_is_the_student_t_interval_of_per_seed_differences() -
 
 
 def _comparison(values: list[float], non_inferior: str | None = None) -> Comparison:
-    return Comparison("model", "a", "b", "accuracy", Difference.of(pd.Series(values)), "less", "more", MARGIN,
-                      f"{MARGIN:g}", non_inferior)
+    return Comparison(
+        "model",
+        "a",
+        "b",
+        "accuracy",
+        Difference.of(pd.Series(values)),
+        "less",
+        "more",
+        MARGIN,
+        f"{MARGIN:g}",
+        non_inferior,
+    )
 
 
 def test_verdict_names_a_direction_only_when_the_holm_adjusted_test_rejects() -> None:
@@ -63,7 +84,9 @@ def test_non_inferiority_is_a_one_sided_test_against_the_margin() -> None:
     expected = scipy_stats.ttest_1samp(values, -MARGIN, alternative="greater").pvalue
     assert match.p == pytest.approx(expected) and match.p < ALPHA
     assert match.verdict(match.p).startswith("a matches b: difference -0.020")
-    assert match.wilcoxon == pytest.approx(scipy_stats.wilcoxon(np.array(values) + MARGIN, alternative="greater").pvalue)
+    assert match.wilcoxon == pytest.approx(
+        scipy_stats.wilcoxon(np.array(values) + MARGIN, alternative="greater").pvalue
+    )
     worse = _comparison([-0.06, -0.08, -0.07], non_inferior="a matches b")
     assert worse.p > 0.5 and worse.verdict(worse.p).startswith("not shown to be within 0.05 (non-inferiority)")
 
@@ -117,7 +140,9 @@ def test_forgetting_at_uses_the_training_axis_too() -> None:
 
 
 polylines = st.lists(
-    st.lists(st.tuples(st.floats(0, 1), st.floats(-1, 5)), min_size=1, max_size=6), min_size=1, max_size=4,
+    st.lists(st.tuples(st.floats(0, 1), st.floats(-1, 5)), min_size=1, max_size=6),
+    min_size=1,
+    max_size=4,
 ).map(lambda lines: [pd.DataFrame(line, columns=["accuracy", "forgetting"]) for line in lines])
 
 
@@ -171,10 +196,26 @@ def test_matched_learning_pairs_seeds_at_the_accuracy_both_reach() -> None:
 
 
 def test_seed_curves_take_only_measured_points_and_add_the_trajectories() -> None:
-    runs = pd.DataFrame({"run_id": ["r1", "r2"], "variant": "a", "seed": 0, "lr": [1, 2], "target_acc_before": 0.0,
-                         "target_acc_after": [0.5, 0.9], "forgetting": [0.3, 0.7]})
-    trajectories = pd.DataFrame({"run_id": ["r1", "r1", "r2", "r2"], "lr": [1, 1, 2, 2], "step": [5, 10, 5, 10],
-                                 "target_test": [0.2, 0.5, 0.6, 0.9], "forgetting": [0.1, 0.3, 0.4, 0.7]})
+    runs = pd.DataFrame(
+        {
+            "run_id": ["r1", "r2"],
+            "variant": "a",
+            "seed": 0,
+            "lr": [1, 2],
+            "target_acc_before": 0.0,
+            "target_acc_after": [0.5, 0.9],
+            "forgetting": [0.3, 0.7],
+        }
+    )
+    trajectories = pd.DataFrame(
+        {
+            "run_id": ["r1", "r1", "r2", "r2"],
+            "lr": [1, 1, 2, 2],
+            "step": [5, 10, 5, 10],
+            "target_test": [0.2, 0.5, 0.6, 0.9],
+            "forgetting": [0.1, 0.3, 0.4, 0.7],
+        }
+    )
     curve = seed_curves(runs, trajectories)[0]
     measured = {(a, f) for line in curve for a, f in zip(line["accuracy"], line["forgetting"], strict=True)}
     assert measured == {(0.5, 0.3), (0.9, 0.7), (0.2, 0.1), (0.6, 0.4)}  # no (0, 0): the untrained model is not run

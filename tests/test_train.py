@@ -12,7 +12,13 @@ import torch
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import (
-    IGNORE_INDEX, TrainSettings, collate, divergence, ended_above_start, tokenize_examples, train,
+    IGNORE_INDEX,
+    TrainSettings,
+    collate,
+    divergence,
+    ended_above_start,
+    tokenize_examples,
+    train,
 )
 from lorabench.variants import AdapterSpec, get
 
@@ -87,19 +93,34 @@ def sort_model() -> tuple[torch.nn.Module, object, list]:
     them starts well below the uniform guess (~2 vs ln 67 = 4.2) but not 4x below."""
     torch.set_num_threads(1)
     tokenizer = character_tokenizer()
-    model = build_embedded({"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32},
-                           tokenizer, seed=0)
+    model = build_embedded(
+        {
+            "family": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32,
+        },
+        tokenizer,
+        seed=0,
+    )
     task = {name: AlgorithmicTask(name, seed=0, sizes=(300, 1, 1), min_len=3, max_len=5) for name in ("copy", "sort")}
-    train(model, tokenizer, task["copy"].split("train"), TrainSettings(steps=60, batch_size=32, lr=3e-3), 0,
-          torch.device("cpu"))
+    train(
+        model,
+        tokenizer,
+        task["copy"].split("train"),
+        TrainSettings(steps=60, batch_size=32, lr=3e-3),
+        0,
+        torch.device("cpu"),
+    )
     return model, tokenizer, task["sort"].split("train")
 
 
 @pytest.mark.parametrize(
     ("variant", "lr", "status", "rule"),
-    [("full", 1e4, "diverged", None), ("lora", 1e30, "diverged", "uniform guess"),
-     ("lora", 3e-3, "ok", None)],
+    [("full", 1e4, "diverged", None), ("lora", 1e30, "diverged", "uniform guess"), ("lora", 3e-3, "ok", None)],
 )
 def test_blown_up_learning_rate_is_diverged_with_step_and_reason(
     sort_model: tuple, variant: str, lr: float, status: str, rule: str | None
@@ -118,8 +139,14 @@ def test_blown_up_learning_rate_is_diverged_with_step_and_reason(
     assert rule is None or rule in outcome.divergence.reason, outcome.divergence.reason
 
 
-def drawn_batches(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, settings: TrainSettings, seed: int,
-                  examples: list, replay: list) -> list[list[tuple[int, ...]]]:
+def drawn_batches(
+    monkeypatch: pytest.MonkeyPatch,
+    model: torch.nn.Module,
+    settings: TrainSettings,
+    seed: int,
+    examples: list,
+    replay: list,
+) -> list[list[tuple[int, ...]]]:
     """The rows (input ids) of every batch the loop trains ``model`` on."""
     import lorabench.train as loop
 
@@ -131,8 +158,15 @@ def drawn_batches(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, setti
 
     monkeypatch.setattr(loop, "collate", recording)
     tokenizer = character_tokenizer()
-    train(model, tokenizer, examples, settings, seed=seed, device=torch.device("cpu"),
-          replay=tokenize_examples(tokenizer, replay))
+    train(
+        model,
+        tokenizer,
+        examples,
+        settings,
+        seed=seed,
+        device=torch.device("cpu"),
+        replay=tokenize_examples(tokenizer, replay),
+    )
     return batches[1:]  # the first is the memory account's longest batch
 
 
@@ -167,12 +201,15 @@ def test_replayed_batches_depend_on_the_seed_only_and_replay_0_draws_as_before(
     target, source = replay_data
     settings = TrainSettings(steps=4, batch_size=16, lr=1e-3, replay=0.25)
     spec = AdapterSpec(rank=2, alpha=8, target_modules=("q_proj", "v_proj"))
-    by_variant = [drawn_batches(monkeypatch, get(name)(spec).apply(copy.deepcopy(model)), settings, 3, target, source)
-                  for name in ("full", "lora")]
+    by_variant = [
+        drawn_batches(monkeypatch, get(name)(spec).apply(copy.deepcopy(model)), settings, 3, target, source)
+        for name in ("full", "lora")
+    ]
     assert by_variant[0] == by_variant[1]
     assert drawn_batches(monkeypatch, copy.deepcopy(model), settings, 4, target, source) != by_variant[0]
-    plain = drawn_batches(monkeypatch, copy.deepcopy(model), TrainSettings(steps=4, batch_size=16, lr=1e-3), 3, target,
-                          source)
+    plain = drawn_batches(
+        monkeypatch, copy.deepcopy(model), TrainSettings(steps=4, batch_size=16, lr=1e-3), 3, target, source
+    )
     sampler, rows = random.Random(3), [tuple(ids) for ids, _ in tokenize_examples(tokenizer, target)]
     assert plain == [sampler.choices(rows, k=16) for _ in range(4)]
 
@@ -180,8 +217,14 @@ def test_replayed_batches_depend_on_the_seed_only_and_replay_0_draws_as_before(
 def test_replay_without_examples_to_replay_is_an_error(sort_model: tuple, replay_data: tuple) -> None:
     model, tokenizer, _ = sort_model
     with pytest.raises(ValueError, match="replay 0.5 asks for 8 replayed examples per batch; none were given"):
-        train(copy.deepcopy(model), tokenizer, replay_data[0], TrainSettings(steps=1, batch_size=16, lr=1e-3,
-              replay=0.5), seed=0, device=torch.device("cpu"))
+        train(
+            copy.deepcopy(model),
+            tokenizer,
+            replay_data[0],
+            TrainSettings(steps=1, batch_size=16, lr=1e-3, replay=0.5),
+            seed=0,
+            device=torch.device("cpu"),
+        )
 
 
 def test_a_run_made_worse_is_diverged_at_its_last_step(sort_model: tuple, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorabench import stages
-from lorabench import variants
-from lorabench.cli import main
+from lorabench import stages, variants
 from lorabench.checks import ConfigError, load_grid
+from lorabench.cli import main
 from lorabench.job import format_lr
 from lorabench.runner import adapter_directory
 from tests.pipeline import REPO, SMOKE
@@ -47,27 +46,34 @@ def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
         del sys.modules[name]
 
 
-def test_readme_variant_is_checked_listed_and_keeps_the_contract(user_folder: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_variant_is_checked_listed_and_keeps_the_contract(
+    user_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     main(["check", "my.yaml", "--schema", str(SCHEMA)])
     assert "my.yaml: ok" in capsys.readouterr().out
     main(["variants", "--config", "my.yaml"])
     assert re.search(r"^tied_a\s+[\d,]+\s+my own", capsys.readouterr().out, re.M)
     main(["test-variant", "tied_a", "--config", "my.yaml"])
-    assert capsys.readouterr().out.splitlines() == ["tied_a on tiny llama (adamw, 20 steps): ok",
-                                                      "tied_a on tiny gpt2 (adamw, 20 steps): ok"]
+    assert capsys.readouterr().out.splitlines() == [
+        "tied_a on tiny llama (adamw, 20 steps): ok",
+        "tied_a on tiny gpt2 (adamw, 20 steps): ok",
+    ]
 
 
 def test_readme_variant_joins_the_grid_and_every_job_carries_its_module(user_folder: Path) -> None:
     grid = load_grid(yaml.safe_load(Path("my.yaml").read_text()), SCHEMA)
     assert "tied_a" in grid.variants()
     point = next(p for p in grid.points() if p.variant == "tied_a")
-    job = stages.train_job(grid, {"model": point.model, "variant": point.variant, "rank": str(point.rank),
-                                  "lr": format_lr(point.lr)}, "cpu")
+    job = stages.train_job(
+        grid,
+        {"model": point.model, "variant": point.variant, "rank": str(point.rank), "lr": format_lr(point.lr)},
+        "cpu",
+    )
     assert job.variant_modules == (readme_steps()[0],) and point.record in [p.record for p in job.points]
     lora = next(p for p in grid.points() if p.variant == "lora")
-    job = stages.train_job(grid, {"model": lora.model, "variant": "lora", "rank": str(lora.rank),
-                                  "lr": format_lr(lora.lr)}, "cpu")
+    job = stages.train_job(
+        grid, {"model": lora.model, "variant": "lora", "rank": str(lora.rank), "lr": format_lr(lora.lr)}, "cpu"
+    )
     assert job.variant_modules == ()  # only the modules defining the job's own variants: others' jobs stay as they are
 
 
@@ -77,23 +83,34 @@ def test_the_shared_factor_counts_once_in_the_model(user_folder: Path) -> None:
     variants.load_modules([readme_steps()[0]])
     model = variants.get("tied_a")(make_spec("llama", "tied_a", rank=4)).apply(tiny_model("llama"))
     # 2 widths (64 in, 128 in: down_proj), so 2 shared A; one B per adapted layer (7 per block, 2 blocks)
-    outputs = {"q_proj": 64, "k_proj": 64, "v_proj": 64, "o_proj": 64, "gate_proj": 128, "up_proj": 128, "down_proj": 64}
+    outputs = {
+        "q_proj": 64,
+        "k_proj": 64,
+        "v_proj": 64,
+        "o_proj": 64,
+        "gate_proj": 128,
+        "up_proj": 128,
+        "down_proj": 64,
+    }
     expected = 4 * (64 + 128) + 2 * 4 * sum(outputs.values())
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
 
 
-@pytest.mark.parametrize(("entry", "reason"), [("no_such_file.py", "is not a .py file"),
-                                               ("broken.py", "SyntaxError")])
+@pytest.mark.parametrize(("entry", "reason"), [("no_such_file.py", "is not a .py file"), ("broken.py", "SyntaxError")])
 def test_a_bad_variant_module_is_refused_naming_the_entry(user_folder: Path, entry: str, reason: str) -> None:
     Path("broken.py").write_text("def oops(:\n")
     config = yaml.safe_load(Path("my.yaml").read_text()) | {"variant_modules": [entry]}
-    with pytest.raises(ConfigError, match=rf"`variant_modules/0`: '{re.escape(entry)}'.*{reason}.*Expected a Python file"):
+    with pytest.raises(
+        ConfigError, match=rf"`variant_modules/0`: '{re.escape(entry)}'.*{reason}.*Expected a Python file"
+    ):
         load_grid(config, SCHEMA)
 
 
 def test_a_module_that_reuses_a_shipped_name_is_refused(user_folder: Path) -> None:
-    Path("clash.py").write_text("from lorabench.variants import register\nfrom lorabench.variants.lora import LoRA\n\n"
-                                "@register('lora')\nclass Mine(LoRA):\n    pass\n")
+    Path("clash.py").write_text(
+        "from lorabench.variants import register\nfrom lorabench.variants.lora import LoRA\n\n"
+        "@register('lora')\nclass Mine(LoRA):\n    pass\n"
+    )
     config = yaml.safe_load(Path("my.yaml").read_text()) | {"variant_modules": ["clash.py"]}
     with pytest.raises(ConfigError, match=r"variant 'lora' is taken \(by lorabench\.variants\.lora\.LoRA\)"):
         load_grid(config, SCHEMA)
@@ -103,10 +120,12 @@ def test_installed_packages_add_variants_through_the_entry_point_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(variants, "_REGISTRY", dict(variants.registry()))
-    (tmp_path / "pkg_variant.py").write_text("from lorabench.variants import register\n"
-                                             "from lorabench.variants.lora import LoRA\n\n"
-                                             "@register('from_package')\nclass FromPackage(LoRA):\n"
-                                             "    source = 'an installed package'\n")
+    (tmp_path / "pkg_variant.py").write_text(
+        "from lorabench.variants import register\n"
+        "from lorabench.variants.lora import LoRA\n\n"
+        "@register('from_package')\nclass FromPackage(LoRA):\n"
+        "    source = 'an installed package'\n"
+    )
     dist = tmp_path / "pkg_variant-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pkg-variant\nVersion: 1.0\n")

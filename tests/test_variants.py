@@ -1,4 +1,5 @@
-"""The shipped variants, on both model families: their formulas, counts and settings (the contract: test_contract.py)."""
+"""The shipped variants, on both model families: their formulas, counts and settings (the contract:
+test_contract.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
-    assert_saved_adapter_reproduces,
     FAMILIES,
     TARGETS,
+    assert_saved_adapter_reproduces,
     make_spec,
     make_variant,
     one_torch_thread,
@@ -21,8 +22,21 @@ from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse f
 from lorabench.variants import AdapterSpec, get, registry
 from lorabench.variants._layers import find_targets
 
-EXPECTED = {"lora", "peft_lora", "rslora", "dora", "pissa", "vera", "peft", "resampled", "additive",
-            "frozen_a", "frozen_b", "full", "loraplus"}
+EXPECTED = {
+    "lora",
+    "peft_lora",
+    "rslora",
+    "dora",
+    "pissa",
+    "vera",
+    "peft",
+    "resampled",
+    "additive",
+    "frozen_a",
+    "frozen_b",
+    "full",
+    "loraplus",
+}
 """The variants lorabench ships; the contract test (test_contract.py) runs over whatever is registered."""
 ADAPTERS = sorted(EXPECTED - {"full"})
 
@@ -35,9 +49,15 @@ def test_registry_holds_every_variant_with_a_source() -> None:
 
 @pytest.mark.parametrize(
     ("name", "formula"),
-    [("lora", lambda m, n, r: r * (m + n)), ("dora", lambda m, n, r: r * (m + n) + m),
-     ("vera", lambda m, n, r: m + r), ("frozen_a", lambda m, n, r: m * r), ("frozen_b", lambda m, n, r: r * n),
-     ("additive", lambda m, n, r: r * (m + n)), ("full", lambda m, n, r: m * n)],
+    [
+        ("lora", lambda m, n, r: r * (m + n)),
+        ("dora", lambda m, n, r: r * (m + n) + m),
+        ("vera", lambda m, n, r: m + r),
+        ("frozen_a", lambda m, n, r: m * r),
+        ("frozen_b", lambda m, n, r: r * n),
+        ("additive", lambda m, n, r: r * (m + n)),
+        ("full", lambda m, n, r: m * n),
+    ],
 )
 def test_trainable_parameter_formulas(name: str, formula: Callable[[int, int, int], int]) -> None:
     assert get(name).trainable_parameters(192, 64, 8) == formula(192, 64, 8)

@@ -13,9 +13,9 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
-    assert_saved_adapter_reproduces,
     FAMILIES,
     OneConv1D,
+    assert_saved_adapter_reproduces,
     make_spec,
     make_variant,
     one_torch_thread,
@@ -25,9 +25,9 @@ from variants_fixtures import (  # noqa: F401  (one_torch_thread is an autouse f
 )
 
 from lorabench.variants import AdapterSpec, get
-from lorabench.variants.base import OneLayer
 from lorabench.variants._layers import low_rank_linear
 from lorabench.variants._peft import lora_config
+from lorabench.variants.base import OneLayer
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
 """float32; ours scales the r-wide intermediate where PEFT scales the output, so only rounding differs."""
@@ -46,10 +46,17 @@ def ours_and_peft(module: nn.Module, rank: int, seed: int) -> tuple[nn.Module, n
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 24), n=st.integers(1, 24), rank=st.integers(1, 6), tokens=st.integers(1, 5),
-       conv1d=st.booleans(), seed=st.integers(0, 2**16))
-def test_lora_matches_peft_outputs_and_gradients(m: int, n: int, rank: int, tokens: int, conv1d: bool,
-                                                 seed: int) -> None:
+@given(
+    m=st.integers(1, 24),
+    n=st.integers(1, 24),
+    rank=st.integers(1, 6),
+    tokens=st.integers(1, 5),
+    conv1d=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_lora_matches_peft_outputs_and_gradients(
+    m: int, n: int, rank: int, tokens: int, conv1d: bool, seed: int
+) -> None:
     torch.manual_seed(seed)
     module = OneConv1D(m, n) if conv1d else OneLayer(m, n, bias=True)
     ours, theirs = ours_and_peft(module, rank, seed)
@@ -104,6 +111,8 @@ def test_fused_low_rank_linear_is_autograd_s_base_plus_adapter(kind: str, input_
     fused = low_rank_linear(x, base, A, B, 0.7)
     plain = base(x) + (x @ A.T * 0.7) @ B.T
     torch.testing.assert_close(fused, plain)
-    for got, want in zip(torch.autograd.grad(fused, wrt, upstream), torch.autograd.grad(plain, wrt, upstream)):
+    for got, want in zip(
+        torch.autograd.grad(fused, wrt, upstream), torch.autograd.grad(plain, wrt, upstream), strict=True
+    ):
         torch.testing.assert_close(got, want)
     assert torch.autograd.gradcheck(lambda *t: low_rank_linear(t[0] if input_grad else x, base, *t[-2:], 0.7), wrt)

@@ -57,9 +57,7 @@ def test_effective_rank_drops_below_rank_for_unequal_singular_values():
 def test_summary_means_average_over_layers():
     base, tuned = _planted()
     rank_two = _orthonormal(32, 2, seed=6) @ _orthonormal(24, 2, seed=7).T
-    result = weight_forgetting(
-        {"a": base, "b": base}, {"a": tuned, "b": base + rank_two}, k=1
-    )
+    result = weight_forgetting({"a": base, "b": base}, {"a": tuned, "b": base + rank_two}, k=1)
     assert result["layers"]["a"]["intruders"] == 1
     assert math.isclose(result["layers"]["a"]["effective_rank"], 1.0, rel_tol=1e-4)
     assert math.isclose(result["layers"]["b"]["effective_rank"], 2.0, rel_tol=1e-4)

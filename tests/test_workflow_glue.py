@@ -50,8 +50,10 @@ def test_generated_task_data_is_the_train_input_of_its_jobs(smoke: dict, tmp_pat
         assert data_input(wildcards(model="llama-tiny", task="sort")) == []
         assert data_input(wildcards(model="llama-tiny", task="arith")) == files
         assert data_input(wildcards(model="llama-tiny")) == files  # tasks batched into one job
-        assert workflow["generated_files"]("{task}") == {"train": "results/data/{task}/train.jsonl",
-                                                         "test": "results/data/{task}/test.jsonl"}
+        assert workflow["generated_files"]("{task}") == {
+            "train": "results/data/{task}/train.jsonl",
+            "test": "results/data/{task}/test.jsonl",
+        }
 
 
 def test_record_list_is_rewritten_only_when_the_grid_changes(smoke: dict, tmp_path: Path) -> None:
@@ -85,30 +87,54 @@ def test_missing_records_name_the_first_missing_record_of_each_incomplete_job(sm
 def test_local_files_are_train_inputs_of_the_jobs_that_read_them(smoke: dict, tmp_path: Path) -> None:
     """Snakemake re-runs a job whose input is newer than its outputs: editing a task's local data, the held-out
     texts, the paraphrase pairs or an lm-eval task file re-runs exactly the jobs that read it."""
-    for name in ("data/a_train.jsonl", "data/a_test.jsonl", "data/b_train.jsonl", "data/b_test.jsonl",
-                 "probes/heldout.txt", "probes/pairs.jsonl", "tasks/facts.yaml", "tasks/notes.md"):
+    for name in (
+        "data/a_train.jsonl",
+        "data/a_test.jsonl",
+        "data/b_train.jsonl",
+        "data/b_test.jsonl",
+        "probes/heldout.txt",
+        "probes/pairs.jsonl",
+        "tasks/facts.yaml",
+        "tasks/notes.md",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}\n")
-    smoke["tasks"] = {"source": [], "target": [
-        "sort",
-        {"a": {"data_files": {"train": "data/a_train.jsonl", "test": "data/a_test.jsonl"}}},
-        {"b": {"dataset": "json", "data_files": {"train": "data/b_*.jsonl", "test": "data/b_test.jsonl"}}},
-        {"hub": {"dataset": "org/hub-set", "data_files": {"train": "on/the/hub.jsonl", "test": "x.jsonl"}}},
-    ]}
-    smoke["forgetting"] = {"heldout_ce": {"texts": "probes/heldout.txt"},
-                           "paraphrase_retrieval": {"pairs": "probes/pairs.jsonl"},
-                           "lm_eval": {"tasks": ["facts"], "include_path": "tasks"}}
+    smoke["tasks"] = {
+        "source": [],
+        "target": [
+            "sort",
+            {"a": {"data_files": {"train": "data/a_train.jsonl", "test": "data/a_test.jsonl"}}},
+            {"b": {"dataset": "json", "data_files": {"train": "data/b_*.jsonl", "test": "data/b_test.jsonl"}}},
+            {"hub": {"dataset": "org/hub-set", "data_files": {"train": "on/the/hub.jsonl", "test": "x.jsonl"}}},
+        ],
+    }
+    smoke["forgetting"] = {
+        "heldout_ce": {"texts": "probes/heldout.txt"},
+        "paraphrase_retrieval": {"pairs": "probes/pairs.jsonl"},
+        "lm_eval": {"tasks": ["facts"], "include_path": "tasks"},
+    }
     shared = ["probes/heldout.txt", "probes/pairs.jsonl", "tasks/facts.yaml"]
     with workflow_namespace(smoke, tmp_path) as workflow:
         local_input = workflow["local_input"]
         assert local_input(wildcards(model="llama-tiny", task="sort")) == shared
-        assert local_input(wildcards(model="llama-tiny", task="a")) == ["data/a_train.jsonl", "data/a_test.jsonl",
-                                                                         *shared]
-        assert local_input(wildcards(model="llama-tiny", task="b")) == ["data/b_test.jsonl", "data/b_train.jsonl",
-                                                                         *shared]
+        assert local_input(wildcards(model="llama-tiny", task="a")) == [
+            "data/a_train.jsonl",
+            "data/a_test.jsonl",
+            *shared,
+        ]
+        assert local_input(wildcards(model="llama-tiny", task="b")) == [
+            "data/b_test.jsonl",
+            "data/b_train.jsonl",
+            *shared,
+        ]
         assert local_input(wildcards(model="llama-tiny", task="hub")) == shared  # files inside the hub dataset
         assert set(local_input(wildcards(model="llama-tiny"))) == {  # tasks batched into one job
-            "data/a_train.jsonl", "data/a_test.jsonl", "data/b_test.jsonl", "data/b_train.jsonl", *shared}
+            "data/a_train.jsonl",
+            "data/a_test.jsonl",
+            "data/b_test.jsonl",
+            "data/b_train.jsonl",
+            *shared,
+        }
 
 
 def test_the_workflow_passes_snakemakes_linter() -> None:

@@ -24,8 +24,6 @@ def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
     from peft import PeftModel  # deferred: peft's import cost is only paid by runs that use it
 
     if not isinstance(model, PeftModel):
-        raise TypeError(
-            f"{type(model).__name__} is not a PEFT model: measure 'before' ahead of Variant.apply instead"
-        )
+        raise TypeError(f"{type(model).__name__} is not a PEFT model: measure 'before' ahead of Variant.apply instead")
     with model.disable_adapter():
         yield model

@@ -49,8 +49,9 @@ def sentence_embeddings(model: nn.Module, tokenizer, texts: list[str], batch_siz
     was_training = model.training
     model.eval()
     try:
-        pooled = [_mean_pooled(model, tokenizer, texts[i : i + batch_size], device)
-                  for i in range(0, len(texts), batch_size)]
+        pooled = [
+            _mean_pooled(model, tokenizer, texts[i : i + batch_size], device) for i in range(0, len(texts), batch_size)
+        ]
     finally:
         model.train(was_training)
     return F.normalize(torch.cat(pooled), dim=-1)

@@ -45,8 +45,11 @@ def greedy_answers(
         )
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
         for copy, rows in zip(answers, new_tokens.chunk(copies), strict=True):
-            copy.extend(tokenizer.batch_decode([row[:limit] for row, limit in zip(rows, limits, strict=True)],
-                                               skip_special_tokens=True))
+            copy.extend(
+                tokenizer.batch_decode(
+                    [row[:limit] for row, limit in zip(rows, limits, strict=True)], skip_special_tokens=True
+                )
+            )
     return answers
 
 
@@ -77,7 +80,7 @@ def char_accuracy(generated: str, answer: str) -> float:
     the two: 1 only for an exact match, 0.8 for one wrong letter of five; characters missing or extra count wrong."""
     generated = generated.strip()
     width = max(len(generated), len(answer))
-    return sum(a == b for a, b in zip(generated, answer)) / width if width else 1.0
+    return sum(a == b for a, b in zip(generated, answer, strict=False)) / width if width else 1.0  # lengths may differ
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,9 @@ def stacked_scores(
             continue
         for scored, answered in zip(result, answers, strict=True):
             generated = [next(answered) for _ in examples]
-            chars = sum(char_accuracy(text, example.answer) for text, example in zip(generated, examples)) / len(examples)
+            chars = sum(
+                char_accuracy(text, example.answer) for text, example in zip(generated, examples, strict=True)
+            ) / len(examples)
             scored[key] = Scores(_share(task, generated, examples), chars)
     model.train(was_training)
     return result

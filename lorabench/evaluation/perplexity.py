@@ -67,7 +67,11 @@ def answer_cross_entropy(
 
 
 def stacked_answer_cross_entropy(
-    model: nn.Module, tokenizer, sets: dict[str, list[Example]], batch_size: int, device: torch.device | str,
+    model: nn.Module,
+    tokenizer,
+    sets: dict[str, list[Example]],
+    batch_size: int,
+    device: torch.device | str,
     copies: int,
 ) -> list[dict[str, float]]:
     """:func:`answer_cross_entropy` of each of ``copies`` members of a stacked model (:mod:`lorabench.stack`: each

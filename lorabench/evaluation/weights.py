@@ -52,9 +52,7 @@ def _tall(matrix: Tensor) -> Tensor:
     return matrix.T if matrix.shape[0] < matrix.shape[1] else matrix
 
 
-def weight_forgetting(
-    base: dict[str, Tensor], tuned: dict[str, Tensor], k: int = 10, threshold: float = 0.5
-) -> dict:
+def weight_forgetting(base: dict[str, Tensor], tuned: dict[str, Tensor], k: int = 10, threshold: float = 0.5) -> dict:
     """Per-layer intruder count and ``dW`` effective rank, plus their means over layers.
 
     Returns ``{"layers": {name: {"intruders": int, "effective_rank": float}},

@@ -10,11 +10,17 @@ from pathlib import Path
 
 REPORT_ITEMS = {
     "summary.md": ("Answers", "summary.rst", "the answers with their intervals and tests, then every table"),
-    "forgetting_vs_accuracy.png": ("Learning and forgetting", "forgetting_vs_accuracy.rst",
-                                   "learning vs forgetting along each lr sweep"),
+    "forgetting_vs_accuracy.png": (
+        "Learning and forgetting",
+        "forgetting_vs_accuracy.rst",
+        "learning vs forgetting along each lr sweep",
+    ),
     "accuracy_vs_rank.png": ("Learning and forgetting", "accuracy_vs_rank.rst", "target accuracy vs rank"),
-    "params_vs_accuracy.png": ("Learning and forgetting", "params_vs_accuracy.rst",
-                               "trainable parameters vs target accuracy"),
+    "params_vs_accuracy.png": (
+        "Learning and forgetting",
+        "params_vs_accuracy.rst",
+        "trainable parameters vs target accuracy",
+    ),
     "lr_sweep.png": ("Training", "lr_sweep.rst", "validation accuracy vs learning rate: the lr choice"),
     "loss_curves.png": ("Training", "loss_curves.rst", "training loss per step"),
     "status.png": ("Training", "status.rst", "runs by status: ok, diverged, failed"),
@@ -42,8 +48,9 @@ def report_flags(name: str) -> dict:
     return {"caption": f"../report/{caption}", "category": category, "labels": {"file": name, "shows": shows}}
 
 
-def run_report(out_dir: Path, benchmarks: Path | None = None, cores: int | None = None,
-               cost: Path | None = None) -> None:
+def run_report(
+    out_dir: Path, benchmarks: Path | None = None, cores: int | None = None, cost: Path | None = None
+) -> None:
     """CLI entry: ``out_dir``/results.csv, loss_curves.csv and trajectories.csv (where written) -> every figure,
     theory.csv, summary.md and the report's answers in brief (:data:`DESCRIPTION`); with
     ``benchmarks`` (the pipeline's benchmark folder) and ``cores``, summary.md also gets the training share; with

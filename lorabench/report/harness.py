@@ -21,8 +21,16 @@ def read_benchmarks(directory: Path) -> pd.DataFrame:
     for path in sorted(Path(directory).rglob("*.tsv")):
         relative = path.relative_to(directory).with_suffix("")
         measured = pd.read_csv(path, sep="\t").iloc[-1]  # a job rerun with --benchmark-repeats: its last line
-        rows.append({"rule": relative.parts[0], "job": "/".join(relative.parts[1:]), "s": measured["s"],
-                     "cpu_time": measured["cpu_time"], "max_rss": measured["max_rss"], "end": path.stat().st_mtime})
+        rows.append(
+            {
+                "rule": relative.parts[0],
+                "job": "/".join(relative.parts[1:]),
+                "s": measured["s"],
+                "cpu_time": measured["cpu_time"],
+                "max_rss": measured["max_rss"],
+                "end": path.stat().st_mtime,
+            }
+        )
     return pd.DataFrame(rows, columns=["rule", "job", "s", "cpu_time", "max_rss", "end"])
 
 
@@ -36,8 +44,9 @@ def section_harness(results: pd.DataFrame, benchmarks: pd.DataFrame, cores: int)
     if benchmarks.empty:
         return []
     wall, training = pipeline_wall(benchmarks), float(results["train_seconds"].sum())
-    per_rule = benchmarks.groupby("rule").agg(jobs=("s", "size"), s=("s", "sum"), cpu=("cpu_time", "sum"),
-                                              rss=("max_rss", "max"))
+    per_rule = benchmarks.groupby("rule").agg(
+        jobs=("s", "size"), s=("s", "sum"), cpu=("cpu_time", "sum"), rss=("max_rss", "max")
+    )
     lines = [
         "## Harness",
         "",
@@ -49,6 +58,8 @@ def section_harness(results: pd.DataFrame, benchmarks: pd.DataFrame, cores: int)
         "| rule | jobs | wall s (sum) | CPU s (sum) | max RSS MiB |",
         "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {rule} | {row.jobs:.0f} | {row.s:.1f} | {row.cpu:.1f} | {row.rss:.0f} |"
-              for rule, row in per_rule.iterrows()]
+    lines += [
+        f"| {rule} | {row.jobs:.0f} | {row.s:.1f} | {row.cpu:.1f} | {row.rss:.0f} |"
+        for rule, row in per_rule.iterrows()
+    ]
     return lines + [""]

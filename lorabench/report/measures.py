@@ -29,8 +29,9 @@ PROBES = {"paraphrase_retrieval": "paraphrase-retrieval drop", "heldout_ce": "he
 def forgetting_parts(runs: pd.DataFrame) -> list[str]:
     """The parts ``forgetting`` averages in ``runs``: its ``forgetting__<part>`` columns that hold a value."""
     prefix = "forgetting__"
-    return [column[len(prefix):] for column in runs.columns
-            if column.startswith(prefix) and runs[column].notna().any()]
+    return [
+        column[len(prefix) :] for column in runs.columns if column.startswith(prefix) and runs[column].notna().any()
+    ]
 
 
 def names(runs: pd.DataFrame) -> dict[str, str]:
@@ -80,8 +81,11 @@ class Choice:
 
     def text(self) -> str:
         """``by per-character accuracy drop (exact-match accuracy drop saturated at its ceiling ...)``."""
-        passed = [f"{self.names[column]} {_state(state)}" for column, state in self.states.items()
-                  if column != self.measure and state in ("ceiling", "floor")]
+        passed = [
+            f"{self.names[column]} {_state(state)}"
+            for column, state in self.states.items()
+            if column != self.measure and state in ("ceiling", "floor")
+        ]
         reason = f" ({'; '.join(passed)})" if passed else ""
         if self.measure is None:
             return f"every forgetting measure is saturated in these runs{reason}"
@@ -89,8 +93,10 @@ class Choice:
 
 
 def _state(state: str) -> str:
-    return {"ceiling": f"saturated at its ceiling (every run ≥ {SATURATION:g} of it)",
-            "floor": f"saturated at its floor (every run ≤ {1 - SATURATION:.2g} of its ceiling)"}[state]
+    return {
+        "ceiling": f"saturated at its ceiling (every run ≥ {SATURATION:g} of it)",
+        "floor": f"saturated at its floor (every run ≤ {1 - SATURATION:.2g} of its ceiling)",
+    }[state]
 
 
 def choose(runs: pd.DataFrame) -> Choice:

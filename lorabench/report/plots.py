@@ -2,8 +2,9 @@
 
 Every figure that compares variants uses only ``status == "ok"`` runs at the lr chosen on
 validation (:func:`lorabench.aggregate.best_lr`), one colour per variant that never changes
-between figures (:func:`variant_palette` over the whole table's variants), and a 95% bootstrap CI over seeds (:func:`ci95_bounds`). Where tasks are pooled, each seed's
-runs are averaged first, so the CI stays a CI over seeds and not over tasks.
+between figures (:func:`variant_palette` over the whole table's variants), and a 95% bootstrap CI over seeds
+(:func:`ci95_bounds`). Where tasks are pooled, each seed's runs are averaged first, so the CI stays a CI over seeds
+and not over tasks.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def variant_palette(variants: Iterable[str]) -> dict[str, str]:
     figure drawn from the same table, which is why figures pass the whole table's variants."""
     order = variant_order(variants)
     unknown = [name for name in order if name not in VARIANT_COLOURS]
-    hues = [matplotlib.colors.to_hex(rgb) for rgb in sns.color_palette("husl", max(0, len(unknown) - len(SPARE_COLOURS)))]
-    spare = dict(zip(unknown, [*SPARE_COLOURS, *hues]))
+    hues = [
+        matplotlib.colors.to_hex(rgb) for rgb in sns.color_palette("husl", max(0, len(unknown) - len(SPARE_COLOURS)))
+    ]
+    spare = dict(zip(unknown, [*SPARE_COLOURS, *hues], strict=False))  # more colours than names
     return {name: VARIANT_COLOURS.get(name) or spare[name] for name in order}
 
 
@@ -173,11 +176,21 @@ def _variant_legend(
     handles = [Line2D([], [], color=palette[name], marker=variant_marker(name), linewidth=2) for name in labels]
     handles += [handle for handle, _ in extra]
     labels += [label for _, label in extra]
-    families = " · ".join(f"{MARKER_GLYPHS[marker]} {name}" for name, (marker, members) in FAMILY_MARKERS.items()
-                          if set(members) & set(labels))
+    families = " · ".join(
+        f"{MARKER_GLYPHS[marker]} {name}"
+        for name, (marker, members) in FAMILY_MARKERS.items()
+        if set(members) & set(labels)
+    )
     columns = max(2, min(len(labels), int(fig.get_figwidth() / 1.45)))
-    fig.legend(handles, labels, title=f"variant (marker: {families})", loc="outside lower center", ncols=columns,
-               fontsize="small", title_fontsize="small")
+    fig.legend(
+        handles,
+        labels,
+        title=f"variant (marker: {families})",
+        loc="outside lower center",
+        ncols=columns,
+        fontsize="small",
+        title_fontsize="small",
+    )
 
 
 def _dodged(points: pd.DataFrame, x: str) -> pd.Series:
@@ -200,8 +213,18 @@ def _mean_ci_lines(ax, points: pd.DataFrame, x: str, y: str, palette: dict[str, 
     for variant in variant_order(summary["variant"]):
         line = summary[summary["variant"] == variant].sort_values(x)
         error = [line["mean"] - line["low"], line["high"] - line["mean"]]
-        ax.errorbar(line["at"], line["mean"], yerr=error, color=palette[variant], marker=variant_marker(variant),
-                    markersize=6, linewidth=1.2, capsize=2, markeredgecolor="white", markeredgewidth=0.5)
+        ax.errorbar(
+            line["at"],
+            line["mean"],
+            yerr=error,
+            color=palette[variant],
+            marker=variant_marker(variant),
+            markersize=6,
+            linewidth=1.2,
+            capsize=2,
+            markeredgecolor="white",
+            markeredgewidth=0.5,
+        )
 
 
 def _save(fig, out_path: Path) -> None:
@@ -247,8 +270,13 @@ def plot_accuracy_vs_rank(results: pd.DataFrame, out_path: Path) -> None:
     if runs.empty:
         return _no_data(out_path, title)
     tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
-    fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, bars: 95% CI; lr chosen on validation;"
-                      "\nvariants at one rank spread sideways so none hides another", panel=(5.6, 4.2))
+    fig, axes = _grid(
+        len(tasks),
+        len(models),
+        title + "\nline: mean over seeds, bars: 95% CI; lr chosen on validation;"
+        "\nvariants at one rank spread sideways so none hides another",
+        panel=(5.6, 4.2),
+    )
     ranked = runs[runs["rank"] != NO_RANK]
     rank_free = runs[runs["rank"] == NO_RANK]
     palette = variant_palette(results["variant"])
@@ -298,16 +326,23 @@ def family(variant: str) -> str:
 def _trade_off_points(runs: pd.DataFrame, trajectories: pd.DataFrame | None, measure: str) -> pd.DataFrame:
     """Per (model, variant, lr, step) the mean over seeds (tasks averaged per seed) of target test accuracy and
     ``measure``: every evaluation during training where recorded, else each run's final one."""
-    finals = runs.assign(step=runs["steps_done"])[["run_id", "model", "variant", "lr", "seed", "step",
-                                                    "target_acc_after", measure]]
+    finals = runs.assign(step=runs["steps_done"])[
+        ["run_id", "model", "variant", "lr", "seed", "step", "target_acc_after", measure]
+    ]
     if trajectories is not None:
-        along = trajectories[trajectories["run_id"].isin(runs["run_id"])].rename(columns={"target_test": "target_acc_after"})
+        along = trajectories[trajectories["run_id"].isin(runs["run_id"])].rename(
+            columns={"target_test": "target_acc_after"}
+        )
         finals = pd.concat([finals[~finals["run_id"].isin(along["run_id"])], along[finals.columns]], ignore_index=True)
-    per_seed = finals.groupby(["model", "variant", "lr", "step", "seed"], as_index=False)[["target_acc_after", measure]].mean()
+    per_seed = finals.groupby(["model", "variant", "lr", "step", "seed"], as_index=False)[
+        ["target_acc_after", measure]
+    ].mean()
     return per_seed.groupby(["model", "variant", "lr", "step"], as_index=False)[["target_acc_after", measure]].mean()
 
 
-def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajectories: pd.DataFrame | None = None) -> None:
+def plot_forgetting_vs_accuracy(
+    results: pd.DataFrame, out_path: Path, trajectories: pd.DataFrame | None = None
+) -> None:
     """Learning (target test accuracy) vs forgetting from measured points only, as Biderman et al. (2024, "LoRA
     Learns Less and Forgets Less") draw it: the base model top left (forgetting axis inverted: up = less
     forgetting), each learning rate's evaluations during training joined in step order, each learning rate's
@@ -333,29 +368,41 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajector
     n_cols = 2 if len(panels) > 1 else 1
     n_rows = -(-len(panels) // n_cols)
     height = FIGURE_SIZE[1] * (100 + 450 * n_rows) / 1000  # a title band and 450 pixels a row of panels
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(FIGURE_SIZE[0], height),
-                             squeeze=False, layout="constrained", sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(FIGURE_SIZE[0], height), squeeze=False, layout="constrained", sharex=True, sharey=True
+    )
     saturated = "" if choice.measure else " — every measure saturated in these runs: no ranking by forgetting"
-    fig.suptitle(f"{title}{saturated}\nthin line: one lr along training (evaluations at train.eval_at); dashed: "
-                 "final points in lr order; bars: 95% CI over seeds; ★ lr chosen on validation; ■ base model",
-                 fontsize=11)
-    for ax, (model, name) in zip(axes.flat, panels):
+    fig.suptitle(
+        f"{title}{saturated}\nthin line: one lr along training (evaluations at train.eval_at); dashed: "
+        "final points in lr order; bars: 95% CI over seeds; ★ lr chosen on validation; ■ base model",
+        fontsize=11,
+    )
+    for ax, (model, name) in zip(axes.flat, panels, strict=False):  # a grid may have spare axes
         panel = points[points["model"] == model]
         if name == OVERVIEW:
             picked = chosen[(chosen["model"] == model) & (chosen["status"] == "ok")]
             for variant, seeds in picked[picked["run_id"].isin(runs["run_id"])].groupby("variant"):
                 per_seed = seeds.groupby("seed")[["target_acc_after", measure]].mean()
-                _errorbar_point(ax, per_seed["target_acc_after"], per_seed[measure], palette[variant], variant_marker(variant))
+                _errorbar_point(
+                    ax, per_seed["target_acc_after"], per_seed[measure], palette[variant], variant_marker(variant)
+                )
         members = [v for v in variant_order(panel["variant"]) if family(v) == name]
         references = [v for v in REFERENCES if v in set(panel["variant"]) and v not in members and name != OVERVIEW]
         for variant in references + members:
-            _draw_variant(ax, panel[panel["variant"] == variant], runs[(runs["model"] == model) &
-                          (runs["variant"] == variant)], chosen, measure, palette[variant], faint=variant in references,
-                          marker=variant_marker(variant))
+            _draw_variant(
+                ax,
+                panel[panel["variant"] == variant],
+                runs[(runs["model"] == model) & (runs["variant"] == variant)],
+                chosen,
+                measure,
+                palette[variant],
+                faint=variant in references,
+                marker=variant_marker(variant),
+            )
         base = runs[runs["model"] == model]
         ax.plot(base["target_acc_before"].mean(), 0.0, "s", color="black", markersize=7, zorder=5)
         ax.set_title(f"{model} · {name}", fontsize=11)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"forgetting: {choice.names[measure]}\n(↑ less forgetting)")
@@ -363,23 +410,41 @@ def plot_forgetting_vs_accuracy(results: pd.DataFrame, out_path: Path, trajector
         ax.set_xlabel("learning: target test accuracy (→ more learning)")
     axes[0, 0].invert_yaxis()  # shared: up = less forgetting, as Biderman et al.'s source-score axis
     axes[0, 0].set_xlim(-0.03, 1.03)
-    extra = [(Line2D([], [], color="black", marker="s", linestyle="none"), "base model"),
-             (Line2D([], [], color="black", marker="*", markersize=12, linestyle="none"), "chosen lr"),
-             (Line2D([], [], color="grey", alpha=0.35, linewidth=2), "faint: reference\n(lora, full)")]
+    extra = [
+        (Line2D([], [], color="black", marker="s", linestyle="none"), "base model"),
+        (Line2D([], [], color="black", marker="*", markersize=12, linestyle="none"), "chosen lr"),
+        (Line2D([], [], color="grey", alpha=0.35, linewidth=2), "faint: reference\n(lora, full)"),
+    ]
     _variant_legend(fig, runs["variant"], palette, extra)
     _save(fig, out_path)
 
 
-def _draw_variant(ax, points: pd.DataFrame, runs: pd.DataFrame, chosen: pd.DataFrame, measure: str, colour: str,
-                  faint: bool, marker: str) -> None:
+def _draw_variant(
+    ax,
+    points: pd.DataFrame,
+    runs: pd.DataFrame,
+    chosen: pd.DataFrame,
+    measure: str,
+    colour: str,
+    faint: bool,
+    marker: str,
+) -> None:
     """One variant's measured points: a line per lr along training, its final points (CIs over seeds) joined in lr
     order, the chosen lr starred."""
     alpha = 0.3 if faint else 1.0
     finals = []
-    for lr, along in points.groupby("lr"):
+    for _, along in points.groupby("lr"):
         along = along.sort_values("step")
-        ax.plot(along["target_acc_after"], along[measure], "-", marker=".", color=colour, alpha=0.6 * alpha,
-                linewidth=1.0, markersize=4)
+        ax.plot(
+            along["target_acc_after"],
+            along[measure],
+            "-",
+            marker=".",
+            color=colour,
+            alpha=0.6 * alpha,
+            linewidth=1.0,
+            markersize=4,
+        )
         finals.append(along.iloc[-1])
     if not finals:
         return
@@ -387,14 +452,15 @@ def _draw_variant(ax, points: pd.DataFrame, runs: pd.DataFrame, chosen: pd.DataF
     ax.plot(finals["target_acc_after"], finals[measure], "--", color=colour, alpha=0.8 * alpha, linewidth=1.4)
     if faint:
         return
-    for lr, seeds in runs.groupby("lr"):
+    for _, seeds in runs.groupby("lr"):
         per_seed = seeds.groupby("seed")[["target_acc_after", measure]].mean()
         _errorbar_point(ax, per_seed["target_acc_after"], per_seed[measure], colour, marker)
     picked = runs[runs["run_id"].isin(chosen["run_id"])]
     if not picked.empty:
         star = picked.groupby("seed")[["target_acc_after", measure]].mean().mean()
-        ax.plot(star["target_acc_after"], star[measure], "*", color=colour, markersize=15, markeredgecolor="black",
-                zorder=6)
+        ax.plot(
+            star["target_acc_after"], star[measure], "*", color=colour, markersize=15, markeredgecolor="black", zorder=6
+        )
 
 
 def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
@@ -409,8 +475,13 @@ def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
     runs = at_reference_rank(runs, rank)
     choices = at_reference_rank(lr_choices(runs), rank)
     tasks, models = sorted(runs["task"].unique()), sorted(runs["model"].unique())
-    fig, axes = _grid(len(tasks), len(models), title + f"\nrank {rank}; line: mean over seeds, bars: 95% CI;\n"
-                      "○ ringed: chosen, × chosen at an edge of the sweep; variants at one lr spread sideways", panel=(7.2, 4.8))
+    fig, axes = _grid(
+        len(tasks),
+        len(models),
+        title + f"\nrank {rank}; line: mean over seeds, bars: 95% CI;\n"
+        "○ ringed: chosen, × chosen at an edge of the sweep; variants at one lr spread sideways",
+        panel=(7.2, 4.8),
+    )
     palette = variant_palette(results["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = runs[(runs["task"] == task) & (runs["model"] == model)]
@@ -418,9 +489,16 @@ def plot_lr_sweep(results: pd.DataFrame, out_path: Path) -> None:
         picked = choices[(choices["task"] == task) & (choices["model"] == model)]
         for row in picked.itertuples():
             value = panel.loc[(panel["variant"] == row.variant) & (panel["lr"] == row.chosen_lr), VALIDATION_COLUMN]
-            ax.plot(_chosen_at(panel, row.variant, row.chosen_lr), value.mean(), "X" if row.at_edge else "o",
-                    color=palette[row.variant], markersize=12 if row.at_edge else 10, markeredgecolor="black",
-                    markerfacecolor="none" if not row.at_edge else palette[row.variant], markeredgewidth=1.5)
+            ax.plot(
+                _chosen_at(panel, row.variant, row.chosen_lr),
+                value.mean(),
+                "X" if row.at_edge else "o",
+                color=palette[row.variant],
+                markersize=12 if row.at_edge else 10,
+                markeredgecolor="black",
+                markerfacecolor="none" if not row.at_edge else palette[row.variant],
+                markeredgewidth=1.5,
+            )
         ax.set_xscale("log")
         ax.set(title=f"{model} · {task}", xlabel="learning rate (log scale)", ylabel="validation accuracy")
         _accuracy_axis(ax)
@@ -460,8 +538,11 @@ def plot_cost(results: pd.DataFrame, out_path: Path) -> None:
 
 
 MEMORY_PARTS = {
-    "mem_params_mb": "trainable parameters", "mem_grads_mb": "gradients", "mem_optimizer_mb": "optimizer state",
-    "mem_activations_mb": "saved activations", "mem_variant_state_mb": "variant state (buffers, frozen factors)",
+    "mem_params_mb": "trainable parameters",
+    "mem_grads_mb": "gradients",
+    "mem_optimizer_mb": "optimizer state",
+    "mem_activations_mb": "saved activations",
+    "mem_variant_state_mb": "variant state (buffers, frozen factors)",
 }
 """The memory account's parts (results.csv columns) -> legend label, stacked in this order."""
 
@@ -497,10 +578,15 @@ def plot_params_vs_accuracy(results: pd.DataFrame, out_path: Path) -> None:
         return _no_data(out_path, title)
     points = seed_means(runs, ["model", "variant", "rank", "trainable_params"], ["target_acc_after"])
     models = sorted(points["model"].unique())
-    fig, axes = _grid(1, len(models), title + "\npoint: mean over seeds, bars: 95% CI; variants with equal parameter "
-                      "counts spread sideways so none hides another", panel=(7.2, 4.8))
+    fig, axes = _grid(
+        1,
+        len(models),
+        title + "\npoint: mean over seeds, bars: 95% CI; variants with equal parameter "
+        "counts spread sideways so none hides another",
+        panel=(7.2, 4.8),
+    )
     palette = variant_palette(results["variant"])
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes[0], models, strict=True):
         _mean_ci_lines(ax, points[points["model"] == model], "trainable_params", "target_acc_after", palette)
         ax.set_xscale("log")
         ax.set(title=model, xlabel="trainable parameters (log scale)", ylabel="target test accuracy")
@@ -517,8 +603,12 @@ def plot_loss_curves(loss_curves: pd.DataFrame, out_path: Path) -> None:
     if curves.empty:
         return _no_data(out_path, title)
     tasks, models = sorted(curves["task"].unique()), sorted(curves["model"].unique())
-    fig, axes = _grid(len(tasks), len(models), title + "\nline: mean over seeds, band: 95% CI; log scale, so the "
-                      "late differences show", panel=(7.2, 4.4))
+    fig, axes = _grid(
+        len(tasks),
+        len(models),
+        title + "\nline: mean over seeds, band: 95% CI; log scale, so the late differences show",
+        panel=(7.2, 4.4),
+    )
     palette = variant_palette(loss_curves["variant"])
     for ax, task, model in _task_model_panels(axes, tasks, models):
         panel = curves[(curves["task"] == task) & (curves["model"] == model)]
@@ -538,7 +628,7 @@ def plot_status(results: pd.DataFrame, out_path: Path) -> None:
         return _no_data(out_path, title)
     order = variant_order(results["variant"])
     fig, axes = _grid(1, len(models), title, panel=(4.2, 0.35 * len(order) + 1.2), sharey=True)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes[0], models, strict=True):
         counts = pd.crosstab(results.loc[results["model"] == model, "variant"], results["status"])
         counts = counts.reindex(index=order[::-1], columns=list(STATUS_COLOURS), fill_value=0)
         left = np.zeros(len(counts))
@@ -579,7 +669,9 @@ def _identity_line(ax, values: pd.Series) -> None:
 
 def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
     """Three panels: 1/√N convergence of resampling, frozen-A residual, additive rank."""
-    fig, axes = _grid(1, 3, "docs/variants.md claims checked numerically (Monte Carlo, small random matrices)", panel=(4.4, 3.8))
+    fig, axes = _grid(
+        1, 3, "docs/variants.md claims checked numerically (Monte Carlo, small random matrices)", panel=(4.4, 3.8)
+    )
     resampled, frozen, additive = (table[table["panel"] == name] for name in ("resampled", "frozen_a", "additive"))
 
     ax = axes[0, 0]
@@ -610,8 +702,9 @@ def plot_theory(table: pd.DataFrame, out_path: Path) -> None:
     ax.scatter(additive["expected"], additive["rank"], color=colour, s=50, label="measured", zorder=3)
     for (expected, rank), shapes in additive.groupby(["expected", "rank"]):
         label = "\n".join(f"({r.m:.0f},{r.n:.0f},r={r.r:.0f})" for r in shapes.itertuples())
-        ax.annotate(label, (expected, rank), textcoords="offset points", xytext=(8, -4), ha="left", va="top",
-                    fontsize=7)
+        ax.annotate(
+            label, (expected, rank), textcoords="offset points", xytext=(8, -4), ha="left", va="top", fontsize=7
+        )
     _identity_line(ax, additive["expected"])
     ax.margins(x=0.3, y=0.15)  # room for the shape labels right of the points
     ax.set(title="§3 additive: rank(ΔW) = 2r", xlabel="expected min(2r, m, n)", ylabel="numerical rank of ΔW")
@@ -649,8 +742,9 @@ def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
     if table is None:
         fig, ax = plt.subplots(figsize=(6, 2))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"{title}\n\nthe cost stage did not run (config cost.enabled: false)", ha="center",
-                va="center")
+        ax.text(
+            0.5, 0.5, f"{title}\n\nthe cost stage did not run (config cost.enabled: false)", ha="center", va="center"
+        )
         return _save(fig, out_path)
     runs = table[(table["status"] == "ok") & (table["variant"] != "floor")]
     if runs.empty:
@@ -658,8 +752,13 @@ def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
     sets = list(dict.fromkeys(runs["shape_set"]))
     order = variant_order(runs["variant"])
     n_rows = runs.groupby("shape_set").size().max()
-    fig, axes = _grid(len(sets), len(COST_PANELS), title + "\nbar: median over rounds of the ratio within a round; "
-                      "dotted: the target for our implementation; grey: 1; |: the FLOP bound", panel=(4.6, 0.32 * n_rows + 1.6))
+    fig, axes = _grid(
+        len(sets),
+        len(COST_PANELS),
+        title + "\nbar: median over rounds of the ratio within a round; "
+        "dotted: the target for our implementation; grey: 1; |: the FLOP bound",
+        panel=(4.6, 0.32 * n_rows + 1.6),
+    )
     palette = variant_palette(table.loc[table["variant"] != "floor", "variant"])
     for i, shape_set in enumerate(sets):
         rows = runs[runs["shape_set"] == shape_set].copy()
@@ -667,8 +766,10 @@ def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
         rows = rows.sort_values(["order", "rank"])
         labels = [cost_label(row) for _, row in rows.iterrows()]
         first = rows.iloc[0]
-        where = (f"{shape_set}: {first['tokens']} tokens, {first['dtype']}, {first['device']}, {first['method']}, "
-                 f"{first['threads']} thread(s)")
+        where = (
+            f"{shape_set}: {first['tokens']} tokens, {first['dtype']}, {first['device']}, {first['method']}, "
+            f"{first['threads']} thread(s)"
+        )
         for j, (column, (label, target)) in enumerate(COST_PANELS.items()):
             ax = axes[i, j]
             values = rows[column].to_numpy(dtype=float)
@@ -681,8 +782,7 @@ def plot_cost_real_shapes(table: pd.DataFrame | None, out_path: Path) -> None:
                     ax.text(value, y, f" {value:.2f}", va="center", fontsize=7)
             if column == "ratio_floor":
                 bounds = [floor_bound(row) for _, row in rows.iterrows()]
-                ax.scatter(bounds, range(len(bounds)), marker="|", s=120, color="black", zorder=3,
-                           label="FLOP bound")
+                ax.scatter(bounds, range(len(bounds)), marker="|", s=120, color="black", zorder=3, label="FLOP bound")
                 if not np.isnan(bounds).all():
                     ax.legend(loc="lower right", fontsize=7)
             ax.set_xscale("log")

@@ -166,13 +166,19 @@ class Comparison:
     @cached_property
     def p(self) -> float:
         """The paired t test's p-value: the one Holm adjusts (NaN below two seeds)."""
-        return t_test(np.array(self.difference.values), self.null, self.alternative) if self.difference.n >= 2 \
+        return (
+            t_test(np.array(self.difference.values), self.null, self.alternative)
+            if self.difference.n >= 2
             else math.nan
+        )
 
     @cached_property
     def wilcoxon(self) -> float:
-        return wilcoxon_test(np.array(self.difference.values), self.null, self.alternative) \
-            if self.difference.n >= 2 else math.nan
+        return (
+            wilcoxon_test(np.array(self.difference.values), self.null, self.alternative)
+            if self.difference.n >= 2
+            else math.nan
+        )
 
     @cached_property
     def seeds_needed(self) -> int | None:
@@ -207,8 +213,10 @@ class Comparison:
         if d.n < 2:
             return f"not distinguishable: one paired seed gives no interval ({d.text(3)})"
         rejected = adjusted <= ALPHA
-        tests = (f"Holm-adjusted p {adjusted:.3g}, {'significant' if rejected else 'not significant'}; Wilcoxon p "
-                 f"{self.wilcoxon:.3g}; {self.power_text()} seeds for {POWER:.0%} power at ±{self.margin_text}")
+        tests = (
+            f"Holm-adjusted p {adjusted:.3g}, {'significant' if rejected else 'not significant'}; Wilcoxon p "
+            f"{self.wilcoxon:.3g}; {self.power_text()} seeds for {POWER:.0%} power at ±{self.margin_text}"
+        )
         if self.non_inferior:
             reading = self.non_inferior if rejected else f"not shown to be within {self.margin_text} (non-inferiority)"
             return f"{reading}: difference {d.text(3)} ({tests})"
@@ -274,8 +282,9 @@ def matched_learning(curves_a: dict[int, Curve], curves_b: dict[int, Curve]) -> 
     return Matched(Difference.of(pd.Series(diffs, dtype=float)), level, disjoint)
 
 
-def seed_curves(runs: pd.DataFrame, trajectories: pd.DataFrame | None = None,
-                measure: str = "forgetting") -> dict[int, Curve]:
+def seed_curves(
+    runs: pd.DataFrame, trajectories: pd.DataFrame | None = None, measure: str = "forgetting"
+) -> dict[int, Curve]:
     """One variant's ok runs -> per seed, its measured curve (tasks averaged) in forgetting ``measure``: the final
     points in learning-rate order, and each learning rate's ``trajectories`` rows (evaluations during training, the
     final one last) in step order. Only measured points: no untrained start."""

@@ -22,12 +22,26 @@ import pandas as pd
 from lorabench.aggregate import lr_choices
 from lorabench.cost_targets import SHAPE_SETS, TARGETS, Target, flop_bound
 from lorabench.records import run_reason
-from lorabench.report.plots import (
-    NO_RANK, at_reference_rank, ci95, reference_rank, seed_means, selected_ok, variant_order,
-)  # fmt: skip
 from lorabench.report.measures import MEASURES, SATURATION, choose, names, saturation
+from lorabench.report.plots import (
+    NO_RANK,
+    at_reference_rank,
+    ci95,
+    reference_rank,
+    seed_means,
+    selected_ok,
+    variant_order,
+)  # fmt: skip
 from lorabench.report.stats import (
-    ALPHA, MARGIN, POWER, Comparison, Matched, holm, matched_learning, paired, seed_curves,
+    ALPHA,
+    MARGIN,
+    POWER,
+    Comparison,
+    Matched,
+    holm,
+    matched_learning,
+    paired,
+    seed_curves,
 )  # fmt: skip
 
 METRICS = ["target_acc_after", *MEASURES, "step_ms", "peak_mem_added_mb", "mem_account_mb"]
@@ -75,7 +89,6 @@ class Estimate:
         return f"{self.mean:.{digits}f} ± {(self.high - self.low) / 2:.{digits}f}"
 
 
-
 def variant_table(runs: pd.DataFrame) -> dict[str, dict[str, Estimate | float]]:
     """Per variant of one model: trainable params and an :class:`Estimate` per metric (tasks averaged per seed)."""
     metrics = [metric for metric in METRICS if metric in runs]  # results of older records lack the graded ones
@@ -83,8 +96,10 @@ def variant_table(runs: pd.DataFrame) -> dict[str, dict[str, Estimate | float]]:
     params = runs.groupby("variant")["trainable_params"].median()
     by_variant = dict(tuple(points.groupby("variant")))
     return {
-        variant: {"params": params[variant], **{m: Estimate.of(by_variant[variant].get(m, pd.Series(dtype=float)))
-                                                for m in METRICS}}
+        variant: {
+            "params": params[variant],
+            **{m: Estimate.of(by_variant[variant].get(m, pd.Series(dtype=float))) for m in METRICS},
+        }
         for variant in variant_order(points["variant"])
     }
 
@@ -102,8 +117,12 @@ def _optimizers(results: pd.DataFrame) -> str:
 def _one_rank_note(results: pd.DataFrame) -> str:
     """Said where the grid has one rank: rank effects are then not part of what it measures."""
     ranks = results.loc[results["rank"] != NO_RANK, "rank"].unique()
-    return "; one rank only: this grid spends its budget on learning-rate sweeps and seeds, so it says nothing " \
-        "about rank (accuracy_vs_rank.png has one point per variant)" if len(ranks) == 1 else ""
+    return (
+        "; one rank only: this grid spends its budget on learning-rate sweeps and seeds, so it says nothing "
+        "about rank (accuracy_vs_rank.png has one point per variant)"
+        if len(ranks) == 1
+        else ""
+    )
 
 
 def _sweeps(results: pd.DataFrame) -> str:
@@ -117,8 +136,10 @@ def _replay(results: pd.DataFrame) -> str:
     shares = sorted(results["replay"].unique()) if "replay" in results else [0.0]
     if shares == [0.0]:
         return "none (fine-tuning batches hold target examples only)"
-    return (f"{'/'.join(f'{share:g}' for share in shares)} of each fine-tuning batch drawn from the source tasks' train "
-            "splits (train.replay), so forgetting is measured under that rehearsal")
+    return (
+        f"{'/'.join(f'{share:g}' for share in shares)} of each fine-tuning batch drawn from the source tasks' train "
+        "splits (train.replay), so forgetting is measured under that rehearsal"
+    )
 
 
 def section_what_was_run(results: pd.DataFrame) -> list[str]:
@@ -147,7 +168,10 @@ def section_what_was_run(results: pd.DataFrame) -> list[str]:
     if not bad.empty:
         lines += ["", "Runs that did not finish:", ""]
         listed = bad.head(MAX_LISTED_FAILURES).itertuples()
-        lines += [f"- `{run.run_id}` — {run.status}: {run_reason(run.divergence_step, run.divergence_reason, run.error)}" for run in listed]
+        lines += [
+            f"- `{run.run_id}` — {run.status}: {run_reason(run.divergence_step, run.divergence_reason, run.error)}"
+            for run in listed
+        ]
         if len(bad) > MAX_LISTED_FAILURES:
             lines.append(f"- … and {len(bad) - MAX_LISTED_FAILURES} more (see results.csv)")
     return lines
@@ -190,8 +214,9 @@ class ModelRuns:
         runs = self.selected[self.selected["variant"] == variant]
         return runs.groupby("seed")[metric].mean()
 
-    def compare(self, a: str, b: str, metric: str, lower: str, higher: str,
-                non_inferior: str | None = None) -> Comparison:
+    def compare(
+        self, a: str, b: str, metric: str, lower: str, higher: str, non_inferior: str | None = None
+    ) -> Comparison:
         """The paired difference a − b of ``metric`` as one comparison of the family, at the metric's margin."""
         label, margin, margin_text = METRIC_MARGINS.get(metric, (metric, MARGIN, f"{MARGIN:g}"))
         if metric == "step_ms":  # no absolute scale: a share of b's own step
@@ -205,15 +230,27 @@ class ModelRuns:
         choice = choose(self.swept[self.swept["variant"].isin([a, b])])
         if choice.measure is None:
             return [f"vs {b}: no verdict, {choice.text()}"]
-        curves = {v: seed_curves(self.swept[self.swept["variant"] == v], self.trajectories, choice.measure)
-                  for v in (a, b)}
+        curves = {
+            v: seed_curves(self.swept[self.swept["variant"] == v], self.trajectories, choice.measure) for v in (a, b)
+        }
         matched = matched_learning(curves[a], curves[b])
         if matched.difference.n == 0:
             return [f"vs {b} {choice.text()}: cannot be compared{_disjoint_text(matched, a, b)}"]
-        return [f"vs {b} {choice.text()}, at accuracy {matched.level:.3f}: ",
-                Comparison(self.model, a, b, f"forgetting at matched learning ({choice.names[choice.measure]})",
-                           matched.difference, f"{a} forgets less", f"{a} forgets more", MARGIN, f"{MARGIN:g}"),
-                _disjoint_text(matched, a, b)]
+        return [
+            f"vs {b} {choice.text()}, at accuracy {matched.level:.3f}: ",
+            Comparison(
+                self.model,
+                a,
+                b,
+                f"forgetting at matched learning ({choice.names[choice.measure]})",
+                matched.difference,
+                f"{a} forgets less",
+                f"{a} forgets more",
+                MARGIN,
+                f"{MARGIN:g}",
+            ),
+            _disjoint_text(matched, a, b),
+        ]
 
     def mib(self, variant: str) -> str:
         """The memory account's mean: exact, the same for every seed, so an interval would only say ± 0."""
@@ -230,21 +267,25 @@ def _disjoint_text(matched: Matched, a: str, b: str) -> str:
     if not matched.disjoint:
         return ""
     seed, ((low_a, high_a), (low_b, high_b)) = next(iter(matched.disjoint.items()))
-    return (f"; in {len(matched.disjoint)} seed(s) their measured target accuracies do not overlap (seed {seed}: "
-            f"{a} {low_a:.2f}–{high_a:.2f}, {b} {low_b:.2f}–{high_b:.2f}), so they are not compared there, rather "
-            "than extrapolated")
+    return (
+        f"; in {len(matched.disjoint)} seed(s) their measured target accuracies do not overlap (seed {seed}: "
+        f"{a} {low_a:.2f}–{high_a:.2f}, {b} {low_b:.2f}–{high_b:.2f}), so they are not compared there, rather "
+        "than extrapolated"
+    )
 
 
 def section_forgetting_measures(swept: pd.DataFrame, selected: pd.DataFrame) -> list[str]:
     """Each forgetting measure's saturation over all ok runs and at the chosen lrs, per model."""
     lines = [
-        "## Forgetting measures", "",
+        "## Forgetting measures",
+        "",
         f"Three measures per source task: exact-match accuracy drop, per-character accuracy drop (the greedy answers' "
         f"aligned characters), and the increase of the answers' mean token cross-entropy under teacher forcing. Each "
         f"has a ceiling, its value when everything is forgotten (accuracy 0; cross-entropy: a uniform guess, ln |V|). "
         f"A measure is *saturated* in a set of runs when every run lies at ≥ {SATURATION:g} of its ceiling, or every "
         f"run at ≤ {1 - SATURATION:.2g} of it: it cannot rank them. Each verdict on forgetting below uses the first of "
-        "these (in this order) not saturated in the runs it compares, and names it.", "",
+        "these (in this order) not saturated in the runs it compares, and names it.",
+        "",
         "| model | runs | " + " | ".join(names(swept).values()) + " |",
         "|---|---|" + "---|" * len(MEASURES),
     ]
@@ -254,8 +295,12 @@ def section_forgetting_measures(swept: pd.DataFrame, selected: pd.DataFrame) -> 
             cells = ["not saturated" if state is None else state for state in states]
             lines.append(f"| {model} | {label} | " + " | ".join(cells) + " |")
             if label == "all lrs" and all(state is not None for state in states):
-                lines += ["", f"**Every forgetting measure is saturated (or unmeasured) in {model}'s runs: no verdict "
-                          "on forgetting can be drawn from them.**", ""]
+                lines += [
+                    "",
+                    f"**Every forgetting measure is saturated (or unmeasured) in {model}'s runs: no verdict "
+                    "on forgetting can be drawn from them.**",
+                    "",
+                ]
     return lines
 
 
@@ -282,16 +327,23 @@ def _joined(parts: list[Part], separator: str) -> Part:
 
 def _weight_space(runs: ModelRuns, baselines: list[str]) -> Part:
     """Q1's "learns differently", read in the weights: ΔW's effective rank and intruder dimensions of W + ΔW."""
-    metrics = [m for m in ("extra__delta_effective_rank_mean", "extra__intruder_dimensions_mean")
-               if m in runs.selected and runs.per_seed("resampled", m).notna().any()]
+    metrics = [
+        m
+        for m in ("extra__delta_effective_rank_mean", "extra__intruder_dimensions_mean")
+        if m in runs.selected and runs.per_seed("resampled", m).notna().any()
+    ]
     parts = []
     for metric in metrics:
         means = runs.selected.groupby("variant")[metric].mean()
         for b in baselines:
             if pd.isna(means.get(b)):
                 continue
-            parts.append([f"{METRIC_MARGINS[metric][0]} {means['resampled']:.1f} vs {b} {means[b]:.1f}: ",
-                          runs.compare("resampled", b, metric, "lower", "higher")])
+            parts.append(
+                [
+                    f"{METRIC_MARGINS[metric][0]} {means['resampled']:.1f} vs {b} {means[b]:.1f}: ",
+                    runs.compare("resampled", b, metric, "lower", "higher"),
+                ]
+            )
     return [" In weight space (mean over adapted layers): ", *_joined(parts, "; "), "."] if parts else []
 
 
@@ -303,15 +355,24 @@ def answer_resampling(runs: ModelRuns, staged: bool = False) -> Part:
     if note := runs.missing(["resampled", "lora"]):
         return [note]
     forgetting = _joined([runs.forgetting_at_matched_learning("resampled", b) for b in baselines], "; ")
-    learning = _joined([[f"vs {b}: ", runs.compare("resampled", b, "target_acc_after", "lower", "higher")]
-                        for b in baselines], "; ")
-    answer = [f"On {runs.model}, forgetting at matched learning (per seed, at the highest target accuracy both "
-              "curves reach) ", *forgetting, ". Target accuracy at each one's chosen lr ", *learning, ".",
-              *_weight_space(runs, [b for b in baselines if b != "full_sgd"])]
+    learning = _joined(
+        [[f"vs {b}: ", runs.compare("resampled", b, "target_acc_after", "lower", "higher")] for b in baselines], "; "
+    )
+    answer = [
+        f"On {runs.model}, forgetting at matched learning (per seed, at the highest target accuracy both "
+        "curves reach) ",
+        *forgetting,
+        ". Target accuracy at each one's chosen lr ",
+        *learning,
+        ".",
+        *_weight_space(runs, [b for b in baselines if b != "full_sgd"]),
+    ]
     if staged:
         return [*answer, " ([forgetting_vs_accuracy.png](forgetting_vs_accuracy.png))"]
     return [
-        *answer, " Step time (ms) vs lora: ", runs.compare("resampled", "lora", "step_ms", "faster", "slower"),
+        *answer,
+        " Step time (ms) vs lora: ",
+        runs.compare("resampled", "lora", "step_ms", "faster", "slower"),
         f". Training holds {runs.mib('resampled')} vs lora {runs.mib('lora')}"
         + "".join(f" and {b} {runs.mib(b)}" for b in baselines if b != "lora")
         + " MiB (exact account: parameters, gradients, optimizer state, saved activations; the same for every seed) "
@@ -326,13 +387,24 @@ def answer_additive(runs: ModelRuns, staged: bool = False) -> Part:
         return [note]
     params = runs.selected.groupby("variant")["trainable_params"].median()
     same = "the same" if params["additive"] == params["lora"] else f"{params['additive']:,.0f} vs {params['lora']:,.0f}"
-    acc = runs.compare("additive", "lora", "target_acc_after", "lower", "higher",
-                       non_inferior=f"additive fits as well as lora (within {MARGIN:g})")
-    step = [] if staged else ["step time (ms): ", runs.compare("additive", "lora", "step_ms", "cheaper", "dearer"),
-                              "; "]
+    acc = runs.compare(
+        "additive",
+        "lora",
+        "target_acc_after",
+        "lower",
+        "higher",
+        non_inferior=f"additive fits as well as lora (within {MARGIN:g})",
+    )
+    step = (
+        [] if staged else ["step time (ms): ", runs.compare("additive", "lora", "step_ms", "cheaper", "dearer"), "; "]
+    )
     return [
-        f"On {runs.model}, with {same} trainable parameters, additive's target accuracy vs lora's: ", acc, "; ",
-        *step, "forgetting at matched learning ", *runs.forgetting_at_matched_learning("additive", "lora"),
+        f"On {runs.model}, with {same} trainable parameters, additive's target accuracy vs lora's: ",
+        acc,
+        "; ",
+        *step,
+        "forgetting at matched learning ",
+        *runs.forgetting_at_matched_learning("additive", "lora"),
         " ([accuracy_vs_rank.png](accuracy_vs_rank.png), [forgetting_vs_accuracy.png](forgetting_vs_accuracy.png),"
         " [cost.png](cost.png)).",
     ]
@@ -344,13 +416,21 @@ def answer_frozen(runs: ModelRuns, staged: bool = False) -> Part:
     if note := runs.missing(["frozen_a", "frozen_b", "lora"]):
         return [note]
     params = runs.selected.groupby("variant")["trainable_params"].median()
-    match = runs.compare("frozen_a", "lora", "target_acc_after", "below lora", "above lora",
-                         non_inferior=f"frozen_a matches lora (within {MARGIN:g})")
+    match = runs.compare(
+        "frozen_a",
+        "lora",
+        "target_acc_after",
+        "below lora",
+        "above lora",
+        non_inferior=f"frozen_a matches lora (within {MARGIN:g})",
+    )
     behind = runs.compare("frozen_b", "frozen_a", "target_acc_after", "frozen_b falls behind", "frozen_b is ahead")
     return [
-        f"On {runs.model}, each at its own validation-chosen lr, frozen_a's target accuracy vs lora's: ", match,
+        f"On {runs.model}, each at its own validation-chosen lr, frozen_a's target accuracy vs lora's: ",
+        match,
         f", with {params['frozen_a'] / params['lora']:.2f}× lora's trainable parameters; frozen_b vs frozen_a: ",
-        behind, " ([params_vs_accuracy.png](params_vs_accuracy.png), "
+        behind,
+        " ([params_vs_accuracy.png](params_vs_accuracy.png), "
         "[forgetting_vs_accuracy.png](forgetting_vs_accuracy.png)).",
     ]
 
@@ -386,10 +466,11 @@ def section_family(family: list[Comparison], adjusted: dict[int, float]) -> list
     """The family the Holm adjustment runs over: every comparison of the answers, with its tests and power."""
     testable = sum(not math.isnan(c.p) for c in family)
     lines = [
-        "### The comparisons, Holm-adjusted as one family", "",
+        "### The comparisons, Holm-adjusted as one family",
+        "",
         f"The family: the {len(family)} comparisons of the answers above ({testable} with two or more paired seeds, "
         f"the m of Holm's adjustment), at family-wise α = {ALPHA:g}. Each is the paired t test of the per-seed "
-        f"differences: two-sided, or for a \"matches\" question one-sided non-inferiority (the claim: a − b > "
+        f'differences: two-sided, or for a "matches" question one-sided non-inferiority (the claim: a − b > '
         f"−{MARGIN:g}; {MARGIN:g} of target accuracy is 5 test examples in 100, the tolerance within which "
         "`lorabench compare` reads two runs as the same result). Beside it, the Wilcoxon signed-rank test (no "
         f"normality assumed) and the seeds a paired t test needs for {POWER:.0%} power at α = {ALPHA:g} (before "
@@ -402,8 +483,10 @@ def section_family(family: list[Comparison], adjusted: dict[int, float]) -> list
     for i, c in enumerate(family, 1):
         d, p = c.difference, adjusted[id(c)]
         decision = "n/a" if math.isnan(p) else "rejected" if p <= ALPHA else "not rejected"
-        lines.append(f"| {i} | {c.what} | {c.test} | {d.text(3)} | {_p(c.p)} | {_p(c.wilcoxon)} | {_p(p)} "
-                     f"| {decision} | {c.power_text()} |")
+        lines.append(
+            f"| {i} | {c.what} | {c.test} | {d.text(3)} | {_p(c.p)} | {_p(c.wilcoxon)} | {_p(p)} "
+            f"| {decision} | {c.power_text()} |"
+        )
     return lines + [""]
 
 
@@ -438,8 +521,10 @@ def _cost_where(rows: pd.DataFrame) -> str:
     """``llama-1b (32 tokens, float32, cpu AMD EPYC, process_time, 1 thread(s))``: the layer shapes are named once,
     in the cost section's table of shape sets."""
     row = rows.iloc[0]
-    return (f"{row['shape_set']} ({row['tokens']} tokens, {row['dtype']}, {row['device']} {row['device_name']}, "
-            f"{row['method']}, {row['threads']} thread(s))")
+    return (
+        f"{row['shape_set']} ({row['tokens']} tokens, {row['dtype']}, {row['device']} {row['device_name']}, "
+        f"{row['method']}, {row['threads']} thread(s))"
+    )
 
 
 def _ok_cost(cost: pd.DataFrame, shape_set: str, variant: str, rank: int | None = None) -> pd.Series | None:
@@ -473,9 +558,12 @@ def cost_answer(cost: pd.DataFrame, question: str) -> str | None:
         )
     if not parts:
         return None
-    return (f"Cost at real layer sizes, {_cost_where(rows)}, medians of ≥ {rows.iloc[0]['min_rounds']} interleaved rounds "
-            "with their 95% intervals (layer shapes in the cost section): " + "; ".join(parts)
-            + " ([cost_real_shapes.png](cost_real_shapes.png), table below).")
+    return (
+        f"Cost at real layer sizes, {_cost_where(rows)}, medians of ≥ {rows.iloc[0]['min_rounds']} interleaved rounds "
+        "with their 95% intervals (layer shapes in the cost section): "
+        + "; ".join(parts)
+        + " ([cost_real_shapes.png](cost_real_shapes.png), table below)."
+    )
 
 
 def _ratio(a: pd.Series, b: pd.Series, column: str) -> str:
@@ -492,11 +580,15 @@ def _number(value: float, digits: int) -> str:
 
 
 def section_cost(cost: pd.DataFrame | None) -> list[str]:
-    """The cost stage: what it measured and how, its table of ratios, the targets for our implementations met or missed."""
+    """The cost stage: what it measured and how, its table of ratios, the targets for our implementations met or
+    missed."""
     lines = ["## Cost at real layer sizes", ""]
     if cost is None:
-        return lines + ["The cost stage did not run (config `cost.enabled: false`): the cost answers above come from "
-                        "the runs' own step times and memory account, on the grid's models.", ""]
+        return lines + [
+            "The cost stage did not run (config `cost.enabled: false`): the cost answers above come from "
+            "the runs' own step times and memory account, on the grid's models.",
+            "",
+        ]
     first = cost.iloc[0]
     lines += [
         f"Every variant of the grid at each of its ranks{_target_ranks_note(cost)}, applied to the linear layers "
@@ -507,7 +599,8 @@ def section_cost(cost: pd.DataFrame | None) -> list[str]:
         f"all alike: {first['warmup']} warm-up and {first['min_rounds']} timed rounds of all, then rounds of only the "
         "candidates of a timed target until each target ratio's 95% interval lies within "
         f"±{first['target_halfwidth']:g} of it, or {first['max_rounds']} rounds in all or {first['max_seconds']:g} s "
-        "of these further rounds stop them (`rounds` per row). A ratio is the median over rounds of the ratio within a round; [lo, hi] is the "
+        "of these further rounds stop them (`rounds` per row). A ratio is the median over rounds of the ratio "
+        "within a round; [lo, hi] is the "
         "distribution-free 95% interval of that median (order statistics). "
         f"Timing: {first['method']} on {first['threads']} thread(s), {first['device']} "
         f"{first['device_name']}, {first['dtype']}. Memory held: the exact account (trainable parameters, gradients, "
@@ -516,22 +609,29 @@ def section_cost(cost: pd.DataFrame | None) -> list[str]:
         "(cost_real_shapes.png), [cost_real_shapes.csv](cost_real_shapes.csv)).",
         "",
     ]
-    lines += ["| shape set | layers (out x in) | tokens | dtype | device | timing | threads | rounds stopped |",
-              "|---|---|---:|---|---|---|---:|---|"]
-    lines += [f"| {row.shape_set} | {row.shapes} | {row.tokens} | {row.dtype} | {row.device} {row.device_name} "
-              f"| {row.method} | {row.threads} | {row.stopped} |" for row in cost.drop_duplicates("shape_set").itertuples()]
+    lines += [
+        "| shape set | layers (out x in) | tokens | dtype | device | timing | threads | rounds stopped |",
+        "|---|---|---:|---|---|---|---:|---|",
+    ]
+    lines += [
+        f"| {row.shape_set} | {row.shapes} | {row.tokens} | {row.dtype} | {row.device} {row.device_name} "
+        f"| {row.method} | {row.threads} | {row.stopped} |"
+        for row in cost.drop_duplicates("shape_set").itertuples()
+    ]
     lines.append("")
-    for shape_set, rows in cost.groupby("shape_set", sort=False):
+    for _, rows in cost.groupby("shape_set", sort=False):
         lines += [
-            f"### {_cost_where(rows)}", "",
-            "| variant | rank | optimizer | rounds | step ms | ÷ floor | ÷ PEFT LoRA | ÷ lora | MiB held (exact) | ÷ lora "
-            "| peak MiB | ÷ lora |",
+            f"### {_cost_where(rows)}",
+            "",
+            "| variant | rank | optimizer | rounds | step ms | ÷ floor | ÷ PEFT LoRA | ÷ lora "
+            "| MiB held (exact) | ÷ lora | peak MiB | ÷ lora |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in rows.itertuples():
             if row.status != "ok":
-                lines.append(f"| {row.variant} | {row.rank} | {row.optimizer} | not measured: {row.reason} "
-                             "| | | | | | | | |")
+                lines.append(
+                    f"| {row.variant} | {row.rank} | {row.optimizer} | not measured: {row.reason} | | | | | | | | |"
+                )
                 continue
             lines.append(
                 f"| {row.variant}{ROLE_MARKS.get(row.role, '')} | {row.rank} | {row.optimizer} | {row.rounds} "
@@ -552,34 +652,42 @@ def _target_ranks_note(cost: pd.DataFrame) -> str:
     extra = set(cost.loc[cost["role"] != "grid", "rank"]) - set(cost.loc[cost["role"] == "grid", "rank"]) - {0}
     if not extra:
         return ""
-    return (" (and lora, PEFT's LoRA and the targets' variants at ranks "
-            f"{', '.join(str(r) for r in sorted(extra))} too)")
+    return f" (and lora, PEFT's LoRA and the targets' variants at ranks {', '.join(str(r) for r in sorted(extra))} too)"
 
 
 def section_cost_targets(cost: pd.DataFrame) -> list[str]:
     """The targets for our own implementations (:data:`lorabench.cost.TARGETS`) at every shape set and rank: the
     measured ratio with its interval, the FLOP bound (:func:`lorabench.cost.flop_bound`), whether the rounds
     narrowed it to the stage's half-width or a cap stopped them, and met or missed."""
-    lines = ["### Targets for our own implementations", "",
-             ("FLOP bound: the least ratio the step could show if every multiply-add ran at the floor's rate "
-              "(per token, floor 4 Σ m·n, a LoRA-shaped update 6 r Σ (m + n) more; docs/variants.md §7); "
-              "where it exceeds the target, no implementation can meet it."), "",
-             "| target | shape set | rank | measured [95% interval] | FLOP bound | rounds | met |",
-             "|---|---|---:|---|---:|---|---|"]
+    lines = [
+        "### Targets for our own implementations",
+        "",
+        (
+            "FLOP bound: the least ratio the step could show if every multiply-add ran at the floor's rate "
+            "(per token, floor 4 Σ m·n, a LoRA-shaped update 6 r Σ (m + n) more; docs/variants.md §7); "
+            "where it exceeds the target, no implementation can meet it."
+        ),
+        "",
+        "| target | shape set | rank | measured [95% interval] | FLOP bound | rounds | met |",
+        "|---|---|---:|---|---:|---|---|",
+    ]
     missed = []
     for target in TARGETS:
         for row in cost[(cost["variant"] == target.variant) & (cost["status"] == "ok")].itertuples():
             value = getattr(row, target.column)
-            interval = (getattr(row, target.column + "_lo"), getattr(row, target.column + "_hi")) \
-                if target.against else None
+            interval = (
+                (getattr(row, target.column + "_lo"), getattr(row, target.column + "_hi")) if target.against else None
+            )
             bound = flop_bound(target, SHAPE_SETS[row.shape_set], row.rank) if row.shape_set in SHAPE_SETS else None
             met = target_verdict(value, interval, target.limit)
             if bound is not None and bound > target.limit:
                 met += f" (unattainable: FLOP bound {bound:.3f} > {target.limit:g})"
             shown = _number(value, 3) + (f" [{_number(interval[0], 3)}, {_number(interval[1], 3)}]" if interval else "")
-            lines.append(f"| {target.what} | {row.shape_set} | {row.rank} | {shown} "
-                         f"| {'—' if bound is None else f'{bound:.3f}'} | {_rounds_note(row, target, interval)} "
-                         f"| {met} |")
+            lines.append(
+                f"| {target.what} | {row.shape_set} | {row.rank} | {shown} "
+                f"| {'—' if bound is None else f'{bound:.3f}'} | {_rounds_note(row, target, interval)} "
+                f"| {met} |"
+            )
             if met.startswith(("**missed", "within")) and target.variant not in missed:
                 missed.append(target.variant)
     lines.append("")
@@ -653,7 +761,8 @@ def section_meaning(results: pd.DataFrame) -> list[str]:
         "(0 = nothing forgotten); per-character is the same for the share of the greedy answers' characters that "
         "match, cross-entropy the rise of the source answers' mean token cross-entropy (nats) under teacher "
         "forcing. Forgetting at matched learning interpolates only between measured points: each learning rate's "
-        "final evaluation and its evaluations during training (train.eval_at), never toward the untrained model. In the tables, ± is the half-width of a 95% percentile-bootstrap CI of one "
+        "final evaluation and its evaluations during training (train.eval_at), never toward the untrained model. "
+        "In the tables, ± is the half-width of a 95% percentile-bootstrap CI of one "
         "variant's mean over seeds (1000 resamples), the interval the figures draw; with few seeds it is "
         "optimistic. Comparisons between variants do not use it: they use the paired Student-t interval above.",
     ]
@@ -671,8 +780,11 @@ def write_description(answers: dict[str, list[Part]], adjusted: dict[int, float]
     """The HTML report's first page, in reStructuredText: each question with this run's comparisons in brief
     (difference, 95% interval, Holm decision) and links to its figures (Snakemake's ``name.png`_`` links). Short on
     purpose: Snakemake centres the page beside the rule graph, so what does not fit one screen is cut off at the top."""
-    lines = [f"**The study's questions and this run's answers**: a − b per seed, 95% interval, Holm decision (n.s.: "
-             f"not significant; non-inferior: a − b > −{MARGIN:g}).", ""]
+    lines = [
+        f"**The study's questions and this run's answers**: a − b per seed, 95% interval, Holm decision (n.s.: "
+        f"not significant; non-inferior: a − b > −{MARGIN:g}).",
+        "",
+    ]
     for question, parts in answers.items():
         figures = ", ".join(f"`{name}`_" for name in QUESTION_FIGURES[question.split()[0]])
         lines += [f"**{question}** ({figures})", ""]
@@ -684,8 +796,10 @@ def write_description(answers: dict[str, list[Part]], adjusted: dict[int, float]
             groups: dict[tuple[str, str], list[str]] = {}
             for c in comparisons:
                 groups.setdefault((c.a, c.label), []).append(f"{c.b} {c.brief(adjusted[id(c)])}")
-            lines.append(f"- *{comparisons[0].scope}*, " + "; ".join(
-                f"{label}: {a} vs {', vs '.join(against)}" for (a, label), against in groups.items()))
+            lines.append(
+                f"- *{comparisons[0].scope}*, "
+                + "; ".join(f"{label}: {a} vs {', vs '.join(against)}" for (a, label), against in groups.items())
+            )
         lines.append("")
     Path(out_path).write_text("\n".join(lines) + "\n")
 
@@ -708,9 +822,14 @@ def wrapped(lines: list[str]) -> list[str]:
     return out
 
 
-def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = (),
-                  cost: pd.DataFrame | None = None, description: Path | None = None,
-                  trajectories: pd.DataFrame | None = None) -> None:
+def write_summary(
+    results: pd.DataFrame,
+    out_path: Path,
+    harness: list[str] = (),
+    cost: pd.DataFrame | None = None,
+    description: Path | None = None,
+    trajectories: pd.DataFrame | None = None,
+) -> None:
     """Write the markdown summary of ``results`` (all runs; comparisons use ok runs, at the chosen lr or along
     the lr sweep), answers first; ``harness``: the lines of :func:`lorabench.report.harness.section_harness`, where
     the pipeline's benchmarks are known; ``cost``: the cost stage's table, where it ran (the cost answers come from
@@ -721,24 +840,40 @@ def write_summary(results: pd.DataFrame, out_path: Path, harness: list[str] = ()
     selected = at_reference_rank(selected_ok(results), rank)
     swept = at_reference_rank(ok, rank)
     tables = {model: variant_table(group) for model, group in selected.groupby("model")}
-    models = [ModelRuns(model, selected[selected["model"] == model], swept[swept["model"] == model], trajectories)
-              for model in tables]
+    models = [
+        ModelRuns(model, selected[selected["model"] == model], swept[swept["model"] == model], trajectories)
+        for model in tables
+    ]
     answers = {question: [answer(runs, cost is not None) for runs in models] for question, answer in QUESTIONS.items()}
     family, adjusted = family_of([part for parts in answers.values() for part in parts])
-    lines = ["# lorabench summary", "",
-             "The answers first; how they were computed, what ran, the tables and the costs follow. Comparisons are "
-             "paired by seed (the mean of per-seed differences, tasks averaged within each seed, with a Student-t 95% "
-             "interval) and Holm-adjusted as one family (its table follows the answers); a sentence names a "
-             "direction, or a match, only where the adjusted test rejects.", "",
-             "## Answers to the study's questions", ""]
+    lines = [
+        "# lorabench summary",
+        "",
+        "The answers first; how they were computed, what ran, the tables and the costs follow. Comparisons are "
+        "paired by seed (the mean of per-seed differences, tasks averaged within each seed, with a Student-t 95% "
+        "interval) and Holm-adjusted as one family (its table follows the answers); a sentence names a "
+        "direction, or a match, only where the adjusted test rejects.",
+        "",
+        "## Answers to the study's questions",
+        "",
+    ]
     for question, parts in answers.items():
         lines += [f"**{question}**", ""]
         lines += [f"- {rendered(part, adjusted)}" for part in parts] or ["- no ok runs to answer from."]
         if cost is not None and (line := cost_answer(cost, question.split()[0])):
             lines.append(f"- {line}")
         lines.append("")
-    lines += [*section_family(family, adjusted), *section_what_was_run(results), "", *section_lr_choice(results), "",
-              *section_forgetting_measures(swept, selected), "", "## Results per model", ""]
+    lines += [
+        *section_family(family, adjusted),
+        *section_what_was_run(results),
+        "",
+        *section_lr_choice(results),
+        "",
+        *section_forgetting_measures(swept, selected),
+        "",
+        "## Results per model",
+        "",
+    ]
     for model, table in tables.items():
         lines += section_model_table(model, table, rank, names(swept[swept["model"] == model])["forgetting"])
     lines += [*section_cost(cost), *harness, *section_meaning(results)]

@@ -39,7 +39,7 @@ def _lookup_input(rng: random.Random, low: int, high: int) -> str:
 
 def _lookup_answer(text: str) -> str:
     pairs, key = text.split("|")
-    return dict(zip(pairs[::2], pairs[1::2]))[key]
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))[key]
 
 
 def _strings_of(alphabet: str) -> Callable[[int, int], int]:

@@ -92,17 +92,13 @@ class HubTask:
         if unknown := set(self.max_examples) - set(SPLITS):
             raise ValueError(f"task {self.name!r}: field 'max_examples' has unknown splits {sorted(unknown)}")
         if self.fallback not in FALLBACKS:
-            raise ValueError(
-                f"task {self.name!r}: field 'fallback' must be one of {FALLBACKS}, got {self.fallback!r}"
-            )
+            raise ValueError(f"task {self.name!r}: field 'fallback' must be one of {FALLBACKS}, got {self.fallback!r}")
         for index, pattern in enumerate(self.answer_patterns):
             try:
                 if re.compile(pattern).groups < 1:
                     raise re.error("needs one capture group around the answer")
             except re.error as error:
-                raise ValueError(
-                    f"task {self.name!r}: field 'answer_patterns[{index}]' {pattern!r}: {error}"
-                ) from None
+                raise ValueError(f"task {self.name!r}: field 'answer_patterns[{index}]' {pattern!r}: {error}") from None
         if self.labels is not None and not _distinct_names(self.labels):
             raise ValueError(
                 f"task {self.name!r}: field 'labels' needs two or more distinct strings (quote numbers: "

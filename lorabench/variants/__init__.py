@@ -7,7 +7,8 @@ the grid's ``variants: all``, ``lorabench variants`` and every job read this reg
 of one's own needs are exported here too: :func:`find_targets` (the layers a spec targets), :func:`dense_weight`
 (a layer's weight as an ``(m, n)`` view, GPT-2's transposed ``Conv1D`` too), :func:`wrap_targets` and
 :func:`adapter_layers` (wrapping targets in an :class:`AdapterLayer` and finding the wrappers again),
-:func:`merge_adapters`, :func:`reset_optimizer_state` and :func:`save_adapter_tensors`; docs/variants.md §6 shows how they fit together.
+:func:`merge_adapters`, :func:`reset_optimizer_state` and :func:`save_adapter_tensors`; docs/variants.md §6 shows how
+they fit together.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from lorabench.variants._layers import (
     AdapterLayer,
@@ -48,9 +49,11 @@ def register(name: str) -> Callable[[V], V]:
 
     def decorate(cls: V) -> V:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"variant {name!r} is taken (by {_REGISTRY[name].__module__}.{_REGISTRY[name].__name__}), "
-                             f"so {cls.__module__}.{cls.__name__} cannot be registered under it: give yours a name of "
-                             "its own in @register(...)")
+            raise ValueError(
+                f"variant {name!r} is taken (by {_REGISTRY[name].__module__}.{_REGISTRY[name].__name__}), "
+                f"so {cls.__module__}.{cls.__name__} cannot be registered under it: give yours a name of "
+                "its own in @register(...)"
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -79,8 +82,9 @@ def _load_entry_points() -> None:
         try:
             point.load()
         except Exception as error:
-            raise ImportError(f"entry point {point.name!r} = {point.value!r} of group {ENTRY_POINT_GROUP!r} "
-                              f"failed to load: {error}") from error
+            raise ImportError(
+                f"entry point {point.name!r} = {point.value!r} of group {ENTRY_POINT_GROUP!r} failed to load: {error}"
+            ) from error
 
 
 def load_modules(paths: Iterable[str | Path]) -> list[Path]:
@@ -91,8 +95,10 @@ def load_modules(paths: Iterable[str | Path]) -> list[Path]:
     for path in paths:
         file = Path(path).resolve()
         if file.suffix != ".py" or not file.is_file():
-            raise FileNotFoundError(f"variant module {str(path)!r} is not a .py file (looked for {file}); give "
-                                    "the path of a Python file, relative to the working directory")
+            raise FileNotFoundError(
+                f"variant module {str(path)!r} is not a .py file (looked for {file}); give "
+                "the path of a Python file, relative to the working directory"
+            )
         if file not in _USER_MODULES:
             _import_file(file)
             _USER_MODULES.add(file)
@@ -127,6 +133,21 @@ def get(name: str) -> type[Variant]:
     return _REGISTRY[name]
 
 
-__all__ = ["ENTRY_POINT_GROUP", "AdapterLayer", "AdapterSpec", "Variant", "adapter_layers", "dense_weight",
-           "find_targets", "get", "layer_shape", "load_modules", "merge_adapters", "register", "registry",
-           "reset_optimizer_state", "save_adapter_tensors", "wrap_targets"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AdapterLayer",
+    "AdapterSpec",
+    "Variant",
+    "adapter_layers",
+    "dense_weight",
+    "find_targets",
+    "get",
+    "layer_shape",
+    "load_modules",
+    "merge_adapters",
+    "register",
+    "registry",
+    "reset_optimizer_state",
+    "save_adapter_tensors",
+    "wrap_targets",
+]

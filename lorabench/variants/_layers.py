@@ -97,8 +97,15 @@ def save_adapter_tensors(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({key: t.detach().contiguous().cpu() for key, t in tensors.items()}, directory / "adapter.safetensors")
-    config = {"variant": variant, "rank": spec.rank, "alpha": spec.alpha, "target_modules": list(spec.target_modules),
-              "seed": spec.seed, "options": spec.options, **extra}
+    config = {
+        "variant": variant,
+        "rank": spec.rank,
+        "alpha": spec.alpha,
+        "target_modules": list(spec.target_modules),
+        "seed": spec.seed,
+        "options": spec.options,
+        **extra,
+    }
     (directory / "adapter.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
 
 
@@ -116,16 +123,28 @@ class _LowRankLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
-                B: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         h = (x2 @ A.mT) * scale
         y = h @ B.mT if bias is None else torch.addmm(bias, h, B.mT)
         y.addmm_(x2, weight.mT)
         needs_x, needs_w, _, needs_A, needs_B, _ = ctx.needs_input_grad
         # Only what the gradients asked for, as autograd saves it (A only for the input's gradient).
-        ctx.save_for_backward(x if needs_A or needs_w else None, h if needs_B else None,
-                              weight if needs_x else None, A if needs_x else None, B if needs_x or needs_A else None)
+        ctx.save_for_backward(
+            x if needs_A or needs_w else None,
+            h if needs_B else None,
+            weight if needs_x else None,
+            A if needs_x else None,
+            B if needs_x or needs_A else None,
+        )
         ctx.scale, ctx.has_bias, ctx.shape = scale, bias is not None, x.shape
         return y.view(*x.shape[:-1], y.shape[-1])
 
@@ -159,8 +178,9 @@ def fusable(base_layer: nn.Module) -> bool:
     return type(base_layer) in (nn.Linear, Conv1D)
 
 
-def low_rank_linear(x: torch.Tensor, base_layer: nn.Module, A: torch.Tensor, B: torch.Tensor,
-                    scale: float) -> torch.Tensor:
+def low_rank_linear(
+    x: torch.Tensor, base_layer: nn.Module, A: torch.Tensor, B: torch.Tensor, scale: float
+) -> torch.Tensor:
     """``base_layer(x) + scale * (x A^T) B^T`` in one fused function (:class:`_LowRankLinear`); ``base_layer`` must
     be :func:`fusable`. The same numbers up to float rounding."""
     return _LowRankLinear.apply(x, dense_weight(base_layer), base_layer.bias, A, B, scale)

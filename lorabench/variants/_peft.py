@@ -16,8 +16,9 @@ from lorabench.variants.base import AdapterSpec, Variant
 
 def lora_config(spec: AdapterSpec, **overrides: Any) -> LoraConfig:
     """PEFT's LoraConfig for ``spec``; ``task_type`` stays None so it also wraps single layers (benchmarks)."""
-    settings = dict(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.target_modules),
-                    lora_dropout=spec.dropout)
+    settings = dict(
+        r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.target_modules), lora_dropout=spec.dropout
+    )
     return LoraConfig(**(settings | overrides))
 
 

@@ -59,8 +59,15 @@ class _AdditiveLinear(torch.autograd.Function):
     input (as LoRA saves it) and the r-wide ``c F x``; the factors are parameters, not copies."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, U: torch.Tensor,
-                V: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        U: torch.Tensor,
+        V: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
         r = U.shape[1]
         x2 = x.reshape(-1, x.shape[-1])
         folded = fold(x2, r) * scale
@@ -68,8 +75,13 @@ class _AdditiveLinear(torch.autograd.Function):
         y.addmm_(x2, weight.mT)
         add_tiled(y, (x2 @ V.mT) * scale)
         needs_x, _, _, needs_U, needs_V, _ = ctx.needs_input_grad
-        ctx.save_for_backward(x if needs_V else None, folded if needs_U else None, weight if needs_x else None,
-                              U if needs_x else None, V if needs_x else None)
+        ctx.save_for_backward(
+            x if needs_V else None,
+            folded if needs_U else None,
+            weight if needs_x else None,
+            U if needs_x else None,
+            V if needs_x else None,
+        )
         ctx.scale, ctx.has_bias, ctx.shape, ctx.r = scale, bias is not None, x.shape, r
         return y.view(*x.shape[:-1], y.shape[-1])
 
@@ -108,8 +120,9 @@ class AdditiveLayer(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return _AdditiveLinear.apply(x, dense_weight(self.base_layer), self.base_layer.bias, self.U, self.V,
-                                         self.scale)
+            return _AdditiveLinear.apply(
+                x, dense_weight(self.base_layer), self.base_layer.bias, self.U, self.V, self.scale
+            )
         return self.base_layer(x) + additive_forward(self.dropout(x), self.U, self.V, self.scale)
 
     def delta_weight(self) -> torch.Tensor:

@@ -74,8 +74,10 @@ def yaml_number_hint(value: Any) -> str:
     except ValueError:
         return ""
     if re.fullmatch(r"\s*[-+]?[0-9.]+[eE][-+]?[0-9]+\s*", value):
-        return (f" (YAML reads {value} as a string: write a dot and a signed exponent, e.g. 3.0e-3 or 1.0e+4, "
-                "or plain digits, e.g. 0.003)")
+        return (
+            f" (YAML reads {value} as a string: write a dot and a signed exponent, e.g. 3.0e-3 or 1.0e+4, "
+            "or plain digits, e.g. 0.003)"
+        )
     return " (a quoted number is a string to YAML: drop the quotes)"
 
 
@@ -134,14 +136,17 @@ class Variant:
                 close = difflib.get_close_matches(key, [*fields, *settings], n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise OptionError(
-                    f"variant {cls.name!r} has no option {key!r}{hint}; {cls.describe_options(settings)}", key)
+                    f"variant {cls.name!r} has no option {key!r}{hint}; {cls.describe_options(settings)}", key
+                )
         types = typing.get_type_hints(cls.Options)
         for key in fields.keys() & raw.keys():
             if problem := _type_problem(raw[key], types[key]):
                 raise OptionError(f"variant {cls.name!r} option {key!r}: {problem}", key)
         if missing := [f.name for f in fields.values() if _required(f) and f.name not in raw]:
-            raise OptionError(f"variant {cls.name!r} needs options: {', '.join(missing)}; "
-                              f"{cls.describe_options(settings)}", missing[0])
+            raise OptionError(
+                f"variant {cls.name!r} needs options: {', '.join(missing)}; {cls.describe_options(settings)}",
+                missing[0],
+            )
         try:
             return cls.Options(**{key: raw[key] for key in fields.keys() & raw.keys()})
         except ValueError as error:  # the Options' own refusal (``__post_init__``)
@@ -229,9 +234,12 @@ class Variant:
 def period_warnings(variant: type[Variant], options: Any, steps: int) -> list[str]:
     """The options of ``variant`` marked as periods (``metadata={"period": True}``: every so many steps) whose value
     ``steps`` optimizer steps never reach, so that a check of that many steps never exercises them."""
-    return [f"option {f.name} = {getattr(options, f.name)} exceeds the {steps} steps run here: what it does every "
-            f"{getattr(options, f.name)} steps never happens (run at least {getattr(options, f.name) + 1} steps)"
-            for f in dataclasses.fields(options) if f.metadata.get("period") and getattr(options, f.name) > steps]
+    return [
+        f"option {f.name} = {getattr(options, f.name)} exceeds the {steps} steps run here: what it does every "
+        f"{getattr(options, f.name)} steps never happens (run at least {getattr(options, f.name) + 1} steps)"
+        for f in dataclasses.fields(options)
+        if f.metadata.get("period") and getattr(options, f.name) > steps
+    ]
 
 
 def reset_optimizer_state(optimizer: Any, parameters: Iterable[nn.Parameter]) -> None:

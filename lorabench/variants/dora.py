@@ -9,8 +9,10 @@ from lorabench.variants.peft_lora import PeftLoRA
 @register("dora")
 class DoRA(PeftLoRA):
     source = "Liu et al. 2024, weight-decomposed LoRA (PEFT use_dora)"
-    unstackable = ("stacked, its gradients are summed in another order than alone (its layers are several autograd "
-                   "steps): float rounding that a long run grows into different results")
+    unstackable = (
+        "stacked, its gradients are summed in another order than alone (its layers are several autograd "
+        "steps): float rounding that a long run grows into different results"
+    )
     config_overrides = {"use_dora": True}
 
     @classmethod

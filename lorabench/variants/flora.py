@@ -37,13 +37,15 @@ def project(gradient: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FloraOptions:
-    resample_every: int = field(default=1, metadata={"help": "draw the projections afresh every this many "
-                                                             "optimizer steps", "period": True})
+    resample_every: int = field(
+        default=1, metadata={"help": "draw the projections afresh every this many optimizer steps", "period": True}
+    )
 
     def __post_init__(self) -> None:
         if self.resample_every < 1:
-            raise OptionError(f"resample_every must be a positive number of steps, not {self.resample_every}",
-                              "resample_every")
+            raise OptionError(
+                f"resample_every must be a positive number of steps, not {self.resample_every}", "resample_every"
+            )
 
 
 @register("flora")
@@ -64,8 +66,9 @@ class Flora(Variant):
         for _, layer in find_targets(model, self.spec.target_modules):
             layer.weight.requires_grad_(True)
             n = layer_shape(layer)[1]
-            layer.register_buffer("flora_projection", draw_projection(n, self.spec.rank, self.generator,
-                                                                      layer.weight), persistent=False)
+            layer.register_buffer(
+                "flora_projection", draw_projection(n, self.spec.rank, self.generator, layer.weight), persistent=False
+            )
         return model
 
     @torch.no_grad()
@@ -74,8 +77,9 @@ class Flora(Variant):
         for _, layer in find_targets(model, self.spec.target_modules):
             gradient = dense_gradient(layer)
             if redraw:
-                layer.flora_projection.copy_(draw_projection(gradient.shape[1], self.spec.rank, self.generator,
-                                                             gradient))
+                layer.flora_projection.copy_(
+                    draw_projection(gradient.shape[1], self.spec.rank, self.generator, gradient)
+                )
             gradient.copy_(project(gradient, layer.flora_projection))
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -13,8 +13,10 @@ from lorabench.variants.base import Variant
 @register("full")
 class Full(Variant):
     source = "full fine-tuning baseline (every parameter, embeddings and norms included)"
-    unstackable = ("stacked, its gradients are summed in another order than alone (its layers are several autograd "
-                   "steps): float rounding that a long run grows into different results")
+    unstackable = (
+        "stacked, its gradients are summed in another order than alone (its layers are several autograd "
+        "steps): float rounding that a long run grows into different results"
+    )
     uses_rank = False
 
     def apply(self, model: nn.Module) -> nn.Module:

@@ -28,8 +28,9 @@ from lorabench.variants.base import Variant
 class LoRALayer(AdapterLayer):
     """``base(x) + (alpha/r) B A x`` with PEFT's layout: ``lora_A`` (r, n) kaiming-uniform, ``lora_B`` (m, r) zero."""
 
-    def __init__(self, base_layer: nn.Module, rank: int, scale: float, dropout: float,
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self, base_layer: nn.Module, rank: int, scale: float, dropout: float, generator: torch.Generator
+    ) -> None:
         super().__init__(base_layer)
         m, n = layer_shape(base_layer)
         weight = base_layer.weight
@@ -70,8 +71,11 @@ class LoRA(Variant):
         """PEFT's files and key names (``adapter_model.safetensors``, ``adapter_config.json``), so that
         ``PeftModel.from_pretrained`` loads it."""
         layers = adapter_layers(model)
-        tensors = {f"base_model.model.{name}.{factor}.weight": getattr(layer, factor).detach().contiguous().cpu()
-                   for name, layer in layers for factor in ("lora_A", "lora_B")}
+        tensors = {
+            f"base_model.model.{name}.{factor}.weight": getattr(layer, factor).detach().contiguous().cpu()
+            for name, layer in layers
+            for factor in ("lora_A", "lora_B")
+        }
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file(tensors, directory / "adapter_model.safetensors", metadata={"format": "pt"})

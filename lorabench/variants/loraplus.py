@@ -13,9 +13,13 @@ from lorabench.variants.peft_lora import PeftLoRA
 
 @dataclass(frozen=True)
 class LoRAPlusOptions:
-    lr_ratio: float = field(default=16.0, metadata={
-        "help": "lora_B's learning rate over lora_A's; 16 = 2^4, the paper's recommendation for fine-tuning "
-                "language models (Hayou et al. 2024, section 4)"})
+    lr_ratio: float = field(
+        default=16.0,
+        metadata={
+            "help": "lora_B's learning rate over lora_A's; 16 = 2^4, the paper's recommendation for fine-tuning "
+            "language models (Hayou et al. 2024, section 4)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.lr_ratio <= 0:
@@ -28,7 +32,8 @@ class LoRAPlus(PeftLoRA):
     Options = LoRAPlusOptions
 
     def parameter_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        """Every ``lora_B`` at ``lr_ratio * lr``, every other trainable parameter (A, a new head and its bias) at ``lr``.
+        """Every ``lora_B`` at ``lr_ratio * lr``, every other trainable parameter (A, a new head and its bias) at
+        ``lr``.
 
         PEFT's ``create_loraplus_optimizer`` puts 1-D parameters (a head's bias) at ``lr_ratio * lr`` too, a side
         effect of grouping by dimension; the paper's argument concerns the two factors only, and keeping every

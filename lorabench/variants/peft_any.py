@@ -32,8 +32,9 @@ def config_class(peft_type: Any) -> type[PeftConfig]:
     """PEFT's config dataclass for ``peft_type`` (any case); an error that lists PEFT's types."""
     known = {member.value: member for member in PeftType}
     if str(peft_type).upper() not in known:
-        raise OptionError(f"unknown peft_type {peft_type!r}; PEFT {peft_version} knows {', '.join(sorted(known))}",
-                          "peft_config")
+        raise OptionError(
+            f"unknown peft_type {peft_type!r}; PEFT {peft_version} knows {', '.join(sorted(known))}", "peft_config"
+        )
     return PEFT_TYPE_TO_CONFIG_MAPPING[known[str(peft_type).upper()]]
 
 
@@ -41,9 +42,12 @@ def config_class(peft_type: Any) -> type[PeftConfig]:
 class AnyPeftOptions:
     """The PEFT config is the whole method: checked here, so that a typo fails before any job, not in each run."""
 
-    peft_config: dict[str, Any] = field(metadata={
-        "help": "keyword arguments of the PEFT config class of `peft_type` (e.g. {peft_type: LOHA, alpha: 8}); "
-                "r (AdaLoRA: target_r), target_modules and AdaLoRA's total_step default to the grid's"})
+    peft_config: dict[str, Any] = field(
+        metadata={
+            "help": "keyword arguments of the PEFT config class of `peft_type` (e.g. {peft_type: LOHA, alpha: 8}); "
+            "r (AdaLoRA: target_r), target_modules and AdaLoRA's total_step default to the grid's"
+        }
+    )
 
     def __post_init__(self) -> None:
         if "peft_type" not in self.peft_config:
@@ -51,15 +55,19 @@ class AnyPeftOptions:
         config = config_class(self.peft_config["peft_type"])
         accepted = {f.name for f in dataclasses.fields(config)}
         if unknown := sorted(set(self.peft_config) - accepted):
-            raise OptionError(f"peft_config: {config.__name__} has no field(s) {unknown}; its fields: "
-                              f"{', '.join(sorted(accepted))}", "peft_config")
+            raise OptionError(
+                f"peft_config: {config.__name__} has no field(s) {unknown}; its fields: {', '.join(sorted(accepted))}",
+                "peft_config",
+            )
 
 
 @register("peft")
 class AnyPeft(PeftVariant):
     source = "any PEFT method, from the config dict in options['peft_config']"
-    unstackable = ("stacked, its gradients are summed in another order than alone (its layers are several autograd "
-                   "steps): float rounding that a long run grows into different results")
+    unstackable = (
+        "stacked, its gradients are summed in another order than alone (its layers are several autograd "
+        "steps): float rounding that a long run grows into different results"
+    )
     in_default_grid = False
     Options = AnyPeftOptions
 
@@ -117,5 +125,6 @@ class AnyPeft(PeftVariant):
 
     @classmethod
     def trainable_parameters(cls, m: int, n: int, r: int) -> int:
-        raise NotImplementedError("the 'peft' count depends on options['peft_config']: "
-                                  "use get('peft')(spec).layer_parameters(m, n, r)")
+        raise NotImplementedError(
+            "the 'peft' count depends on options['peft_config']: use get('peft')(spec).layer_parameters(m, n, r)"
+        )

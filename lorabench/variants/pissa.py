@@ -24,13 +24,19 @@ from lorabench.variants.peft_lora import PeftLoRA
 class PissaOptions:
     """How PEFT computes the principal components; the randomised SVD is the fast choice for large layers."""
 
-    pissa_init: str = field(default="pissa", metadata={
-        "help": "PEFT's init_lora_weights: pissa (exact SVD) or pissa_niter_<k> (randomised SVD, k iterations)"})
+    pissa_init: str = field(
+        default="pissa",
+        metadata={
+            "help": "PEFT's init_lora_weights: pissa (exact SVD) or pissa_niter_<k> (randomised SVD, k iterations)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"pissa(_niter_[1-9][0-9]*)?", self.pissa_init):
-            raise OptionError(f"pissa_init must be pissa or pissa_niter_<k> (e.g. pissa_niter_4), not "
-                              f"{self.pissa_init!r}", "pissa_init")
+            raise OptionError(
+                f"pissa_init must be pissa or pissa_niter_<k> (e.g. pissa_niter_4), not {self.pissa_init!r}",
+                "pissa_init",
+            )
 
 
 @register("pissa")

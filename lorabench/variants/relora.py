@@ -1,4 +1,5 @@
-"""Merge-and-restart LoRA (docs/variants.md §5; ReLoRA, Lialin et al. 2023): rank r per episode, rank k r after k merges.
+"""Merge-and-restart LoRA (docs/variants.md §5; ReLoRA, Lialin et al. 2023): rank r per episode, rank k r after k
+merges.
 
 Every ``merge_every`` optimizer steps each layer's update ``(alpha/r) B A`` is merged into its weight, ``A`` is
 drawn afresh, ``B`` set to zero and both factors' optimizer state reset: the outputs are unchanged across a merge
@@ -24,8 +25,13 @@ from lorabench.variants.lora import LoRA
 
 @dataclass(frozen=True)
 class ReLoRAOptions:
-    merge_every: int = field(default=50, metadata={
-        "help": "merge B A into the weight and restart the factors every this many optimizer steps", "period": True})
+    merge_every: int = field(
+        default=50,
+        metadata={
+            "help": "merge B A into the weight and restart the factors every this many optimizer steps",
+            "period": True,
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.merge_every < 1:
@@ -63,11 +69,20 @@ class ReLoRA(LoRA):
     def save(self, model: nn.Module, directory: Path) -> None:
         """The target layers' weights (earlier episodes merged in) and the current factors: PEFT's format would hold
         only the last episode's update."""
-        tensors = {f"{name}.{key}": tensor for name, layer in adapter_layers(model)
-                   for key, tensor in (("weight", layer.base_layer.weight), ("lora_A", layer.lora_A),
-                                       ("lora_B", layer.lora_B))}
-        save_adapter_tensors(directory, tensors, self.name, self.spec, merge_every=self.options.merge_every,
-                             merges=self.merges, scale=self.spec.alpha / self.spec.rank)
+        tensors = {
+            f"{name}.{key}": tensor
+            for name, layer in adapter_layers(model)
+            for key, tensor in (("weight", layer.base_layer.weight), ("lora_A", layer.lora_A), ("lora_B", layer.lora_B))
+        }
+        save_adapter_tensors(
+            directory,
+            tensors,
+            self.name,
+            self.spec,
+            merge_every=self.options.merge_every,
+            merges=self.merges,
+            scale=self.spec.alpha / self.spec.rank,
+        )
 
     def record_extra(self, model: nn.Module) -> dict[str, float]:
         return {"merges": float(self.merges)}

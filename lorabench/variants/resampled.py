@@ -127,13 +127,15 @@ class ResampledLayer(AdapterLayer):
 class ResampledOptions:
     """What docs/variants.md §2 leaves free: how often the random factors are redrawn."""
 
-    resample_every: int = field(default=1, metadata={"help": "draw U, V afresh every this many optimizer steps",
-                                                     "period": True})
+    resample_every: int = field(
+        default=1, metadata={"help": "draw U, V afresh every this many optimizer steps", "period": True}
+    )
 
     def __post_init__(self) -> None:
         if self.resample_every < 1:
-            raise OptionError(f"resample_every must be a positive number of steps, not {self.resample_every}",
-                              "resample_every")
+            raise OptionError(
+                f"resample_every must be a positive number of steps, not {self.resample_every}", "resample_every"
+            )
 
 
 @register("resampled")
@@ -147,8 +149,10 @@ class Resampled(Variant):
     def __init__(self, spec: AdapterSpec) -> None:
         super().__init__(spec)
         if spec.dropout:
-            raise ValueError(f"resampled refuses dropout (train.dropout = {spec.dropout}): its adapter adds nothing "
-                             "to the forward pass, so there is nothing to drop; set train.dropout to 0 for its grid")
+            raise ValueError(
+                f"resampled refuses dropout (train.dropout = {spec.dropout}): its adapter adds nothing "
+                "to the forward pass, so there is nothing to drop; set train.dropout to 0 for its grid"
+            )
         self.steps = 0
 
     def apply(self, model: nn.Module) -> nn.Module:

@@ -24,8 +24,15 @@ from lorabench.models import build_embedded, character_tokenizer
 from tests.jobs import job_runs
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
-LLAMA_TINY = {"family": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 32}
+LLAMA_TINY = {
+    "family": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32,
+}
 """workflow/config/default.yaml's model, its tasks, data sizes and training settings below (fewer steps)."""
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SWEEPS = {"lora": [0.001, 0.003, 0.01, 0.03], "frozen_a": [0.01, 0.03, 0.1]}
@@ -56,6 +63,7 @@ class CpuTimes:
                 else:
                     self.evaluate += spent
                     self._evaluate_in_training += spent if self._training else 0.0
+
         return timed
 
     def training(self) -> float:
@@ -63,23 +71,42 @@ class CpuTimes:
 
 
 def _job(checkpoint: Path, variant: str, steps: int, stacked: bool, data: dict) -> TrainJob:
-    return TrainJob.from_dict({
-        "model": "llama-tiny", "checkpoint": str(checkpoint), "dtype": "float32", "device": "cpu", "alpha": 8,
-        "dropout": 0.0, "target_modules": TARGETS, "source_tasks": ["copy", "reverse", "sort"], "hub_tasks": {},
-        "forgetting": {}, "variant_modules": [], "save_adapters": False,
-        "data": data,
-        "eval_batch_size": 640,
-        "train": {"steps": steps, "batch_size": 64, "weight_decay": 0.0, "log_every": 10,
-                  "eval_at": [steps // 3, 2 * steps // 3], "replay": 0.05},
-        **job_runs("llama-tiny", [(variant, 4, "shift", lr, 0) for lr in SWEEPS[variant]],
-                   optimizers={variant: "adamw"}),
-        "stack": stacked,
-    })
+    return TrainJob.from_dict(
+        {
+            "model": "llama-tiny",
+            "checkpoint": str(checkpoint),
+            "dtype": "float32",
+            "device": "cpu",
+            "alpha": 8,
+            "dropout": 0.0,
+            "target_modules": TARGETS,
+            "source_tasks": ["copy", "reverse", "sort"],
+            "hub_tasks": {},
+            "forgetting": {},
+            "variant_modules": [],
+            "save_adapters": False,
+            "data": data,
+            "eval_batch_size": 640,
+            "train": {
+                "steps": steps,
+                "batch_size": 64,
+                "weight_decay": 0.0,
+                "log_every": 10,
+                "eval_at": [steps // 3, 2 * steps // 3],
+                "replay": 0.05,
+            },
+            **job_runs(
+                "llama-tiny", [(variant, 4, "shift", lr, 0) for lr in SWEEPS[variant]], optimizers={variant: "adamw"}
+            ),
+            "stack": stacked,
+        }
+    )
 
 
 @pytest.mark.parametrize("variant", list(SWEEPS))
-def test_stacked_training_throughput(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
-                                     tmp_path: Path, variant: str) -> None:
+def test_stacked_training_throughput(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variant: str
+) -> None:
     """Printed (``-s``), not asserted: run-steps (training) and evaluated runs (evaluation) per core-second."""
     enabled = request.config.getoption("benchmark_enable") or not request.config.getoption("benchmark_disable")
     rounds, steps = (2, 60) if enabled else (1, 3)
@@ -101,9 +128,11 @@ def test_stacked_training_throughput(request: pytest.FixtureRequest, monkeypatch
     runs = rounds * len(SWEEPS[variant])
     evaluations = runs * 3  # two during training, one after
     throughput = {mode: (runs * steps / train, evaluations / evaluate) for mode, (train, evaluate) in spent.items()}
-    print(f"\n{runs // rounds} {variant} runs x {steps} steps, {rounds} interleaved rounds, one thread: run-steps per "
-          f"core-second (training), evaluated runs per core-second (evaluation):",
-          {mode: (round(train, 1), round(evaluate, 2)) for mode, (train, evaluate) in throughput.items()},
-          f"stacked/lone: training {throughput['stacked'][0] / throughput['lone'][0]:.2f}x, "
-          f"evaluation {throughput['stacked'][1] / throughput['lone'][1]:.2f}x")
+    print(
+        f"\n{runs // rounds} {variant} runs x {steps} steps, {rounds} interleaved rounds, one thread: run-steps per "
+        f"core-second (training), evaluated runs per core-second (evaluation):",
+        {mode: (round(train, 1), round(evaluate, 2)) for mode, (train, evaluate) in throughput.items()},
+        f"stacked/lone: training {throughput['stacked'][0] / throughput['lone'][0]:.2f}x, "
+        f"evaluation {throughput['stacked'][1] / throughput['lone'][1]:.2f}x",
+    )
     assert all(seconds > 0 for pair in spent.values() for seconds in pair)

@@ -50,8 +50,22 @@ LAYER = "square-1024"
 """One 1024x1024 layer, the cost stage's shape set of that name."""
 TOKENS = 512
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-VARIANTS = ["peft_lora", "lora", "additive", "resampled", "frozen_a", "frozen_b", "rslora", "dora", "pissa", "vera",
-            "flora", "relora", "peft", "full"]
+VARIANTS = [
+    "peft_lora",
+    "lora",
+    "additive",
+    "resampled",
+    "frozen_a",
+    "frozen_b",
+    "rslora",
+    "dora",
+    "pissa",
+    "vera",
+    "flora",
+    "relora",
+    "peft",
+    "full",
+]
 OPTIONS = {"peft": {"peft_config": {"peft_type": "LOHA"}}}
 STEPS = 1000
 """The variants' ``total_steps``: more than any benchmark takes, so no schedule ends inside one."""
@@ -77,13 +91,23 @@ def layer_candidate(name: str) -> Candidate:
 def small_llama() -> LlamaForCausalLM:
     """Bigger than the test models so adapter costs show, small enough for one CPU thread."""
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=256,
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=128,
+        )
+    )
 
 
 def lm_loss(model: nn.Module, batch: torch.Tensor) -> Callable[[dict], list[torch.Tensor]]:
     """``model``'s next-token loss on a fixed batch, as :func:`lorabench.cost.make_step`'s ``forward``: from the
     embeddings given as input (the floor, whose weights take no gradient), else from the tokens."""
+
     def forward(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         embeds = {"inputs_embeds": inputs["embeds"]} if inputs else {"input_ids": batch}
         return [model(**embeds, labels=batch).loss]
@@ -133,8 +157,11 @@ def test_step_time_targets(request: pytest.FixtureRequest) -> None:
     config = yaml.safe_load(SMOKE.read_text())
     if not request.config.getoption("benchmark_disable"):
         del config["cost"]
-    job = replace(stages.cost_job(load_grid(config), "cpu"), target_ranks=[64],
-                  variants=tuple(entry(name) for name in ("additive", "resampled")))
+    job = replace(
+        stages.cost_job(load_grid(config), "cpu"),
+        target_ranks=[64],
+        variants=tuple(entry(name) for name in ("additive", "resampled")),
+    )
     table = pd.DataFrame(measure_shape_set(LAYER, TOKENS, job, torch.device("cpu")))
     print("\n" + "\n".join(section_cost_targets(table.assign(stage_seconds=0.0))))
     assert (table.loc[table["status"] == "ok", "step_ms"] > 0).all()

@@ -15,7 +15,6 @@ from lorabench.integrity import checkpoint_problem, record_problem, set_aside_if
 from lorabench.records import bad_runs_note
 from lorabench.report import report_flags
 
-
 for _configfile in workflow.configfiles:  # what Snakemake's YAML loader lets pass: a key given twice, an alias bomb
     if problem := config_file_problem(_configfile):
         raise WorkflowError(f"config error: {problem}")
@@ -99,8 +98,10 @@ def missing_records():
     `all`, so a deleted record re-runs its job (Snakemake re-runs a job for a missing output only if something
     requests it); a finished record the job kept (lorabench/kept.py) is restored, not trained again."""
     rerun = "so its train job runs again"
-    missing = ([record for record in records if damaged(record, record_problem, rerun) or not Path(record).exists()]
-               for records in GRID.records_by_job())
+    missing = (
+        [record for record in records if damaged(record, record_problem, rerun) or not Path(record).exists()]
+        for records in GRID.records_by_job()
+    )
     return [records[0] for records in missing if records]
 
 

@@ -15,12 +15,12 @@ rule aggregate:
         results=reported("results.csv"),
         curves="reports/loss_curves.csv",
         trajectories="reports/trajectories.csv",
-    params:
-        code=report_code(),  # tracked: an edit to the aggregation or report code re-draws, without re-training
     log:
         "results/logs/aggregate.log",
     benchmark:
         "results/benchmarks/aggregate.tsv"
+    params:
+        code=report_code(),  # tracked: an edit to the aggregation or report code re-draws, without re-training
     shell:
         "lorabench aggregate @{input.listing:q} --out reports > {log} 2>&1"
 
@@ -34,15 +34,15 @@ rule figures:
     output:
         [reported(name) for name in REPORT_ITEMS if name not in ("results.csv", "cost_real_shapes.csv")],
         f"reports/{DESCRIPTION}",
+    log:
+        "results/logs/figures.log",
+    benchmark:
+        "results/benchmarks/figures.tsv"
     params:
         code=report_code(),
         # for the training share: training seconds / (cores x pipeline wall); read from the settings, not
         # workflow.cores, which raises under `snakemake --report` (no --cores there, and no job runs)
         cores=workflow.resource_settings.cores,
         cost=lambda wildcards, input: f"--cost {input.cost}" if input.cost else "",
-    log:
-        "results/logs/figures.log",
-    benchmark:
-        "results/benchmarks/figures.tsv"
     shell:
         "lorabench report --out reports --benchmarks results/benchmarks --cores {params.cores} {params.cost} > {log} 2>&1"
