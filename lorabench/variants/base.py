@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import json
 import re
 import typing
 from collections.abc import Collection, Iterable, Mapping
@@ -123,7 +125,7 @@ class Variant:
 
     def __init__(self, spec: AdapterSpec) -> None:
         self.spec = spec
-        self.options = self.parse_options(spec.options)
+        self.options = parsed_options(type(self), json.dumps(spec.options, sort_keys=True))
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], settings: Collection[str] = ()) -> Any:
@@ -255,6 +257,13 @@ def _required(option: dataclasses.Field) -> bool:
 
 def _default(option: dataclasses.Field) -> Any:
     return option.default if option.default_factory is dataclasses.MISSING else option.default_factory()
+
+
+@functools.cache
+def parsed_options(cls: type[Variant], options: str) -> Any:
+    """``cls``'s options (given as JSON text) parsed once per process: every grid point of a job, and every check of
+    a grid, builds its variant from the same options, and the parsed Options are frozen, so one instance serves all."""
+    return cls.parse_options(json.loads(options))
 
 
 def saves(variant: type[Variant]) -> bool:
