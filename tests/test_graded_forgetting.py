@@ -19,23 +19,13 @@ from hypothesis import strategies as st
 from lorabench import records, runner
 from lorabench.evaluation.exact_match import char_accuracy, scores
 from lorabench.evaluation.perplexity import answer_cross_entropy
-from lorabench.job import TrainJob
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench.report.measures import choose, names, saturation
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, encode_batch, train
-from tests.jobs import job_runs
+from tests.jobs import TINY_LLAMA, tiny_checkpoint, tiny_job
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
-LLAMA = {
-    "family": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32,
-}
 CPU = torch.device("cpu")
 
 
@@ -43,7 +33,7 @@ CPU = torch.device("cpu")
 def copier() -> tuple[torch.nn.Module, object, dict[str, AlgorithmicTask]]:
     """A tiny Llama that half-learnt to copy: its answers are partly right, so every measure is graded."""
     tokenizer = character_tokenizer()
-    model = build_embedded(LLAMA, tokenizer, seed=0)
+    model = build_embedded(TINY_LLAMA, tokenizer, seed=0)
     tasks = {name: AlgorithmicTask(name, seed=0, sizes=(200, 8, 12), min_len=3, max_len=5) for name in ("copy", "sort")}
     train(model, tokenizer, tasks["copy"].split("train"), TrainSettings(steps=40, batch_size=32, lr=3e-3), 0, CPU)
     return model, tokenizer, tasks
@@ -110,36 +100,13 @@ def test_evaluations_during_training_come_at_eval_at_and_stay_out_of_the_step_ti
 
 
 def _run(tmp_path: Path, eval_at: list[int], dropout: float = 0.0) -> dict:
-    tokenizer = character_tokenizer()
-    checkpoint = tmp_path / "model"
-    build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    job = TrainJob.from_dict(
-        {
-            "model": "llama",
-            "checkpoint": str(checkpoint),
-            "dtype": "float32",
-            "device": "cpu",
-            "alpha": 4,
-            "dropout": dropout,
-            "target_modules": ["q_proj", "v_proj"],
-            "source_tasks": ["copy", "reverse"],
-            "hub_tasks": {},
-            "forgetting": {},
-            "variant_modules": [],
-            "save_adapters": False,
-            "data": {"seed": 0, "train": 32, "validation": 4, "test": 6, "min_len": 3, "max_len": 5},
-            "eval_batch_size": 8,
-            "train": {
-                "steps": 3,
-                "batch_size": 8,
-                "weight_decay": 0.0,
-                "log_every": 1,
-                "eval_at": eval_at,
-                "replay": 0.0,
-            },
-            **job_runs("llama", [("lora", 2, "sort", 0.01, 0)]),
-        }
+    checkpoint = tiny_checkpoint(tmp_path / "model")
+    job = tiny_job(
+        checkpoint,
+        [("lora", 2, "sort", 0.01, 0)],
+        dropout=dropout,
+        target_modules=["q_proj", "v_proj"],
+        train={"eval_at": eval_at},
     )
     with contextlib.chdir(tmp_path):
         runner.run_job(job)

@@ -10,26 +10,16 @@ import torch
 from torch import nn
 
 from lorabench import runner
-from lorabench.job import TrainJob
 from lorabench.measure import saved_activation_bytes, storage_addresses, variant_state_bytes
 from lorabench.models import build_embedded, character_tokenizer
 from lorabench.runner import _memory_account
 from lorabench.tasks.algorithmic import AlgorithmicTask
 from lorabench.train import TrainSettings, longest_batch, train
 from lorabench.variants import AdapterSpec, get
-from tests.jobs import job_runs
+from tests.jobs import TINY_LLAMA, tiny_checkpoint, tiny_job
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
 TOKENS, N_IN, N_OUT = 6, 5, 3
-LLAMA = {
-    "family": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32,
-}
 
 
 @pytest.mark.parametrize("input_requires_grad", [False, True])
@@ -51,7 +41,7 @@ def test_the_activation_batch_is_the_widest_a_step_can_draw_even_from_fewer_exam
 def account(variant: str, seed: int, optimizer: str = "adamw") -> dict[str, int]:
     """The record's memory account of a short run of ``variant`` on a one-layer Llama, as the runner takes it."""
     tokenizer = character_tokenizer()
-    model = build_embedded(LLAMA, tokenizer, seed=0)
+    model = build_embedded(TINY_LLAMA, tokenizer, seed=0)
     spec = AdapterSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"), seed=seed)
     before = storage_addresses([*model.parameters(), *model.buffers()])
     model = get(variant)(spec).apply(model)
@@ -108,10 +98,7 @@ def test_counting_saved_activations_keeps_none_of_them_alive() -> None:
 def test_a_job_leaves_nothing_of_one_grid_point_to_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every point loads its model afresh; what one point held must be gone when the next starts, else each point
     starts higher than the one before and its measured peak memory depends on its place in the job."""
-    tokenizer = character_tokenizer()
-    checkpoint = tmp_path / "model"
-    build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
+    checkpoint = tiny_checkpoint(tmp_path / "model")
     monkeypatch.chdir(tmp_path)
     runs = [
         ("lora", 2, "sort", 3e-3, 0),
@@ -120,25 +107,12 @@ def test_a_job_leaves_nothing_of_one_grid_point_to_the_next(tmp_path: Path, monk
         ("full", 0, "sort", 5e-4, 1),
         ("lora", 2, "sort", 3e-3, 1),
     ]
-    job = TrainJob.from_dict(
-        {
-            "model": "llama",
-            "checkpoint": str(checkpoint),
-            "dtype": "float32",
-            "device": "cpu",
-            "alpha": 4,
-            "dropout": 0.0,
-            "target_modules": ["q_proj", "v_proj", "down_proj"],
-            "source_tasks": ["copy"],
-            "hub_tasks": {},
-            "forgetting": {},
-            "variant_modules": [],
-            "save_adapters": False,
-            "data": {"seed": 0, "train": 32, "validation": 4, "test": 4, "min_len": 3, "max_len": 5},
-            "eval_batch_size": 8,
-            "train": {"steps": 2, "batch_size": 8, "weight_decay": 0.0, "log_every": 1, "eval_at": [1], "replay": 0.0},
-            **job_runs("llama", runs),
-        }
+    job = tiny_job(
+        checkpoint,
+        runs,
+        source_tasks=["copy"],
+        data={"test": 4},
+        train={"steps": 2, "eval_at": [1]},
     )
     after_each: list[tuple[int, int]] = []
     written = runner.records.write

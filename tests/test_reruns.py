@@ -18,7 +18,7 @@ from lorabench.checks import load_grid
 from lorabench.grid import RECORD_LIST
 from lorabench.job import format_lr
 from lorabench.provenance import git_state
-from tests.pipeline import REPO, SMOKE
+from tests.pipeline import REPO, SMOKE, snakemake_command
 
 pytestmark = pytest.mark.e2e
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -26,19 +26,7 @@ SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
 def planned_jobs(workdir: Path, config: Path = SMOKE, repo: Path = REPO, *args: str) -> list[dict[str, str]]:
     """The jobs a dry run of ``repo``'s Snakefile and package plans, each as its rule, wildcards and reason."""
-    command = [
-        "snakemake",
-        "-s",
-        str(repo / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        "--cores",
-        "2",
-        "--dry-run",
-        *args,
-    ]
+    command = snakemake_command(workdir, "--dry-run", *args, config=config, snakefile=repo / "Snakefile")
     env = os.environ | {"PYTHONPATH": str(repo)}
     result = subprocess.run(command, capture_output=True, text=True, cwd=repo, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

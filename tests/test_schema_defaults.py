@@ -12,21 +12,14 @@ import yaml
 
 from lorabench import stages
 from lorabench.checks import load_grid
+from tests.jobs import TINY_LLAMA
 from tests.pipeline import REPO
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 MINIMAL = {
     "models": {
         "tiny": {
-            "architecture": {
-                "family": "llama",
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-                "max_position_embeddings": 32,
-            },
+            "architecture": TINY_LLAMA,
             "target_modules": ["q_proj"],
         }
     },

@@ -13,21 +13,11 @@ import pytest
 
 from lorabench import aggregate, records, runner
 from lorabench.job import TrainJob
-from lorabench.models import build_embedded, character_tokenizer
 from lorabench.variants import get, registry
-from tests.jobs import job_runs
+from tests.jobs import tiny_checkpoint, tiny_job
 from tests.test_memory_account import live_tensors
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
-LLAMA = {
-    "family": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32,
-}
 OPTIONS = {"relora": {"merge_every": 4}, "peft": {"peft_config": {"peft_type": "LOHA"}}}
 """Options that make a variant's hooks act within the test's 12 steps (relora merges twice), or that it needs."""
 LRS = {"sgd": [0.05, 0.3], "adamw": [1e-3, 1e-2]}
@@ -35,11 +25,7 @@ LRS = {"sgd": [0.05, 0.3], "adamw": [1e-3, 1e-2]}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("stack") / "model"
-    tokenizer = character_tokenizer()
-    build_embedded(LLAMA, tokenizer, seed=0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_checkpoint(tmp_path_factory.mktemp("stack") / "model")
 
 
 def _job(
@@ -50,33 +36,16 @@ def _job(
     dropout: float = 0.0,
     forgetting: dict | None = None,
 ) -> TrainJob:
-    return TrainJob.from_dict(
-        {
-            "model": "llama",
-            "checkpoint": str(checkpoint),
-            "dtype": "float32",
-            "device": "cpu",
-            "alpha": 4,
-            "dropout": dropout,
-            "target_modules": ["q_proj", "v_proj", "down_proj"],
-            "source_tasks": ["copy", "reverse"],
-            "hub_tasks": {},
-            "forgetting": forgetting or {},
-            "variant_modules": [],
-            "save_adapters": False,
-            "data": {"seed": 0, "train": 64, "validation": 8, "test": 12, "min_len": 3, "max_len": 5},
-            "eval_batch_size": 16,
-            "train": {
-                "steps": 12,
-                "batch_size": 8,
-                "weight_decay": 0.01,
-                "log_every": 1,
-                "eval_at": [4, 8],
-                "replay": 0.25,
-            },
-            **job_runs("llama", [(variant, 2, "sort", lr, seed) for lr, seed in points], OPTIONS),
-            "stack": stack,
-        }
+    return tiny_job(
+        checkpoint,
+        [(variant, 2, "sort", lr, seed) for lr, seed in points],
+        OPTIONS,
+        dropout=dropout,
+        forgetting=forgetting or {},
+        data={"train": 64, "validation": 8, "test": 12},
+        eval_batch_size=16,
+        train={"steps": 12, "weight_decay": 0.01, "eval_at": [4, 8], "replay": 0.25},
+        stack=stack,
     )
 
 

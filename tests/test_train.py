@@ -21,6 +21,7 @@ from lorabench.train import (
     train,
 )
 from lorabench.variants import AdapterSpec, get
+from tests.jobs import TINY_LLAMA
 
 
 def test_batched_tokenization_equals_one_example_at_a_time() -> None:
@@ -93,19 +94,7 @@ def sort_model() -> tuple[torch.nn.Module, object, list]:
     them starts well below the uniform guess (~2 vs ln 67 = 4.2) but not 4x below."""
     torch.set_num_threads(1)
     tokenizer = character_tokenizer()
-    model = build_embedded(
-        {
-            "family": "llama",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 32,
-        },
-        tokenizer,
-        seed=0,
-    )
+    model = build_embedded(TINY_LLAMA, tokenizer, seed=0)
     task = {name: AlgorithmicTask(name, seed=0, sizes=(300, 1, 1), min_len=3, max_len=5) for name in ("copy", "sort")}
     train(
         model,
