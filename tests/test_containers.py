@@ -25,6 +25,7 @@ import yaml
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from lorabench.job import GridPoint
 from tests.pipeline import REPO, SMOKE, assert_same_results, fresh_copy, load_records, smoke_with_variants, snakemake
 
 STAND_IN = REPO / "tests" / "stand_in"
@@ -199,7 +200,7 @@ def test_every_training_job_ran_through_apptainer(container_run):
     for call in calls:
         shell_command = call["command"][-1]
         if match := re.search(r"lorabench train --job '([^']*)'", shell_command):
-            trained.update(point["record"] for point in json.loads(match.group(1))["points"])
+            trained.update(GridPoint(**point).record for point in json.loads(match.group(1))["points"])
     records = load_records(workdir)
     assert records, "no records written"
     assert trained == set(records), "a training job ran outside the container"
