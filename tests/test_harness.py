@@ -27,8 +27,10 @@ def test_wall_spans_first_start_to_last_end_and_share_divides_by_cores(tmp_path:
     benchmarks = read_benchmarks(tmp_path)
     assert sorted(benchmarks["rule"]) == ["aggregate", "pretrain", "train", "train"]
     assert pipeline_wall(benchmarks) == 50
-    lines = section_harness(pd.DataFrame({"train_seconds": [20.0, 10.0, None]}), benchmarks, cores=2)
+    results = pd.DataFrame({"train_seconds": [20.0, 10.0, None], "stacked_members": [2.0, 2.0, None]})
+    lines = section_harness(results, benchmarks, cores=2)
     assert "Training share: 0.30 = 30 s of training loops" in lines[2] and "(2 cores × 50 s" in lines[2]
+    assert "Throughput: 0.030 runs per core-second = 3 runs / (2 cores × 50 s); 2 of them trained in stacks" in lines[4]
     assert "| train | 2 | 50.0 | 25.0 | 300 |" in lines
 
 

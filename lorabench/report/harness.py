@@ -3,7 +3,8 @@
 Every rule writes ``results/benchmarks/<rule>/...tsv`` (Snakemake's ``benchmark:``: wall seconds ``s``, ``max_rss``
 in MiB, ``cpu_time``). The pipeline's wall is taken from the first job's start to the last job's end, a job ending
 when its benchmark file is written (its modification time) and starting ``s`` seconds before; the training share is
-the records' training-loop seconds over ``cores`` x that wall. It covers one run from scratch: jobs kept from an
+the records' training-loop seconds over ``cores`` x that wall, and the throughput the grid's runs over it (runs per
+core-second: what stacking, config ``jobs.stack``, is meant to raise). It covers one run from scratch: jobs kept from an
 earlier ``snakemake`` call stretch the wall over the pause between calls.
 """
 
@@ -40,7 +41,7 @@ def pipeline_wall(benchmarks: pd.DataFrame) -> float:
 
 
 def section_harness(results: pd.DataFrame, benchmarks: pd.DataFrame, cores: int) -> list[str]:
-    """The training share and a per-rule account of where the rest of the machine went."""
+    """The training share, the grid's throughput and a per-rule account of where the rest of the machine went."""
     if benchmarks.empty:
         return []
     wall, training = pipeline_wall(benchmarks), float(results["train_seconds"].sum())
@@ -55,6 +56,9 @@ def section_harness(results: pd.DataFrame, benchmarks: pd.DataFrame, cores: int)
         "benchmarked job's end; the report's own job not included). Per rule (Snakemake `benchmark:` files in "
         "results/benchmarks/; CPU time as Snakemake samples it):",
         "",
+        f"Throughput: {len(results) / (cores * wall):.3f} runs per core-second = {len(results)} runs / ({cores} cores "
+        f"× {wall:.0f} s); {_stacked(results)} of them trained in stacks (config jobs.stack).",
+        "",
         "| rule | jobs | wall s (sum) | CPU s (sum) | max RSS MiB |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -63,3 +67,10 @@ def section_harness(results: pd.DataFrame, benchmarks: pd.DataFrame, cores: int)
         for rule, row in per_rule.iterrows()
     ]
     return lines + [""]
+
+
+def _stacked(results: pd.DataFrame) -> int:
+    """How many runs trained as members of a stack (``stacked_members`` above 1)."""
+    if "stacked_members" not in results:
+        return 0
+    return int((results["stacked_members"].fillna(0) > 1).sum())
