@@ -1,4 +1,5 @@
-"""One pipeline job: a few grid points that share a model, variant, rank and learning rate.
+"""One train job: the grid points of one model that its config ``jobs.batch`` runs in one process (by default
+every variant, rank, learning rate and task of one seed).
 
 Each grid point loads its model afresh, is measured, and writes its own record as soon as it ends.
 A grid point that raises or diverges is recorded with that status instead of stopping the job, so

@@ -406,3 +406,14 @@ def test_snakemake_refuses_a_misspelt_option_before_any_job(tmp_path: Path) -> N
     result = snakemake(tmp_path, "--dry-run", config=config, check=False)
     assert result.returncode != 0 and "variants/resampled/optimiser" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_registering_what_is_not_a_variant_is_refused_by_name(tmp_path: Path) -> None:
+    module = tmp_path / "mine.py"
+    module.write_text("from lorabench.variants import register\n\n\n@register('mine')\nclass Mine:\n    pass\n")
+    config = _edited({"variant_modules": f"[{module}]"})
+    with pytest.raises(ConfigError) as refused:
+        load_grid(config)
+    message = str(refused.value)
+    assert "`variant_modules/0`" in message and "@register('mine')" in message
+    assert "not a subclass of lorabench.variants.Variant" in message

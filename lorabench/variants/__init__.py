@@ -48,6 +48,11 @@ def register(name: str) -> Callable[[V], V]:
     """Class decorator that files a :class:`Variant` subclass under ``name``."""
 
     def decorate(cls: V) -> V:
+        if not (isinstance(cls, type) and issubclass(cls, Variant)):
+            raise TypeError(
+                f"@register({name!r}) decorates {cls!r}, which is not a subclass of lorabench.variants.Variant: "
+                "a variant subclasses Variant (or one of the shipped variants, e.g. LoRA) and overrides apply()"
+            )
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(
                 f"variant {name!r} is taken (by {_REGISTRY[name].__module__}.{_REGISTRY[name].__name__}), "
