@@ -116,3 +116,25 @@ def test_a_checkpoint_and_a_record_cut_short_are_set_aside_and_made_again(
     assert safetensors_problem(weights) is None
     assert record.with_name("seed1.json.damaged").exists()
     assert_same_results(load_records(workdir), load_records(reference))
+
+
+@pytest.mark.parametrize(
+    ("runs", "options", "same"),
+    [
+        ([("resampled", 2, "sort", 0.01, 0), ("resampled", 2, "sort", 0.03, 0)], {}, True),  # a wider sweep
+        ([("resampled", 2, "sort", 0.01, 0), ("full", 0, "sort", 1e-3, 0)], {}, True),  # another variant beside it
+        ([("resampled", 2, "sort", 0.01, 0)], {"resampled": {"resample_every": 2}}, False),  # its own options
+    ],
+    ids=["wider-sweep", "another-variant", "own-options"],
+)
+def test_a_finished_points_kept_key_follows_its_own_settings_only(tmp_path: Path, runs, options, same: bool) -> None:
+    """A finished point is restored, not retrained, when only the job around it changed (a wider lr sweep, another
+    variant batched with it), and retrained when its own variant's options changed."""
+    from lorabench import kept
+    from tests.jobs import tiny_job
+
+    def key(job) -> str:
+        return kept.key(job, job.points[0], "code", [])
+
+    alone = tiny_job(tmp_path, [("resampled", 2, "sort", 0.01, 0)])
+    assert (key(tiny_job(tmp_path, runs, options)) == key(alone)) == same
