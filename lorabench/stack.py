@@ -23,9 +23,10 @@ weights differ outside their adapted modules.
 
 What it saves is per-call work: kernel launches and Python per layer, once for the stack instead of once per run.
 The arithmetic is the same. On a CPU thread the default grid's lone step is not dominated by per-call work, so
-stacking a job's learning rates measured only 1.17x the lone training throughput (our LoRA, 4 runs) and 1.05x
-(frozen_a, 3 runs: PEFT's skinny products stay per member), evaluation 1.08x and 0.96x
-(tests/benchmarks/test_bench_stack.py, 2 cores loaded 3.5-5). Where a tiny model's step is launch-bound (a GPU) the
+stacking a job's learning rates measured only 1.15x the lone training throughput (our LoRA, 4 runs) and 1.05x
+(frozen_a, 3 runs: PEFT's skinny products stay per member), mid-training evaluation 1.17x and 1.16x
+(tests/benchmarks/test_bench_stack.py: the records' wall-clock, 2 interleaved rounds of 60 steps, one thread, on a
+2-core machine where nothing else ran; 2026-12-04). Where a tiny model's step is launch-bound (a GPU) the
 saving should be larger; that has not been measured yet.
 """
 
