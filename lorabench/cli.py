@@ -242,7 +242,6 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-
     from lorabench.reference import DEFAULT_TOLERANCE, compare
 
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance

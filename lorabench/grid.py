@@ -91,11 +91,11 @@ class Grid:
     def _grid_variant(self, name: str) -> GridVariant:
         from lorabench.variants import get
 
-        entry, cls = self.config["variants"].get(name, {}), get(self.uses(name))
-        options = variant_options(entry)
+        entry, uses = self.config["variants"].get(name, {}), self.uses(name)
+        cls, options = get(uses), variant_options(entry)
         return GridVariant(
             name=name,
-            uses=self.uses(name),
+            uses=uses,
             options=options,
             # the entry's own, else the one its variant declares (what its maths assumes), else ``train.optimizer``
             optimizer=entry.get("optimizer", cls.optimizer or self.config["train"]["optimizer"]),

@@ -89,7 +89,12 @@ class GridVariant:
 
 def record_path(model: str, task: str, variant: str, rank: int, lr: float, seed: int) -> str:
     """The path of one run's record (:data:`RECORD`), its lr written as :func:`format_lr` writes it."""
-    return RECORD.format(model=model, task=task, variant=variant, rank=rank, lr=format_lr(lr), seed=seed)
+    return f"{RUNS}/{run_id(model, task, variant, rank, lr, seed)}.json"
+
+
+def run_id(model: str, task: str, variant: str, rank: int, lr: float, seed: int) -> str:
+    """A run's name (:data:`RUN_ID`): its record's path under :data:`RUNS`, and the record's ``run_id``."""
+    return RUN_ID.format(model=model, task=task, variant=variant, rank=rank, lr=format_lr(lr), seed=seed)
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class GridPoint:
 
     @property
     def run_id(self) -> str:
-        return self.record.removeprefix(RUNS + "/").removesuffix(".json")
+        return run_id(self.model, self.task, self.variant, self.rank, self.lr, self.seed)
 
 
 def format_lr(lr: float) -> str:
@@ -231,7 +236,8 @@ class TrainJob(JsonJob):
     save_adapters: bool
     train: JobTraining
     variants: dict[str, GridVariant]
-    """The job's points' variants, by grid name."""
+    """The job's points' variants, by grid name, without their sweep (``lrs``, ``ranks`` empty): each point carries its
+    own lr and rank, and a wider sweep changes no finished job's settings."""
     points: tuple[GridPoint, ...]
     stack: bool = False
     """Config ``jobs.stack``: points that differ only in learning rate train as one computation

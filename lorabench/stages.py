@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lorabench.grid import Grid
-from lorabench.job import CostJob, Forgetting, GridPoint, GridVariant, JobTraining, PretrainJob, TrainJob
+from lorabench.job import CostJob, Forgetting, GridVariant, JobTraining, PretrainJob, TrainJob
 from lorabench.provenance import cost_code, train_code, variant_source_files
 
 JOB_TRAINING = ("steps", "batch_size", "weight_decay", "log_every", "eval_at", "replay")
@@ -51,25 +51,16 @@ def train_job(grid: Grid, wildcards: dict[str, str], device: str) -> TrainJob:
         variant_modules=variant_modules(grid, {point.variant for point in points}),
         save_adapters=train["save_adapters"],
         train=JobTraining(**{key: train[key] for key in JOB_TRAINING} | {"eval_at": tuple(train["eval_at"])}),
-        variants=job_variants(grid, points),
+        variants={name: unswept(grid.variants()[name]) for name in dict.fromkeys(point.variant for point in points)},
         points=tuple(points),
         stack=grid.config["jobs"]["stack"],
     )
 
 
-def job_variants(grid: Grid, points: list[GridPoint]) -> dict[str, GridVariant]:
-    """The variants of a job's ``points``, each with only the lrs and ranks those points run: widening a sweep
-    leaves the other jobs' params, and so their runs, as they are."""
-    variants = {}
-    for name, variant in grid.variants().items():
-        own = [point for point in points if point.variant == name]
-        if own:
-            variants[name] = replace(
-                variant,
-                lrs=tuple(dict.fromkeys(point.lr for point in own)),
-                ranks=tuple(dict.fromkeys(point.rank for point in own)),
-            )
-    return variants
+def unswept(variant: GridVariant) -> GridVariant:
+    """``variant`` without its sweep (``lrs``, ``ranks``), as a train job carries it: its points carry their own lr and
+    rank, so widening the sweep leaves every finished job's settings, and so its runs, as they are."""
+    return replace(variant, lrs=(), ranks=())
 
 
 def variant_modules(grid: Grid, variants: Iterable[str]) -> tuple[str, ...]:

@@ -32,21 +32,20 @@ def job_runs(
     optimizers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``variants`` and ``points`` of a train job's dict for ``runs``, each variant with its ``options`` and
-    with its declared optimizer (else AdamW) unless ``optimizers`` names one. The records go to the grid's paths
-    under the working directory (``lorabench.grid.RECORD``): run such a job inside the test's own folder
-    (``contextlib.chdir``)."""
+    with its declared optimizer (else AdamW) unless ``optimizers`` names one, without its sweep, as
+    :func:`lorabench.stages.unswept` gives it. The records go to the grid's paths under the working directory
+    (``lorabench.job.RECORD``): run such a job inside the test's own folder (``contextlib.chdir``)."""
     runs, options, optimizers = list(runs), options or {}, optimizers or {}
-    names = dict.fromkeys(variant for variant, *_ in runs)
     variants = {
         name: {
             "name": name,
             "uses": name,
             "options": options.get(name, {}),
             "optimizer": optimizers.get(name, get(name).optimizer or "adamw"),
-            "lrs": list(dict.fromkeys(lr for variant, _, _, lr, _ in runs if variant == name)),
-            "ranks": list(dict.fromkeys(rank for variant, rank, *_ in runs if variant == name)),
+            "lrs": [],
+            "ranks": [],
         }
-        for name in names
+        for name in dict.fromkeys(variant for variant, *_ in runs)
     }
     points = [
         {"model": model, "task": task, "variant": variant, "rank": rank, "lr": lr, "seed": seed}

@@ -46,11 +46,9 @@ def test_its_grid_passes_the_config_checks(tmp_path: Path) -> None:
 def test_its_stack_of_members_trains_and_writes_its_figures(tmp_path: Path) -> None:
     """The stacking benchmark as the check runs it on a GPU (its members, its figures file), here on the CPU for a
     few steps: a stack of that size must train every member and give finite ratios before a lent GPU is spent."""
-    members, figures = gpu_check_module().STACK_MEMBERS, tmp_path / "stack-throughput.json"
-    command = [sys.executable, "-m", "pytest", "tests/benchmarks/test_bench_stack.py", "-q", "-p", "no:cacheprovider"]
-    settings = {"LORABENCH_BENCH_MEMBERS": str(members), "LORABENCH_BENCH_OUT": str(figures), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, env=os.environ | settings, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    written = json.loads(figures.read_text())
+    gpu_check = gpu_check_module()
+    environment = dict(os.environ, HF_HUB_OFFLINE="1")
+    assert gpu_check.run_stack_benchmark(environment, tmp_path, device="cpu", enabled=False) == []
+    members, written = gpu_check.STACK_MEMBERS, json.loads((tmp_path / "stack-throughput.json").read_text())
     assert members >= 20 and written["members"] == members and written["device"] == "cpu"
     assert all(math.isfinite(written[key]) and written[key] > 0 for key in ("training_ratio", "evaluation_ratio"))

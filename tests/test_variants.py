@@ -142,12 +142,10 @@ def test_dropout_is_rejected_where_it_has_no_meaning() -> None:
 
 def test_a_variants_options_are_parsed_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every grid point of a job builds its variant from the same options: one parse serves them all."""
-    from lorabench.variants.base import parsed_options
-
     cls, calls = get("resampled"), []
     parse = cls.parse_options.__func__
     monkeypatch.setattr(cls, "parse_options", classmethod(lambda c, raw, *a: calls.append(raw) or parse(c, raw, *a)))
-    parsed_options.cache_clear()
+    monkeypatch.setattr("lorabench.variants.base.PARSED", {})
     built = [
         cls(AdapterSpec(rank=2, alpha=4.0, target_modules=("q_proj",), seed=seed, options={"resample_every": 2}))
         for seed in range(3)

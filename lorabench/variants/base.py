@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import json
 import re
 import typing
@@ -125,7 +124,7 @@ class Variant:
 
     def __init__(self, spec: AdapterSpec) -> None:
         self.spec = spec
-        self.options = parsed_options(type(self), json.dumps(spec.options, sort_keys=True))
+        self.options = parsed_options(type(self), spec.options)
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], settings: Collection[str] = ()) -> Any:
@@ -259,11 +258,18 @@ def _default(option: dataclasses.Field) -> Any:
     return option.default if option.default_factory is dataclasses.MISSING else option.default_factory()
 
 
-@functools.cache
-def parsed_options(cls: type[Variant], options: str) -> Any:
-    """``cls``'s options (given as JSON text) parsed once per process: every grid point of a job, and every check of
-    a grid, builds its variant from the same options, and the parsed Options are frozen, so one instance serves all."""
-    return cls.parse_options(json.loads(options))
+PARSED: dict[tuple[type, str], Any] = {}
+"""(variant class, its options as sorted JSON) -> the parsed Options (:func:`parsed_options`)."""
+
+
+def parsed_options(cls: type[Variant], options: Mapping[str, Any]) -> Any:
+    """``cls``'s ``options`` parsed once per process: every grid point of a job, and every check of a grid, builds its
+    variant from the same options, and the parsed Options are frozen, so one instance serves all. The options
+    themselves are parsed, not their JSON text, which is only the key (``repr`` for what JSON cannot spell)."""
+    key = (cls, json.dumps(options, sort_keys=True, default=repr))
+    if key not in PARSED:
+        PARSED[key] = cls.parse_options(options)
+    return PARSED[key]
 
 
 def saves(variant: type[Variant]) -> bool:

@@ -28,7 +28,7 @@ import pytest
 from lorabench import runner
 from lorabench.job import TrainJob
 from lorabench.models import build_embedded, character_tokenizer
-from tests.jobs import job_runs
+from tests.jobs import tiny_job
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
 
 LLAMA_TINY = {
@@ -69,35 +69,23 @@ def seconds(records: list[dict[str, Any]]) -> tuple[float, float]:
 
 def _job(checkpoint: Path, variant: str, steps: int, stacked: bool, data: dict) -> TrainJob:
     """The variant's sweep (:func:`sweep`) as one job of the default grid's settings."""
-    return TrainJob.from_dict(
-        {
-            "model": "llama-tiny",
-            "checkpoint": str(checkpoint),
-            "dtype": "float32",
-            "device": DEVICE,
-            "alpha": 8,
-            "dropout": 0.0,
-            "target_modules": TARGETS,
-            "source_tasks": ["copy", "reverse", "sort"],
-            "hub_tasks": {},
-            "forgetting": {},
-            "variant_modules": [],
-            "save_adapters": False,
-            "data": data,
-            "eval_batch_size": 640,
-            "train": {
-                "steps": steps,
-                "batch_size": 64,
-                "weight_decay": 0.0,
-                "log_every": 10,
-                "eval_at": [steps // 3, 2 * steps // 3],
-                "replay": 0.05,
-            },
-            **job_runs(
-                "llama-tiny", [(variant, 4, "shift", lr, 0) for lr in sweep(variant)], optimizers={variant: "adamw"}
-            ),
-            "stack": stacked,
-        }
+    return tiny_job(
+        checkpoint,
+        [(variant, 4, "shift", lr, 0) for lr in sweep(variant)],
+        device=DEVICE,
+        alpha=8,
+        target_modules=TARGETS,
+        source_tasks=["copy", "reverse", "sort"],
+        data=data,
+        eval_batch_size=640,
+        train={
+            "steps": steps,
+            "batch_size": 64,
+            "log_every": 10,
+            "eval_at": [steps // 3, 2 * steps // 3],
+            "replay": 0.05,
+        },
+        stack=stacked,
     )
 
 
