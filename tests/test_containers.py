@@ -158,7 +158,7 @@ def container_run(tmp_path_factory, cpu_image):
         REPO,
         tree,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".whl", ".snakemake", "results", "__pycache__", ".pytest_cache", "*.egg-info"
+            ".git", ".venv", ".whl", ".bundle", ".snakemake", "results", "__pycache__", ".pytest_cache", "*.egg-info"
         ),
     )
     (tree / "lorabench" / "variants" / "tree_probe.py").write_text(PROBE_VARIANT)

@@ -1,0 +1,97 @@
+"""The GPU study (.ci/gpu-study) on the CPU: its whole `run` on a tiny slice (a tiny GGUF packed as the bundle packs
+SmolLM2, the study's config cut to two seeds of two variants and two steps), and the deadline's rule for seeds."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+
+from tests.pipeline import REPO
+from tests.test_gguf_bundle import write_tiny_llama
+
+SCRIPT = REPO / ".ci" / "gpu-study"
+CONFIG = REPO / "workflow" / "config" / "gpu_study.yaml"
+
+
+def gpu_study_module():
+    """The script as a module (its name has no .py, so it is loaded by path)."""
+    loader = importlib.machinery.SourceFileLoader("gpu_study", str(SCRIPT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def tiny_config() -> dict:
+    """The study's config with its generator, training and grid cut down: 2 seeds x (full, lora at 2 stacked lrs)."""
+    config = yaml.safe_load(CONFIG.read_text())
+    arithmetic = config["tasks"]["target"][0]["arithmetic"]
+    arithmetic["generator"]["mathematics_dataset"].update(
+        modules=["add_or_sub"], train_per_module=12, test_per_module=4
+    )
+    arithmetic.update(validation_size=4, max_new_tokens=4)
+    config["train"].update(steps=2, batch_size=4, log_every=1, eval_at=[2], eval_batch_size=8)
+    config["grid"].update(variants=["full", "lora"], seeds=[0, 1])
+    config["variants"] = {"full": {"lrs": [1.0e-4]}, "lora": {"lrs": [1.0e-3, 3.0e-3]}}
+    config["forgetting"]["heldout_ce"].update(n=4, batch_size=4)
+    return config
+
+
+def test_the_study_runs_on_the_cpu_from_a_bundled_tiny_model(tmp_path: Path, monkeypatch) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "wheels").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    gpu_study_module().bundle_model_and_config(tiny_config(), write_tiny_llama(tmp_path / "tiny.gguf"), bundle)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "run", "--bundle", str(bundle), "--device", "cpu"],
+        env=dict(os.environ, OUT=str(out), HF_HUB_OFFLINE="1"),
+        cwd=tmp_path,  # not the repository root: the script finds its checkout itself
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with tarfile.open(out / "gpu-study.tgz") as archive:
+        archive.extractall(tmp_path / "archive", filter="data")
+    study = json.loads((tmp_path / "archive" / "study.json").read_text())
+    assert list(study["seeds"]) == ["0", "1"] and all(value.startswith("ran") for value in study["seeds"].values())
+    assert study["records"] == study["grid_points"] == 6 and study["reported"]
+    rows = (tmp_path / "archive" / "reports" / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6
+    assert (tmp_path / "archive" / "reports" / "summary.md").is_file()
+    stacked = [
+        json.loads(path.read_text())
+        for path in (tmp_path / "archive" / "results" / "runs").rglob("*.json")
+        if "/lora/" in str(path)
+    ]
+    assert len(stacked) == 4 and all(record["timing"].get("stacked_members") == 2 for record in stacked)
+
+
+def test_a_seed_starts_only_when_the_slowest_seed_so_far_fits_before_the_deadline(monkeypatch) -> None:
+    module, clock, timeouts = gpu_study_module(), [0.0], []
+
+    def lorabench(*arguments: str, environment: dict, log: Path, timeout: float | None = None) -> bool:
+        timeouts.append(timeout)
+        clock[0] += 100.0  # each seed's job takes 100 s
+        return True
+
+    monkeypatch.setattr(module, "lorabench", lorabench)
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    grid = SimpleNamespace(
+        jobs=lambda: {("m", seed): [] for seed in ("0", "1", "2")},
+        unbatched=lambda: ["model", "seed"],
+        config={"device": "cpu"},
+    )
+    stages = SimpleNamespace(train_job=lambda grid, wildcards, device: SimpleNamespace(to_json=lambda: "{}"))
+    seeds = module.train_seeds(grid, {}, stages, 250.0, [])
+    assert [value.split(" ")[0] for value in seeds.values()] == ["ran", "ran", "not"]  # 50 s left < 100 s
+    assert timeouts == [250.0, 150.0]  # each job is cut off at the deadline
