@@ -239,3 +239,21 @@ def test_the_forgetting_measure_is_named_by_what_it_averages() -> None:
     assert choose(encoder).text() == "by paraphrase-retrieval drop"
     both = sources.assign(**{"forgetting__lm_eval__arc_easy": [0.1]})
     assert names(both)["forgetting"] == "mean of arc_easy (lm-eval) score drop, source tasks' exact-match accuracy drop"
+
+
+def test_runs_without_any_forgetting_measure_read_unmeasured_not_saturated() -> None:
+    """A real-model config whose only probe is held-out cross-entropy (an extra) measures none of the three: the
+    verdicts and the section must say so, after the table, not call the measures saturated."""
+    from lorabench.report.measures import UNMEASURED
+    from lorabench.report.summary import section_forgetting_measures
+
+    unmeasured = _swept("a", [0.1, 0.2], [1.0, 1.0], [1.0, 2.0]).assign(
+        forgetting=float("nan"), forgetting_char=float("nan"), forgetting_ce=float("nan")
+    )
+    assert choose(unmeasured).text() == UNMEASURED
+    lines = section_forgetting_measures(unmeasured, unmeasured)
+    table = [index for index, line in enumerate(lines) if line.startswith("| m |")]
+    assert len(table) == 2 and table[1] == table[0] + 1  # the table's rows stay together
+    assert lines[-1] == f"**m: {UNMEASURED}; no verdict on forgetting.**"
+    saturated = _swept("a", [0.1, 0.2], [1.0, 1.0], [3.9, 4.0]).assign(forgetting_char=1.0)
+    assert "saturated (or unmeasured)" in section_forgetting_measures(saturated, saturated)[-1]

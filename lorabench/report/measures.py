@@ -24,6 +24,12 @@ MEASURES = {
 """results.csv column -> what it measures, in order of preference: the task's own score first."""
 PROBES = {"paraphrase_retrieval": "paraphrase-retrieval drop", "heldout_ce": "held-out cross-entropy increase"}
 """A probe of ``forgetting.mean`` that is not a source task -> what its part measures (lm-eval: ``lm_eval__<task>``)."""
+UNMEASURED = (
+    "no forgetting measure was taken in these runs (no source task, lm-eval task or retrieval probe; a held-out "
+    "cross-entropy increase, where configured, is results.csv's extra__heldout_ce_increase)"
+)
+"""Why no verdict on forgetting where nothing the verdicts read was measured: not "saturated", which would say the
+measures were taken and could not rank the runs."""
 
 
 def forgetting_parts(runs: pd.DataFrame) -> list[str]:
@@ -87,6 +93,8 @@ class Choice:
             if column != self.measure and state in ("ceiling", "floor")
         ]
         reason = f" ({'; '.join(passed)})" if passed else ""
+        if self.measure is None and all(state == "unmeasured" for state in self.states.values()):
+            return UNMEASURED
         if self.measure is None:
             return f"every forgetting measure is saturated in these runs{reason}"
         return f"by {self.names[self.measure]}{reason}"

@@ -22,7 +22,7 @@ import pandas as pd
 from lorabench.aggregate import lr_choices
 from lorabench.cost_targets import SHAPE_SETS, TARGETS, Target, flop_bound
 from lorabench.records import run_reason
-from lorabench.report.measures import MEASURES, SATURATION, choose, names, saturation
+from lorabench.report.measures import MEASURES, SATURATION, UNMEASURED, choose, names, saturation
 from lorabench.report.plots import (
     NO_RANK,
     at_reference_rank,
@@ -289,19 +289,20 @@ def section_forgetting_measures(swept: pd.DataFrame, selected: pd.DataFrame) -> 
         "| model | runs | " + " | ".join(names(swept).values()) + " |",
         "|---|---|" + "---|" * len(MEASURES),
     ]
+    notes = []
     for model, runs in swept.groupby("model"):
         for label, subset in (("all lrs", runs), ("chosen lrs", selected[selected["model"] == model])):
             states = [saturation(subset, column) for column in MEASURES]
             cells = ["not saturated" if state is None else state for state in states]
             lines.append(f"| {model} | {label} | " + " | ".join(cells) + " |")
-            if label == "all lrs" and all(state is not None for state in states):
-                lines += [
-                    "",
+            if label == "all lrs" and all(state == "unmeasured" for state in states):
+                notes.append(f"**{model}: {UNMEASURED}; no verdict on forgetting.**")
+            elif label == "all lrs" and all(state is not None for state in states):
+                notes.append(
                     f"**Every forgetting measure is saturated (or unmeasured) in {model}'s runs: no verdict "
-                    "on forgetting can be drawn from them.**",
-                    "",
-                ]
-    return lines
+                    "on forgetting can be drawn from them.**"
+                )
+    return lines + [line for note in notes for line in ("", note)]  # after the table, which a paragraph would cut
 
 
 Part = list["str | Comparison"]
