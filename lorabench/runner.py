@@ -311,6 +311,9 @@ class BaseMeasures:
     nothing of a source task is left (the graded measure's ceiling)."""
     weights: dict[str, torch.Tensor]
     """The targeted layers' weights, ``(m, n)``, on the CPU: the reference of weight-space forgetting."""
+    weight_vectors: dict[str, torch.Tensor]
+    """Each of :attr:`weights`' left singular vectors, filled by the job's first weight-space measure and reused by
+    the others (:func:`lorabench.evaluation.weights.weight_forgetting`)."""
     replay: list[TokenizedExample]
     """The source tasks' train examples, tokenized once per job (a run draws a few hundred of them): the pool of
     ``train.replay``; empty when it is 0."""
@@ -347,7 +350,7 @@ def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, w
         evaluation = _evaluate(job, model, tokenizer, tasks, None, device)
     pool = [example for name in job.source_tasks for example in tasks[name].split("train")] if job.train.replay else []
     return BaseMeasures(
-        evaluation, math.log(model.config.vocab_size), weights, tokenize_examples(tokenizer, pool) if pool else []
+        evaluation, math.log(model.config.vocab_size), weights, {}, tokenize_examples(tokenizer, pool) if pool else []
     )
 
 
@@ -575,7 +578,7 @@ def finish_point(
     record["forgetting"] = forgetting_of(base, final)
     if job.forgetting:
         record["extra"] |= _forgetting_extras(base.evaluation.benchmarks, final.benchmarks)
-    record["extra"] |= _weight_forgetting(base.weights, variant.merge(model), list(job.target_modules))
+    record["extra"] |= _weight_forgetting(base, variant.merge(model), list(job.target_modules))
 
 
 def _trajectory(base: BaseMeasures, points: list[tuple[int, Evaluation]]) -> dict[str, list]:
@@ -597,12 +600,10 @@ def adapter_directory(record: str) -> Path:
     return Path(record.replace("/runs/", "/adapters/", 1)).with_suffix("")
 
 
-def _weight_forgetting(
-    base: dict[str, torch.Tensor], merged: torch.nn.Module, target_modules: list[str]
-) -> dict[str, float]:
+def _weight_forgetting(base: BaseMeasures, merged: torch.nn.Module, target_modules: list[str]) -> dict[str, float]:
     """Intruder dimensions and effective rank of dW, averaged over the adapted layers (see evaluation.weights)."""
     tuned = {name: w.cpu() for name, w in target_weights(merged, target_modules).items()}
-    measured = weight_forgetting(base, tuned)
+    measured = weight_forgetting(base.weights, tuned, base_vectors=base.weight_vectors)
     return {key: measured[key] for key in ("intruder_dimensions_mean", "delta_effective_rank_mean")}
 
 

@@ -74,3 +74,16 @@ def test_mismatched_layer_names_are_rejected():
     weight = torch.zeros(4, 4)
     with pytest.raises(ValueError, match="only in tuned: \\['v'\\]"):
         weight_forgetting({"q": weight}, {"q": weight, "v": weight})
+
+
+def test_the_base_vectors_are_computed_once_and_reused_with_the_same_results():
+    base, tuned = _planted()
+    alone = weight_forgetting({"q": base}, {"q": tuned}, k=1)
+    kept: dict[str, torch.Tensor] = {}
+    assert weight_forgetting({"q": base}, {"q": tuned}, k=1, base_vectors=kept) == alone
+    assert set(kept) == {"q"} and kept["q"].shape == (32, 24)
+    # the next run of the job reads the kept vectors instead of decomposing the base again: planting the intruder's
+    # own direction among them makes it no intruder
+    kept["q"] = torch.linalg.qr(tuned).Q
+    assert weight_forgetting({"q": base}, {"q": tuned}, k=1, base_vectors=kept)["layers"]["q"]["intruders"] == 0
+    assert alone["layers"]["q"]["intruders"] == 1

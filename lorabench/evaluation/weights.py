@@ -20,9 +20,13 @@ import torch
 from torch import Tensor
 
 
-def intruder_dimensions(base: Tensor, tuned: Tensor, k: int = 10, threshold: float = 0.5) -> int:
-    """Number of the top-``k`` singular directions of ``tuned`` that ``base`` has no close match for."""
-    base_u = _left_singular_vectors(base.float())
+def intruder_dimensions(
+    base: Tensor, tuned: Tensor, k: int = 10, threshold: float = 0.5, base_u: Tensor | None = None
+) -> int:
+    """Number of the top-``k`` singular directions of ``tuned`` that ``base`` has no close match for.
+
+    ``base_u``: ``base``'s left singular vectors, where the caller keeps them (:func:`weight_forgetting`)."""
+    base_u = _left_singular_vectors(base.float()) if base_u is None else base_u
     tuned_u = _left_singular_vectors(tuned.float())[:, :k]
     # Singular vectors are defined up to sign, hence the absolute cosine (columns are unit norm).
     best_cosine = (tuned_u.T @ base_u).abs().amax(dim=1)
@@ -52,8 +56,18 @@ def _tall(matrix: Tensor) -> Tensor:
     return matrix.T if matrix.shape[0] < matrix.shape[1] else matrix
 
 
-def weight_forgetting(base: dict[str, Tensor], tuned: dict[str, Tensor], k: int = 10, threshold: float = 0.5) -> dict:
+def weight_forgetting(
+    base: dict[str, Tensor],
+    tuned: dict[str, Tensor],
+    k: int = 10,
+    threshold: float = 0.5,
+    base_vectors: dict[str, Tensor] | None = None,
+) -> dict:
     """Per-layer intruder count and ``dW`` effective rank, plus their means over layers.
+
+    ``base_vectors``: a dict kept across calls with the same ``base`` (every run of a job), which this fills with
+    each base layer's left singular vectors on first use: those SVDs are about 40% of the measure's time (30 layers
+    of SmolLM2-135M's shapes on one CPU thread: 12.6 s of 31.6 s).
 
     Returns ``{"layers": {name: {"intruders": int, "effective_rank": float}},
     "intruder_dimensions_mean": float, "delta_effective_rank_mean": float}``.
@@ -65,9 +79,12 @@ def weight_forgetting(base: dict[str, Tensor], tuned: dict[str, Tensor], k: int 
         )
     if not base:
         raise ValueError("weight_forgetting needs at least one layer")
+    vectors = {} if base_vectors is None else base_vectors
+    for name in base.keys() - vectors.keys():
+        vectors[name] = _left_singular_vectors(base[name].float())
     layers = {
         name: {
-            "intruders": intruder_dimensions(base[name], tuned[name], k, threshold),
+            "intruders": intruder_dimensions(base[name], tuned[name], k, threshold, vectors[name]),
             "effective_rank": effective_rank(tuned[name].float() - base[name].float()),
         }
         for name in sorted(base)
