@@ -78,12 +78,6 @@ def trim_vocabulary(source: Path, texts: Iterable[str], out: Path) -> dict[str, 
     }
 
 
-def kept_token_ids(source: Path, trimmed: Path) -> list[int]:
-    """The source id of each token of ``trimmed``, in order: maps a trimmed id (the list index) back to the source."""
-    index = {token: i for i, token in enumerate(GGUFReader(source).fields["tokenizer.ggml.tokens"].contents())}
-    return [index[token] for token in GGUFReader(trimmed).fields["tokenizer.ggml.tokens"].contents()]
-
-
 def _kept_ids(reader: GGUFReader, tokens: list[str], merges: list[str], text_ids: set[int]) -> list[int]:
     """The sorted ids to keep: the texts' ids, byte tokens, non-normal tokens and named ids, closed under merges."""
     seeds = text_ids | _byte_token_ids(tokens) | _special_ids(reader) | _named_ids(reader, len(tokens))

@@ -27,7 +27,7 @@ from lorabench import kept, records, stack
 from lorabench.devices import device_info, select_device
 from lorabench.evaluation.exact_match import Scores, scores, stacked_scores
 from lorabench.evaluation.perplexity import stacked_answer_cross_entropy
-from lorabench.evaluation.weights import weight_forgetting
+from lorabench.evaluation.weights import base_vectors, weight_forgetting
 from lorabench.job import Forgetting, GridPoint, TrainJob
 from lorabench.measure import storage_addresses, variant_state_bytes
 from lorabench.models import load, target_weights, task_head
@@ -175,7 +175,7 @@ def _forgetting_measures(
     if heldout := settings.heldout_ce:
         from lorabench.evaluation.perplexity import mean_token_cross_entropy
 
-        texts = _heldout_texts(heldout.texts, heldout.n)
+        texts = heldout_texts(heldout.texts, heldout.n)
         measured["heldout_ce"] = mean_token_cross_entropy(
             model, tokenizer, texts, heldout.batch_size, heldout.max_length, str(device)
         )
@@ -188,7 +188,7 @@ def _forgetting_measures(
     return measured
 
 
-def _heldout_texts(path: str, n: int) -> list[str]:
+def heldout_texts(path: str, n: int) -> list[str]:
     """The first ``n`` texts of a .jsonl file (field ``text``) or a text file (one per non-empty line)."""
     lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
     if path.endswith(".jsonl"):
@@ -312,8 +312,8 @@ class BaseMeasures:
     weights: dict[str, torch.Tensor]
     """The targeted layers' weights, ``(m, n)``, on the CPU: the reference of weight-space forgetting."""
     weight_vectors: dict[str, torch.Tensor]
-    """Each of :attr:`weights`' left singular vectors, filled by the job's first weight-space measure and reused by
-    the others (:func:`lorabench.evaluation.weights.weight_forgetting`)."""
+    """:attr:`weights`' left singular vectors (:func:`lorabench.evaluation.weights.base_vectors`), on the CPU:
+    computed before the job's first run, so every run's CPU peak RSS holds them alike."""
     replay: list[TokenizedExample]
     """The source tasks' train examples, tokenized once per job (a run draws a few hundred of them): the pool of
     ``train.replay``; empty when it is 0."""
@@ -350,7 +350,11 @@ def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, w
         evaluation = _evaluate(job, model, tokenizer, tasks, None, device)
     pool = [example for name in job.source_tasks for example in tasks[name].split("train")] if job.train.replay else []
     return BaseMeasures(
-        evaluation, math.log(model.config.vocab_size), weights, {}, tokenize_examples(tokenizer, pool) if pool else []
+        evaluation,
+        math.log(model.config.vocab_size),
+        weights,
+        base_vectors(weights),
+        tokenize_examples(tokenizer, pool) if pool else [],
     )
 
 
@@ -603,7 +607,7 @@ def adapter_directory(record: str) -> Path:
 def _weight_forgetting(base: BaseMeasures, merged: torch.nn.Module, target_modules: list[str]) -> dict[str, float]:
     """Intruder dimensions and effective rank of dW, averaged over the adapted layers (see evaluation.weights)."""
     tuned = {name: w.cpu() for name, w in target_weights(merged, target_modules).items()}
-    measured = weight_forgetting(base.weights, tuned, base_vectors=base.weight_vectors)
+    measured = weight_forgetting(base.weights, tuned, vectors=base.weight_vectors)
     return {key: measured[key] for key in ("intruder_dimensions_mean", "delta_effective_rank_mean")}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -19,6 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "workflow" / "config" / "smoke.yaml"
 EXACT = ("grid", "status", "target", "source", "forgetting")
 """Record fields that must agree exactly between two runs of one grid point (accuracies are counts)."""
+
+
+def ci_script(name: str) -> ModuleType:
+    """A script of .ci/ as a module (its name has no .py, so it is loaded by path)."""
+    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(REPO / ".ci" / name))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
 
 
 def snakemake(

@@ -15,7 +15,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from lorabench.gguf_bundle import MAGIC, kept_token_ids, pack, trim_vocabulary, unpack
+from lorabench.gguf_bundle import MAGIC, pack, trim_vocabulary, unpack
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, INTERMEDIATE = 64, 2, 4, 2, 128
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|unused|>"]
@@ -142,6 +142,12 @@ def write_without_q4_1(path: Path) -> Path:
     writer.add_tensor("only", np.arange(10, dtype=np.float32))
     _write(writer)
     return path
+
+
+def kept_token_ids(source: Path, trimmed: Path) -> list[int]:
+    """The source id of each token of ``trimmed``, in order: maps a trimmed id (the list index) back to the source."""
+    index = {token: i for i, token in enumerate(GGUFReader(source).fields["tokenizer.ggml.tokens"].contents())}
+    return [index[token] for token in GGUFReader(trimmed).fields["tokenizer.ggml.tokens"].contents()]
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import math
 import os
@@ -14,17 +12,9 @@ from pathlib import Path
 import yaml
 
 from lorabench.checks import load_grid
-from tests.pipeline import REPO
+from tests.pipeline import REPO, ci_script
 
 SCRIPT = REPO / ".ci" / "gpu-check"
-
-
-def gpu_check_module():
-    """The script as a module (its name has no .py, so it is loaded by path)."""
-    loader = importlib.machinery.SourceFileLoader("gpu_check", str(SCRIPT))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
 
 
 def test_skips_without_an_nvidia_gpu() -> None:
@@ -37,7 +27,7 @@ def test_skips_without_an_nvidia_gpu() -> None:
 
 def test_its_grid_passes_the_config_checks(tmp_path: Path) -> None:
     # the check runs on a lent machine, rarely: a config that the schema or rank checks refuse would waste it
-    gpu_check = gpu_check_module()
+    gpu_check = ci_script("gpu-check")
     config = yaml.safe_load(gpu_check.write_config(tmp_path).read_text())
     grid = load_grid(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
     assert {point.variant for point in grid.points()} == set(gpu_check.VARIANTS)
@@ -46,7 +36,7 @@ def test_its_grid_passes_the_config_checks(tmp_path: Path) -> None:
 def test_its_stack_of_members_trains_and_writes_its_figures(tmp_path: Path) -> None:
     """The stacking benchmark as the check runs it on a GPU (its members, its figures file), here on the CPU for a
     few steps: a stack of that size must train every member and give finite ratios before a lent GPU is spent."""
-    gpu_check = gpu_check_module()
+    gpu_check = ci_script("gpu-check")
     environment = dict(os.environ, HF_HUB_OFFLINE="1")
     assert gpu_check.run_stack_benchmark(environment, tmp_path, device="cpu", enabled=False) == []
     members, written = gpu_check.STACK_MEMBERS, json.loads((tmp_path / "stack-throughput.json").read_text())

@@ -3,8 +3,7 @@ SmolLM2, the study's config cut to two seeds of two variants and two steps), and
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
+import contextlib
 import json
 import os
 import subprocess
@@ -15,19 +14,11 @@ from types import SimpleNamespace
 
 import yaml
 
-from tests.pipeline import REPO
+from tests.pipeline import REPO, ci_script
 from tests.test_gguf_bundle import write_tiny_llama
 
 SCRIPT = REPO / ".ci" / "gpu-study"
 CONFIG = REPO / "workflow" / "config" / "gpu_study.yaml"
-
-
-def gpu_study_module():
-    """The script as a module (its name has no .py, so it is loaded by path)."""
-    loader = importlib.machinery.SourceFileLoader("gpu_study", str(SCRIPT))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
 
 
 def tiny_config() -> dict:
@@ -45,20 +36,31 @@ def tiny_config() -> dict:
     return config
 
 
-def test_the_study_runs_on_the_cpu_from_a_bundled_tiny_model(tmp_path: Path, monkeypatch) -> None:
-    bundle = tmp_path / "bundle"
+def tiny_bundle(folder: Path) -> tuple[Path, Path]:
+    """The tiny config as a file, and a bundle built from it (no wheels: this Python has every package)."""
+    bundle, config = folder / "bundle", folder / "tiny.yaml"
     (bundle / "wheels").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path)
-    gpu_study_module().bundle_model_and_config(tiny_config(), write_tiny_llama(tmp_path / "tiny.gguf"), bundle)
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "run", "--bundle", str(bundle), "--device", "cpu"],
-        env=dict(os.environ, OUT=str(out), HF_HUB_OFFLINE="1"),
-        cwd=tmp_path,  # not the repository root: the script finds its checkout itself
+    config.write_text(yaml.safe_dump(tiny_config()))
+    with contextlib.chdir(folder):
+        ci_script("gpu-study").bundle_model_and_config(tiny_config(), write_tiny_llama(folder / "tiny.gguf"), bundle)
+    return config, bundle
+
+
+def run_study(folder: Path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "run", *arguments, "--device", "cpu"],
+        env=dict(os.environ, OUT=str(folder / "out"), HF_HUB_OFFLINE="1"),
+        cwd=folder,  # not the repository root: the script finds its checkout itself
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+def test_the_study_runs_on_the_cpu_from_a_bundled_tiny_model(tmp_path: Path) -> None:
+    config, bundle = tiny_bundle(tmp_path)
+    result = run_study(tmp_path, "--config", str(config), "--bundle", str(bundle))
+    out = tmp_path / "out"
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with tarfile.open(out / "gpu-study.tgz") as archive:
         archive.extractall(tmp_path / "archive", filter="data")
@@ -77,7 +79,7 @@ def test_the_study_runs_on_the_cpu_from_a_bundled_tiny_model(tmp_path: Path, mon
 
 
 def test_a_seed_starts_only_when_the_slowest_seed_so_far_fits_before_the_deadline(monkeypatch) -> None:
-    module, clock, timeouts = gpu_study_module(), [0.0], []
+    module, clock, timeouts = ci_script("gpu-study"), [0.0], []
 
     def lorabench(*arguments: str, environment: dict, log: Path, timeout: float | None = None) -> bool:
         timeouts.append(timeout)
@@ -95,3 +97,11 @@ def test_a_seed_starts_only_when_the_slowest_seed_so_far_fits_before_the_deadlin
     seeds = module.train_seeds(grid, {}, stages, 250.0, [])
     assert [value.split(" ")[0] for value in seeds.values()] == ["ran", "ran", "not"]  # 50 s left < 100 s
     assert timeouts == [250.0, 150.0]  # each job is cut off at the deadline
+
+
+def test_a_bundle_built_from_another_config_is_refused_before_any_work(tmp_path: Path) -> None:
+    """An edit to the config after the bundle was built would be silently ignored: `run` refuses it, naming both."""
+    _, bundle = tiny_bundle(tmp_path)
+    result = run_study(tmp_path, "--bundle", str(bundle))  # the checkout's gpu_study.yaml, not the tiny one
+    assert result.returncode != 0 and "differs from the config" in result.stderr and "gpu-study bundle" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lorabench.evaluation.weights import effective_rank, intruder_dimensions, weight_forgetting
+from lorabench.evaluation.weights import base_vectors, effective_rank, intruder_dimensions, weight_forgetting
 
 
 def _orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
@@ -79,11 +79,11 @@ def test_mismatched_layer_names_are_rejected():
 def test_the_base_vectors_are_computed_once_and_reused_with_the_same_results():
     base, tuned = _planted()
     alone = weight_forgetting({"q": base}, {"q": tuned}, k=1)
-    kept: dict[str, torch.Tensor] = {}
-    assert weight_forgetting({"q": base}, {"q": tuned}, k=1, base_vectors=kept) == alone
+    kept = base_vectors({"q": base})
+    assert weight_forgetting({"q": base}, {"q": tuned}, k=1, vectors=kept) == alone
     assert set(kept) == {"q"} and kept["q"].shape == (32, 24)
-    # the next run of the job reads the kept vectors instead of decomposing the base again: planting the intruder's
-    # own direction among them makes it no intruder
+    # a run of the job reads the kept vectors instead of decomposing the base again: planting the intruder's own
+    # direction among them makes it no intruder
     kept["q"] = torch.linalg.qr(tuned).Q
-    assert weight_forgetting({"q": base}, {"q": tuned}, k=1, base_vectors=kept)["layers"]["q"]["intruders"] == 0
+    assert weight_forgetting({"q": base}, {"q": tuned}, k=1, vectors=kept)["layers"]["q"]["intruders"] == 0
     assert alone["layers"]["q"]["intruders"] == 1

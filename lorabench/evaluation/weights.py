@@ -56,18 +56,24 @@ def _tall(matrix: Tensor) -> Tensor:
     return matrix.T if matrix.shape[0] < matrix.shape[1] else matrix
 
 
+def base_vectors(base: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each base layer's left singular vectors, for :func:`weight_forgetting`: every run of a job compares with the
+    same base, so a job decomposes it once. Those SVDs are about 40% of the measure's time (random matrices of
+    SmolLM2-135M's 210 layer shapes on one CPU thread: 12.6 s of 31.6 s, 2026-12-04); they hold about as much memory
+    as the base weights themselves."""
+    return {name: _left_singular_vectors(weight.float()) for name, weight in base.items()}
+
+
 def weight_forgetting(
     base: dict[str, Tensor],
     tuned: dict[str, Tensor],
     k: int = 10,
     threshold: float = 0.5,
-    base_vectors: dict[str, Tensor] | None = None,
+    vectors: dict[str, Tensor] | None = None,
 ) -> dict:
     """Per-layer intruder count and ``dW`` effective rank, plus their means over layers.
 
-    ``base_vectors``: a dict kept across calls with the same ``base`` (every run of a job), which this fills with
-    each base layer's left singular vectors on first use: those SVDs are about 40% of the measure's time (30 layers
-    of SmolLM2-135M's shapes on one CPU thread: 12.6 s of 31.6 s).
+    ``vectors``: :func:`base_vectors` of ``base``, where the caller keeps them for several calls.
 
     Returns ``{"layers": {name: {"intruders": int, "effective_rank": float}},
     "intruder_dimensions_mean": float, "delta_effective_rank_mean": float}``.
@@ -79,9 +85,7 @@ def weight_forgetting(
         )
     if not base:
         raise ValueError("weight_forgetting needs at least one layer")
-    vectors = {} if base_vectors is None else base_vectors
-    for name in base.keys() - vectors.keys():
-        vectors[name] = _left_singular_vectors(base[name].float())
+    vectors = base_vectors(base) if vectors is None else vectors
     layers = {
         name: {
             "intruders": intruder_dimensions(base[name], tuned[name], k, threshold, vectors[name]),
