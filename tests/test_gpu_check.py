@@ -41,4 +41,7 @@ def test_its_stack_of_members_trains_and_writes_its_figures(tmp_path: Path) -> N
     assert gpu_check.run_stack_benchmark(environment, tmp_path, device="cpu", enabled=False) == []
     members, written = gpu_check.STACK_MEMBERS, json.loads((tmp_path / "stack-throughput.json").read_text())
     assert members >= 20 and written["members"] == members and written["device"] == "cpu"
-    assert all(math.isfinite(written[key]) and written[key] > 0 for key in ("training_ratio", "evaluation_ratio"))
+    assert all(
+        math.isfinite(written[key]) and written[key] > 0
+        for key in ("training_ratio", "evaluation_ratio", "widened_training_ratio", "widened_evaluation_ratio")
+    )

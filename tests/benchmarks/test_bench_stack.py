@@ -4,7 +4,13 @@ run both ways in one process, interleaved.
 
 Figures, not assertions on time: ``pytest tests/benchmarks/test_bench_stack.py --benchmark-enable -s`` prints, per
 mode, the training throughput (run-steps per second of the training loops, their mid-training evaluations left out)
-and the evaluation throughput (mid-training evaluations of a run per second), and stacked/lone ratios. The seconds
+and the evaluation throughput (mid-training evaluations of a run per second), and stacked/lone ratios. A third mode,
+*widened*, is what sharing every per-call cost gives with the lone run's own operations: one run trained on the
+members' rows together (a batch that many times larger) and one model evaluating every row once per member. Only the
+arithmetic grows with the members there; each kernel launch, Python call per layer and optimizer step is paid once,
+and those are all a stack shares. Widened near 1x says the step is bound by its arithmetic, which stacking does not
+reduce; a stack can beat widened a little only where its operations differ from the lone run's (a batched
+low-rank product in place of one per layer). The seconds
 are the records' own (``timing.train_seconds``, ``timing.eval_seconds``: wall-clock, CUDA-synchronised on a GPU; a
 stack's member records the whole stack's), so other load on a shared CPU slows both modes alike only because the
 rounds interleave. By default (``--benchmark-disable``) it runs a few steps once, as a smoke test.
@@ -24,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lorabench import runner
 from lorabench.job import TrainJob
+from lorabench.measure import StepClock
 from lorabench.models import build_embedded, character_tokenizer
 from tests.jobs import tiny_job
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
@@ -67,11 +75,13 @@ def seconds(records: list[dict[str, Any]]) -> tuple[float, float]:
     return (sum(r["timing"]["train_seconds"] for r in records), sum(r["timing"]["eval_seconds"] for r in records))
 
 
-def _job(checkpoint: Path, variant: str, steps: int, stacked: bool, data: dict) -> TrainJob:
-    """The variant's sweep (:func:`sweep`) as one job of the default grid's settings."""
+def _job(
+    checkpoint: Path, variant: str, steps: int, stacked: bool, data: dict, lrs: list[float], batch_size: int = 64
+) -> TrainJob:
+    """The variant at ``lrs`` as one job of the default grid's settings."""
     return tiny_job(
         checkpoint,
-        [(variant, 4, "shift", lr, 0) for lr in sweep(variant)],
+        [(variant, 4, "shift", lr, 0) for lr in lrs],
         device=DEVICE,
         alpha=8,
         target_modules=TARGETS,
@@ -80,13 +90,43 @@ def _job(checkpoint: Path, variant: str, steps: int, stacked: bool, data: dict) 
         eval_batch_size=640,
         train={
             "steps": steps,
-            "batch_size": 64,
+            "batch_size": batch_size,
             "log_every": 10,
             "eval_at": [steps // 3, 2 * steps // 3],
             "replay": 0.05,
         },
         stack=stacked,
     )
+
+
+def mid_training(job: TrainJob) -> list[int]:
+    """The step counts after which each of ``job``'s runs evaluates mid-training."""
+    return [steps for steps in job.train.eval_at if steps < job.train.steps]
+
+
+def _records(job: TrainJob, folder: Path) -> list[dict[str, Any]]:
+    """Run ``job`` with its records written under ``folder``; its records, each ``ok``."""
+    folder.mkdir()
+    with contextlib.chdir(folder):
+        runner.run_job(job)
+        records = [json.loads(Path(point.record).read_text()) for point in job.points]
+    assert all(record["status"] == "ok" for record in records), [r["error"] for r in records]
+    return records
+
+
+def widened_seconds(job: TrainJob, members: int, folder: Path) -> tuple[float, float]:
+    """(training, evaluation) seconds of the widened mode (module docstring) for ``members``: ``job``, one point with
+    ``members`` times the batch, trained, then its model evaluating every row ``members`` times, once per
+    mid-training evaluation of a run."""
+    train_seconds = _records(job, folder)[0]["timing"]["train_seconds"]
+    device, tasks = torch.device(job.device), runner.job_tasks(job)
+    run = runner.prepare_point(job, job.points[0], tasks, device, {})
+    clock = StepClock(device)
+    for _ in mid_training(job):
+        clock.start()
+        runner.evaluate_members(job, run.model, [run.model] * members, run.tokenizer, tasks, run.target, device)
+        clock.stop()
+    return train_seconds, sum(clock.step_seconds)
 
 
 @pytest.mark.parametrize("variant", ["lora"] if MEMBERS else list(SWEEPS))
@@ -99,33 +139,37 @@ def test_stacked_training_throughput(request: pytest.FixtureRequest, tmp_path: P
     tokenizer, checkpoint = character_tokenizer(), tmp_path / "model"
     build_embedded(LLAMA_TINY, tokenizer, seed=0).save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
-    spent = {mode: [0.0, 0.0] for mode in ("lone", "stacked")}
+    lrs, spent = sweep(variant), {mode: [0.0, 0.0] for mode in ("lone", "stacked", "widened")}
     for round_ in range(rounds):
         for mode in ("lone", "stacked"):
-            job = _job(checkpoint, variant, steps, mode == "stacked", data)
-            (folder := tmp_path / f"{mode}{round_}").mkdir()
-            with contextlib.chdir(folder):  # where the job's records go
-                runner.run_job(job)
-                records = [json.loads(Path(point.record).read_text()) for point in job.points]
-            assert all(record["status"] == "ok" for record in records), [r["error"] for r in records]
-            for index, value in enumerate(seconds(records)):
+            job = _job(checkpoint, variant, steps, mode == "stacked", data, lrs)
+            for index, value in enumerate(seconds(_records(job, tmp_path / f"{mode}{round_}"))):
                 spent[mode][index] += value
-    runs, evaluations = rounds * len(job.points), rounds * len(job.points) * len(job.train.eval_at)
+        widened = _job(checkpoint, variant, steps, False, data, lrs[:1], batch_size=64 * len(lrs))
+        for index, value in enumerate(widened_seconds(widened, len(lrs), tmp_path / f"widened{round_}")):
+            spent["widened"][index] += value
+    runs, evaluations = rounds * len(lrs), rounds * len(lrs) * len(mid_training(job))
     throughput = {mode: (runs * steps / train, evaluations / evaluate) for mode, (train, evaluate) in spent.items()}
+    ratios = {
+        f"{mode}_{measure}_ratio": throughput[mode][index] / throughput["lone"][index]
+        for mode in ("stacked", "widened")
+        for index, measure in enumerate(("training", "evaluation"))
+    }
     figures = {
         "variant": variant,
         "device": DEVICE,
-        "members": len(job.points),
+        "members": len(lrs),
         "steps": steps,
         "rounds": rounds,
         "run_steps_per_second": {mode: train for mode, (train, _) in throughput.items()},
         "evaluations_per_second": {mode: evaluate for mode, (_, evaluate) in throughput.items()},
-        "training_ratio": throughput["stacked"][0] / throughput["lone"][0],
-        "evaluation_ratio": throughput["stacked"][1] / throughput["lone"][1],
-    }
+        "training_ratio": ratios.pop("stacked_training_ratio"),
+        "evaluation_ratio": ratios.pop("stacked_evaluation_ratio"),
+    } | ratios
     print(
-        f"\n{len(job.points)} {variant} runs x {steps} steps on {DEVICE}, {rounds} interleaved rounds: stacked/lone "
-        f"training {figures['training_ratio']:.2f}x, evaluation {figures['evaluation_ratio']:.2f}x",
+        f"\n{len(lrs)} {variant} runs x {steps} steps on {DEVICE}, {rounds} interleaved rounds: stacked/lone "
+        f"training {figures['training_ratio']:.2f}x, evaluation {figures['evaluation_ratio']:.2f}x; widened "
+        f"{figures['widened_training_ratio']:.2f}x, {figures['widened_evaluation_ratio']:.2f}x",
         {key: figures[key] for key in ("run_steps_per_second", "evaluations_per_second")},
     )
     if out := os.environ.get("LORABENCH_BENCH_OUT"):
