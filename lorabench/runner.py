@@ -204,23 +204,15 @@ def _prefixed(measured: dict[str, float], when: str) -> dict[str, float]:
     }
 
 
-def _forgetting_extras(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """After-values plus ``heldout_ce_increase``; score drops go to ``forgetting.per_task``
-    (:func:`_benchmark_drops`)."""
-    extras = _prefixed(after, "after")
-    if "heldout_ce" in after and "heldout_ce" in before:
-        extras["heldout_ce_increase"] = after["heldout_ce"] - before["heldout_ce"]
-    return extras
-
-
 LOSS_MEASURES = ("heldout_ce",)
-"""Forgetting measures where lower is better; every other measure is a score in [0, 1]."""
+"""Forgetting measures where lower is better, in nats per token: their increase is a part of the graded
+cross-entropy measure (:func:`forgetting_of`); every other measure is a score in [0, 1]."""
 
 
 def _benchmark_drops(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Every score measure (``lm_eval__<task>``, ``paraphrase_retrieval``) -> before - after: forgetting on a
     benchmark, like a source task's accuracy drop, so real-model configs (no source tasks) get the same
-    ``forgetting`` columns, figures and sentences. Losses rise instead (:func:`_forgetting_extras`)."""
+    ``forgetting`` columns, figures and sentences. Losses rise instead (:func:`_cross_entropies`)."""
     return {key: before[key] - after[key] for key in after if key not in LOSS_MEASURES and key in before}
 
 
@@ -360,8 +352,9 @@ def _measure_base(job: TrainJob, tasks: dict[str, Task], device: torch.device, w
 
 def forgetting_of(base: BaseMeasures, after: Evaluation) -> dict[str, Any]:
     """The record's ``forgetting``: exact-match drops per source task and benchmark drops (``per_task``, ``mean``),
-    and the graded measures (``graded``): per-character accuracy drop and answer cross-entropy increase. Each
-    measure carries its ``ceiling``, its mean when everything is forgotten (score 0; a uniform guess for the
+    and the graded measures (``graded``): per-character accuracy drop, and cross-entropy increase (each source
+    task's answers, and the held-out text where the config measures it: ``heldout_ce``). Each measure carries its
+    ``ceiling``, its mean when everything is forgotten (score 0; a uniform guess over the vocabulary for a
     cross-entropy), against which the report judges whether a measure is saturated."""
     before = base.evaluation
     exact = {name: before.source[name].accuracy - scored.accuracy for name, scored in after.source.items()}
@@ -369,14 +362,21 @@ def forgetting_of(base: BaseMeasures, after: Evaluation) -> dict[str, Any]:
     exact_ceiling = [before.source[name].accuracy for name in after.source]
     exact_ceiling += [before.benchmarks[key] for key in exact if key not in after.source]
     chars = {name: before.source[name].char_accuracy - scored.char_accuracy for name, scored in after.source.items()}
-    ce = {name: value - before.source_ce[name] for name, value in after.source_ce.items()}
+    ce_before, ce_after = _cross_entropies(before), _cross_entropies(after)
+    ce = {name: value - ce_before[name] for name, value in ce_after.items() if name in ce_before}
     return {
         **_measure(exact, exact_ceiling),
         "graded": {
             "char_accuracy_drop": _measure(chars, [before.source[name].char_accuracy for name in chars]),
-            "ce_increase": _measure(ce, [base.uniform_ce - before.source_ce[name] for name in ce]),
+            "ce_increase": _measure(ce, [base.uniform_ce - ce_before[name] for name in ce]),
         },
     }
+
+
+def _cross_entropies(evaluation: Evaluation) -> dict[str, float]:
+    """Each source task's answer cross-entropy and each :data:`LOSS_MEASURES` measured (nats per token)."""
+    losses = {key: evaluation.benchmarks[key] for key in LOSS_MEASURES if key in evaluation.benchmarks}
+    return evaluation.source_ce | losses
 
 
 def _measure(per_task: dict[str, float], ceilings: list[float]) -> dict[str, Any]:
@@ -581,7 +581,7 @@ def finish_point(
         }
     record["forgetting"] = forgetting_of(base, final)
     if job.forgetting:
-        record["extra"] |= _forgetting_extras(base.evaluation.benchmarks, final.benchmarks)
+        record["extra"] |= _prefixed(final.benchmarks, "after")
     record["extra"] |= _weight_forgetting(base, variant.merge(model), list(job.target_modules))
 
 

@@ -239,11 +239,36 @@ def test_the_forgetting_measure_is_named_by_what_it_averages() -> None:
     assert choose(encoder).text() == "by paraphrase-retrieval drop"
     both = sources.assign(**{"forgetting__lm_eval__arc_easy": [0.1]})
     assert names(both)["forgetting"] == "mean of arc_easy (lm-eval) score drop, source tasks' exact-match accuracy drop"
+    assert names(sources)["forgetting_ce"] == "answer cross-entropy increase (nats/token)"
+
+
+def test_held_out_text_alone_is_the_cross_entropy_measure_and_named_so() -> None:
+    """A real-model config whose only probe is held-out text (``forgetting.heldout_ce``) gets verdicts on
+    forgetting from it, named as what it is, not "answer cross-entropy" nor "unmeasured"."""
+    heldout = pd.DataFrame(
+        {"forgetting_ce": [0.3, 2.8], "forgetting_ce_ceiling": [3.0, 3.0], "forgetting_ce__heldout_ce": [0.3, 2.8]}
+    )
+    assert names(heldout)["forgetting_ce"] == "held-out text's cross-entropy increase (nats/token)"
+    assert choose(heldout).text() == "by held-out text's cross-entropy increase (nats/token)"
+    both = heldout.assign(**{"forgetting_ce__copy": [0.1, 0.2]})
+    assert names(both)["forgetting_ce"].startswith("mean of held-out text's and source answers'")
+    assert saturation(heldout.assign(forgetting_ce=[2.9, 2.95]), "forgetting_ce") == "ceiling"
+
+
+def test_held_out_cross_entropy_is_a_part_of_the_graded_cross_entropy_measure() -> None:
+    """Its increase joins the source answers' (``ce_increase``), its ceiling a uniform guess's (ln |V| − before)."""
+    before = runner.Evaluation({}, {}, {"copy": 1.0}, {"heldout_ce": 4.0, "lm_eval__x": 0.5})
+    after = runner.Evaluation({}, {}, {"copy": 1.5}, {"heldout_ce": 4.75, "lm_eval__x": 0.25})
+    base = runner.BaseMeasures(before, math.log(100), {}, {}, [])
+    measured = runner.forgetting_of(base, after)["graded"]["ce_increase"]
+    assert measured["per_task"] == {"copy": 0.5, "heldout_ce": 0.75}
+    assert measured["mean"] == pytest.approx(0.625)
+    assert measured["ceiling"] == pytest.approx(((math.log(100) - 1.0) + (math.log(100) - 4.0)) / 2)
 
 
 def test_runs_without_any_forgetting_measure_read_unmeasured_not_saturated() -> None:
-    """A real-model config whose only probe is held-out cross-entropy (an extra) measures none of the three: the
-    verdicts and the section must say so, after the table, not call the measures saturated."""
+    """Runs that took none of the three measures (no source task, benchmark, probe or held-out text): the verdicts
+    and the section must say so, after the table, not call the measures saturated."""
     from lorabench.report.measures import UNMEASURED
     from lorabench.report.summary import section_forgetting_measures
 

@@ -85,8 +85,10 @@ def test_records_carry_task_accuracy_and_forgetting_before_and_after(hub_run: tu
         assert record["forgetting"]["per_task"] == {f"lm_eval__{task}": pytest.approx(drop)}
         assert record["forgetting"]["mean"] == pytest.approx(drop)  # no source tasks: the benchmark is the measure
         assert extra["heldout_ce_before"] > 0 and extra["heldout_ce_after"] > 0
-        assert extra["heldout_ce_increase"] == pytest.approx(extra["heldout_ce_after"] - extra["heldout_ce_before"])
+        increase = extra["heldout_ce_after"] - extra["heldout_ce_before"]
+        assert record["forgetting"]["graded"]["ce_increase"]["per_task"] == {"heldout_ce": pytest.approx(increase)}
         assert record["hyperparameters"]["checkpoint"] == config["models"]["tiny-llama"]["path"]
     results = pd.read_csv(workdir / "reports" / "results.csv")
     assert len(results) == len(points)
-    assert {f"extra__lm_eval_before__{task}", "extra__heldout_ce_after"} <= set(results.columns)
+    columns = {f"extra__lm_eval_before__{task}", "extra__heldout_ce_after", "forgetting_ce__heldout_ce"}
+    assert columns <= set(results.columns)

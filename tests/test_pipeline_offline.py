@@ -74,11 +74,15 @@ def test_generated_data_is_written_once_and_read_by_the_task(tiny_offline_run: t
 def test_shipped_probes_measure_forgetting(tiny_offline_run: tuple[Path, dict]) -> None:
     workdir, config = tiny_offline_run
     (point,) = load_grid(config, SCHEMA).points()
-    extra = json.loads((workdir / point.record).read_text())["extra"]
+    record = json.loads((workdir / point.record).read_text())
+    extra, cross_entropy = record["extra"], record["forgetting"]["graded"]["ce_increase"]
     for when in ("before", "after"):
         assert extra[f"lm_eval_{when}__world_facts"] in {k / 8 for k in range(9)}  # limit: 8 questions
         assert extra[f"heldout_ce_{when}"] > 0
-    assert extra["heldout_ce_increase"] == pytest.approx(extra["heldout_ce_after"] - extra["heldout_ce_before"])
+    increase = extra["heldout_ce_after"] - extra["heldout_ce_before"]
+    assert cross_entropy["per_task"] == {"heldout_ce": pytest.approx(increase)}  # no source task: its only part
+    assert cross_entropy["mean"] == pytest.approx(increase)
+    assert cross_entropy["ceiling"] > 0
 
 
 @pytest.mark.slow

@@ -22,19 +22,20 @@ MEASURES = {
     "forgetting_ce": "answer cross-entropy increase (nats/token)",
 }
 """results.csv column -> what it measures, in order of preference: the task's own score first."""
-PROBES = {"paraphrase_retrieval": "paraphrase-retrieval drop", "heldout_ce": "held-out cross-entropy increase"}
+PROBES = {"paraphrase_retrieval": "paraphrase-retrieval drop"}
 """A probe of ``forgetting.mean`` that is not a source task -> what its part measures (lm-eval: ``lm_eval__<task>``)."""
+HELDOUT = "heldout_ce"
+"""The held-out text's part of ``forgetting_ce`` (config ``forgetting.heldout_ce``)."""
 UNMEASURED = (
-    "no forgetting measure was taken in these runs (no source task, lm-eval task or retrieval probe; a held-out "
-    "cross-entropy increase, where configured, is results.csv's extra__heldout_ce_increase)"
+    "no forgetting measure was taken in these runs (no source task, lm-eval task, retrieval probe or held-out text)"
 )
 """Why no verdict on forgetting where nothing the verdicts read was measured: not "saturated", which would say the
 measures were taken and could not rank the runs."""
 
 
-def forgetting_parts(runs: pd.DataFrame) -> list[str]:
-    """The parts ``forgetting`` averages in ``runs``: its ``forgetting__<part>`` columns that hold a value."""
-    prefix = "forgetting__"
+def forgetting_parts(runs: pd.DataFrame, measure: str = "forgetting") -> list[str]:
+    """The parts ``measure`` averages in ``runs``: its ``<measure>__<part>`` columns that hold a value."""
+    prefix = f"{measure}__"
     return [
         column[len(prefix) :] for column in runs.columns if column.startswith(prefix) and runs[column].notna().any()
     ]
@@ -42,17 +43,30 @@ def forgetting_parts(runs: pd.DataFrame) -> list[str]:
 
 def names(runs: pd.DataFrame) -> dict[str, str]:
     """:data:`MEASURES` as these runs measured them: ``forgetting`` (the record's ``forgetting.mean``) is the
-    exact-match drop only where every part is a source task; with probes (paraphrase retrieval, lm-eval, held-out
-    text) it is their mean, and is named by them, so a verdict never calls a retrieval drop "exact match"."""
+    exact-match drop only where every part is a source task; with probes (paraphrase retrieval, lm-eval) it is their
+    mean, and is named by them, so a verdict never calls a retrieval drop "exact match". Likewise ``forgetting_ce``
+    is named by the held-out text where that is one of its parts."""
+    return {**MEASURES, "forgetting": _forgetting_name(runs), "forgetting_ce": _cross_entropy_name(runs)}
+
+
+def _forgetting_name(runs: pd.DataFrame) -> str:
     parts = forgetting_parts(runs)
     probes = [part for part in parts if f"source_acc_before__{part}" not in runs]
     if not probes:
-        return dict(MEASURES)
+        return MEASURES["forgetting"]
     named = [PROBES.get(part, f"{part.removeprefix('lm_eval__')} (lm-eval) score drop") for part in probes]
     if len(probes) < len(parts):
         named.append("source tasks' exact-match accuracy drop")
-    label = named[0] if len(named) == 1 else "mean of " + ", ".join(named)
-    return {**MEASURES, "forgetting": label}
+    return named[0] if len(named) == 1 else "mean of " + ", ".join(named)
+
+
+def _cross_entropy_name(runs: pd.DataFrame) -> str:
+    parts = forgetting_parts(runs, "forgetting_ce")
+    if HELDOUT not in parts:
+        return MEASURES["forgetting_ce"]
+    if len(parts) > 1:
+        return "mean of held-out text's and source answers' cross-entropy increase (nats/token)"
+    return "held-out text's cross-entropy increase (nats/token)"
 
 
 def saturation(runs: pd.DataFrame, column: str) -> str | None:
