@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import yaml
 
+from lorabench.report.measures import UNMEASURED
 from tests.pipeline import REPO, ci_script
 from tests.test_gguf_bundle import write_tiny_llama
 
@@ -69,7 +70,8 @@ def test_the_study_runs_on_the_cpu_from_a_bundled_tiny_model(tmp_path: Path) -> 
     assert study["records"] == study["grid_points"] == 6 and study["reported"]
     rows = (tmp_path / "archive" / "reports" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 6
-    assert (tmp_path / "archive" / "reports" / "summary.md").is_file()
+    summary = (tmp_path / "archive" / "reports" / "summary.md").read_text()
+    assert "held-out text's cross-entropy increase" in summary and UNMEASURED not in summary  # its forgetting probe
     stacked = [
         json.loads(path.read_text())
         for path in (tmp_path / "archive" / "results" / "runs").rglob("*.json")
