@@ -31,6 +31,7 @@ def test_wall_spans_first_start_to_last_end_and_share_divides_by_cores(tmp_path:
     lines = section_harness(results, benchmarks, cores=2)
     assert "Training share: 0.30 = 30 s of training loops" in lines[2] and "(2 cores × 50 s" in lines[2]
     assert "Throughput: 0.030 runs per core-second = 3 runs / (2 cores × 50 s); 2 of them trained in stacks" in lines[4]
+    assert lines[6].startswith("Per rule") and lines[8].startswith("| rule |")  # the table follows its sentence
     assert "| train | 2 | 50.0 | 25.0 | 300 |" in lines
 
 

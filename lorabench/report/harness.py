@@ -53,11 +53,12 @@ def section_harness(results: pd.DataFrame, benchmarks: pd.DataFrame, cores: int)
         "",
         f"Training share: {training / (cores * wall):.2f} = {training:.0f} s of training loops (sum of the records' "
         f"timing.train_seconds) / ({cores} cores × {wall:.0f} s of pipeline wall, first job's start to the last "
-        "benchmarked job's end; the report's own job not included). Per rule (Snakemake `benchmark:` files in "
-        "results/benchmarks/; CPU time as Snakemake samples it):",
+        "benchmarked job's end; the report's own job not included).",
         "",
         f"Throughput: {len(results) / (cores * wall):.3f} runs per core-second = {len(results)} runs / ({cores} cores "
         f"× {wall:.0f} s); {_stacked(results)} of them trained in stacks (config jobs.stack).",
+        "",
+        "Per rule (Snakemake `benchmark:` files in results/benchmarks/; CPU time as Snakemake samples it):",
         "",
         "| rule | jobs | wall s (sum) | CPU s (sum) | max RSS MiB |",
         "|---|---:|---:|---:|---:|",
