@@ -57,7 +57,7 @@ def run_job(job: TrainJob, threads: int | None = None, inputs: list[str] | None 
     if threads:
         torch.set_num_threads(threads)
     device = select_device(job.device)
-    tasks = job_tasks(job)
+    tasks = _job_tasks(job)
     unloadable = _unloadable_targets(job, tasks)
     tasks = {name: task for name, task in tasks.items() if name not in unloadable}
     points = [point for point in todo if point.task not in unloadable]
@@ -147,7 +147,7 @@ def _unloadable_targets(job: TrainJob, tasks: dict[str, Task]) -> dict[str, str]
     return problems
 
 
-def job_tasks(job: TrainJob) -> dict[str, Task]:
+def _job_tasks(job: TrainJob) -> dict[str, Task]:
     """The source tasks and the target tasks of this job's points: embedded by name, hub tasks from their fields."""
     from lorabench.tasks.hub import HubTask
 

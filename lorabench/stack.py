@@ -23,9 +23,9 @@ weights differ outside their adapted modules.
 
 What it saves is per-call work: kernel launches and Python per layer, once for the stack instead of once per run.
 The arithmetic is the same. On a CPU thread the default grid's lone step is bound by its arithmetic: stacking a job's
-learning rates measured 1.07-1.19x the lone training throughput (our LoRA, 4 runs; frozen_a, 3 runs: PEFT's skinny
-products stay per member; 1.08x for 24 LoRA runs), and one run on all the members' rows together, which shares every
-per-call cost, only 1.13-1.38x (tests/benchmarks/test_bench_stack.py, its *widened* mode; 2 interleaved rounds of 60
+learning rates measured 1.05-1.17x the lone training throughput (our LoRA, 4 runs; frozen_a, 3 runs: PEFT's skinny
+products stay per member; 1.09x for 24 LoRA runs), and one run on all the members' rows together, which shares every
+per-call cost, only 1.16-1.35x (tests/benchmarks/test_bench_stack.py, its *widened* mode; 2 interleaved rounds of 60
 steps, one thread, on a 2-core machine where nothing else ran; 2026-12-04). Where a tiny model's step is
 launch-bound (a GPU) the saving is larger: on one H200, 24 LoRA runs of the default's model trained at 4.81x and
 evaluated at 5.44x (`.ci/gpu-check`, 2026-12-04; reports/reference/stack-throughput-gpu.json).

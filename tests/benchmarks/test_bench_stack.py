@@ -34,7 +34,6 @@ import torch
 
 from lorabench import runner
 from lorabench.job import TrainJob
-from lorabench.measure import StepClock
 from lorabench.models import build_embedded, character_tokenizer
 from tests.jobs import tiny_job
 from tests.variants_fixtures import one_torch_thread  # noqa: F401  (autouse)
@@ -115,18 +114,17 @@ def _records(job: TrainJob, folder: Path) -> list[dict[str, Any]]:
 
 
 def widened_seconds(job: TrainJob, members: int, folder: Path) -> tuple[float, float]:
-    """(training, evaluation) seconds of the widened mode (module docstring) for ``members``: ``job``, one point with
-    ``members`` times the batch, trained, then its model evaluating every row ``members`` times, once per
-    mid-training evaluation of a run."""
-    train_seconds = _records(job, folder)[0]["timing"]["train_seconds"]
-    device, tasks = torch.device(job.device), runner.job_tasks(job)
-    run = runner.prepare_point(job, job.points[0], tasks, device, {})
-    clock = StepClock(device)
-    for _ in mid_training(job):
-        clock.start()
-        runner.evaluate_members(job, run.model, [run.model] * members, run.tokenizer, tasks, run.target, device)
-        clock.stop()
-    return train_seconds, sum(clock.step_seconds)
+    """(training, mid-training evaluation) seconds of the widened mode (module docstring) for ``members``: ``job``,
+    one point with ``members`` times the batch, whose every evaluation generates each row once per member (the
+    stacked evaluation's own function, :func:`lorabench.runner.evaluate_members`, given one model ``members`` times),
+    of the model as its training left it, as a lone run's and a stack's evaluations are."""
+
+    def widened(job: TrainJob, model: torch.nn.Module, *rest: Any) -> runner.Evaluation:
+        return runner.evaluate_members(job, model, [model] * members, *rest)[0]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "_evaluate", widened)
+        return seconds(_records(job, folder))
 
 
 @pytest.mark.parametrize("variant", ["lora"] if MEMBERS else list(SWEEPS))
