@@ -254,17 +254,23 @@ def pack(source: Path, out: Path) -> None:
 
 
 def unpack(packed: Path, out: Path) -> None:
-    """Restore the file :func:`pack` compressed, byte for byte (checked against its size and SHA-256)."""
-    with packed.open("rb") as f, out.open("wb") as g:
-        header = _read_header(f)
-        for chunk in _decompressed_chunks(f):
-            g.write(chunk)
-    if out.stat().st_size != header["size"]:
-        raise ValueError(f"{packed}: unpacked {out.stat().st_size} bytes, expected {header['size']}")
-    if header["q4_1_regions"]:
-        _reinterleave(np.memmap(out, mode="r+"), header["q4_1_regions"])
-    if _sha256(out) != header["sha256"]:
-        raise ValueError(f"{packed}: the unpacked file's SHA-256 differs from the original's")
+    """Restore the file :func:`pack` compressed, byte for byte (checked against its size and SHA-256). It is
+    written beside ``out`` and takes that name only once both checks pass: a damaged file is never left there."""
+    partial = out.with_name(f"{out.name}.partial")
+    try:
+        with packed.open("rb") as f, partial.open("wb") as g:
+            header = _read_header(f)
+            for chunk in _decompressed_chunks(f):
+                g.write(chunk)
+        if partial.stat().st_size != header["size"]:
+            raise ValueError(f"{packed}: unpacked {partial.stat().st_size} bytes, expected {header['size']}")
+        if header["q4_1_regions"]:
+            _reinterleave(np.memmap(partial, mode="r+"), header["q4_1_regions"])
+        if _sha256(partial) != header["sha256"]:
+            raise ValueError(f"{packed}: the unpacked file's SHA-256 differs from the original's")
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _q4_1_regions(reader: GGUFReader) -> list[list[int]]:

@@ -288,3 +288,4 @@ def test_unpack_refuses_a_file_whose_checksum_differs(tmp_path: Path) -> None:
     (tmp_path / "forged").write_bytes(MAGIC + struct.pack("<I", len(encoded)) + encoded + compressed)
     with pytest.raises(ValueError, match="SHA-256"):
         unpack(tmp_path / "forged", tmp_path / "unpacked.gguf")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["forged", "odd.gguf", "packed"]  # nothing damaged left

@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import yaml
 
 from lorabench.report.measures import UNMEASURED
@@ -107,3 +108,14 @@ def test_a_bundle_built_from_another_config_is_refused_before_any_work(tmp_path:
     result = run_study(tmp_path, "--bundle", str(bundle))  # the checkout's gpu_study.yaml, not the tiny one
     assert result.returncode != 0 and "differs from the config" in result.stderr and "gpu-study bundle" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_checked_under_another_schema_is_refused(tmp_path: Path) -> None:
+    """Its checked config holds the schema's defaults of its time: a changed schema's would be silently ignored."""
+    config, bundle = tiny_bundle(tmp_path)
+    study = ci_script("gpu-study")
+    assert study.bundled_config(config, bundle)["grid"]["seeds"] == [0, 1]
+    stored = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps(stored | {"schema_sha256": "0" * 64}))
+    with pytest.raises(SystemExit, match="differs from the schema"):
+        study.bundled_config(config, bundle)

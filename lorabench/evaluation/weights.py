@@ -20,13 +20,13 @@ import torch
 from torch import Tensor
 
 
-def intruder_dimensions(
-    base: Tensor, tuned: Tensor, k: int = 10, threshold: float = 0.5, base_u: Tensor | None = None
-) -> int:
-    """Number of the top-``k`` singular directions of ``tuned`` that ``base`` has no close match for.
+def intruder_dimensions(base: Tensor, tuned: Tensor, k: int = 10, threshold: float = 0.5) -> int:
+    """Number of the top-``k`` singular directions of ``tuned`` that ``base`` has no close match for."""
+    return _intruders(_left_singular_vectors(base.float()), tuned, k, threshold)
 
-    ``base_u``: ``base``'s left singular vectors, where the caller keeps them (:func:`weight_forgetting`)."""
-    base_u = _left_singular_vectors(base.float()) if base_u is None else base_u
+
+def _intruders(base_u: Tensor, tuned: Tensor, k: int, threshold: float) -> int:
+    """:func:`intruder_dimensions` given the base's left singular vectors ``base_u``."""
     tuned_u = _left_singular_vectors(tuned.float())[:, :k]
     # Singular vectors are defined up to sign, hence the absolute cosine (columns are unit norm).
     best_cosine = (tuned_u.T @ base_u).abs().amax(dim=1)
@@ -88,7 +88,7 @@ def weight_forgetting(
     vectors = base_vectors(base) if vectors is None else vectors
     layers = {
         name: {
-            "intruders": intruder_dimensions(base[name], tuned[name], k, threshold, vectors[name]),
+            "intruders": _intruders(vectors[name], tuned[name], k, threshold),
             "effective_rank": effective_rank(tuned[name].float() - base[name].float()),
         }
         for name in sorted(base)
